@@ -1,0 +1,87 @@
+"""Seeded problem builders (THEORY.md sections 2 and 7).
+
+Every builder takes ``seed`` (int or ``numpy.random.SeedSequence``) and is
+deterministic given it. Data rows are i.i.d. standard normal, so
+``Sigma = X^T X / n`` is well-conditioned for ``n >> d``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validate as v
+from .activations import Activation, get_activation
+
+
+def _rng(seed) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def linear_teacher(n: int, d: int, m: int, *, noise: float = 0.0, seed=0):
+    """Linear teacher ``Y = X W*^T + noise``.
+
+    Returns
+    -------
+    X : (n, d), Y : (n, m), W_star : (m, d)
+        ``W_star`` has i.i.d. ``N(0, 1/d)`` entries; ``noise`` is the standard
+        deviation of i.i.d. Gaussian label noise (``noise > 0`` makes the
+        problem non-realizable: ``L* > 0``).
+    """
+    n = v.integer("n", n, minimum=1)
+    d = v.integer("d", d, minimum=1)
+    m = v.integer("m", m, minimum=1)
+    noise = v.positive("noise", noise, allow_zero=True)
+    rng = _rng(seed)
+    X = rng.standard_normal((n, d))
+    W = rng.standard_normal((m, d)) / np.sqrt(d)
+    Y = X @ W.T
+    if noise > 0:
+        Y += noise * rng.standard_normal((n, m))
+    return X, Y, W
+
+
+def single_index_teacher(n: int, d: int, *, activation: str | Activation, noise: float = 0.0,
+                         seed=0):
+    """Single-index teacher ``y = sigma(theta* . x) + noise`` with ``||theta*|| = 1``.
+
+    Returns
+    -------
+    X : (n, d), y : (n,), theta_star : (d,)
+    """
+    n = v.integer("n", n, minimum=1)
+    d = v.integer("d", d, minimum=1)
+    noise = v.positive("noise", noise, allow_zero=True)
+    act = get_activation(activation)
+    rng = _rng(seed)
+    X = rng.standard_normal((n, d))
+    theta = rng.standard_normal(d)
+    theta /= np.linalg.norm(theta)
+    y = act(X @ theta)
+    if noise > 0:
+        y += noise * rng.standard_normal(n)
+    return X, y, theta
+
+
+def init_params(m: int, d: int, *, scale_A: float, scale_B: float, seed=0):
+    """Random initial parameters.
+
+    ``A0 = scale_A R / ||R||_2`` with Gaussian ``R``, so ``||A0||_2 = scale_A``
+    and hence the spectral radius ``rho(A0) <= scale_A`` (a contraction when
+    ``scale_A < 1``; ``scale_A = 0`` gives ``A0 = 0``). ``B0`` has i.i.d.
+    ``N(0, scale_B^2 / d)`` entries.
+
+    Returns
+    -------
+    A0 : (m, m), B0 : (m, d)
+    """
+    m = v.integer("m", m, minimum=1)
+    d = v.integer("d", d, minimum=1)
+    scale_A = v.positive("scale_A", scale_A, allow_zero=True)
+    scale_B = v.positive("scale_B", scale_B, allow_zero=True)
+    rng = _rng(seed)
+    R = rng.standard_normal((m, m))
+    B0 = scale_B * rng.standard_normal((m, d)) / np.sqrt(d)
+    A0 = np.zeros((m, m))
+    if scale_A > 0:
+        A0 = scale_A * R / np.linalg.norm(R, 2)
+    return A0, B0

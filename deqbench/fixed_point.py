@@ -1,0 +1,224 @@
+"""Forward solve of a DEQ: the fixed point ``Z = phi(Z A^T + X B^T)`` (THEORY.md section 3)."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _validate as v
+from ._kernels import fixed_point as _fp
+from ._kernels.activations import IDENTITY
+from .activations import Activation, get_activation
+
+METHODS = ("picard", "anderson", "direct")
+STATUS = {_fp.CONVERGED: "converged", _fp.MAX_ITER: "max_iter", _fp.DIVERGED: "diverged"}
+_DUMMY = np.zeros((1, 1))
+
+
+@dataclass(frozen=True)
+class FixedPointResult:
+    """Outcome of an iterative solve.
+
+    Attributes
+    ----------
+    z : ndarray, shape (n, m)
+        The returned iterate (the last finite one on failure).
+    n_iter : int
+        Updates applied to the initial guess to reach ``z`` (map evaluations - 1).
+    residual : float
+        ``||F(z) - z||_F / ||F(z)||_F`` of the returned ``z``.
+    converged : bool
+        ``residual <= tol`` was reached.
+    status : str
+        ``"converged"``, ``"max_iter"``, ``"diverged"`` (non-finite values or
+        residual growth), ``"inaccurate"`` (a direct solve whose residual exceeds
+        ``tol``: ill-conditioned ``I - A``), or ``"truncated"`` (inexact gradients).
+    history : ndarray
+        Relative residual of every iterate, ``history[-1] == residual``.
+    method : str
+    """
+
+    z: np.ndarray
+    n_iter: int
+    residual: float
+    converged: bool
+    status: str
+    history: np.ndarray = field(repr=False)
+    method: str = "picard"
+
+    def error_bound(self, rho: float) -> float:
+        """A-posteriori relative error bound ``residual / (1 - rho)`` for a map
+        contracting at rate ``rho < 1`` (THEORY.md section 3)."""
+        if not 0.0 <= rho < 1.0:
+            raise ValueError(f"rho must be in [0, 1), got {rho!r}")
+        return self.residual / (1.0 - rho)
+
+
+def anderson_options(options: dict) -> tuple[int, float]:
+    """Pop and check ``m`` (history size, default 5) and ``ridge`` (default 1e-10,
+    relative to the largest squared residual in the history)."""
+    m = v.integer("m (Anderson history size)", options.pop("m", 5), minimum=1)
+    ridge = v.positive("ridge", options.pop("ridge", 1e-10), allow_zero=True)
+    return m, ridge
+
+
+def solve(M, U, code, param, D, Z, *, method, tol, max_iter, beta, options):
+    """Run an iterative kernel on the map ``Z -> h(Z M + U)`` in place on ``Z``.
+
+    Shared by the forward and adjoint solves. Returns ``(n_iter, residual,
+    status_code, history)``.
+    """
+    hist = np.full(max_iter + 1, np.nan)
+    if method == "picard":
+        v.no_extra("picard", options)
+        T = np.empty_like(Z)
+        k, res, status = _fp.picard(Z, M, U, code, param, D, T, tol, max_iter, beta, hist)
+    else:
+        mh, ridge = anderson_options(options)
+        v.no_extra("anderson", options)
+        n, m = Z.shape
+        Fh = np.empty((mh, n, m))
+        Gh = np.empty((mh, n, m))
+        GG = np.zeros((mh, mh))
+        work = np.zeros((2 * mh + 1, mh))
+        k, res, status = _fp.anderson(
+            Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, ridge, hist
+        )
+    return k, res, status, hist[: k + 1].copy()
+
+
+def warn_failure(what: str, status: str, n_iter: int, residual: float, tol: float) -> None:
+    warnings.warn(
+        f"{what} did not converge: status={status!r} after {n_iter} iterations, "
+        f"relative residual {residual:.3e} > tol {tol:.1e}; returning the last finite iterate",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def check_model(A, B, X):
+    """Validate ``A (m, m)``, ``B (m, d)``, ``X (n, d)``; return float64 copies."""
+    A = v.as_matrix("A", A)
+    m = A.shape[0]
+    if A.shape[1] != m:
+        raise ValueError(f"A must be square (m, m), got shape {A.shape}")
+    B = v.as_matrix("B", B, shape=(m, None))
+    X = v.as_matrix("X", X, shape=(None, B.shape[1]))
+    return A, B, X
+
+
+def check_solver(method, tol, max_iter, damping, allowed=METHODS):
+    v.choice("method", method, allowed)
+    tol = v.positive("tol", tol)
+    max_iter = v.integer("max_iter", max_iter, minimum=1)
+    beta = v.unit_interval("damping", damping)
+    return tol, max_iter, beta
+
+
+def fixed_point(
+    A,
+    B,
+    X,
+    *,
+    activation: str | Activation = "identity",
+    method: str = "picard",
+    tol: float = 1e-10,
+    max_iter: int = 10_000,
+    damping: float = 1.0,
+    z0=None,
+    **method_options,
+) -> FixedPointResult:
+    """Solve ``Z = phi(Z A^T + X B^T)`` for ``Z`` of shape ``(n, m)``.
+
+    Parameters
+    ----------
+    A : (m, m), B : (m, d), X : (n, d) arrays of floats
+    activation : str or Activation
+        ``phi``; ``"identity"`` gives the linear DEQ.
+    method : {"picard", "anderson", "direct"}
+        ``"picard"``: damped iteration ``Z <- (1 - damping) Z + damping F(Z)``.
+        ``"anderson"``: Anderson acceleration, options ``m`` (history, 5) and
+        ``ridge`` (1e-10, relative). ``"direct"``: exact LU solve, linear only.
+    tol : float
+        Stop when ``||F(Z) - Z||_F / ||F(Z)||_F <= tol``.
+    max_iter : int
+    damping : float in (0, 1]
+    z0 : (n, m) array, optional
+        Initial guess (warm start); zeros by default.
+
+    Returns
+    -------
+    FixedPointResult
+
+    Notes
+    -----
+    THEORY.md section 3. Failure (``max_iter`` reached, non-finite values,
+    residual growth beyond 1e8 x the first residual) returns
+    ``converged=False`` with the last finite iterate and a ``RuntimeWarning``.
+    """
+    A, B, X = check_model(A, B, X)
+    act = get_activation(activation)
+    tol, max_iter, beta = check_solver(method, tol, max_iter, damping)
+    return forward(A, B, X, act, method, tol, max_iter, beta, z0, dict(method_options))
+
+
+def forward(A, B, X, act, method, tol, max_iter, beta, z0, options) -> FixedPointResult:
+    """:func:`fixed_point` on validated arguments."""
+    n, m = X.shape[0], A.shape[0]
+    U = X @ B.T
+    if method == "direct":
+        if not act.is_identity:
+            raise ValueError(
+                f"method='direct' solves linear maps only, got activation={str(act)!r} "
+                "(use 'picard' or 'anderson')"
+            )
+        v.no_extra("direct", options)
+        Z, res, status = direct(np.eye(m) - A, U, np.ascontiguousarray(A.T), tol, "fixed_point")
+        return FixedPointResult(Z, 0, res, status == "converged", status, np.array([res]), method)
+    Z = np.zeros((n, m)) if z0 is None else v.as_matrix("z0", z0, shape=(n, m)).copy()
+    k, res, code, hist = solve(
+        np.ascontiguousarray(A.T), U, act.code, act.param, _DUMMY, Z,
+        method=method, tol=tol, max_iter=max_iter, beta=beta, options=options,
+    )
+    status = STATUS[code]
+    if code != _fp.CONVERGED:
+        warn_failure(f"fixed_point(method={method!r})", status, k, res, tol)
+    return FixedPointResult(Z, k, res, code == _fp.CONVERGED, status, hist, method)
+
+
+def map_residual(Z, M, U, code, param, D) -> float:
+    """Relative residual of ``Z`` for the map ``Z -> h(Z M + U)``."""
+    T = np.empty_like(Z)
+    dd, ff = _fp.evaluate(Z, M, U, code, param, D, T, 1.0)
+    return float(_fp.relative(dd, ff))
+
+
+def direct(C, U, M, tol, what):
+    """Exact linear solve ``Z = U C^{-T}`` checked by its residual for ``Z = Z M + U``.
+
+    A singular or ill-conditioned ``C`` is a status (with a warning), not an exception.
+    """
+    Z = np.zeros_like(U)
+    try:
+        _fp.direct_linear(C, U, Z)
+    except np.linalg.LinAlgError:
+        Z[:] = 0.0
+        warnings.warn(f"{what}(method='direct'): I - A is singular", RuntimeWarning, stacklevel=3)
+        return Z, np.inf, "diverged"
+    if not np.isfinite(Z).all():
+        Z[:] = 0.0
+        res = np.inf
+    else:
+        res = map_residual(Z, M, U, IDENTITY, 0.0, _DUMMY)
+    if res <= tol:
+        return Z, res, "converged"
+    status = "diverged" if not np.isfinite(res) else "inaccurate"
+    warnings.warn(
+        f"{what}(method='direct'): relative residual {res:.3e} > tol {tol:.1e} "
+        "(I - A is ill-conditioned)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return Z, res, status
