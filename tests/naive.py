@@ -1,0 +1,126 @@
+"""Slow, obviously-correct NumPy references (dense solves, explicit loops,
+finite differences). Fast kernels are compared against these."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# --- activations, written independently of the kernels -------------------
+
+_ERF = np.vectorize(math.erf)
+
+
+def act(name, x, slope=0.01):
+    x = np.asarray(x, dtype=float)
+    if name == "identity":
+        return x.copy()
+    if name == "leaky_relu":
+        return np.where(x >= 0, x, slope * x)
+    if name == "tanh":
+        return np.tanh(x)
+    if name == "sigmoid":
+        return 0.5 * (1.0 + np.tanh(0.5 * x))
+    if name == "softplus":
+        return np.logaddexp(0.0, x)
+    if name == "relu":
+        return np.maximum(x, 0.0)
+    if name == "gelu":
+        return 0.5 * x * (1.0 + _ERF(x / math.sqrt(2.0)))
+    raise ValueError(name)
+
+
+def dact(name, x, slope=0.01, h=1e-6):
+    """Derivative by central differences of :func:`act` (kinks: one-sided rule
+    away from 0 is exact for the piecewise-linear ones)."""
+    x = np.asarray(x, dtype=float)
+    if name in ("leaky_relu", "relu"):
+        lo = slope if name == "leaky_relu" else 0.0
+        return np.where(x > 0, 1.0, np.where(x < 0, lo, 1.0 if name == "leaky_relu" else 0.0))
+    return (act(name, x + h, slope) - act(name, x - h, slope)) / (2 * h)
+
+
+# --- forward --------------------------------------------------------------
+
+
+def linear_fixed_point(A, B, X):
+    """Dense solve ``Z = X B^T (I - A)^{-T}``."""
+    m = A.shape[0]
+    return np.linalg.solve(np.eye(m) - A, B @ X.T).T
+
+
+def picard_loop(A, B, X, name="identity", slope=0.01, iters=5000, tol=1e-15):
+    """Plain Picard, row by row, until the iterate stops moving."""
+    Z = np.zeros((X.shape[0], A.shape[0]))
+    for _ in range(iters):
+        Zn = act(name, Z @ A.T + X @ B.T, slope)
+        if np.linalg.norm(Zn - Z) <= tol * max(np.linalg.norm(Zn), 1e-300):
+            return Zn
+        Z = Zn
+    return Z
+
+
+def map_residual(A, B, X, Z, name="identity", slope=0.01):
+    F = act(name, Z @ A.T + X @ B.T, slope)
+    return np.linalg.norm(F - Z) / max(np.linalg.norm(F), 1e-300)
+
+
+# --- losses and exact gradients ------------------------------------------
+
+
+def loss(model, A, B, X, Y, u=None, name="identity", slope=0.01):
+    """The model loss computed from a dense / long-Picard fixed point."""
+    n, m = X.shape[0], A.shape[0]
+    if model == "nonlinear":
+        Z = picard_loop(A, B, X, name, slope)
+    else:
+        Z = linear_fixed_point(A, B, X)
+    if model == "single_index":
+        u = np.full(m, 1 / np.sqrt(m)) if u is None else u
+        r = act(name, Z @ u, slope) - Y
+    else:
+        r = Z - Y
+    return 0.5 * np.sum(r * r) / n
+
+
+def grad_dense(model, A, B, X, Y, u=None, name="identity", slope=0.01):
+    """Exact gradient by a dense adjoint solve, sample by sample."""
+    n, m = X.shape[0], A.shape[0]
+    gA = np.zeros_like(A)
+    gB = np.zeros_like(B)
+    u = np.full(m, 1 / np.sqrt(m)) if (u is None and model == "single_index") else u
+    Z = picard_loop(A, B, X, name, slope) if model == "nonlinear" else linear_fixed_point(A, B, X)
+    for i in range(n):
+        z, x = Z[i], X[i]
+        if model == "single_index":
+            s = z @ u
+            g = (act(name, s, slope) - Y[i]) * dact(name, s, slope) * u / n
+        else:
+            g = (z - Y[i]) / n
+        if model == "nonlinear":
+            D = dact(name, A @ z + B @ x, slope)
+            J = np.diag(D) @ A  # dF/dz
+            mu = D * np.linalg.solve(np.eye(m) - J.T, g)  # lam = J^T lam + g; mu = D lam
+        else:
+            mu = np.linalg.solve(np.eye(m) - A.T, g)
+        gA += np.outer(mu, z)
+        gB += np.outer(mu, x)
+    return gA, gB
+
+
+def grad_fd(model, A, B, X, Y, u=None, name="identity", slope=0.01, h=1e-6):
+    """Central finite differences of :func:`loss` in every entry of A and B."""
+    out = []
+    for P in (A, B):
+        g = np.zeros_like(P)
+        for idx in np.ndindex(P.shape):
+            old = P[idx]
+            P[idx] = old + h
+            lp = loss(model, A, B, X, Y, u, name, slope)
+            P[idx] = old - h
+            lm = loss(model, A, B, X, Y, u, name, slope)
+            P[idx] = old
+            g[idx] = (lp - lm) / (2 * h)
+        out.append(g)
+    return tuple(out)
