@@ -1,0 +1,224 @@
+"""The ``deqbench`` console script: ``info``, ``reproduce``, ``sweep``, ``plot``.
+
+Run ``deqbench SUBCOMMAND --help`` for the options of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def info_lines() -> list[str]:
+    """What ``deqbench info`` prints: versions, BLAS, numba threading, CPU."""
+    import llvmlite
+    import numba
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    import deqbench
+    from deqbench.activations import get_activation
+
+    from .sweep import default_workers
+
+    lines = [
+        f"deqbench      {deqbench.__version__}  ({Path(deqbench.__file__).parent})",
+        f"python        {platform.python_version()}  ({sys.executable})",
+        f"numpy         {np.__version__}",
+        f"numba         {numba.__version__}",
+        f"llvmlite      {llvmlite.__version__}",
+    ]
+    for name in ("scipy", "matplotlib", "threadpoolctl", "dask", "distributed"):
+        try:
+            mod = __import__(name)
+            lines.append(f"{name:<13} {mod.__version__}")
+        except ImportError:
+            lines.append(f"{name:<13} not installed")
+    # run one parallel kernel so numba picks (and reports) its threading layer
+    get_activation("tanh")(np.zeros(8))
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        layer = "not initialised"
+    lines.append(f"numba threading layer {layer}, {numba.get_num_threads()} threads "
+                 f"(NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS})")
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    if not blas:
+        lines.append("BLAS          none found by threadpoolctl")
+    for i in blas:
+        extra = f", {i['threading_layer']}" if i.get("threading_layer") else ""
+        lines.append(
+            f"BLAS          {i.get('internal_api')} {i.get('version')} "
+            f"({i.get('architecture', '?')}{extra}), {i.get('num_threads')} threads: "
+            f"{i.get('filepath')}"
+        )
+    for i in threadpool_info():
+        if i.get("user_api") == "openmp":
+            lines.append(f"OpenMP        {i.get('internal_api')} {i.get('num_threads')} threads: "
+                         f"{i.get('filepath')}")
+    lines.append(f"CPU           {_cpu_model()}; {os.cpu_count()} logical CPUs, "
+                 f"{default_workers()} usable by this process")
+    lines.append(f"platform      {platform.platform()}")
+    return lines
+
+
+def cmd_info(args) -> int:
+    print("\n".join(info_lines()))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import load_grid, run_sweep
+
+    grid = load_grid(args.grid)  # GridError: one line, before any run
+    out = Path(args.out) if args.out else Path("sweeps") / grid.name
+    if args.dry_run:
+        print(f"{args.grid}: {len(grid)} runs ({grid.replicates} replicate(s) of "
+              f"{len(grid) // grid.replicates} grid points), run function {grid.run!r} -> {out}")
+        return 0
+    print(f"sweep {grid.name!r}: {len(grid)} runs -> {out} (executor {args.executor})",
+          file=sys.stderr)
+    res = run_sweep(grid, out, executor=args.executor, workers=args.workers,
+                    scheduler=args.scheduler, progress=not args.no_progress,
+                    retry_failed=args.retry_failed)
+    print(f"{res.ok} ok, {res.failed} failed, {res.skipped} already done, {res.lost} lost "
+          f"in {res.elapsed_s:.1f} s; tables: {out / 'runs.csv'}, {out / 'histories.csv'}",
+          file=sys.stderr)
+    if args.plot:
+        from .plots import plot_dir
+
+        for path in plot_dir(out):
+            print(path)
+    return 0 if res.complete else 3
+
+
+def cmd_plot(args) -> int:
+    from .plots import plot_dir
+
+    paths = plot_dir(args.dir, out=args.out)
+    for path in paths:
+        print(path)
+    if not paths:
+        print(f"{args.dir}: nothing to plot", file=sys.stderr)
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from .experiments import reproduce
+
+    summary = reproduce(args.out, quick=args.quick, only=args.only, workers=args.workers,
+                        progress=not args.no_progress)
+    print(summary.read_text())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="deqbench",
+        description="Benchmarks and theory checks for deep equilibrium models.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("info", help="versions, BLAS, numba threading layer, CPU",
+                       description="Print deqbench, numba, numpy, llvmlite versions, the BLAS "
+                       "library and its threads (threadpoolctl), numba's threading layer and "
+                       "the CPU.")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("reproduce", help="run the validation experiments E1-E7",
+                       description="Run the validation experiments (THEORY.md sections 3-7) and "
+                       "write runs.csv, histories.csv, PNG figures and summary.md (one row per "
+                       "prediction: predicted, measured, holds).")
+    s.add_argument("--quick", action="store_true",
+                   help="small sizes (under 3 minutes on 2 cores)")
+    s.add_argument("--out", default="results/reproduce", help="output directory "
+                   "(default: %(default)s)")
+    s.add_argument("--only", nargs="+", metavar="E", default=None,
+                   help="run only these experiments, e.g. --only E1 E5")
+    s.add_argument("--workers", type=_positive_int, default=None,
+                   help="processes for the independent runs (default: usable CPUs)")
+    s.add_argument("--no-progress", action="store_true", help="no progress output")
+    s.set_defaults(func=cmd_reproduce)
+
+    s = sub.add_parser("sweep", help="run a resumable parameter sweep from a TOML grid",
+                       description="Run the Cartesian product of a TOML grid (see README, "
+                       "'Experiments'). Finished runs stream to DIR/runs/ and DIR/histories/ "
+                       "and are consolidated into DIR/runs.csv and DIR/histories.csv; "
+                       "re-running the same command skips finished runs.")
+    s.add_argument("grid", help="grid file (TOML)")
+    s.add_argument("--out", default=None, help="sweep directory (default: sweeps/<name>)")
+    s.add_argument("--executor", choices=("local", "dask", "serial"), default="local",
+                   help="local process pool (default), a Dask cluster, or serial in this "
+                   "process (debugging)")
+    s.add_argument("--workers", type=_positive_int, default=None,
+                   help="worker processes (default: usable CPUs)")
+    s.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler, e.g. tcp://host:8786 (with --executor dask; without "
+                   "it a local Dask cluster is started)")
+    s.add_argument("--retry-failed", action="store_true",
+                   help="also re-run stored runs that failed")
+    s.add_argument("--dry-run", action="store_true",
+                   help="validate the grid and print the number of runs")
+    s.add_argument("--plot", action="store_true", help="write figures when done")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser("plot", help="figures from a sweep or reproduce directory",
+                       description="Loss curves with theory envelopes, invariant drift, "
+                       "log-log scaling with fitted slopes and iteration counts, from DIR/"
+                       "runs.csv and DIR/histories.csv.")
+    s.add_argument("dir", help="sweep or reproduce output directory")
+    s.add_argument("--out", default=None, help="figure directory (default: DIR/figures)")
+    s.set_defaults(func=cmd_plot)
+    return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``deqbench`` console script."""
+    from .sweep import GridError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "scheduler", None) and args.executor != "dask":
+        parser.error("--scheduler needs --executor dask")
+    try:
+        return args.func(args)
+    except GridError as exc:
+        print(f"deqbench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"deqbench {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
