@@ -46,7 +46,8 @@ def as_matrix(name: str, x, *, ndim: int = 2, shape=None, allow_empty: bool = Fa
 
 
 def _shape_str(shape) -> str:
-    return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+    parts = ["*" if s is None else str(s) for s in shape]
+    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
 
 
 def positive(name: str, value, *, allow_zero: bool = False) -> float:

@@ -122,5 +122,7 @@ def get_activation(spec, name: str = "activation") -> Activation:
         return Activation("leaky_relu", slope)
     key = spec.strip()
     if key not in CODES:
-        raise ValueError(f"{name} must be one of {sorted(CODES)} (or 'leaky_relu(slope)'), got {spec!r}")
+        raise ValueError(
+            f"{name} must be one of {sorted(CODES)} (or 'leaky_relu(slope)'), got {spec!r}"
+        )
     return Activation(key)

@@ -167,7 +167,8 @@ def fixed_point(
 def forward(A, B, X, act, method, tol, max_iter, beta, z0, options) -> FixedPointResult:
     """:func:`fixed_point` on validated arguments."""
     n, m = X.shape[0], A.shape[0]
-    U = X @ B.T
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes a status below
+        U = X @ B.T
     if method == "direct":
         if not act.is_identity:
             raise ValueError(

@@ -114,7 +114,9 @@ def _adjoint(A, B, X, Z, G, act, method, tol, max_iter, beta, adj0, k, options):
         code, D = IDENTITY, _DUMMY
     else:
         code, D = MASK, np.empty((n, m))
-        _g.preactivation_derivative(Z, np.ascontiguousarray(A.T), X @ B.T, act.code, act.param, D)
+        with np.errstate(over="ignore", invalid="ignore"):
+            U = X @ B.T
+        _g.preactivation_derivative(Z, np.ascontiguousarray(A.T), U, act.code, act.param, D)
     if method == "direct":
         v.no_extra("direct", options)
         Mu, res, status = direct(np.eye(m) - A.T, G, A, tol, "implicit_grad")
@@ -134,8 +136,9 @@ def _adjoint(A, B, X, Z, G, act, method, tol, max_iter, beta, adj0, k, options):
         status = STATUS[code_]
         if code_ != _fp.CONVERGED:
             warn_failure(f"implicit_grad(method={method!r})", status, n_iter, res, tol)
-    grad_A = Mu.T @ Z
-    grad_B = Mu.T @ X
+    with np.errstate(over="ignore", invalid="ignore"):
+        grad_A = Mu.T @ Z
+        grad_B = Mu.T @ X
     converged = status in ("converged", "truncated")
     return GradResult(grad_A, grad_B, Mu, n_iter, res, converged, status, hist, method)
 

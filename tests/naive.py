@@ -21,7 +21,7 @@ def act(name, x, slope=0.01):
     if name == "tanh":
         return np.tanh(x)
     if name == "sigmoid":
-        return 0.5 * (1.0 + np.tanh(0.5 * x))
+        return np.exp(-np.logaddexp(0.0, -x))
     if name == "softplus":
         return np.logaddexp(0.0, x)
     if name == "relu":

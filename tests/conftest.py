@@ -1,0 +1,23 @@
+import numpy as np
+import pytest
+
+
+def symmetric_with_radius(m, rho, rng):
+    """Symmetric ``A`` whose spectral radius is exactly ``rho`` (eigenvalue ``rho`` present)."""
+    Q, _ = np.linalg.qr(rng.standard_normal((m, m)))
+    lam = rng.uniform(-rho, rho, m)
+    lam[0] = rho
+    return (Q * lam) @ Q.T
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+def small_problem(rng, n=7, d=3, m=4, scale_A=0.5):
+    A = rng.standard_normal((m, m))
+    A *= scale_A / np.linalg.norm(A, 2)
+    B = rng.standard_normal((m, d)) / np.sqrt(d)
+    X = rng.standard_normal((n, d))
+    return A, B, X

@@ -1,0 +1,123 @@
+"""Bad input gets a ValueError/TypeError naming the argument, the value and the rule."""
+
+import numpy as np
+import pytest
+
+import deqbench as db
+from tests.conftest import small_problem
+
+
+@pytest.fixture
+def prob(rng):
+    A, B, X = small_problem(rng)
+    return A, B, X
+
+
+def test_wrong_ndim(prob):
+    A, B, X = prob
+    with pytest.raises(ValueError, match=r"A must be 2-dimensional, got shape \(16,\)"):
+        db.fixed_point(A.ravel(), B, X)
+    with pytest.raises(ValueError, match="X must be 2-dimensional"):
+        db.fixed_point(A, B, X[0])
+
+
+def test_mismatched_shapes(prob):
+    A, B, X = prob
+    with pytest.raises(ValueError, match="A must be square"):
+        db.fixed_point(A[:, :3], B, X)
+    with pytest.raises(ValueError, match=r"B must have shape \(4, \*\), got \(3, 3\)"):
+        db.fixed_point(A, B[:3], X)
+    with pytest.raises(ValueError, match=r"X must have shape \(\*, 3\), got \(7, 2\)"):
+        db.fixed_point(A, B, X[:, :2])
+    with pytest.raises(ValueError, match="z0 must have shape"):
+        db.fixed_point(A, B, X, z0=np.zeros((7, 3)))
+    with pytest.raises(ValueError, match="G must have shape"):
+        db.implicit_grad(A, B, X, np.zeros((7, 4)), np.zeros((7, 3)))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_entries(prob, bad):
+    A, B, X = prob
+    X = X.copy()
+    X[2, 1] = bad
+    with pytest.raises(ValueError, match="X must be finite, got 1 non-finite"):
+        db.fixed_point(A, B, X)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.complex128, bool])
+def test_integer_or_complex_arrays(prob, dtype):
+    A, B, X = prob
+    rule = f"A must be a real floating-point array, got dtype {np.dtype(dtype)}"
+    with pytest.raises(TypeError, match=rule):
+        db.fixed_point(A.astype(dtype), B, X)
+
+
+def test_float32_is_converted(prob):
+    A, B, X = prob
+    r32 = db.fixed_point(A.astype(np.float32), B.astype(np.float32), X.astype(np.float32))
+    assert r32.z.dtype == np.float64 and r32.converged
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "msg"),
+    [
+        ({"tol": 0.0}, ValueError, "tol must be > 0, got 0.0"),
+        ({"tol": -1}, ValueError, "tol must be > 0, got -1"),
+        ({"tol": "x"}, TypeError, "tol must be a real number"),
+        ({"max_iter": 0}, ValueError, "max_iter must be >= 1, got 0"),
+        ({"max_iter": 2.5}, TypeError, "max_iter must be an integer"),
+        ({"damping": 0.0}, ValueError, r"damping must be in \(0, 1\], got 0.0"),
+        ({"damping": 1.5}, ValueError, r"damping must be in \(0, 1\], got 1.5"),
+        ({"method": "newton"}, ValueError, "method must be one of .* got 'newton'"),
+        ({"activation": "swish"}, ValueError, "activation must be one of .* got 'swish'"),
+        ({"activation": "leaky_relu(2)"}, ValueError, r"slope must be in \(0, 1\]"),
+        ({"method": "direct", "activation": "tanh"}, ValueError, "direct.*linear maps only"),
+        ({"method": "anderson", "m": 0}, ValueError, "m .Anderson history size. must be >= 1"),
+        ({"method": "picard", "m": 3}, TypeError, r"picard got unexpected option\(s\) \['m'\]"),
+    ],
+)
+def test_bad_options(prob, kwargs, exc, msg):
+    A, B, X = prob
+    with pytest.raises(exc, match=msg):
+        db.fixed_point(A, B, X, **kwargs)
+
+
+def test_bad_gradient_options(prob):
+    A, B, X = prob
+    Z = np.zeros((7, 4))
+    with pytest.raises(ValueError, match="method must be one of"):
+        db.implicit_grad(A, B, X, Z, Z, method="exact")
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        db.implicit_grad(A, B, X, Z, Z, method="neumann", k=-1)
+    with pytest.raises(ValueError, match="direct.*linear maps only"):
+        db.implicit_grad(A, B, X, Z, Z, method="direct", activation="tanh")
+
+
+def test_bad_loss_and_grad_arguments(prob, rng):
+    A, B, X = prob
+    Y = rng.standard_normal((7, 4))
+    with pytest.raises(ValueError, match="model must be one of .* got 'deep'"):
+        db.loss_and_grad("deep", A, B, X, Y)
+    with pytest.raises(ValueError, match=r"Y must have shape \(7, 4\)"):
+        db.loss_and_grad("linear", A, B, X, Y[:, :2])
+    with pytest.raises(ValueError, match=r"Y must be 1-dimensional"):
+        db.loss_and_grad("single_index", A, B, X, Y)
+    with pytest.raises(ValueError, match=r"u must have shape \(4,\)"):
+        db.loss_and_grad("single_index", A, B, X, Y[:, 0], u=np.ones(3))
+    with pytest.raises(ValueError, match="u is only used by model='single_index'"):
+        db.loss_and_grad("linear", A, B, X, Y, u=np.ones(4))
+    with pytest.raises(ValueError, match="activation must be 'identity' for model='linear'"):
+        db.loss_and_grad("linear", A, B, X, Y, activation="tanh")
+    with pytest.raises(ValueError, match="grad_solver must be one of"):
+        db.loss_and_grad("linear", A, B, X, Y, grad_solver="magic")
+    with pytest.raises(ValueError, match="direct.*linear maps only"):
+        db.loss_and_grad("nonlinear", A, B, X, Y, activation="tanh", solver="direct")
+
+
+def test_bad_data_builder_arguments():
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+        db.data.linear_teacher(0, 2, 2)
+    with pytest.raises(ValueError, match="noise must be >= 0"):
+        db.data.linear_teacher(5, 2, 2, noise=-1.0)
+    with pytest.raises(ValueError, match="scale_A must be >= 0"):
+        db.data.init_params(3, 2, scale_A=-0.1, scale_B=1.0)
