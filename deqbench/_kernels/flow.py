@@ -1,0 +1,292 @@
+"""Compiled gradient flow ``dP/dt = -grad L(P)``: Dormand-Prince 5(4), adaptive step.
+
+Each right-hand side is one loss/gradient evaluation of :mod:`.training`
+(per sample with warm-started solves, or sufficient statistics). The
+embedded 4th-order solution gives the local error estimate; the 5th-order one
+is propagated (local extrapolation) and its last stage is reused as the first
+stage of the next step (FSAL). Step control: the mixed error norm
+``sqrt(mean((err / (atol + rtol max(|P|, |P_new|)))^2)) <= 1``, new step
+``h * clip(0.9 err^(-1/5), 0.2, 10)`` (no growth right after a rejection).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._jit import jit
+from .training import (
+    CONVERGED,
+    DIVERGED,
+    FINISHED,
+    FIXED_POINT_FAILED,
+    FP_FAILED,
+    H_ADJ,
+    H_EXCESS,
+    H_FP,
+    H_GRAD,
+    H_LOSS,
+    H_STEP,
+    H_T,
+    H_TRACE,
+    MAX_STEPS,
+    NCOL_FLOW,
+    NONFINITE,
+    OK,
+    STEP_TOO_SMALL,
+    _write_row,
+    drift_trace,
+    frobenius_q0,
+    record_heavy,
+    sample_eval,
+    sample_workspace,
+    spectral_workspace,
+    suffstats_eval,
+    suffstats_workspace,
+    sumsq,
+)
+
+# Dormand-Prince 5(4) tableau
+_C = np.array([0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0])
+_A = np.array(
+    [
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        [1 / 5, 0.0, 0.0, 0.0, 0.0, 0.0],
+        [3 / 40, 9 / 40, 0.0, 0.0, 0.0, 0.0],
+        [44 / 45, -56 / 15, 32 / 9, 0.0, 0.0, 0.0],
+        [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729, 0.0, 0.0],
+        [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656, 0.0],
+        [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84],
+    ]
+)
+# b (5th order) is the last row of _A; E = b - b_hat (4th order), 7 stages
+_E = np.array(
+    [71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40]
+)
+SAFETY = 0.9
+MIN_FACTOR = 0.2
+MAX_FACTOR = 10.0
+FAIL_FACTOR = 0.25  # step shrink after a failed (non-finite / unsolved) stage
+
+
+@jit
+def _rhs(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar, fsolver,
+         tol, max_iter, beta, ridge, ws, ssw, gA, gB, KA, KB):
+    """``(KA, KB) <- -grad L(A, B)``; returns ``(loss, excess, fp_iters, adj_iters, outcome)``."""
+    kf = 0
+    kb = 0
+    if use_ss:
+        loss, excess, outcome = suffstats_eval(A, B, Sxx, Wstar, Lstar, ssw, gA, gB)
+    else:
+        loss, kf, kb, outcome = sample_eval(model, A, B, X, Y2, y1, u, code, param, fsolver,
+                                            fsolver, tol, max_iter, beta, ridge, 0, True, ws,
+                                            gA, gB)
+        excess = loss - Lstar
+    if outcome == OK and not (np.isfinite(loss) and np.isfinite(sumsq(gA) + sumsq(gB))):
+        outcome = NONFINITE
+    KA[:, :] = -gA
+    KB[:, :] = -gB
+    return loss, excess, kf, kb, outcome
+
+
+@jit
+def _err_norm(P, Pn, EP, atol, rtol, acc):
+    for i in range(P.shape[0]):
+        for j in range(P.shape[1]):
+            s = atol + rtol * max(abs(P[i, j]), abs(Pn[i, j]))
+            acc += (EP[i, j] / s) ** 2
+    return acc
+
+
+@jit
+def _scaled_sq(P, F, atol, rtol):
+    s0 = 0.0
+    s1 = 0.0
+    for i in range(P.shape[0]):
+        for j in range(P.shape[1]):
+            sc = atol + rtol * abs(P[i, j])
+            s0 += (P[i, j] / sc) ** 2
+            s1 += (F[i, j] / sc) ** 2
+    return s0, s1
+
+
+@jit
+def dopri(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
+          fsolver, tol, max_iter, beta, ridge, anderson_slots,
+          t_end, rtol, atol, h0, max_steps, stop_loss, div_factor, record_every,
+          spectral_every, H):
+    """Integrate the gradient flow from ``(A, B)`` (in place) to ``t_end``.
+
+    Records accepted step ``j`` (time ``t_j``) into ``H`` when
+    ``j % record_every == 0`` and at the end; matrix quantities when
+    ``j % spectral_every == 0`` and at the end. Loss, gradient norm and
+    iteration counts of a row are those of the evaluation at ``(t_j, P_j)``.
+
+    Returns ``(status, t, n_accepted, n_rejected, n_evals, n_records)``.
+    """
+    n, d = X.shape
+    m = A.shape[0]
+    if use_ss:
+        ws = sample_workspace(1, m, d, False, 0, 1)
+    else:
+        ws = sample_workspace(n, m, d, model == 2, anderson_slots, max_iter + 2)
+    ssw = suffstats_workspace(m, d)
+    sp = spectral_workspace(m, d)
+    A0 = A.copy()
+    B0 = B.copy()
+    As = np.empty((m, m))
+    Bs = np.empty((m, d))
+    An = np.empty((m, m))
+    Bn = np.empty((m, d))
+    EA = np.empty((m, m))
+    EB = np.empty((m, d))
+    KA = np.zeros((7, m, m))
+    KB = np.zeros((7, m, d))
+    gA = np.empty((m, m))
+    gB = np.empty((m, d))
+    row = np.empty(NCOL_FLOW)
+    good = np.empty(NCOL_FLOW)
+    q0 = frobenius_q0(A0, B0)
+    n_par = m * (m + d)
+    nrec = 0
+    n_acc = 0
+    n_rej = 0
+    n_ev = 1
+    t = 0.0
+    loss, excess, kf, kb, outcome = _rhs(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx,
+                                         Wstar, Lstar, fsolver, tol, max_iter, beta, ridge, ws,
+                                         ssw, gA, gB, KA[0], KB[0])
+    if outcome != OK:
+        return FIXED_POINT_FAILED if outcome == FP_FAILED else DIVERGED, t, 0, 0, n_ev, 0
+    L0 = loss
+    # initial step: Hairer's simple rule on the scaled norms of P and f(P)
+    if h0 > 0.0:
+        h = h0
+    else:
+        a0, a1 = _scaled_sq(A, KA[0], atol, rtol)
+        b0, b1 = _scaled_sq(B, KB[0], atol, rtol)
+        s0 = np.sqrt((a0 + b0) / n_par)
+        s1 = np.sqrt((a1 + b1) / n_par)
+        h = 1e-6 if (s0 < 1e-5 or s1 < 1e-5) else 0.01 * s0 / s1
+    h = min(h, t_end)
+    good_recorded = False
+    rejected_last = False
+    fp_failed = False
+    status = MAX_STEPS
+    loss_n = excess_n = np.nan
+    kf_n = kb_n = 0
+    while True:
+        # the current accepted point (t, A, B) with loss / K[0]
+        row[:] = np.nan
+        row[H_STEP] = n_acc
+        row[H_T] = t
+        row[H_LOSS] = loss
+        row[H_EXCESS] = excess
+        row[H_GRAD] = np.sqrt(sumsq(KA[0]) + sumsq(KB[0]))
+        row[H_TRACE] = drift_trace(A, B, A0, B0)
+        row[H_FP] = kf
+        row[H_ADJ] = kb
+        reached = stop_loss >= 0.0 and loss <= stop_loss
+        done = t >= t_end
+        diverged = L0 > 0.0 and loss > div_factor * L0
+        final = reached or done or diverged or n_acc >= max_steps
+        if final or n_acc % record_every == 0:
+            record_heavy(A, B, A0, B0, q0, sp, final or n_acc % spectral_every == 0, row)
+            _write_row(H, nrec, row)
+            nrec += 1
+            good_recorded = True
+        else:
+            good[:] = row
+            good_recorded = False
+        if diverged:
+            status = DIVERGED
+            break
+        if reached:
+            status = CONVERGED
+            break
+        if done:
+            status = FINISHED
+            break
+        if n_acc >= max_steps:
+            status = MAX_STEPS
+            break
+        # attempt steps from (t, A, B) until one is accepted
+        accepted = False
+        while not accepted:
+            if h <= 1e-14 * max(abs(t), abs(t_end)) or h <= 0.0:
+                status = STEP_TOO_SMALL
+                break
+            last_try = t + h >= t_end
+            if last_try:
+                h = t_end - t
+            failed = False
+            for s in range(1, 7):
+                As[:, :] = A
+                Bs[:, :] = B
+                for j in range(s):
+                    a = _A[s, j]
+                    if a != 0.0:
+                        As += (h * a) * KA[j]
+                        Bs += (h * a) * KB[j]
+                ls, es, kfs, kbs, oc = _rhs(model, As, Bs, X, Y2, y1, u, code, param, use_ss,
+                                            Sxx, Wstar, Lstar, fsolver, tol, max_iter, beta,
+                                            ridge, ws, ssw, gA, gB, KA[s], KB[s])
+                n_ev += 1
+                if oc == FP_FAILED:
+                    fp_failed = True
+                if oc != OK:
+                    failed = True
+                    break
+                if s == 6:
+                    # the 5th-order solution is stage 7's argument (FSAL)
+                    An[:, :] = As
+                    Bn[:, :] = Bs
+                    loss_n, excess_n, kf_n, kb_n = ls, es, kfs, kbs
+            if failed:
+                n_rej += 1
+                h *= FAIL_FACTOR
+                rejected_last = True
+                continue
+            EA[:, :] = 0.0
+            EB[:, :] = 0.0
+            for j in range(7):
+                e = _E[j]
+                if e != 0.0:
+                    EA += (h * e) * KA[j]
+                    EB += (h * e) * KB[j]
+            acc = _err_norm(A, An, EA, atol, rtol, 0.0)
+            acc = _err_norm(B, Bn, EB, atol, rtol, acc)
+            err = np.sqrt(acc / n_par)
+            if not np.isfinite(err):
+                n_rej += 1
+                h *= FAIL_FACTOR
+                rejected_last = True
+                continue
+            if err <= 1.0:
+                fac = MAX_FACTOR if err == 0.0 else min(MAX_FACTOR,
+                                                       max(MIN_FACTOR, SAFETY * err ** -0.2))
+                if rejected_last:
+                    fac = min(fac, 1.0)
+                t = t_end if last_try else t + h
+                A[:, :] = An
+                B[:, :] = Bn
+                KA[0][:, :] = KA[6]
+                KB[0][:, :] = KB[6]
+                loss, excess, kf, kb = loss_n, excess_n, kf_n, kb_n
+                n_acc += 1
+                h *= fac
+                rejected_last = False
+                fp_failed = False
+                accepted = True
+            else:
+                n_rej += 1
+                h *= max(MIN_FACTOR, SAFETY * err ** -0.2)
+                rejected_last = True
+        if not accepted:
+            if fp_failed:
+                status = FIXED_POINT_FAILED
+            if not good_recorded:
+                record_heavy(A, B, A0, B0, q0, sp, True, good)
+                _write_row(H, nrec, good)
+                nrec += 1
+            break
+    return status, t, n_acc, n_rej, n_ev, nrec

@@ -1,0 +1,152 @@
+"""Continuous-time gradient flow ``dP/dt = -grad L(P)`` (THEORY.md sections 5 and 7).
+
+:func:`flow` integrates the flow with a compiled adaptive Dormand-Prince 5(4)
+method (:mod:`deqbench._kernels.flow`) and records the same history as
+:func:`deqbench.train`, against time ``t``. Along the exact flow ``Q`` is
+constant and ``L(t) - L* <= (L(0) - L*) exp(-mu t)``; what the integrator
+keeps of that is measured on every run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _validate as v
+from ._kernels import flow as _kf
+from ._kernels import training as _k
+from .activations import Activation
+from .training import HISTORY_KEYS, STATUS, history_dict, prepare
+
+FLOW_HISTORY_KEYS = (*HISTORY_KEYS, "t")
+EXACT_GRAD = ("picard", "anderson", "direct")
+
+
+@dataclass(frozen=True)
+class FlowResult:
+    """Outcome of :func:`flow`.
+
+    Attributes
+    ----------
+    A, B : final parameters (the last accepted point; always finite)
+    status : str
+        ``"finished"`` (``t_end`` reached), ``"converged"`` (loss <=
+        ``stop_loss``), ``"max_steps"``, ``"diverged"`` (loss above
+        ``DIVERGENCE_FACTOR * L_0``), ``"fixed_point_failed"`` (the step size
+        collapsed because solves kept failing) or ``"step_too_small"``.
+    history : dict of 1-D arrays
+        The keys of :func:`deqbench.train` plus ``t``; ``step`` counts
+        accepted steps.
+    t : float
+        Time reached.
+    n_steps, n_rejected, n_evals : int
+        Accepted steps, rejected steps, gradient evaluations.
+    sufficient_stats : bool
+    L_star : float
+    spectral_every : int
+    """
+
+    A: np.ndarray
+    B: np.ndarray
+    status: str
+    history: dict = field(repr=False)
+    t: float
+    n_steps: int
+    n_rejected: int
+    n_evals: int
+    sufficient_stats: bool
+    L_star: float
+    spectral_every: int
+
+
+def flow(
+    model: str,
+    X,
+    Y,
+    A0,
+    B0,
+    *,
+    t_end: float,
+    rtol: float = 1e-8,
+    atol: float = 1e-10,
+    u=None,
+    activation: str | Activation = "identity",
+    solver: str = "picard",
+    tol: float | None = None,
+    max_steps: int = 100_000,
+    record_every: int | None = 1,
+    stop_loss: float | None = None,
+    sufficient_stats="auto",
+    L_star: float | None = None,
+    h0: float | None = None,
+    max_iter: int = 10_000,
+    damping: float = 1.0,
+    spectral_every="auto",
+    **solver_options,
+) -> FlowResult:
+    """Integrate the gradient flow ``dA/dt = -grad_A L``, ``dB/dt = -grad_B L`` to ``t_end``.
+
+    Parameters
+    ----------
+    model, X, Y, A0, B0, u, activation
+        As in :func:`deqbench.train`.
+    t_end : float > 0
+    rtol, atol : float > 0
+        Tolerances of the Dormand-Prince 5(4) error control (mixed norm,
+        see :mod:`deqbench._kernels.flow`).
+    solver : {"picard", "anderson", "direct"}
+        Forward and adjoint solver (exact gradients only); solves are
+        warm-started from the previous evaluation.
+    tol : float, optional
+        Solve tolerance; default ``min(1e-10, 1e-3 rtol)`` so that solve
+        error stays below the integration error.
+    max_steps : int
+        Cap on accepted steps.
+    record_every, stop_loss, sufficient_stats, L_star, spectral_every
+        As in :func:`deqbench.train`, counted in accepted steps.
+    h0 : float, optional
+        First step size (default: Hairer's initial-step rule).
+
+    Returns
+    -------
+    FlowResult
+
+    Notes
+    -----
+    THEORY.md section 5 (``Q`` constant along the flow: its measured drift
+    is the integration error) and section 7 (``exp(-mu t)`` decay).
+    """
+    t_end = v.positive("t_end", t_end)
+    rtol = v.positive("rtol", rtol)
+    atol = v.positive("atol", atol)
+    tol = min(1e-10, 1e-3 * rtol) if tol is None else tol
+    max_steps = v.integer("max_steps", max_steps, minimum=1)
+    h0 = 0.0 if h0 is None else v.positive("h0", h0)
+    kernel, extra = prepare(
+        model, X, Y, A0, B0, u=u, activation=activation, solver=solver, grad_solver=None,
+        tol=tol, max_iter=max_iter, damping=damping, k=0, sufficient_stats=sufficient_stats,
+        L_star=L_star, record_every=record_every, stop_loss=stop_loss,
+        spectral_every=spectral_every, solver_options=solver_options, grad_methods=EXACT_GRAD,
+    )
+    rec = extra["record_every"]
+    if rec == 0:
+        rec = max_steps + 1
+    H = np.full((max_steps // rec + 2, _k.NCOL_FLOW), np.nan)
+    status, t, n_acc, n_rej, n_ev, n_rec = _kf.dopri(
+        **kernel, t_end=t_end, rtol=rtol, atol=atol, h0=h0, max_steps=max_steps,
+        record_every=rec, H=H,
+    )
+    return FlowResult(
+        A=kernel["A"],
+        B=kernel["B"],
+        status=STATUS[status],
+        history=history_dict(H, n_rec, FLOW_HISTORY_KEYS),
+        t=float(t),
+        n_steps=int(n_acc),
+        n_rejected=int(n_rej),
+        n_evals=int(n_ev),
+        sufficient_stats=bool(kernel["use_ss"]),
+        L_star=kernel["Lstar"],
+        spectral_every=int(kernel["spectral_every"]),
+    )

@@ -1,0 +1,289 @@
+"""What the theory predicts, as plain functions (THEORY.md sections 3 and 5-7).
+
+These are the formulas every training run is measured against: the conserved
+matrix ``Q``, its exact discrete drift under gradient descent, the drift
+bound, the PL constants and predicted per-step factors, the global minimum
+of the linear model, the empirical factor with the window rule of section 7,
+the predicted Picard iteration count and the conditioning bounds of section 6.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _validate as v
+from .activations import Activation, get_activation
+
+MODELS = ("linear", "single_index")
+FLOOR = 1e3  # the window of empirical_factor stays above FLOOR * eps * L_0
+
+
+def _square(name, Q):
+    Q = v.as_matrix(name, Q)
+    if Q.shape[0] != Q.shape[1]:
+        raise ValueError(f"{name} must be square, got shape {Q.shape}")
+    return Q
+
+
+def invariant(A, B) -> np.ndarray:
+    """The conserved matrix ``Q = (I - A)(I - A)^T + B B^T``.
+
+    Parameters
+    ----------
+    A : (m, m), B : (m, d)
+
+    Returns
+    -------
+    Q : (m, m) symmetric positive semidefinite
+
+    Notes
+    -----
+    THEORY.md section 5: constant under gradient flow for the linear and
+    single_index models; row ``i`` gives the sphere
+    ``||row_i(I - A)||^2 + ||row_i(B)||^2 = Q_ii``.
+    """
+    A = _square("A", A)
+    B = v.as_matrix("B", B, shape=(A.shape[0], None))
+    C = np.eye(A.shape[0]) - A
+    return C @ C.T + B @ B.T
+
+
+def gd_invariant_step(Q, grad_A, grad_B, lr) -> np.ndarray:
+    """``Q_{k+1} = Q_k + lr^2 (grad_A grad_A^T + grad_B grad_B^T)``.
+
+    Notes
+    -----
+    THEORY.md section 5: exact (to rounding) for one gradient-descent step
+    ``A <- A - lr grad_A``, ``B <- B - lr grad_B`` of any loss that depends on
+    ``(A, B)`` only through ``W = (I - A)^{-1} B``.
+    """
+    Q = _square("Q", Q)
+    m = Q.shape[0]
+    gA = v.as_matrix("grad_A", grad_A, shape=(m, m))
+    gB = v.as_matrix("grad_B", grad_B, shape=(m, None))
+    lr = v.positive("lr", lr)
+    return Q + lr * lr * (gA @ gA.T + gB @ gB.T)
+
+
+def drift_bound(lr, L0, LK) -> float:
+    """Upper bound ``tr(Q_K - Q_0) <= 2 lr (L_0 - L_K)``.
+
+    Notes
+    -----
+    THEORY.md section 5: valid while ``lr <= 1 / beta_smooth`` along the path
+    (descent lemma); the drift of the invariant is O(lr).
+    """
+    lr = v.positive("lr", lr)
+    return 2.0 * lr * (v.real("L0", L0) - v.real("LK", LK))
+
+
+def _sigma_extremes(X) -> tuple[float, float]:
+    X = v.as_matrix("X", X)
+    ev = np.linalg.eigvalsh(X.T @ X / X.shape[0])
+    return float(max(ev[0], 0.0)), float(ev[-1])
+
+
+def _q_max(Q) -> float:
+    Q = _square("Q", Q)
+    return float(np.linalg.eigvalsh(0.5 * (Q + Q.T))[-1])
+
+
+def pl_constant(model: str, X, Q, *, u=None, activation: str | Activation = "identity") -> float:
+    """PL constant ``mu`` with ``||grad L||^2 >= mu (L - L*)`` on the sphere set by ``Q``.
+
+    Parameters
+    ----------
+    model : {"linear", "single_index"}
+    X : (n, d) data; ``Sigma = X^T X / n`` with extreme eigenvalues ``lmin``, ``lmax``
+    Q : (m, m) the invariant (``Q_0``, or a bound on ``Q_k``); ``q = lambda_max(Q)``
+    u : (m,) read-out of single_index (default ``(1, ..., 1) / sqrt(m)``)
+    activation : the single_index link ``sigma``, with ``gamma <= sigma' <= Gamma``
+
+    Returns
+    -------
+    mu : float
+        linear: ``2 lmin / q``; single_index:
+        ``2 gamma^4 lmin^2 ||u||^2 / (Gamma^2 lmax q)``; ``0.0`` where the
+        theorem does not apply (``gamma <= 0``, singular ``Sigma``).
+
+    Notes
+    -----
+    THEORY.md section 7.
+    """
+    v.choice("model", model, MODELS)
+    lmin, lmax = _sigma_extremes(X)
+    Q = _square("Q", Q)
+    q = _q_max(Q)
+    if not q > 0.0:
+        raise ValueError(f"Q must have a positive largest eigenvalue, got {q!r}")
+    if model == "linear":
+        return 2.0 * lmin / q
+    m = Q.shape[0]
+    if u is None:
+        uu = 1.0
+    else:
+        uu = float(np.sum(v.as_matrix("u", u, ndim=1, shape=(m,)) ** 2))
+    gamma, Gamma = get_activation(activation).derivative_bounds()
+    if gamma <= 0.0 or lmax <= 0.0:
+        return 0.0
+    return 2.0 * gamma**4 * lmin**2 * uu / (Gamma**2 * lmax * q)
+
+
+def predicted_factor(model: str, X, Q, lr, *, L0=None, L_star=0.0, u=None,
+                     activation: str | Activation = "identity") -> float:
+    """Predicted per-step factor of ``L_k - L*`` under gradient descent: ``1 - lr mu``.
+
+    ``mu`` is :func:`pl_constant` with ``q`` replaced by the bound on
+    ``lambda_max(Q_k)``: ``q + 2 lr (L0 - L*)`` when ``L0`` is given (drift
+    bound of section 5), else ``q = lambda_max(Q)``. Clipped at 0 (a step that
+    large is outside the small-``lr`` regime of the theorem).
+
+    Notes
+    -----
+    THEORY.md section 7 (with the drift bound of section 5). An empirical
+    factor above this one means a bug or a violated assumption.
+    """
+    lr = v.positive("lr", lr)
+    Q = _square("Q", Q)
+    q = _q_max(Q)
+    if L0 is not None:
+        gap = max(v.real("L0", L0) - v.real("L_star", L_star), 0.0)
+        q = q + 2.0 * lr * gap
+    Qb = np.eye(Q.shape[0]) * q  # lambda_max(Qb) = q
+    mu = pl_constant(model, X, Qb, u=u, activation=activation)
+    return max(1.0 - lr * mu, 0.0)
+
+
+def least_squares(X, Y) -> tuple[np.ndarray, float]:
+    """Minimum-norm ``W*`` of ``min_W ||X W^T - Y||^2 / 2n`` and that minimum ``L*``.
+
+    ``Y`` may be ``(n, m)`` (``W*`` is ``(m, d)``) or ``(n,)`` (``W*`` is ``(d,)``).
+    ``L*`` is the mean of the squared residuals (no cancellation).
+    """
+    X = v.as_matrix("X", X)
+    Y = np.asarray(Y, dtype=np.float64)
+    sol = np.linalg.lstsq(X, Y, rcond=None)[0]
+    r = X @ sol - Y
+    return np.ascontiguousarray(sol.T), float(0.5 * np.sum(r * r) / X.shape[0])
+
+
+def global_min_loss(model: str, X, Y, *, activation: str | Activation = "identity") -> float:
+    """Global minimum ``L*`` of the loss over all parameters.
+
+    Closed form for ``model="linear"`` (least squares over all ``W``, every
+    ``W`` being reachable as ``(I - A)^{-1} B``) and for ``single_index``
+    with the identity link (least squares on ``y``). Other links have no
+    closed form: a ``ValueError`` (pass ``L_star`` explicitly, e.g. 0 for a
+    realizable teacher).
+
+    Notes
+    -----
+    THEORY.md section 7.
+    """
+    v.choice("model", model, MODELS)
+    X = v.as_matrix("X", X)
+    n = X.shape[0]
+    if model == "linear":
+        Y = v.as_matrix("Y", Y, shape=(n, None))
+    else:
+        if not get_activation(activation).is_identity:
+            raise ValueError(
+                f"global_min_loss has no closed form for single_index with activation="
+                f"{str(get_activation(activation))!r}; pass L_star (0 for a realizable teacher)"
+            )
+        Y = v.as_matrix("Y", Y, ndim=1, shape=(n,))
+    return least_squares(X, Y)[1]
+
+
+def empirical_factor(losses, L_star, steps=None) -> float:
+    """Per-step factor fitted to ``log(L_k - L*)`` (least squares on the window).
+
+    The window starts at the first ``k`` with ``L_k - L* < 0.5 (L_0 - L*)``
+    and ends before the first later ``k`` with ``L_k - L* <= 1e3 eps L_0``
+    (never into the float floor). ``steps`` gives the step number of each
+    entry (default ``0, 1, ...``), so recorded-every-``k`` histories give a
+    per-step factor. Returns NaN when the window holds fewer than 3 points.
+
+    Notes
+    -----
+    THEORY.md section 7.
+    """
+    L = np.asarray(losses, dtype=np.float64)
+    if L.ndim != 1:
+        raise ValueError(f"losses must be 1-dimensional, got shape {L.shape}")
+    k = np.arange(L.size, dtype=np.float64) if steps is None else np.asarray(steps, float)
+    if k.shape != L.shape:
+        raise ValueError(f"steps must have the shape of losses {L.shape}, got {k.shape}")
+    if L.size < 3:
+        return math.nan
+    Ls = v.real("L_star", L_star)
+    e = L - Ls
+    e0 = e[0]
+    floor = FLOOR * np.finfo(float).eps * abs(L[0])
+    below = np.nonzero(e < 0.5 * e0)[0]
+    if e0 <= 0 or below.size == 0:
+        return math.nan
+    start = below[0]
+    stop = start
+    while stop < L.size and e[stop] > floor and np.isfinite(e[stop]):
+        stop += 1
+    if stop - start < 3:
+        return math.nan
+    slope = np.polyfit(k[start:stop], np.log(e[start:stop]), 1)[0]
+    return float(np.exp(slope))
+
+
+def rate_check(losses, L_star, predicted, steps=None) -> dict:
+    """Predicted vs empirical factor for one run.
+
+    Returns ``{"predicted", "empirical", "ratio", "violated"}``; ``violated``
+    is True when the empirical factor exceeds the predicted one (by more than
+    1e-12): a bug or a violated assumption (THEORY.md section 7).
+    """
+    emp = empirical_factor(losses, L_star, steps)
+    pred = v.real("predicted", predicted)
+    ratio = emp / pred if pred > 0 else math.inf
+    return {
+        "predicted": pred,
+        "empirical": emp,
+        "ratio": ratio,
+        "violated": bool(np.isfinite(emp) and emp > pred + 1e-12),
+    }
+
+
+def predicted_fp_iters(rho, tol) -> float:
+    """Predicted Picard iterations from ``Z0 = 0`` to relative tolerance ``tol``:
+    ``ceil(log(tol) / log(rho))``; ``inf`` when ``rho >= 1``, 1 when ``rho = 0``.
+
+    Notes
+    -----
+    THEORY.md section 3.
+    """
+    rho = v.positive("rho", rho, allow_zero=True)
+    tol = v.positive("tol", tol)
+    if rho >= 1.0:
+        return math.inf
+    if rho == 0.0 or tol >= 1.0:
+        return 1.0
+    return float(math.ceil(math.log(tol) / math.log(rho)))
+
+
+def conditioning_bounds(Q, W) -> tuple[float, float]:
+    """Bounds on the singular values of ``I - A`` from the invariant.
+
+    Returns ``(lower, upper)`` with
+    ``sigma_min(I - A) >= lower = sqrt(lambda_min(Q) / (1 + ||W||_2^2))`` and
+    ``sigma_max(I - A) <= upper = sqrt(lambda_max(Q))``
+    (so every singular value of ``(I - A)^{-1}`` is ``>= 1 / upper``).
+
+    Notes
+    -----
+    THEORY.md section 6, from ``B = C W`` so ``Q = C (I + W W^T) C^T``.
+    """
+    Q = _square("Q", Q)
+    W = v.as_matrix("W", W, shape=(Q.shape[0], None))
+    ev = np.linalg.eigvalsh(0.5 * (Q + Q.T))
+    w2 = np.linalg.norm(W, 2) ** 2
+    return float(math.sqrt(max(ev[0], 0.0) / (1.0 + w2))), float(math.sqrt(max(ev[-1], 0.0)))

@@ -1,0 +1,363 @@
+"""Gradient descent on DEQ models, one compiled call per run (THEORY.md sections 5-8).
+
+:func:`train` validates its input, picks the per-sample or the
+sufficient-statistics path, and hands the whole loop to
+:func:`deqbench._kernels.training.gd`. Every recorded step carries what the
+theory predicts next to what happened: the drift of the invariant ``Q``, the
+conditioning of ``I - A``, iteration counts, the excess loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _validate as v
+from . import theory
+from ._kernels import training as _k
+from .activations import Activation, get_activation
+from .fixed_point import anderson_options
+from .gradients import GRAD_METHODS, MODELS, check_targets
+
+SOLVERS = ("picard", "anderson", "direct")
+STATUS = {
+    _k.CONVERGED: "converged",
+    _k.MAX_STEPS: "max_steps",
+    _k.DIVERGED: "diverged",
+    _k.FIXED_POINT_FAILED: "fixed_point_failed",
+    _k.FINISHED: "finished",
+    _k.STEP_TOO_SMALL: "step_too_small",
+}
+HISTORY_KEYS = (
+    "step",
+    "loss",
+    "excess_loss",
+    "grad_norm",
+    "invariant_drift",
+    "drift_trace",
+    "sigma_min",
+    "sigma_max",
+    "spectral_radius",
+    "fp_iters",
+    "adj_iters",
+)
+_INT_KEYS = ("step", "fp_iters", "adj_iters")
+DIVERGENCE_FACTOR = 1e4
+"""A run is ``"diverged"`` once its loss exceeds ``DIVERGENCE_FACTOR * L_0``."""
+SPECTRAL_BUDGET = 0.05
+"""Auto ``spectral_every`` keeps the matrix quantities below this fraction of a step."""
+SPECTRAL_FLOPS = 100.0
+"""Cost of the SVD + eigenvalue solve of an ``m x m`` matrix, in units of ``m^3``
+gemm flops (measured, values-only LAPACK; see :func:`auto_spectral_every`)."""
+
+_MODEL_CODE = {"linear": _k.LINEAR, "single_index": _k.SINGLE_INDEX, "nonlinear": _k.NONLINEAR}
+_SOLVER_CODE = {
+    "picard": _k.PICARD,
+    "anderson": _k.ANDERSON,
+    "direct": _k.DIRECT,
+    "jfb": _k.JFB,
+    "neumann": _k.NEUMANN,
+}
+_DUMMY2 = np.zeros((1, 1))
+_DUMMY1 = np.zeros(1)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of :func:`train`.
+
+    Attributes
+    ----------
+    A : (m, m), B : (m, d)
+        Final parameters; on failure the last parameters whose loss and
+        gradient were computed successfully (always finite).
+    status : str
+        ``"converged"`` (loss <= ``stop_loss``), ``"max_steps"``,
+        ``"diverged"`` (non-finite loss, gradient or parameters, or loss above
+        ``DIVERGENCE_FACTOR * L_0``) or ``"fixed_point_failed"`` (a forward or
+        adjoint solve did not reach ``tol`` in ``max_iter`` iterations).
+    history : dict of 1-D arrays
+        One entry per recorded step, keys ``HISTORY_KEYS``; the last entry is
+        the step of ``A``, ``B``. ``invariant_drift``, ``sigma_min``,
+        ``sigma_max``, ``spectral_radius`` are NaN on recorded steps that are
+        not a multiple of ``spectral_every`` (and computed at the last one).
+    n_steps : int
+        Gradient steps applied to reach ``A``, ``B``.
+    sufficient_stats : bool
+        Whether the n-independent path of THEORY.md section 8 ran.
+    L_star : float
+        Global minimum used for ``excess_loss`` (NaN if unknown).
+    spectral_every : int
+    """
+
+    A: np.ndarray
+    B: np.ndarray
+    status: str
+    history: dict = field(repr=False)
+    n_steps: int
+    sufficient_stats: bool
+    L_star: float
+    spectral_every: int
+
+    @property
+    def converged(self) -> bool:
+        return self.status == "converged"
+
+
+def step_flops(m: int, d: int, n: int, sufficient_stats: bool, iters: int = 2) -> float:
+    """Flops of one gradient step by the cost model of THEORY.md section 8.
+
+    Per sample: ``(K_f + K_b) 2 m^2 n + 2 m d n + 2 m n (m + d)`` with
+    ``K_f = K_b = iters``; sufficient statistics: ``2 m^3 + 6 m^2 d + 2 m d^2``.
+    """
+    if sufficient_stats:
+        return 2.0 * m**3 + 6.0 * m * m * d + 2.0 * m * d * d
+    return 2 * iters * 2.0 * m * m * n + 2.0 * m * d * n + 2.0 * m * n * (m + d)
+
+
+def auto_spectral_every(m: int, d: int, n: int, sufficient_stats: bool, record_every: int) -> int:
+    """The documented rule for the default ``spectral_every``.
+
+    The matrix quantities of a recorded step cost about
+    ``2 m^2 (m + d) + SPECTRAL_FLOPS m^3`` flops (one gemm for ``Q - Q_0``, an
+    SVD and a non-symmetric eigenvalue solve); they are computed every
+    ``k`` steps with the smallest ``k`` (a multiple of ``record_every``) that
+    keeps them below ``SPECTRAL_BUDGET`` (5%) of the cost of the steps in
+    between, estimated by :func:`step_flops` with only 2 forward and 2
+    adjoint iterations (a well warm-started step; real steps cost more).
+    """
+    heavy = 2.0 * m * m * (m + d) + SPECTRAL_FLOPS * m**3
+    k = max(1, math.ceil(heavy / (SPECTRAL_BUDGET * step_flops(m, d, n, sufficient_stats))))
+    return record_every * math.ceil(k / record_every)
+
+
+def check_params(A0, B0, X):
+    """Validate ``A0 (m, m)``, ``B0 (m, d)``, ``X (n, d)``; float64 C-contiguous copies."""
+    A0 = v.as_matrix("A0", A0)
+    m = A0.shape[0]
+    if A0.shape[1] != m:
+        raise ValueError(f"A0 must be square (m, m), got shape {A0.shape}")
+    B0 = v.as_matrix("B0", B0, shape=(m, None))
+    X = v.as_matrix("X", X, shape=(None, B0.shape[1]))
+    return A0.copy(), B0.copy(), X
+
+
+def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max_iter,
+            damping, k, sufficient_stats, L_star, record_every, stop_loss, spectral_every,
+            solver_options, grad_methods=GRAD_METHODS):
+    """Validate the arguments shared by :func:`train` and :func:`deqbench.flow`;
+    return the keyword arguments of the kernels plus bookkeeping."""
+    v.choice("model", model, MODELS)
+    A0, B0, X = check_params(A0, B0, X)
+    n, d = X.shape
+    m = A0.shape[0]
+    act = get_activation(activation)
+    if model == "linear" and not act.is_identity:
+        raise ValueError(f"activation must be 'identity' for model='linear', got {str(act)!r}")
+    Y, u = check_targets(model, Y, u, n, m)
+    v.choice("solver", solver, SOLVERS)
+    grad_solver = solver if grad_solver is None else grad_solver
+    v.choice("grad_solver", grad_solver, grad_methods)
+    tol = v.positive("tol", tol)
+    max_iter = v.integer("max_iter", max_iter, minimum=1)
+    beta = v.unit_interval("damping", damping)
+    nk = 0
+    if grad_solver == "neumann":
+        nk = v.integer("k", k, minimum=0)
+    options = dict(solver_options)
+    slots, ridge = 0, 1e-10
+    if "anderson" in (solver, grad_solver):
+        slots, ridge = anderson_options(options)
+    v.no_extra("train", options)
+    if model == "nonlinear" and "direct" in (solver, grad_solver):
+        raise ValueError(
+            "solver/grad_solver='direct' solves linear maps only, got model='nonlinear'"
+        )
+    if record_every is None:
+        record_every = 0
+    else:
+        record_every = v.integer("record_every", record_every, minimum=1)
+    stop = -1.0 if stop_loss is None else v.positive("stop_loss", stop_loss, allow_zero=True)
+    if sufficient_stats not in ("auto", True, False):
+        raise ValueError(
+            f"sufficient_stats must be 'auto', True or False, got {sufficient_stats!r}"
+        )
+    applies = model == "linear" and grad_solver not in ("jfb", "neumann")
+    if sufficient_stats is True and not applies:
+        raise ValueError(
+            "sufficient_stats=True needs model='linear' and an exact grad_solver, got "
+            f"model={model!r}, grad_solver={grad_solver!r}"
+        )
+    if sufficient_stats == "auto":
+        use_ss = applies and step_flops(m, d, n, True) < step_flops(m, d, n, False)
+    else:
+        use_ss = bool(sufficient_stats)
+    # global minimum (and W* for the sufficient-statistics path)
+    Wstar, Sxx = _DUMMY2, _DUMMY2
+    if L_star is not None:
+        L_star = v.real("L_star", L_star)
+    if model == "linear" or (model == "single_index" and act.is_identity):
+        W, Ls = theory.least_squares(X, Y)
+        if L_star is None:
+            L_star = Ls
+        if use_ss:
+            Wstar, Sxx = W, X.T @ X / n
+            L_star = Ls
+    if L_star is None:
+        L_star = math.nan
+    rec = record_every if record_every > 0 else 1
+    if spectral_every == "auto":
+        spectral_every = auto_spectral_every(m, d, n, use_ss, rec)
+    else:
+        spectral_every = v.integer("spectral_every", spectral_every, minimum=1)
+    kernel = dict(
+        model=_MODEL_CODE[model],
+        A=A0,
+        B=B0,
+        X=X,
+        Y2=_DUMMY2 if model == "single_index" else Y,
+        y1=Y if model == "single_index" else _DUMMY1,
+        u=_DUMMY1 if u is None else u,
+        code=act.code,
+        param=act.param,
+        use_ss=use_ss,
+        Sxx=Sxx,
+        Wstar=Wstar,
+        Lstar=float(L_star),
+        fsolver=_SOLVER_CODE[solver],
+        tol=tol,
+        max_iter=max_iter,
+        beta=beta,
+        ridge=ridge,
+        anderson_slots=slots,
+        stop_loss=stop,
+        div_factor=DIVERGENCE_FACTOR,
+        spectral_every=spectral_every,
+    )
+    extra = dict(gsolver=_SOLVER_CODE[grad_solver], nk=nk, record_every=record_every)
+    return kernel, extra
+
+
+def history_dict(H, n_rec, keys=HISTORY_KEYS) -> dict:
+    """Columns of the kernel's history matrix as a dict of 1-D arrays."""
+    out = {}
+    for j, key in enumerate(keys):
+        col = H[:n_rec, j].copy()
+        out[key] = col.astype(np.int64) if key in _INT_KEYS else col
+    return out
+
+
+def train(
+    model: str,
+    X,
+    Y,
+    A0,
+    B0,
+    *,
+    lr: float,
+    steps: int,
+    u=None,
+    activation: str | Activation = "identity",
+    solver: str = "picard",
+    grad_solver: str | None = None,
+    tol: float = 1e-10,
+    record_every: int | None = 1,
+    warm_start: bool = True,
+    stop_loss: float | None = None,
+    sufficient_stats="auto",
+    L_star: float | None = None,
+    max_iter: int = 10_000,
+    damping: float = 1.0,
+    k: int = 5,
+    spectral_every="auto",
+    **solver_options,
+) -> TrainResult:
+    """Run ``steps`` steps of gradient descent ``P <- P - lr grad L(P)`` in one compiled call.
+
+    Parameters
+    ----------
+    model : {"linear", "single_index", "nonlinear"}
+        As in :func:`~deqbench.loss_and_grad` (THEORY.md section 2).
+    X : (n, d), Y : (n, m) or (n,) for single_index
+    A0 : (m, m), B0 : (m, d)
+        Initial parameters (not modified).
+    lr : float > 0
+    steps : int >= 1
+    u, activation
+        Read-out and link of single_index; ``phi`` of nonlinear.
+    solver : {"picard", "anderson", "direct"}
+        Forward solver (``direct``: LU of ``I - A``, linear fixed points only).
+    grad_solver : str, optional
+        Adjoint solver, default ``solver``; also ``"jfb"`` or ``"neumann"``
+        (``k`` terms), the inexact gradients of THEORY.md section 4.
+    tol, max_iter, damping
+        Per-solve relative residual tolerance, iteration cap and Picard damping;
+        ``solver_options``: Anderson ``m`` and ``ridge``.
+    record_every : int or None
+        Record step ``k`` when ``k % record_every == 0``; ``None`` records only
+        the first and the last step. The last step is always recorded.
+    warm_start : bool
+        Start each forward solve from the previous fixed point and each
+        adjoint solve from the previous adjoint (otherwise from zero).
+    stop_loss : float, optional
+        Stop with ``"converged"`` once the loss is ``<= stop_loss``.
+    sufficient_stats : {"auto", True, False}
+        The n-independent step of THEORY.md section 8 (linear model, exact
+        gradient). ``"auto"`` uses it when the section 8 cost model says it
+        is cheaper than a per-sample step (:func:`step_flops`), which is
+        almost always; then ``solver``, ``tol`` and ``warm_start`` are unused
+        and ``fp_iters = adj_iters = 0``.
+    L_star : float, optional
+        Global minimum for ``excess_loss``; default: the closed form of
+        :func:`deqbench.theory.global_min_loss` where it exists, else NaN.
+    spectral_every : int or "auto"
+        Steps between computations of ``invariant_drift``, ``sigma_min``,
+        ``sigma_max``, ``spectral_radius`` (see :func:`auto_spectral_every`).
+
+    Returns
+    -------
+    TrainResult
+
+    Notes
+    -----
+    THEORY.md sections 5-8. The loop, the solves and the recording run in
+    one Numba call; all ``n``-sized buffers are allocated once. Failure never
+    raises: see ``TrainResult.status``.
+    """
+    kernel, extra = prepare(
+        model, X, Y, A0, B0, u=u, activation=activation, solver=solver,
+        grad_solver=grad_solver, tol=tol, max_iter=max_iter, damping=damping, k=k,
+        sufficient_stats=sufficient_stats, L_star=L_star, record_every=record_every,
+        stop_loss=stop_loss, spectral_every=spectral_every, solver_options=solver_options,
+    )
+    lr = v.positive("lr", lr)
+    steps = v.integer("steps", steps, minimum=1)
+    if not isinstance(warm_start, (bool, np.bool_)):
+        raise TypeError(f"warm_start must be a bool, got {warm_start!r}")
+    rec = extra["record_every"]
+    if rec == 0:  # first and last only
+        rec = steps + 1
+    spectral_every = kernel["spectral_every"]
+    H = np.full((steps // rec + 2, _k.NCOL), np.nan)
+    status, last, n_rec = _k.gd(
+        **kernel,
+        gsolver=extra["gsolver"],
+        nk=extra["nk"],
+        warm=bool(warm_start),
+        lr=lr,
+        steps=steps,
+        record_every=rec,
+        H=H,
+    )
+    return TrainResult(
+        A=kernel["A"],
+        B=kernel["B"],
+        status=STATUS[status],
+        history=history_dict(H, n_rec),
+        n_steps=int(last),
+        sufficient_stats=bool(kernel["use_ss"]),
+        L_star=kernel["Lstar"],
+        spectral_every=int(spectral_every),
+    )
