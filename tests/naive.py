@@ -124,3 +124,33 @@ def grad_fd(model, A, B, X, Y, u=None, name="identity", slope=0.01, h=1e-6):
             g[idx] = (lp - lm) / (2 * h)
         out.append(g)
     return tuple(out)
+
+
+# --- training references (issue 3): plain gradient descent, dense solves ---
+
+
+def gd_reference(model, A, B, X, Y, lr, steps, u=None, name="identity", slope=0.01):
+    """Plain NumPy gradient descent with a dense (or long-Picard) fixed point and a
+    dense per-sample adjoint at every step.
+
+    Returns ``(As, Bs, losses)``: the parameters after ``0..steps`` updates and
+    the loss at each of them.
+    """
+    A = np.array(A, dtype=float)
+    B = np.array(B, dtype=float)
+    As, Bs, losses = [A.copy()], [B.copy()], []
+    for _ in range(steps):
+        losses.append(loss(model, A, B, X, Y, u, name, slope))
+        gA, gB = grad_dense(model, A, B, X, Y, u, name, slope)
+        A = A - lr * gA
+        B = B - lr * gB
+        As.append(A.copy())
+        Bs.append(B.copy())
+    losses.append(loss(model, A, B, X, Y, u, name, slope))
+    return np.array(As), np.array(Bs), np.array(losses)
+
+
+def invariant_q(A, B):
+    """``Q = (I - A)(I - A)^T + B B^T`` written out."""
+    C = np.eye(A.shape[0]) - A
+    return C @ C.T + B @ B.T
