@@ -1,0 +1,1 @@
+"""asv benchmark suite of deqbench (run ``asv run`` from the repository root)."""
