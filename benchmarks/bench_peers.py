@@ -1,0 +1,99 @@
+"""deqbench against its peers (issue 6): W1 forward solve, W2 exact GD step, W4 tanh step.
+
+The same workloads as ``python -m benchmarks.peers.run_peers`` (which also
+prints the ratio table and writes ``results/peers/``). A peer whose library
+is not installed is skipped (``NotImplementedError`` in ``setup``); install
+them with ``pip install -e ".[peers]"``. ``setup`` builds the problem, runs
+the peer once (JIT compilation, correctness check against a dense solve), so
+compilation is never timed. Full grid (m = 1024) with ``ASV_FULL_PARAMS=1``.
+"""
+
+from __future__ import annotations
+
+import os
+
+try:
+    from .peers import problems as P
+    from .peers.problems import PeerMissing
+    from .peers.run_peers import forward_factories, step_factories
+except ImportError:  # run from the repository root without the package
+    from benchmarks.peers import problems as P
+    from benchmarks.peers.problems import PeerMissing
+    from benchmarks.peers.run_peers import forward_factories, step_factories
+
+FULL = bool(os.environ.get("ASV_FULL_PARAMS"))
+SIZES = [32, 256, 1024] if FULL else [32, 256]
+N = 8192
+PEERS = ["deqbench", "numpy loop", "numpy direct", "pytorch eager", "torchdeq", "jaxopt"]
+
+_CACHE: dict = {}
+
+
+def _problem(kind: str, m: int):
+    key = (kind, m)
+    if key not in _CACHE:
+        _CACHE[key] = P.linear_problem(m, N) if kind == "linear" else P.tanh_problem(m, N)
+    return _CACHE[key]
+
+
+def _build(factories, peer: str, p, grads: bool):
+    make = dict(factories(p))[peer]
+    try:
+        fn = make()
+    except PeerMissing as e:
+        raise NotImplementedError(str(e)) from e
+    if fn is None:
+        raise NotImplementedError(f"{peer} does not apply to {p.name}")
+    out = fn()
+    P.check(p, out, what=peer, grads=grads)
+    return fn, out
+
+
+class PeersForward:
+    """W1: forward Picard solve of the linear DEQ, rho(A) = 0.5, tol 1e-10."""
+
+    params = (SIZES, PEERS)
+    param_names = ["m", "peer"]
+    timeout = 600
+
+    def setup(self, m, peer):
+        self.fn, self.out = _build(forward_factories, peer, _problem("linear", m), False)
+
+    def time_forward(self, m, peer):
+        self.fn()
+
+    def track_map_evaluations(self, m, peer):
+        return self.out.fp_evals
+
+    track_map_evaluations.unit = "evaluations"
+
+
+class PeersGradStep:
+    """W2: loss and exact implicit gradient (forward + adjoint to 1e-10)."""
+
+    params = (SIZES, PEERS)
+    param_names = ["m", "peer"]
+    timeout = 900
+
+    def setup(self, m, peer):
+        self.fn, self.out = _build(step_factories, peer, _problem("linear", m), True)
+
+    def time_step(self, m, peer):
+        self.fn()
+
+    def peakmem_step(self, m, peer):
+        self.fn()
+
+
+class PeersTanhStep:
+    """W4: nonlinear (tanh) DEQ, forward + implicit gradient, m = 256."""
+
+    params = ([256], [p for p in PEERS if p != "numpy direct"])
+    param_names = ["m", "peer"]
+    timeout = 600
+
+    def setup(self, m, peer):
+        self.fn, self.out = _build(step_factories, peer, _problem("tanh", m), True)
+
+    def time_step(self, m, peer):
+        self.fn()
