@@ -28,3 +28,9 @@ def pjit(fn=None, **overrides):
 
 
 prange = nb.prange
+
+# A serial kernel loaded from the on-disk cache calls the parallel kernels it
+# was compiled against without going through their dispatchers, so nothing
+# would start numba's thread pool and the first parallel region would crash.
+# Every kernel module imports this one: start the pool here, once.
+nb.get_num_threads()
