@@ -155,6 +155,7 @@ TRAIN_PARAMS: dict[str, tuple[Callable, object]] = {
     "record_every": (_int(1), 1),
     "stop_loss": (_float(0.0, strict=False), 0.0),
     "teacher_scale": (_float(0.0, strict=False, high=0.999), 0.5),
+    "sufficient_stats": (_choice(("auto", True, False)), "auto"),
 }
 REQUIRED_TRAIN = ("model", "m", "d", "n", "lr", "steps")
 
@@ -218,35 +219,55 @@ def _final(history: Mapping, key: str) -> float:
     return float(a[-1]) if a.size else math.nan
 
 
+_WARMED: set = set()
+
+
+def _warm_up(params: dict) -> None:
+    """Compile (or load from cache) the kernels a run uses, once per process, so that
+    ``train_s`` times the run and not the JIT."""
+    from .training import train
+
+    key = (params["model"], params["solver"], params["grad_solver"], params["activation"])
+    if key in _WARMED:
+        return
+    tiny = {**params, "m": 2, "d": 2, "n": 4, "noise": 0.0}
+    X, Y, A0, B0 = build_problem(tiny, np.random.SeedSequence(0))
+    grad_solver = None if params["grad_solver"] == "same" else params["grad_solver"]
+    train(params["model"], X, Y, A0, B0, lr=1e-3, steps=2, activation=params["activation"],
+          solver=params["solver"], grad_solver=grad_solver, tol=1e-6)
+    _WARMED.add(key)
+
+
 def run_train(params: dict, seed: np.random.SeedSequence) -> dict:
     """Default run function: one compiled training run with :func:`deqbench.train`.
 
     Returns the final metrics, the theory's predicted per-step factor next to
-    the empirical one, and the run's history.
+    the empirical one (THEORY.md section 7), and the run's history. For
+    noise-free ``single_index`` and ``nonlinear`` runs the teacher is
+    realizable and ``L* = 0``.
     """
-    import deqbench
+    from .training import train
 
-    from . import theory
-
-    train = getattr(deqbench, "train", None)
-    if train is None:  # pragma: no cover - before the training module exists
-        raise RuntimeError("deqbench.train is not available in this installation")
     X, Y, A0, B0 = build_problem(params, seed)
     grad_solver = None if params["grad_solver"] == "same" else params["grad_solver"]
     stop = params["stop_loss"] or None
+    L_star = 0.0 if params["model"] != "linear" and params["noise"] == 0 else None
+    _warm_up(params)
     t0 = time.perf_counter()
     res = train(
         params["model"], X, Y, A0, B0, lr=params["lr"], steps=params["steps"],
         activation=params["activation"], solver=params["solver"], grad_solver=grad_solver,
-        tol=params["tol"], record_every=params["record_every"], stop_loss=stop,
+        tol=params["tol"], record_every=params["record_every"], stop_loss=stop, L_star=L_star,
+        sufficient_stats=params["sufficient_stats"],
     )
     elapsed = time.perf_counter() - t0
     hist = {k: np.asarray(v) for k, v in res.history.items()}
     metrics = summarize_history(hist)
     metrics["train_s"] = elapsed
-    steps_done = metrics.get("steps_done", math.nan)
-    metrics["time_per_step_s"] = elapsed / steps_done if steps_done and steps_done > 0 else math.nan
-    metrics.update(_rate_metrics(params, X, Y, A0, B0, hist, theory))
+    metrics["time_per_step_s"] = elapsed / max(res.n_steps, 1)
+    metrics["sufficient_stats"] = bool(res.sufficient_stats)
+    metrics["L_star"] = float(res.L_star)
+    metrics.update(_rate_metrics(params, X, A0, B0, hist, res.L_star))
     return {"status": str(res.status), "metrics": metrics, "history": hist}
 
 
@@ -269,23 +290,22 @@ def summarize_history(hist: Mapping) -> dict:
     return out
 
 
-def _rate_metrics(params, X, Y, A0, B0, hist, theory) -> dict:
+def _rate_metrics(params, X, A0, B0, hist, L_star) -> dict:
     """Predicted and empirical per-step factors (THEORY.md section 7), where defined."""
+    from . import theory
+
     out = {"predicted_factor": math.nan, "empirical_factor": math.nan, "factor_ratio": math.nan}
     model = params["model"]
-    if model == "nonlinear":
+    loss = np.asarray(hist.get("loss", ()), dtype=float)
+    if model == "nonlinear" or not math.isfinite(L_star) or loss.size < 3:
         return out
-    try:
-        kw = {"lr": params["lr"]}
-        if model == "single_index":
-            kw["activation"] = params["activation"]
-        out["predicted_factor"] = float(theory.predicted_factor(model, X, A0, B0, **kw))
-        L_star = float(theory.global_min_loss(model, X, Y)) if model == "linear" else 0.0
-        loss = np.asarray(hist["loss"], dtype=float)
-        out["empirical_factor"] = float(theory.empirical_factor(loss, L_star))
+    Q0 = theory.invariant(A0, B0)
+    out["predicted_factor"] = theory.predicted_factor(
+        model, X, Q0, params["lr"], L0=float(loss[0]), L_star=L_star,
+        activation=params["activation"] if model == "single_index" else "identity")
+    out["empirical_factor"] = theory.empirical_factor(loss, L_star, hist["step"])
+    if out["predicted_factor"] > 0:
         out["factor_ratio"] = out["empirical_factor"] / out["predicted_factor"]
-    except Exception as exc:  # a theory helper that does not apply is not a failed run
-        out["rate_error"] = f"{type(exc).__name__}: {exc}"
     return out
 
 
