@@ -190,7 +190,8 @@ def dopri(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
         diverged = L0 > 0.0 and loss > div_factor * L0
         final = reached or done or diverged or n_acc >= max_steps
         if final or n_acc % record_every == 0:
-            record_heavy(A, B, A0, B0, q0, sp, final or n_acc % spectral_every == 0, row)
+            if final or n_acc % spectral_every == 0:
+                record_heavy(A, B, A0, B0, q0, sp, row)
             _write_row(H, nrec, row)
             nrec += 1
             good_recorded = True
@@ -285,7 +286,7 @@ def dopri(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
             if fp_failed:
                 status = FIXED_POINT_FAILED
             if not good_recorded:
-                record_heavy(A, B, A0, B0, q0, sp, True, good)
+                record_heavy(A, B, A0, B0, q0, sp, good)
                 _write_row(H, nrec, good)
                 nrec += 1
             break

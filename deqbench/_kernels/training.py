@@ -202,12 +202,12 @@ def drift_trace(A, B, A0, B0):
 
 
 @jit
-def record_heavy(A, B, A0, B0, q0_norm, sp, spectral, row):
-    """Matrix quantities of a recorded step into ``row``.
+def record_heavy(A, B, A0, B0, q0_norm, sp, row):
+    """Matrix quantities of a recorded step into ``row`` (every ``spectral_every`` steps).
 
     ``invariant_drift = ||Q - Q_0||_F / ||Q_0||_F`` with ``Q - Q_0 = S + S^T``,
     ``S = [dC, dB] [mid C, mid B]^T`` (one gemm, accurate for small drift);
-    with ``spectral``: singular values of ``I - A`` and the spectral radius of ``A``.
+    the extreme singular values of ``I - A`` and the spectral radius of ``A``.
     """
     Pm, Rm, S, acpy, wr, wi, dummy = sp
     m, d = B.shape
@@ -226,8 +226,6 @@ def record_heavy(A, B, A0, B0, q0_norm, sp, spectral, row):
             q = S[i, j] + S[j, i]
             f += q * q
     row[H_DRIFT] = np.sqrt(f) / q0_norm if q0_norm > 0.0 else np.nan
-    if not spectral:
-        return
     # singular values of C = I - A (column-major copy: C^T has the same ones)
     for i in range(m):
         for j in range(m):
@@ -374,10 +372,10 @@ def gd(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
     """``steps`` gradient-descent updates ``P <- P - lr grad L(P)`` in place on ``A``, ``B``.
 
     Records step ``k`` into ``H`` when ``k % record_every == 0`` and at the
-    last step; the matrix quantities (invariant drift, singular values,
-    spectral radius) when ``k % spectral_every == 0`` and at the last step
-    (NaN otherwise). On failure ``A``, ``B`` are restored to the last
-    parameters whose evaluation succeeded and that step is the last row.
+    last step; the matrix quantities of :func:`record_heavy` when also
+    ``k % spectral_every == 0`` or at the last step (NaN otherwise). On
+    failure ``A``, ``B`` are restored to the last parameters whose evaluation
+    succeeded and that step is the last row.
 
     Returns ``(status, last_step, n_records)``.
     """
@@ -428,7 +426,7 @@ def gd(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
                 A[:, :] = Ap
                 B[:, :] = Bp
                 if not good_recorded:
-                    record_heavy(A, B, A0, B0, q0, sp, True, good)
+                    record_heavy(A, B, A0, B0, q0, sp, good)
                     _write_row(H, nrec, good)
                     nrec += 1
             break
@@ -446,7 +444,8 @@ def gd(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
         reached = stop_loss >= 0.0 and loss <= stop_loss
         final = reached or k >= steps
         if final or k % record_every == 0:
-            record_heavy(A, B, A0, B0, q0, sp, final or k % spectral_every == 0, row)
+            if final or k % spectral_every == 0:
+                record_heavy(A, B, A0, B0, q0, sp, row)
             _write_row(H, nrec, row)
             nrec += 1
             good_recorded = True
@@ -468,7 +467,7 @@ def gd(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
             A[:, :] = Ap
             B[:, :] = Bp
             if not good_recorded:
-                record_heavy(A, B, A0, B0, q0, sp, True, good)
+                record_heavy(A, B, A0, B0, q0, sp, good)
                 _write_row(H, nrec, good)
                 nrec += 1
             break
