@@ -144,6 +144,6 @@ def run(ctx) -> None:
         ax.axhline(rtol, color=line[0].get_color(), ls=":", lw=0.8)
     ax.set_xlabel("t")
     ax.set_ylabel("||Q(t) - Q(0)|| / ||Q(0)||")
-    ax.set_title("E1 gradient flow: drift at integrator tolerance (dotted: rtol)")
+    ax.set_title("E1 gradient flow drift (dotted: rtol)")
     ax.legend(fontsize=8)
     ctx.save(fig, "e1_conservation.png")

@@ -62,7 +62,8 @@ def run(ctx) -> None:
               all(o[5] and o[4] <= o[3] for o in out))
 
     # gradient flow: exp(-mu t)
-    m, d = sizes[1]
+    m = mf = sizes[1][0]
+    d = sizes[1][1]
     X, Y, _ = data.linear_teacher(n, d, m, noise=0.1, seed=ctx.seed(9, 0))
     A0, B0 = data.init_params(m, d, scale_A=0.5, scale_B=1.0, seed=ctx.seed(9, 1))
     fr = flow("linear", X, Y, A0, B0, t_end=30.0, rtol=1e-10, atol=1e-12)
@@ -102,6 +103,6 @@ def run(ctx) -> None:
                 label=f"exp(-mu t), mu={mu:.3f}")
     ax.set_ylim(max(FLOOR * L0f / 10, 1e-18), (L0f - fr.L_star) * 3)
     ax.set_xlabel("t")
-    ax.set_title(f"E2 gradient flow m=d={m}")
+    ax.set_title(f"E2 gradient flow m=d={mf}")
     ax.legend(fontsize=8)
     ctx.save(fig, "e2_linear_rates.png")
