@@ -1100,6 +1100,16 @@ def run_sweep(
         raise ValueError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
     if workers is not None and (isinstance(workers, bool) or int(workers) < 1):
         raise ValueError(f"workers must be >= 1, got {workers!r}")
+    if run_fn is not None and executor != "serial":
+        import pickle
+
+        try:
+            pickle.dumps(run_fn)
+        except Exception as exc:
+            raise ValueError(
+                f"run_fn must be picklable (a module-level function) for executor "
+                f"{executor!r}: {type(exc).__name__}: {exc}"
+            ) from None
     out = Path(out)
     store = Store(out)
     meta = {

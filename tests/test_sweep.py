@@ -221,6 +221,16 @@ def test_local_pool_equals_serial_for_gd_runs(tmp_path):
         tmp_path / "local" / "histories.csv").read_text()
 
 
+def test_unpicklable_run_function_is_refused_up_front(tmp_path):
+    g = parse_grid(helper_grid(1))
+    with pytest.raises(ValueError, match="run_fn must be picklable"):
+        run_sweep(g, tmp_path / "x", executor="local", run_fn=lambda p, s: {}, progress=False)
+    assert not (tmp_path / "x").exists()
+    res = run_sweep(g, tmp_path / "y", executor="serial", progress=False,
+                    run_fn=lambda p, s: {"metrics": {"v": p["a"]}})
+    assert res.ok == 1 and read_csv(tmp_path / "y" / "runs.csv")[0]["v"] == 0
+
+
 def test_progress_line_counts():
     buf = io.StringIO()
     bar = sweep.Progress(10, skipped=2, stream=buf, interval=0.0)

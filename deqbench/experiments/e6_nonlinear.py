@@ -25,7 +25,7 @@ RTOL = 1e-6
 
 
 def run(ctx) -> None:
-    m, d, n = (8, 8, 256) if ctx.quick else (32, 32, 2048)
+    m, d, n = (8, 8, 256) if ctx.quick else (16, 16, 1024)
     lrs = (0.1, 0.05, 0.025)
     cases = [("linear", "identity"), ("nonlinear", "tanh"), ("nonlinear", "leaky_relu(0.2)")]
     out = {}

@@ -49,9 +49,9 @@ def smoothness(X, Y, A, B, *, iters: int = 60, h: float = 1e-5, seed=0) -> float
 
 
 def run(ctx) -> None:
-    m, d, n = (8, 8, 256) if ctx.quick else (32, 32, 2048)
-    steps = 400 if ctx.quick else 2000
-    lrs = np.geomspace(0.01, 10.0, 10 if ctx.quick else 16)
+    m, d, n = (8, 8, 256) if ctx.quick else (16, 16, 1024)
+    steps = 400 if ctx.quick else 800
+    lrs = np.geomspace(0.01, 10.0, 10 if ctx.quick else 13)
     X, Y, _ = data.linear_teacher(n, d, m, noise=0.1, seed=ctx.seed(0, 0))
     A0, B0 = data.init_params(m, d, scale_A=0.5, scale_B=1.0, seed=ctx.seed(0, 1))
     beta0 = smoothness(X, Y, A0, B0, seed=ctx.seed(0, 2))
