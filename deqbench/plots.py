@@ -204,7 +204,8 @@ def plot_scaling(rows, keys, path) -> Path | None:
         groups: dict = {}
         for r in ok:
             groups.setdefault(tuple(r.get(k) for k in others), []).append(r)
-        for (gkey, grp), color in zip(sorted(groups.items(), key=lambda kv: str(kv[0]))[:6],
+        order = sorted(groups.items(), key=lambda kv: tuple(_num(x) for x in kv[0]))
+        for (gkey, grp), color in zip(order[:6],
                                       _colors(min(len(groups), 6)), strict=False):
             xs = sorted({_num(r.get(key)) for r in grp if _num(r.get(key)) > 0})
             ys = [float(np.median([_num(r.get(ycol)) for r in grp if _num(r.get(key)) == x]))

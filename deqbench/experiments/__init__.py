@@ -207,7 +207,7 @@ def summary_markdown(results: list[dict], *, quick: bool, elapsed: float, worker
         "",
         f"Command: `deqbench reproduce{' --quick' if quick else ''}`"
         + (f" (workers {workers})" if workers > 1 else "")
-        + f". Wall time {elapsed:.0f} s (including numba compilation on a cold cache).",
+        + f". Wall time {elapsed:.0f} s (numba compilation included when its cache was cold).",
         f"deqbench {deqbench.__version__}, numpy {numpy.__version__}, numba "
         f"{numba.__version__}, Python {platform.python_version()}; CPU: {_cpu_model()}.",
         "",

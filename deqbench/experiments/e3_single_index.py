@@ -22,7 +22,7 @@ OUTSIDE = ("tanh", "relu")
 
 def run(ctx) -> None:
     m, d, n = (8, 8, 512) if ctx.quick else (32, 32, 2048)
-    lr, steps = 0.2, 1500 if ctx.quick else 2500
+    lr, steps = 0.2, 500 if ctx.quick else 1500
     A0, B0 = data.init_params(m, d, scale_A=0.5, scale_B=1.0, seed=ctx.seed(0, 1))
     Q0 = theory.invariant(A0, B0)
     runs = {}
