@@ -47,10 +47,18 @@ from pathlib import Path
 
 import numpy as np
 
-try:  # Python >= 3.11
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+
+def _toml():
+    """``tomllib`` (Python >= 3.11) or its backport ``tomli`` (imported on first use)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise GridError("reading TOML on Python 3.10 needs the backport: pip install tomli"
+                            ) from None
+    return tomllib
 
 __all__ = [
     "Grid",
@@ -486,6 +494,7 @@ def load_grid(path) -> Grid:
 def parse_grid(text: str | Mapping, source: str = "<string>") -> Grid:
     """Validate a grid given as TOML text or an already-parsed mapping (see :func:`load_grid`)."""
     if isinstance(text, str):
+        tomllib = _toml()
         try:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
