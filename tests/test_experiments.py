@@ -84,6 +84,25 @@ def test_summary_escapes_table_cells():
     assert row.count(" | ") == 4 and "\\|\\|x\\|\\|" in row
 
 
+def test_smoothness_matches_a_dense_hessian():
+    from deqbench import data
+    from deqbench.experiments.e7_step_size import smoothness
+    from deqbench.gradients import loss_and_grad
+
+    X, Y, _ = data.linear_teacher(64, 2, 1, noise=0.1, seed=0)
+    A, B = data.init_params(1, 2, scale_A=0.3, scale_B=1.0, seed=1)
+
+    def grad(P):
+        _, gA, gB, _ = loss_and_grad("linear", P[:1].reshape(1, 1), P[1:].reshape(1, 2), X, Y,
+                                     solver="direct")
+        return np.concatenate([gA.ravel(), gB.ravel()])
+
+    P = np.concatenate([A.ravel(), B.ravel()])
+    H = np.array([(grad(P + 1e-6 * e) - grad(P - 1e-6 * e)) / 2e-6 for e in np.eye(3)])
+    want = np.linalg.eigvalsh(0.5 * (H + H.T))[-1]
+    assert smoothness(X, Y, A, B, iters=200) == pytest.approx(want, rel=1e-4)
+
+
 def test_iteration_prediction_helpers():
     assert e5_fixed_point.predicted(0.5, 1e-10) == math.ceil(math.log(1e-10) / math.log(0.5))
     assert e5_fixed_point.predicted(1.0) == math.inf

@@ -231,6 +231,36 @@ def test_unpicklable_run_function_is_refused_up_front(tmp_path):
     assert res.ok == 1 and read_csv(tmp_path / "y" / "runs.csv")[0]["v"] == 0
 
 
+def test_default_train_run_function_reports_rates(tmp_path):
+    g = parse_grid("""
+[fixed]
+model = "linear"
+n = 128
+d = 4
+m = 3
+steps = 150
+noise = 0.1
+[grid]
+lr = [0.02, 0.05]
+sufficient_stats = [true, false]
+""")
+    res = run_sweep(g, tmp_path, executor="serial", progress=False)
+    assert (res.ok, res.failed) == (4, 0)
+    rows = read_csv(tmp_path / "runs.csv")
+    for r in rows:
+        assert r["status"] == "max_steps" and r["L_star"] > 0
+        assert 0 < r["empirical_factor"] <= r["predicted_factor"] < 1
+        assert r["factor_ratio"] == r["empirical_factor"] / r["predicted_factor"]
+        assert r["final_invariant_drift"] > 0 and r["train_s"] > 0
+    by = {(r["lr"], r["sufficient_stats"]): r for r in rows}
+    for lr in (0.02, 0.05):  # both paths follow the same trajectory
+        a, b = by[(lr, "True")], by[(lr, "False")]
+        assert b["final_loss"] == pytest.approx(a["final_loss"], rel=1e-8)
+    hist = read_csv(tmp_path / "histories.csv")
+    assert {"loss", "excess_loss", "invariant_drift", "fp_iters"} <= set(hist[0])
+    assert len(hist) == 4 * 151
+
+
 def test_progress_line_counts():
     buf = io.StringIO()
     bar = sweep.Progress(10, skipped=2, stream=buf, interval=0.0)

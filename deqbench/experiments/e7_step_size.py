@@ -2,7 +2,7 @@
 
 The rate theorem needs a small step (``lr <= 1 / beta``, ``beta`` the
 smoothness along the path). We measure the local smoothness at the
-initialization, ``beta_0 = lambda_max(Hessian)`` (power iteration on
+initialization, ``beta_0 = |lambda|_max(Hessian)`` (power iteration on
 finite-difference Hessian-vector products), run gradient descent with the
 per-sample Picard solver over a log grid of step sizes, and report for each
 the status and the final excess loss: small steps converge linearly, large
@@ -21,8 +21,9 @@ from ._common import fmt, pyplot
 
 
 def smoothness(X, Y, A, B, *, iters: int = 60, h: float = 1e-5, seed=0) -> float:
-    """``lambda_max`` of the loss Hessian at ``(A, B)`` (linear model), by power iteration
-    on central-difference Hessian-vector products."""
+    """Dominant eigenvalue (largest in magnitude: the local smoothness) of the loss
+    Hessian at ``(A, B)`` (linear model), by power iteration on central-difference
+    Hessian-vector products."""
     m, d = B.shape
 
     def grad(P):
@@ -54,7 +55,7 @@ def run(ctx) -> None:
     lrs = np.geomspace(0.01, 10.0, 10 if ctx.quick else 13)
     X, Y, _ = data.linear_teacher(n, d, m, noise=0.1, seed=ctx.seed(0, 0))
     A0, B0 = data.init_params(m, d, scale_A=0.5, scale_B=1.0, seed=ctx.seed(0, 1))
-    beta0 = smoothness(X, Y, A0, B0, seed=ctx.seed(0, 2))
+    beta0 = abs(smoothness(X, Y, A0, B0, seed=ctx.seed(0, 2)))
     Q0 = theory.invariant(A0, B0)
     rows = []
     for lr in lrs:
