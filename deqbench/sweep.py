@@ -177,6 +177,11 @@ def _check_train_params(params: dict) -> None:
         for key in ("solver", "grad_solver"):
             if params[key] == "direct":
                 raise GridError(f"{key}: 'direct' solves linear maps only (model 'nonlinear')")
+    if params.get("sufficient_stats") is True and (
+        params["model"] != "linear" or params["grad_solver"] in ("jfb", "neumann")
+    ):
+        raise GridError("sufficient_stats: true needs model 'linear' and an exact grad_solver, "
+                        f"got model {params['model']!r}, grad_solver {params['grad_solver']!r}")
 
 
 # ---------------------------------------------------------------------------

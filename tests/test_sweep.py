@@ -124,6 +124,10 @@ BAD = [
     ("[fixed]\nmodel='single_index'\nn=4\nd=2\nsteps=3\nm=2\n[grid]\nlr=[0.1]\n"
      "activation=['swish']", "grid.activation[0]"),
     ("[fixed]\nmodel='linear'\nn=4\nd=2\nsteps=3\nm=2\ntol=-1e-3\n[grid]\nlr=[0.1]", "fixed.tol"),
+    ("[fixed]\nmodel='nonlinear'\nn=4\nd=2\nsteps=3\nm=2\nsufficient_stats=true\n[grid]\n"
+     "lr=[0.1]", "fixed.sufficient_stats"),
+    ("[fixed]\nmodel='nonlinear'\nn=4\nd=2\nsteps=3\nm=2\n[grid]\nlr=[0.1]\n"
+     "solver=['picard', 'direct']", "grid.solver"),
 ]
 
 
