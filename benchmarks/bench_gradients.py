@@ -6,7 +6,7 @@ import numpy as np
 
 import deqbench as db
 
-from .common import Bench, dloss_dz, grid, problem, rel_err, strict
+from .common import Bench, cached, dloss_dz, grid, problem, rel_err, strict, sweep
 
 #: Adjoint methods of ``implicit_grad``; ``jfb`` and ``neumann`` are inexact.
 METHODS = ["picard", "anderson", "direct", "jfb", "neumann"]
@@ -32,38 +32,66 @@ def exact_gradient(p, Z, G):
     return np.concatenate([ref.grad_A.ravel(), ref.grad_B.ravel()])
 
 
+PARAMS = [METHODS, MODELS, grid([32], [16, 32, 128]), grid([2048], [2048, 16384])]
+PARAM_NAMES = ["method", "model", "m", "n"]
+
+
+def setup_adjoint(method, model, m, n):
+    """Problem, fixed point to 1e-13, ``G = dL/dZ``, options; the first solve."""
+    p = problem(model, m, n, rho=0.5)
+    if method == "direct" and p.phi != "identity":
+        raise NotImplementedError("method='direct' solves linear maps only")
+    Z = strict(db.fixed_point, p.A, p.B, p.X, activation=p.phi, tol=1e-13).z
+    G = dloss_dz(p, Z)
+    kw = {"activation": p.phi, "method": method, "tol": TOL}
+    return p, Z, G, kw, strict(db.implicit_grad, p.A, p.B, p.X, Z, G, **kw)
+
+
 class ImplicitGrad(Bench):
-    """Backward pass only: ``implicit_grad`` at a fixed point solved to 1e-13.
+    """Backward pass only: ``implicit_grad`` at a fixed point solved to 1e-13;
+    ``jfb`` (``Lam = G``) and ``neumann`` (``k = 5``) are inexact."""
 
-    ``track_gradient_rel_error``: ``||g - g_exact|| / ||g_exact||`` over
-    ``(grad_A, grad_B)`` (lower is better); about ``tol`` for the exact methods,
-    the truncation error for ``jfb`` (``Lam = G``) and ``neumann`` (``k = 5``).
-    """
-
-    params = [METHODS, MODELS, grid([16, 64], [16, 64, 256]), grid([2048], [2048, 16384])]
-    param_names = ["method", "model", "m", "n"]
+    params = PARAMS
+    param_names = PARAM_NAMES
 
     def setup(self, method, model, m, n):
-        p = problem(model, m, n, rho=0.5)
-        if method == "direct" and p.phi != "identity":
-            raise NotImplementedError("method='direct' solves linear maps only")
-        self.p = p
-        self.Z = strict(db.fixed_point, p.A, p.B, p.X, activation=p.phi, tol=1e-13).z
-        self.G = dloss_dz(p, self.Z)
-        self.kw = {"activation": p.phi, "method": method, "tol": TOL}
-        self.result = strict(db.implicit_grad, p.A, p.B, p.X, self.Z, self.G, **self.kw)
+        self.p, self.Z, self.G, self.kw, _ = setup_adjoint(method, model, m, n)
 
     def time_implicit_grad(self, method, model, m, n):
         db.implicit_grad(self.p.A, self.p.B, self.p.X, self.Z, self.G, **self.kw)
 
-    def track_gradient_rel_error(self, method, model, m, n):
-        g = np.concatenate([self.result.grad_A.ravel(), self.result.grad_B.ravel()])
-        return rel_err(g, exact_gradient(self.p, self.Z, self.G))
+
+class ImplicitGradAccuracy:
+    """Accuracy of the gradients timed by ``ImplicitGrad``.
+
+    ``track_gradient_rel_error``: ``||g - g_exact|| / ||g_exact||`` over
+    ``(grad_A, grad_B)`` (lower is better); about ``tol`` for the exact methods,
+    the truncation error for ``jfb`` and ``neumann``. ``track_adjoint_iterations``:
+    adjoint iterations (``k + 1`` for ``neumann``, 1 for ``jfb``, 0 for ``direct``).
+    """
+
+    params = PARAMS
+    param_names = PARAM_NAMES
+    timeout = 600.0
+
+    def measure(self, method, model, m, n):
+        p, Z, G, _, res = setup_adjoint(method, model, m, n)
+        g = np.concatenate([res.grad_A.ravel(), res.grad_B.ravel()])
+        return {"error": rel_err(g, exact_gradient(p, Z, G)), "iters": res.n_iter}
+
+    def setup_cache(self):
+        return sweep(self)
+
+    def setup(self, cache, *params):
+        cached(cache, params)
+
+    def track_gradient_rel_error(self, cache, *params):
+        return cached(cache, params)["error"]
 
     track_gradient_rel_error.unit = "relative error"
 
-    def track_adjoint_iterations(self, method, model, m, n):
-        return self.result.n_iter
+    def track_adjoint_iterations(self, cache, *params):
+        return cached(cache, params)["iters"]
 
     track_adjoint_iterations.unit = "iterations"
 
@@ -99,7 +127,7 @@ class LossAndGrad(Bench):
     params = [
         MODELS,
         ["picard", "anderson", "jfb", "neumann"],
-        grid([16, 64], [16, 64, 256]),
+        grid([32], [16, 32, 128]),
         grid([2048], [2048, 16384]),
     ]
     param_names = ["model", "grad_solver", "m", "n"]

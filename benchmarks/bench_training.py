@@ -11,7 +11,7 @@ import numpy as np
 
 import deqbench as db
 
-from .common import Bench, grid, problem, strict, training
+from .common import Bench, cached, grid, problem, strict, sweep, training
 
 MODELS = ["linear", "single_index", "nonlinear"]
 #: Step sizes that decrease the loss monotonically on these problems.
@@ -19,40 +19,69 @@ LR = {"linear": 0.1, "single_index": 0.5, "nonlinear": 0.1}
 TOL = 1e-10
 
 
+GD_PARAMS = [MODELS, ["cold", "warm"], grid([32], [32, 128]), grid([2048], [2048, 16384])]
+GD_PARAM_NAMES = ["model", "start", "m", "n"]
+
+
+def setup_step(model, start, m, n):
+    """Parameters after one step from the initialization, and the options of
+    the next step (``warm``: previous fixed point and adjoint as initial guesses)."""
+    p = problem(model, m, n, rho=0.5)
+    kw = dict(p.model_kwargs(), tol=TOL)
+    _, gA, gB, info = strict(db.loss_and_grad, model, p.A, p.B, p.X, p.Y, **kw)
+    A = p.A - LR[model] * gA
+    B = p.B - LR[model] * gB
+    if start == "warm":
+        kw.update(z0=info["z"], adj0=info["adjoint"])
+    return p, A, B, kw
+
+
+def gd_step(p, A, B, kw):
+    _, gA, gB, info = db.loss_and_grad(p.model, A, B, p.X, p.Y, **kw)
+    return A - LR[p.model] * gA, B - LR[p.model] * gB, info
+
+
 class GDStep(Bench):
     """One exact GD step (forward solve, adjoint solve, update) at the
     parameters after one step from the initialization; ``warm`` starts both
-    solves from the previous step's fixed point and adjoint.
+    solves from the previous step's fixed point and adjoint."""
 
-    ``track_fp_iters`` / ``track_adj_iters``: iterations of that step (lower is
-    better; warm should be below cold)."""
-
-    params = [MODELS, ["cold", "warm"], grid([32], [32, 128]), grid([2048], [2048, 16384])]
-    param_names = ["model", "start", "m", "n"]
+    params = GD_PARAMS
+    param_names = GD_PARAM_NAMES
 
     def setup(self, model, start, m, n):
-        p = problem(model, m, n, rho=0.5)
-        self.p, self.lr = p, LR[model]
-        self.kw = dict(p.model_kwargs(), tol=TOL)
-        _, gA, gB, info = strict(db.loss_and_grad, model, p.A, p.B, p.X, p.Y, **self.kw)
-        self.A = p.A - self.lr * gA
-        self.B = p.B - self.lr * gB
-        if start == "warm":
-            self.kw.update(z0=info["z"], adj0=info["adjoint"])
-        self.info = self.time_gd_step(model, start, m, n)
+        self.args = setup_step(model, start, m, n)
+        strict(gd_step, *self.args)
 
     def time_gd_step(self, model, start, m, n):
-        _, gA, gB, info = db.loss_and_grad(model, self.A, self.B, self.p.X, self.p.Y, **self.kw)
-        _ = self.A - self.lr * gA, self.B - self.lr * gB
-        return info
+        gd_step(*self.args)
 
-    def track_fp_iters(self, model, start, m, n):
-        return self.info["fp_iters"]
+
+class GDStepIterations:
+    """Iterations of the step timed by ``GDStep`` (lower is better; warm
+    should be below cold)."""
+
+    params = GD_PARAMS
+    param_names = GD_PARAM_NAMES
+    timeout = 600.0
+
+    def measure(self, model, start, m, n):
+        info = strict(gd_step, *setup_step(model, start, m, n))[2]
+        return {"fp": info["fp_iters"], "adj": info["adj_iters"]}
+
+    def setup_cache(self):
+        return sweep(self)
+
+    def setup(self, cache, *params):
+        cached(cache, params)
+
+    def track_fp_iters(self, cache, *params):
+        return cached(cache, params)["fp"]
 
     track_fp_iters.unit = "iterations"
 
-    def track_adj_iters(self, model, start, m, n):
-        return self.info["adj_iters"]
+    def track_adj_iters(self, cache, *params):
+        return cached(cache, params)["adj"]
 
     track_adj_iters.unit = "iterations"
 
@@ -68,24 +97,28 @@ def run_training(p, *, steps, lr, **kw):
     return res
 
 
+TRAIN_STEPS = 20
+
+
+def setup_train(model, warm_start):
+    p = problem(model, 32, 2048, rho=0.5)
+    kw = {"steps": TRAIN_STEPS, "lr": LR[model], "warm_start": warm_start}
+    if model == "linear":
+        kw["sufficient_stats"] = False
+    return p, kw
+
+
 class Train(Bench):
     """A whole training run (``steps = 20``) per model, warm starts on and off,
-    per-sample gradients (``sufficient_stats=False``), ``m = 32, n = 2048``.
-
-    ``track_fp_iters_per_step`` / ``track_adj_iters_per_step``: mean iterations
-    per step over the run (lower is better; the warm-start saving)."""
+    per-sample gradients (``sufficient_stats=False``), ``m = 32, n = 2048``."""
 
     params = [MODELS, [False, True]]
     param_names = ["model", "warm_start"]
-    steps = 20
     rounds = 1
 
     def setup(self, model, warm_start):
-        self.p = problem(model, 32, 2048, rho=0.5)
-        self.kw = {"steps": self.steps, "lr": LR[model], "warm_start": warm_start}
-        if model == "linear":
-            self.kw["sufficient_stats"] = False
-        self.result = run_training(self.p, **self.kw)
+        self.p, self.kw = setup_train(model, warm_start)
+        run_training(self.p, **self.kw)
 
     def time_train(self, model, warm_start):
         training()(
@@ -99,13 +132,38 @@ class Train(Bench):
             **self.kw,
         )
 
-    def track_fp_iters_per_step(self, model, warm_start):
-        return float(np.mean(self.result.history["fp_iters"]))
+
+class TrainIterations:
+    """Mean forward / adjoint iterations per step of the runs timed by
+    ``Train`` (lower is better; the warm-start saving)."""
+
+    params = [MODELS, [False, True]]
+    param_names = ["model", "warm_start"]
+    timeout = 600.0
+
+    def measure(self, model, warm_start):
+        p, kw = setup_train(model, warm_start)
+        h = run_training(p, **kw).history
+        return {"fp": float(np.mean(h["fp_iters"])), "adj": float(np.mean(h["adj_iters"]))}
+
+    def setup_cache(self):
+        try:
+            training()
+        except NotImplementedError:
+            return {}
+        return sweep(self)
+
+    def setup(self, cache, *params):
+        training()
+        cached(cache, params)
+
+    def track_fp_iters_per_step(self, cache, *params):
+        return cached(cache, params)["fp"]
 
     track_fp_iters_per_step.unit = "iterations"
 
-    def track_adj_iters_per_step(self, model, warm_start):
-        return float(np.mean(self.result.history["adj_iters"]))
+    def track_adj_iters_per_step(self, cache, *params):
+        return cached(cache, params)["adj"]
 
     track_adj_iters_per_step.unit = "iterations"
 

@@ -17,6 +17,7 @@ Conventions of the suite (see README, section "Benchmarks"):
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -313,3 +314,35 @@ def peak_rss_increase_mib(fn) -> float:
             return tracemalloc.get_traced_memory()[1] / 2**20
         finally:
             tracemalloc.stop()
+
+
+# --------------------------------------------------------------------------
+# track_ values of a whole grid measured once
+# --------------------------------------------------------------------------
+
+
+def sweep(bench) -> dict:
+    """``{params: bench.measure(*params)}`` over the full product of
+    ``bench.params`` (``None`` where ``measure`` raises NotImplementedError).
+
+    Classes that only read values (iteration counts, errors, ratios) call this
+    from their own ``setup_cache`` (asv keys the cache by the function's source
+    line, so every class needs its own ``setup_cache``): one process computes
+    the grid instead of one process per track and parameter set.
+    """
+    lists = bench.params if isinstance(bench.params[0], (list, tuple)) else [bench.params]
+    out = {}
+    for combo in itertools.product(*lists):
+        try:
+            out[combo] = bench.measure(*combo)
+        except NotImplementedError:
+            out[combo] = None
+    return out
+
+
+def cached(cache: dict, combo: tuple) -> dict:
+    """The swept values of ``combo``, or ``NotImplementedError`` (asv: skip)."""
+    values = cache.get(tuple(combo))
+    if values is None:
+        raise NotImplementedError(f"nothing measured for {combo!r}")
+    return values
