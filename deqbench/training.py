@@ -48,9 +48,11 @@ DIVERGENCE_FACTOR = 1e4
 """A run is ``"diverged"`` once its loss exceeds ``DIVERGENCE_FACTOR * L_0``."""
 SPECTRAL_BUDGET = 0.05
 """Auto ``spectral_every`` keeps the matrix quantities below this fraction of a step."""
-SPECTRAL_FLOPS = 100.0
-"""Cost of the SVD + eigenvalue solve of an ``m x m`` matrix, in units of ``m^3``
-gemm flops (measured, values-only LAPACK; see :func:`auto_spectral_every`)."""
+SPECTRAL_FLOPS = 500.0
+"""Cost of the SVD + eigenvalue solve of an ``m x m`` matrix in gemm-flop equivalents,
+per ``m^3``: values-only ``dgesdd`` + ``dgeev`` run far below gemm speed (measured
+about 700 at m = 256 and more at m = 64 on a 2-core machine; see
+:func:`auto_spectral_every`)."""
 
 _MODEL_CODE = {"linear": _k.LINEAR, "single_index": _k.SINGLE_INDEX, "nonlinear": _k.NONLINEAR}
 _SOLVER_CODE = {

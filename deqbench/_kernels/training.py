@@ -123,10 +123,10 @@ def suffstats_workspace(m, d):
 
 @jit
 def spectral_workspace(m, d):
-    """Buffers of :func:`record_heavy`: ``(Pm, Rm, S, acpy, wr, wi, dummy)``."""
+    """Buffers of :func:`record_heavy`: ``(Pm, Rt, S, acpy, wr, wi, dummy)``."""
     return (
         np.empty((m, m + d)),
-        np.empty((m, m + d)),
+        np.empty((m + d, m)),
         np.empty((m, m)),
         np.empty((m, m)),
         np.empty(m),
@@ -209,17 +209,17 @@ def record_heavy(A, B, A0, B0, q0_norm, sp, row):
     ``S = [dC, dB] [mid C, mid B]^T`` (one gemm, accurate for small drift);
     the extreme singular values of ``I - A`` and the spectral radius of ``A``.
     """
-    Pm, Rm, S, acpy, wr, wi, dummy = sp
+    Pm, Rt, S, acpy, wr, wi, dummy = sp
     m, d = B.shape
     for i in range(m):
         for j in range(m):
             Pm[i, j] = A0[i, j] - A[i, j]
-            Rm[i, j] = -0.5 * (A0[i, j] + A[i, j])
-        Rm[i, i] += 1.0
+            Rt[j, i] = -0.5 * (A0[i, j] + A[i, j])
+        Rt[i, i] += 1.0
         for j in range(d):
             Pm[i, m + j] = B[i, j] - B0[i, j]
-            Rm[i, m + j] = 0.5 * (B[i, j] + B0[i, j])
-    np.dot(Pm, Rm.T, S)
+            Rt[m + j, i] = 0.5 * (B[i, j] + B0[i, j])
+    np.dot(Pm, Rt, S)  # Rt stored transposed: a plain gemm, no transposed operand
     f = 0.0
     for i in range(m):
         for j in range(m):
