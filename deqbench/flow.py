@@ -128,6 +128,7 @@ def flow(
         tol=tol, max_iter=max_iter, damping=damping, k=0, sufficient_stats=sufficient_stats,
         L_star=L_star, record_every=record_every, stop_loss=stop_loss,
         spectral_every=spectral_every, solver_options=solver_options, grad_methods=EXACT_GRAD,
+        where="flow",
     )
     rec = extra["record_every"]
     if rec == 0:

@@ -148,7 +148,7 @@ def check_params(A0, B0, X):
 
 def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max_iter,
             damping, k, sufficient_stats, L_star, record_every, stop_loss, spectral_every,
-            solver_options, grad_methods=GRAD_METHODS):
+            solver_options, grad_methods=GRAD_METHODS, where="train"):
     """Validate the arguments shared by :func:`train` and :func:`deqbench.flow`;
     return the keyword arguments of the kernels plus bookkeeping."""
     v.choice("model", model, MODELS)
@@ -172,7 +172,7 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
     slots, ridge = 0, 1e-10
     if "anderson" in (solver, grad_solver):
         slots, ridge = anderson_options(options)
-    v.no_extra("train", options)
+    v.no_extra(where, options)
     if model == "nonlinear" and "direct" in (solver, grad_solver):
         raise ValueError(
             "solver/grad_solver='direct' solves linear maps only, got model='nonlinear'"
