@@ -59,7 +59,7 @@ class Bench:
 
     timer = staticmethod(TIMER)
     rounds = 2
-    repeat = (3, 10, 2.0)
+    repeat = (3, 8, 1.0)
     sample_time = 0.02
     warmup_time = 0.0
     timeout = 300.0
