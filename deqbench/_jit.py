@@ -7,6 +7,8 @@ inside a kernel (numerical failure becomes a status, never an exception).
 
 from __future__ import annotations
 
+import types
+
 import numba as nb
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -25,6 +27,27 @@ def jit(fn=None, **overrides):
 def pjit(fn=None, **overrides):
     """Parallel kernel (``prange`` over samples)."""
     return jit(fn, parallel=True, **overrides)
+
+
+# Below this many elements a parallel region costs more than it saves: waking
+# the pool is tens of microseconds idle, and far more on a loaded machine
+# (a small training run was 100x slower with 2 threads than with 1).
+PARALLEL_MIN_SIZE = 1 << 16
+
+
+def twins(fn):
+    """Compile a ``prange`` kernel twice: ``(serial, parallel)``.
+
+    Callers pick by problem size (:data:`PARALLEL_MIN_SIZE`). The serial twin
+    is a copy of the function under another qualified name, so the two
+    compilations never share an on-disk cache entry.
+    """
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
+                              fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = fn.__qualname__ + "_serial"
+    copy.__module__ = fn.__module__
+    copy.__doc__ = fn.__doc__
+    return jit(copy), pjit(fn)
 
 
 prange = nb.prange

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._jit import pjit, prange
+from ._jit import jit
 from ._kernels import activations as _k
 
 CODES = {
@@ -31,9 +31,9 @@ DEFAULT_SLOPE = 0.01
 _PATTERN = re.compile(r"^\s*leaky_relu\s*\(\s*([^)]*)\s*\)\s*$")
 
 
-@pjit
+@jit
 def _apply(code, param, x, out, derivative):
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         out[i] = _k.dact(code, param, x[i]) if derivative else _k.act(code, param, x[i])
 
 

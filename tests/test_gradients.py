@@ -129,3 +129,24 @@ def test_property_gradients_match_dense_reference(m, d, n, scale, model, solver,
     # error <= cond(I - A) x tol: ||A|| <= 0.9 gives cond <= 19
     assert np.linalg.norm(gA - dA) <= 1e-9 * scale_g
     assert np.linalg.norm(gB - dB) <= 1e-9 * scale_g
+
+
+@pytest.mark.parametrize(("model", "name"), [("linear", "identity"), ("single_index", "tanh"),
+                                             ("nonlinear", "tanh")])
+@pytest.mark.parametrize("solver", ["picard", "anderson"])
+def test_parallel_kernels_match_reference(rng, model, name, solver):
+    """n m above PARALLEL_MIN_SIZE takes the prange twins of every kernel."""
+    from deqbench._jit import PARALLEL_MIN_SIZE
+
+    n, d, m = 2100, 5, 32
+    assert n * m >= PARALLEL_MIN_SIZE
+    A, B, X = small_problem(rng, n=n, d=d, m=m, scale_A=0.6)
+    Y = _targets(model, rng, n, m)
+    loss, gA, gB, info = db.loss_and_grad(model, A, B, X, Y, activation=name, solver=solver,
+                                          tol=1e-12)
+    assert info["converged"]
+    assert loss == pytest.approx(naive.loss(model, A, B, X, Y, None, name), rel=1e-10)
+    dA, dB = naive.grad_dense(model, A, B, X, Y, None, name)
+    scale = np.linalg.norm(dA) + np.linalg.norm(dB)
+    np.testing.assert_allclose(gA, dA, rtol=0, atol=1e-9 * scale)
+    np.testing.assert_allclose(gB, dB, rtol=0, atol=1e-9 * scale)

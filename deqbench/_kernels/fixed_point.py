@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import jit, pjit, prange
+from .._jit import PARALLEL_MIN_SIZE, jit, prange, twins
 from .activations import IDENTITY, MASK, act
 
 CONVERGED = 0
@@ -28,12 +28,7 @@ GROWTH = 1e8  # absolute residual may not exceed GROWTH x the first one
 _TINY = 1e-300
 
 
-@pjit
-def evaluate(Z, M, U, code, param, D, T, beta):
-    """``T <- Z + beta (h(Z M + U) - Z)``; return ``(||h - Z||^2, ||h||^2)``.
-
-    One BLAS gemm, then one fused parallel pass over the samples.
-    """
+def _evaluate(Z, M, U, code, param, D, T, beta):
     np.dot(Z, M, T)
     n, m = T.shape
     dd = 0.0
@@ -63,6 +58,20 @@ def evaluate(Z, M, U, code, param, D, T, beta):
                 ff += v * v
                 T[i, j] = Z[i, j] + beta * r
     return dd, ff
+
+
+_evaluate_s, _evaluate_p = twins(_evaluate)
+
+
+@jit
+def evaluate(Z, M, U, code, param, D, T, beta):
+    """``T <- Z + beta (h(Z M + U) - Z)``; return ``(||h - Z||^2, ||h||^2)``.
+
+    One BLAS gemm, then one fused pass over the samples (parallel when large).
+    """
+    if Z.size >= PARALLEL_MIN_SIZE:
+        return _evaluate_p(Z, M, U, code, param, D, T, beta)
+    return _evaluate_s(Z, M, U, code, param, D, T, beta)
 
 
 @jit
@@ -136,7 +145,6 @@ def _small_spd_solve(H, k, b, L):
     return True
 
 
-@pjit
 def _anderson_eval(Z, M, U, code, param, D, Fs, Gs):
     """``Fs <- h(Z M + U)``, ``Gs <- Fs - Z``; return ``(||Gs||^2, ||Fs||^2)``."""
     np.dot(Z, M, Fs)
@@ -160,7 +168,6 @@ def _anderson_eval(Z, M, U, code, param, D, Fs, Gs):
     return dd, ff
 
 
-@pjit
 def _dot(P, Q):
     n, m = P.shape
     s = 0.0
@@ -170,7 +177,6 @@ def _dot(P, Q):
     return s
 
 
-@pjit
 def _anderson_mix(Z, Fh, Gh, alpha, slots, beta):
     """``Z <- sum_j alpha_j (F_j - (1 - beta) G_j)``; return ``||Z||^2``."""
     n, m = Z.shape
@@ -185,6 +191,11 @@ def _anderson_mix(Z, Fh, Gh, alpha, slots, beta):
     return zz
 
 
+_anderson_eval_s, _anderson_eval_p = twins(_anderson_eval)
+_dot_s, _dot_p = twins(_dot)
+_anderson_mix_s, _anderson_mix_p = twins(_anderson_mix)
+
+
 @jit
 def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, ridge, hist):
     """Anderson acceleration (type II) with history ``Fh.shape[0]``.
@@ -195,6 +206,7 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
     ``alpha = w / sum(w)``; ``beta`` mixes map values and iterates.
     """
     kmax = Fh.shape[0]
+    par = Z.size >= PARALLEL_MIN_SIZE
     H = work[:kmax, :]
     L = work[kmax : 2 * kmax, :]
     w = work[2 * kmax]
@@ -204,7 +216,10 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
     k = 0
     while True:
         s = k % kmax
-        dd, ff = _anderson_eval(Z, M, U, code, param, D, Fh[s], Gh[s])
+        if par:
+            dd, ff = _anderson_eval_p(Z, M, U, code, param, D, Fh[s], Gh[s])
+        else:
+            dd, ff = _anderson_eval_s(Z, M, U, code, param, D, Fh[s], Gh[s])
         if not (np.isfinite(dd) and np.isfinite(ff)):
             status = DIVERGED
             break
@@ -224,7 +239,7 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
         GG[s, s] = dd
         for p in range(slots):
             if p != s:
-                g = _dot(Gh[s], Gh[p])
+                g = _dot_p(Gh[s], Gh[p]) if par else _dot_s(Gh[s], Gh[p])
                 GG[s, p] = g
                 GG[p, s] = g
         hmax = 0.0
@@ -249,7 +264,10 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
             total = 1.0
         for p in range(slots):
             w[p] /= total
-        zz = _anderson_mix(Z, Fh, Gh, w, slots, beta)
+        if par:
+            zz = _anderson_mix_p(Z, Fh, Gh, w, slots, beta)
+        else:
+            zz = _anderson_mix_s(Z, Fh, Gh, w, slots, beta)
         if not np.isfinite(zz):
             # restore the last finite iterate: X_s = F_s - G_s
             Z[:, :] = Fh[s]

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import pjit, prange
+from .._jit import PARALLEL_MIN_SIZE, jit, prange, twins
 from .activations import act, dact
 
 
-@pjit
-def preactivation_derivative(Z, AT, U, code, param, D):
-    """``D <- phi'(Z A^T + U)`` (``D`` doubles as the gemm output)."""
+def _preactivation_derivative(Z, AT, U, code, param, D):
     np.dot(Z, AT, D)
     n, m = D.shape
     for i in prange(n):
@@ -18,9 +16,18 @@ def preactivation_derivative(Z, AT, U, code, param, D):
             D[i, j] = dact(code, param, D[i, j] + U[i, j])
 
 
-@pjit
-def residual_loss(Z, Y, G):
-    """Squared loss ``||Z - Y||^2 / 2n``; ``G <- (Z - Y) / n``."""
+_preactivation_derivative_s, _preactivation_derivative_p = twins(_preactivation_derivative)
+
+
+@jit
+def preactivation_derivative(Z, AT, U, code, param, D):
+    """``D <- phi'(Z A^T + U)`` (``D`` doubles as the gemm output)."""
+    if Z.size >= PARALLEL_MIN_SIZE:
+        return _preactivation_derivative_p(Z, AT, U, code, param, D)
+    return _preactivation_derivative_s(Z, AT, U, code, param, D)
+
+
+def _residual_loss(Z, Y, G):
     n, m = Z.shape
     inv_n = 1.0 / n
     total = 0.0
@@ -32,10 +39,18 @@ def residual_loss(Z, Y, G):
     return 0.5 * total * inv_n
 
 
-@pjit
-def single_index_loss(Z, y, u, code, param, G):
-    """``yhat = sigma(Z u)``, loss ``sum (yhat - y)^2 / 2n``;
-    ``G <- outer(r sigma'(s), u) / n``."""
+_residual_loss_s, _residual_loss_p = twins(_residual_loss)
+
+
+@jit
+def residual_loss(Z, Y, G):
+    """Squared loss ``||Z - Y||^2 / 2n``; ``G <- (Z - Y) / n``."""
+    if Z.size >= PARALLEL_MIN_SIZE:
+        return _residual_loss_p(Z, Y, G)
+    return _residual_loss_s(Z, Y, G)
+
+
+def _single_index_loss(Z, y, u, code, param, G):
     n, m = Z.shape
     inv_n = 1.0 / n
     total = 0.0
@@ -51,11 +66,33 @@ def single_index_loss(Z, y, u, code, param, G):
     return 0.5 * total * inv_n
 
 
-@pjit
-def single_index_predict(Z, u, code, param, out):
+_single_index_loss_s, _single_index_loss_p = twins(_single_index_loss)
+
+
+@jit
+def single_index_loss(Z, y, u, code, param, G):
+    """``yhat = sigma(Z u)``, loss ``sum (yhat - y)^2 / 2n``;
+    ``G <- outer(r sigma'(s), u) / n``."""
+    if Z.size >= PARALLEL_MIN_SIZE:
+        return _single_index_loss_p(Z, y, u, code, param, G)
+    return _single_index_loss_s(Z, y, u, code, param, G)
+
+
+def _single_index_predict(Z, u, code, param, out):
     n, m = Z.shape
     for i in prange(n):
         s = 0.0
         for j in range(m):
             s += Z[i, j] * u[j]
         out[i] = act(code, param, s)
+
+
+_single_index_predict_s, _single_index_predict_p = twins(_single_index_predict)
+
+
+@jit
+def single_index_predict(Z, u, code, param, out):
+    """``out <- sigma(Z u)``."""
+    if Z.size >= PARALLEL_MIN_SIZE:
+        return _single_index_predict_p(Z, u, code, param, out)
+    return _single_index_predict_s(Z, u, code, param, out)
