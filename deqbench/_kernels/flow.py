@@ -34,6 +34,7 @@ from .training import (
     OK,
     STEP_TOO_SMALL,
     _write_row,
+    axpy,
     drift_trace,
     frobenius_q0,
     record_heavy,
@@ -83,8 +84,10 @@ def _rhs(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar, fsol
         excess = loss - Lstar
     if outcome == OK and not (np.isfinite(loss) and np.isfinite(sumsq(gA) + sumsq(gB))):
         outcome = NONFINITE
-    KA[:, :] = -gA
-    KB[:, :] = -gB
+    KA[:, :] = 0.0
+    KB[:, :] = 0.0
+    axpy(KA, -1.0, gA)
+    axpy(KB, -1.0, gB)
     return loss, excess, kf, kb, outcome
 
 
@@ -226,8 +229,8 @@ def dopri(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
                 for j in range(s):
                     a = _A[s, j]
                     if a != 0.0:
-                        As += (h * a) * KA[j]
-                        Bs += (h * a) * KB[j]
+                        axpy(As, h * a, KA[j])
+                        axpy(Bs, h * a, KB[j])
                 ls, es, kfs, kbs, oc = _rhs(model, As, Bs, X, Y2, y1, u, code, param, use_ss,
                                             Sxx, Wstar, Lstar, fsolver, tol, max_iter, beta,
                                             ridge, ws, ssw, gA, gB, KA[s], KB[s])
@@ -252,8 +255,8 @@ def dopri(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
             for j in range(7):
                 e = _E[j]
                 if e != 0.0:
-                    EA += (h * e) * KA[j]
-                    EB += (h * e) * KB[j]
+                    axpy(EA, h * e, KA[j])
+                    axpy(EB, h * e, KB[j])
             acc = _err_norm(A, An, EA, atol, rtol, 0.0)
             acc = _err_norm(B, Bn, EB, atol, rtol, acc)
             err = np.sqrt(acc / n_par)

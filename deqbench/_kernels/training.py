@@ -147,6 +147,14 @@ def sumsq(P):
 
 
 @jit
+def axpy(Y, alpha, X):
+    """``Y <- Y + alpha X`` in place (no temporary)."""
+    for i in range(Y.shape[0]):
+        for j in range(Y.shape[1]):
+            Y[i, j] += alpha * X[i, j]
+
+
+@jit
 def all_finite(P):
     for x in P.ravel():
         if not np.isfinite(x):
@@ -460,8 +468,8 @@ def gd(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
             break
         Ap[:, :] = A
         Bp[:, :] = B
-        A -= lr * gA
-        B -= lr * gB
+        axpy(A, -lr, gA)
+        axpy(B, -lr, gB)
         if not (all_finite(A) and all_finite(B)):
             status = DIVERGED
             A[:, :] = Ap
