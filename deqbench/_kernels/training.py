@@ -20,7 +20,6 @@ Spectral quantities use LAPACK through numba's own bindings (values only:
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import types
 from numba.np.linalg import _LAPACK, ensure_lapack
@@ -30,11 +29,6 @@ from . import fixed_point as _fp
 from . import gradients as _g
 from .activations import IDENTITY, MASK
 
-# The loops below are serial kernels that call the parallel kernels of
-# .fixed_point / .gradients. Loaded from the on-disk cache, such a caller never
-# goes through the callees' dispatchers, so nothing starts numba's thread pool
-# and the first parallel region segfaults; get_num_threads() starts it.
-numba.get_num_threads()
 ensure_lapack()
 _gesdd = _LAPACK().numba_ez_gesdd(types.float64)
 _rgeev = _LAPACK().numba_ez_rgeev(types.float64)
