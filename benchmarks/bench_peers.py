@@ -5,25 +5,26 @@ prints the ratio table and writes ``results/peers/``). A peer whose library
 is not installed is skipped (``NotImplementedError`` in ``setup``); install
 them with ``pip install -e ".[peers]"``. ``setup`` builds the problem, runs
 the peer once (JIT compilation, correctness check against a dense solve), so
-compilation is never timed. Full grid (m = 1024) with ``ASV_FULL_PARAMS=1``.
+compilation is never timed. Default grid: n = 2048, m in {32, 256} (W4: m = 64);
+``DEQBENCH_FULL=1``: the issue's sizes, n = 8192, m in {32, 256, 1024} (W4: 256).
 """
 
 from __future__ import annotations
 
-import os
-
 try:
+    from .common import Bench, grid
     from .peers import problems as P
     from .peers.problems import PeerMissing
     from .peers.run_peers import forward_factories, step_factories
 except ImportError:  # run from the repository root without the package
+    from benchmarks.common import Bench, grid
     from benchmarks.peers import problems as P
     from benchmarks.peers.problems import PeerMissing
     from benchmarks.peers.run_peers import forward_factories, step_factories
 
-FULL = bool(os.environ.get("ASV_FULL_PARAMS"))
-SIZES = [32, 256, 1024] if FULL else [32, 256]
-N = 8192
+SIZES = grid([32, 256], [32, 256, 1024])
+N = grid([2048], [8192])[0]
+TANH_M = grid([64], [256])
 PEERS = ["deqbench", "numpy loop", "numpy direct", "pytorch eager", "torchdeq", "jaxopt"]
 
 _CACHE: dict = {}
@@ -49,7 +50,7 @@ def _build(factories, peer: str, p, grads: bool):
     return fn, out
 
 
-class PeersForward:
+class PeersForward(Bench):
     """W1: forward Picard solve of the linear DEQ, rho(A) = 0.5, tol 1e-10."""
 
     params = (SIZES, PEERS)
@@ -68,7 +69,7 @@ class PeersForward:
     track_map_evaluations.unit = "evaluations"
 
 
-class PeersGradStep:
+class PeersGradStep(Bench):
     """W2: loss and exact implicit gradient (forward + adjoint to 1e-10)."""
 
     params = (SIZES, PEERS)
@@ -85,10 +86,10 @@ class PeersGradStep:
         self.fn()
 
 
-class PeersTanhStep:
-    """W4: nonlinear (tanh) DEQ, forward + implicit gradient, m = 256."""
+class PeersTanhStep(Bench):
+    """W4: nonlinear (tanh) DEQ, forward + implicit gradient."""
 
-    params = ([256], [p for p in PEERS if p != "numpy direct"])
+    params = (TANH_M, [p for p in PEERS if p != "numpy direct"])
     param_names = ["m", "peer"]
     timeout = 600
 

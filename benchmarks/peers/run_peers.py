@@ -210,17 +210,21 @@ def fmt(x, spec):
 
 def speed_table(rows) -> str:
     out = [
-        "| workload | m | peer | median s | evals fwd/adj | GFLOP/s | deqbench/peer | speed-up |",
-        "|---|---|---|---|---|---|---|---|",
+        "| workload | m | peer | median s | evals fwd/adj | GFLOP/s | deqbench/peer | speed-up "
+        "| note |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        if r.get("note"):
-            out.append(f"| {r['workload']} | {r['m']} | {r['peer']} | {r['note']} | | | | |")
+        if "median_s" not in r:
+            out.append(f"| {r['workload']} | {r['m']} | {r['peer']} | | | | | | {r['note']} |")
             continue
         ev = "" if r["fp_evals"] == "" else f"{r['fp_evals']}/{r['adj_evals']}"
+        if r["workload"] == "W3":
+            ev = f"{r['fp_evals']} steps"
         out.append(
             f"| {r['workload']} | {r['m']} | {r['peer']} | {fmt(r['median_s'], '.4g')} | {ev} | "
-            f"{fmt(r['gflops'], '.1f')} | {fmt(r['ratio'], '.3f')} | {fmt(r['speedup'], '.2f')}x |"
+            f"{fmt(r['gflops'], '.1f')} | {fmt(r['ratio'], '.3f')} | "
+            f"{fmt(r['speedup'], '.2f')}x | {r.get('note', '')} |"
         )
     return "\n".join(out)
 
@@ -245,7 +249,7 @@ def memory_table(rows) -> str:
 
 def _get(rows, workload, m, peer, key):
     for r in rows:
-        if r["workload"] == workload and r["m"] == m and r["peer"] == peer and not r.get("note"):
+        if r["workload"] == workload and r["m"] == m and r["peer"] == peer and "median_s" in r:
             return r.get(key)
     return None
 
@@ -374,12 +378,12 @@ def plot(rows, path: Path) -> None:
     cases = []
     for r in rows:
         key = (r["workload"], r["m"])
-        if key not in cases and not r.get("note"):
+        if key not in cases and "median_s" in r:
             cases.append(key)
     peers = [
         p
         for p in ("numpy loop", "numpy direct", "pytorch eager", "torchdeq", "jaxopt")
-        if any(r["peer"] == p and not r.get("note") for r in rows)
+        if any(r["peer"] == p and "median_s" in r for r in rows)
     ]
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(11, 7.5), height_ratios=[2, 1])
     width = 0.8 / max(len(peers), 1)
