@@ -93,7 +93,7 @@ class TrainMemory(Bench):
             p.Y,
             p.A,
             p.B,
-            lr=1e-6,
+            lr=1e-9,
             steps=self.steps,
             tol=TOL,
             warm_start=False,

@@ -23,14 +23,19 @@ GD_PARAMS = [MODELS, ["cold", "warm"], grid([32], [32, 128]), grid([2048], [2048
 GD_PARAM_NAMES = ["model", "start", "m", "n"]
 
 
+#: GD steps taken from the initialization before the measured step.
+PRE_STEPS = 5
+
+
 def setup_step(model, start, m, n):
-    """Parameters after one step from the initialization, and the options of
-    the next step (``warm``: previous fixed point and adjoint as initial guesses)."""
+    """Parameters after ``PRE_STEPS`` GD steps from the initialization, and the
+    options of the next step (``warm``: the previous step's fixed point and
+    adjoint as initial guesses, as inside a training loop)."""
     p = problem(model, m, n, rho=0.5)
     kw = dict(p.model_kwargs(), tol=TOL)
-    _, gA, gB, info = strict(db.loss_and_grad, model, p.A, p.B, p.X, p.Y, **kw)
-    A = p.A - LR[model] * gA
-    B = p.B - LR[model] * gB
+    A, B, info = p.A, p.B, {"z": None, "adjoint": None}
+    for _ in range(PRE_STEPS):
+        A, B, info = strict(gd_step, p, A, B, dict(kw, z0=info["z"], adj0=info["adjoint"]))
     if start == "warm":
         kw.update(z0=info["z"], adj0=info["adjoint"])
     return p, A, B, kw
@@ -43,7 +48,7 @@ def gd_step(p, A, B, kw):
 
 class GDStep(Bench):
     """One exact GD step (forward solve, adjoint solve, update) at the
-    parameters after one step from the initialization; ``warm`` starts both
+    parameters after 5 steps from the initialization; ``warm`` starts both
     solves from the previous step's fixed point and adjoint."""
 
     params = GD_PARAMS

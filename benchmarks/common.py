@@ -292,6 +292,17 @@ def _status_kib(*keys: str) -> dict:
     return out
 
 
+def _malloc_trim() -> None:
+    """Return freed heap pages to the OS (glibc), so memory that an earlier call
+    freed but the allocator kept is not reused unseen by the next measurement."""
+    try:
+        import ctypes  # noqa: PLC0415
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_rss_increase_mib(fn) -> float:
     """Peak resident memory added while ``fn()`` runs, in MiB.
 
@@ -300,6 +311,7 @@ def peak_rss_increase_mib(fn) -> float:
     Elsewhere: the ``tracemalloc`` peak (Python/NumPy allocations only).
     """
     try:
+        _malloc_trim()
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
         before = _status_kib("VmRSS")["VmRSS"]
