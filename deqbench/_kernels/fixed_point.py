@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import PARALLEL_MIN_SIZE, jit, prange, twins
+from .._jit import jit, prange, twins
 from .activations import IDENTITY, MASK, act
 
 CONVERGED = 0
@@ -26,6 +26,155 @@ DIVERGED = 2  # non-finite values or residual growth beyond GROWTH
 GROWTH = 1e8  # absolute residual may not exceed GROWTH x the first one
 
 _TINY = 1e-300
+
+#: Widths up to this take the fused row kernel (:func:`_fused_small`): the gemm is
+#: done in the kernel, four rows per sweep of ``M``, with ``h``, the residual and
+#: the damping applied while the rows are in L1. At such widths a BLAS call costs
+#: more in thread hand-offs than in arithmetic (measured on 2 shared cores, load 5:
+#: (8192 x 32) @ (32 x 32) takes 11.8 ms in 2-thread OpenBLAS, 2.3 ms in 1-thread
+#: OpenBLAS and 2.4 ms fused, the pass included).
+SMALL_M = 48
+
+#: The elementwise passes (after the gemm, Anderson's mix and Gram products, the
+#: loss kernels) go parallel only from this many elements on. A pass streams its
+#: arrays once: serially it is a few percent of the gemm beside it (2.9 ms vs
+#: ~40 ms at n = 8192, m = 256), while a parallel region must wait for both
+#: threads to be scheduled, which on a busy machine costs a time slice (measured:
+#: 15 ms for the same pass in prange at load 5 on 2 cores, whatever its size).
+#: Below this size the serial pass is never the bottleneck.
+PASS_PARALLEL_MIN = 1 << 22
+
+
+@jit(inline="always")
+def _finish(Z, code, param, D, T, i, beta):
+    """Row ``i`` of ``T`` holds ``Z M + U``: apply ``h``, mix, return ``(dd, ff)``."""
+    m = T.shape[1]
+    t = T[i]
+    z = Z[i]
+    dd = 0.0
+    ff = 0.0
+    if code == IDENTITY:
+        for j in range(m):
+            v = t[j]
+            r = v - z[j]
+            dd += r * r
+            ff += v * v
+            t[j] = z[j] + beta * r
+    elif code == MASK:
+        dr = D[i]
+        for j in range(m):
+            v = dr[j] * t[j]
+            r = v - z[j]
+            dd += r * r
+            ff += v * v
+            t[j] = z[j] + beta * r
+    else:
+        for j in range(m):
+            v = act(code, param, t[j])
+            r = v - z[j]
+            dd += r * r
+            ff += v * v
+            t[j] = z[j] + beta * r
+    return dd, ff
+
+
+@jit(inline="always")
+def _finish_anderson(Z, code, param, D, Fs, Gs, i):
+    """Row ``i`` of ``Fs`` holds ``Z M + U``: ``Fs <- h(.)``, ``Gs <- Fs - Z``."""
+    m = Fs.shape[1]
+    f = Fs[i]
+    g = Gs[i]
+    z = Z[i]
+    dd = 0.0
+    ff = 0.0
+    for j in range(m):
+        t = f[j]
+        if code == IDENTITY:
+            v = t
+        elif code == MASK:
+            v = D[i, j] * t
+        else:
+            v = act(code, param, t)
+        r = v - z[j]
+        f[j] = v
+        g[j] = r
+        dd += r * r
+        ff += v * v
+    return dd, ff
+
+
+@jit
+def _rows_small(Z, M, U, T):
+    """``T <- Z M + U`` without BLAS for narrow ``M``: four rows of ``T`` accumulate
+    per sweep of ``M``, so each row of ``M`` is loaded once for four rows."""
+    n, m = T.shape
+    n4 = n - n % 4
+    for i in range(0, n4, 4):
+        t0 = T[i]
+        t1 = T[i + 1]
+        t2 = T[i + 2]
+        t3 = T[i + 3]
+        for j in range(m):
+            t0[j] = U[i, j]
+            t1[j] = U[i + 1, j]
+            t2[j] = U[i + 2, j]
+            t3[j] = U[i + 3, j]
+        for k in range(m):
+            a0 = Z[i, k]
+            a1 = Z[i + 1, k]
+            a2 = Z[i + 2, k]
+            a3 = Z[i + 3, k]
+            mk = M[k]
+            for j in range(m):
+                w = mk[j]
+                t0[j] += a0 * w
+                t1[j] += a1 * w
+                t2[j] += a2 * w
+                t3[j] += a3 * w
+    for i in range(n4, n):
+        t = T[i]
+        for j in range(m):
+            t[j] = U[i, j]
+        for k in range(m):
+            a = Z[i, k]
+            mk = M[k]
+            for j in range(m):
+                t[j] += a * mk[j]
+
+
+_BLOCK = 64  # rows per block of the fused kernels (64 x 48 doubles: 24 KiB per array)
+
+
+@jit
+def _fused_small(Z, M, U, code, param, D, T, beta):
+    """:func:`evaluate` for ``m <= SMALL_M``, serial, fused per block of rows."""
+    n = T.shape[0]
+    dd = 0.0
+    ff = 0.0
+    for i0 in range(0, n, _BLOCK):
+        i1 = min(i0 + _BLOCK, n)
+        _rows_small(Z[i0:i1], M, U[i0:i1], T[i0:i1])
+        for i in range(i0, i1):
+            a, b = _finish(Z, code, param, D, T, i, beta)
+            dd += a
+            ff += b
+    return dd, ff
+
+
+@jit
+def _anderson_eval_small(Z, M, U, code, param, D, Fs, Gs):
+    """:func:`_anderson_eval` for ``m <= SMALL_M``, serial, fused per block of rows."""
+    n = Fs.shape[0]
+    dd = 0.0
+    ff = 0.0
+    for i0 in range(0, n, _BLOCK):
+        i1 = min(i0 + _BLOCK, n)
+        _rows_small(Z[i0:i1], M, U[i0:i1], Fs[i0:i1])
+        for i in range(i0, i1):
+            a, b = _finish_anderson(Z, code, param, D, Fs, Gs, i)
+            dd += a
+            ff += b
+    return dd, ff
 
 
 def _evaluate(Z, M, U, code, param, D, T, beta):
@@ -67,9 +216,13 @@ _evaluate_s, _evaluate_p = twins(_evaluate)
 def evaluate(Z, M, U, code, param, D, T, beta):
     """``T <- Z + beta (h(Z M + U) - Z)``; return ``(||h - Z||^2, ||h||^2)``.
 
-    One BLAS gemm, then one fused pass over the samples (parallel when large).
+    ``m <= SMALL_M``: gemm and pass fused per block of rows, serial. Wider: one
+    BLAS gemm (BLAS's threads), then one fused pass over the samples, parallel
+    only from ``PASS_PARALLEL_MIN`` elements on.
     """
-    if Z.size >= PARALLEL_MIN_SIZE:
+    if Z.shape[1] <= SMALL_M:
+        return _fused_small(Z, M, U, code, param, D, T, beta)
+    if Z.size >= PASS_PARALLEL_MIN:
         return _evaluate_p(Z, M, U, code, param, D, T, beta)
     return _evaluate_s(Z, M, U, code, param, D, T, beta)
 
@@ -206,7 +359,8 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
     ``alpha = w / sum(w)``; ``beta`` mixes map values and iterates.
     """
     kmax = Fh.shape[0]
-    par = Z.size >= PARALLEL_MIN_SIZE
+    par = Z.size >= PASS_PARALLEL_MIN
+    small = Z.shape[1] <= SMALL_M
     H = work[:kmax, :]
     L = work[kmax : 2 * kmax, :]
     w = work[2 * kmax]
@@ -216,7 +370,9 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
     k = 0
     while True:
         s = k % kmax
-        if par:
+        if small:
+            dd, ff = _anderson_eval_small(Z, M, U, code, param, D, Fh[s], Gh[s])
+        elif par:
             dd, ff = _anderson_eval_p(Z, M, U, code, param, D, Fh[s], Gh[s])
         else:
             dd, ff = _anderson_eval_s(Z, M, U, code, param, D, Fh[s], Gh[s])

@@ -1,11 +1,16 @@
-"""Adjoint set-up, parameter gradients and model losses (THEORY.md sections 2 and 4)."""
+"""Adjoint set-up, parameter gradients and model losses (THEORY.md sections 2 and 4).
+
+Each kernel streams its arrays once per step; like the passes of
+:mod:`.fixed_point` it goes parallel only from ``PASS_PARALLEL_MIN`` elements on.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .._jit import PARALLEL_MIN_SIZE, jit, prange, twins
+from .._jit import jit, prange, twins
 from .activations import act, dact
+from .fixed_point import PASS_PARALLEL_MIN
 
 
 def _preactivation_derivative(Z, AT, U, code, param, D):
@@ -22,7 +27,7 @@ _preactivation_derivative_s, _preactivation_derivative_p = twins(_preactivation_
 @jit
 def preactivation_derivative(Z, AT, U, code, param, D):
     """``D <- phi'(Z A^T + U)`` (``D`` doubles as the gemm output)."""
-    if Z.size >= PARALLEL_MIN_SIZE:
+    if Z.size >= PASS_PARALLEL_MIN:
         return _preactivation_derivative_p(Z, AT, U, code, param, D)
     return _preactivation_derivative_s(Z, AT, U, code, param, D)
 
@@ -45,7 +50,7 @@ _residual_loss_s, _residual_loss_p = twins(_residual_loss)
 @jit
 def residual_loss(Z, Y, G):
     """Squared loss ``||Z - Y||^2 / 2n``; ``G <- (Z - Y) / n``."""
-    if Z.size >= PARALLEL_MIN_SIZE:
+    if Z.size >= PASS_PARALLEL_MIN:
         return _residual_loss_p(Z, Y, G)
     return _residual_loss_s(Z, Y, G)
 
@@ -73,7 +78,7 @@ _single_index_loss_s, _single_index_loss_p = twins(_single_index_loss)
 def single_index_loss(Z, y, u, code, param, G):
     """``yhat = sigma(Z u)``, loss ``sum (yhat - y)^2 / 2n``;
     ``G <- outer(r sigma'(s), u) / n``."""
-    if Z.size >= PARALLEL_MIN_SIZE:
+    if Z.size >= PASS_PARALLEL_MIN:
         return _single_index_loss_p(Z, y, u, code, param, G)
     return _single_index_loss_s(Z, y, u, code, param, G)
 
@@ -93,6 +98,6 @@ _single_index_predict_s, _single_index_predict_p = twins(_single_index_predict)
 @jit
 def single_index_predict(Z, u, code, param, out):
     """``out <- sigma(Z u)``."""
-    if Z.size >= PARALLEL_MIN_SIZE:
+    if Z.size >= PASS_PARALLEL_MIN:
         return _single_index_predict_p(Z, u, code, param, out)
     return _single_index_predict_s(Z, u, code, param, out)
