@@ -7,7 +7,9 @@ inside a kernel (numerical failure becomes a status, never an exception).
 
 from __future__ import annotations
 
+import hashlib
 import types
+from pathlib import Path
 
 import numba as nb
 
@@ -57,3 +59,38 @@ prange = nb.prange
 # would start numba's thread pool and the first parallel region would crash.
 # Every kernel module imports this one: start the pool here, once.
 nb.get_num_threads()
+
+
+_PKG = Path(__file__).resolve().parent
+
+
+def _drop_stale_cache(pkg: Path = _PKG) -> None:
+    """Delete the package's cached kernels when any kernel source changed.
+
+    numba keys a cached kernel on its own file only: a kernel calling a kernel
+    of another module that has since changed would load stale machine code
+    (seen here as wrong results and segfaults after edits or upgrades). The
+    digest covers every module that compiles kernels, plus numba's version.
+    """
+    sources = [pkg / "_jit.py", pkg / "activations.py", *sorted((pkg / "_kernels").glob("*.py"))]
+    h = hashlib.sha256(nb.__version__.encode())
+    for path in sources:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    digest = h.hexdigest()
+    stamp = pkg / "__pycache__" / "numba-kernels.sha256"
+    try:
+        if stamp.read_text() == digest:
+            return
+    except OSError:
+        pass
+    try:
+        for cached in [*pkg.glob("__pycache__/*.nb[ic]"), *pkg.glob("*/__pycache__/*.nb[ic]")]:
+            cached.unlink(missing_ok=True)
+        stamp.parent.mkdir(exist_ok=True)
+        stamp.write_text(digest)
+    except OSError:  # read-only install: numba then caches elsewhere, or not at all
+        pass
+
+
+_drop_stale_cache()
