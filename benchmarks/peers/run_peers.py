@@ -73,7 +73,7 @@ def step_factories(p):
 
 
 def bench_case(workload: str, p, factories, *, grads: bool, reps: int, log) -> list[dict]:
-    fns, outcomes, errs, notes = {}, {}, {}, {}
+    fns, outcomes, errs, notes, warm = {}, {}, {}, {}, {}
     for name, make in factories:
         try:
             fn = make()
@@ -82,7 +82,9 @@ def bench_case(workload: str, p, factories, *, grads: bool, reps: int, log) -> l
             continue
         if fn is None:
             continue
+        t = time.perf_counter()
         out = fn()  # warm-up (JIT) and the correctness check
+        warm[name] = time.perf_counter() - t  # long calls need no calibration run
         errs[name] = P.check(p, out, what=name, grads=grads)
         fns[name], outcomes[name] = fn, out
     rng = np.random.default_rng(1)
@@ -93,7 +95,7 @@ def bench_case(workload: str, p, factories, *, grads: bool, reps: int, log) -> l
     )
     fns["numpy matmul"] = lambda: np.matmul(Zm, Mm, out=Tm)
     t0 = time.perf_counter()
-    times = interleaved(fns, reps)
+    times = interleaved(fns, reps, known=warm)
     log(f"  {workload} {p.name}: {time.perf_counter() - t0:.1f} s for {reps} rounds")
     t_db = float(np.median(times[DB])) if DB in times else np.nan
     db = outcomes.get(DB)
@@ -343,10 +345,12 @@ def machine() -> dict:
         "numpy": np.__version__,
         "numba": numba.__version__,
     }
+    from importlib.metadata import PackageNotFoundError, version
+
     for mod in ("scipy", "torch", "torchdeq", "jax", "jaxopt"):
         try:
-            info["versions"][mod] = __import__(mod).__version__
-        except (ImportError, AttributeError):
+            info["versions"][mod] = version(mod)
+        except PackageNotFoundError:
             info["versions"][mod] = "not installed"
     try:
         from threadpoolctl import threadpool_info
@@ -432,6 +436,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--only", default="W1,W2,W4,MEM,W3,W5", help="comma-separated subset of W1,W2,W3,W4,W5,MEM"
     )
+    ap.add_argument("--mem-n", type=int, default=4096, help="n of the memory runs (m = 256)")
     ap.add_argument("--out", default=str(ROOT / "results" / "peers"))
     a = ap.parse_args(argv)
     only = set(a.only.split(","))
@@ -468,7 +473,7 @@ def main(argv=None) -> int:
     mem = []
     if "MEM" in only:
         cfg = [(0.5, 1e-4), (0.5, 1e-10), (0.9, 1e-10)]
-        mem = memory_rows(256, a.n, cfg, log)
+        mem = memory_rows(256, a.mem_n, cfg, log)
     w3 = w3_rows(a.reps or 3, log) if "W3" in only else []
     w5 = w5_rows(log, a.quick) if "W5" in only else []
     w3_rows_, w3_targets = w3 if w3 else ([], None)
@@ -497,6 +502,7 @@ def main(argv=None) -> int:
         memory=memory_table(mem) if mem else "(not run)",
         targets=tgt,
         n=a.n,
+        mem_n=a.mem_n,
     )
     (out / "README.md").write_text(text)
     print("\n" + table + "\n\n" + (memory_table(mem) if mem else "") + "\n\n" + tgt)
@@ -543,7 +549,7 @@ interleaved in ONE process, each peer once per round in rotated order.
 
 {table}
 
-## Memory (W2, m = 256, n = {n}: one step, one process per peer)
+## Memory (W2, m = 256, n = {mem_n}: one step, one process per peer)
 
 Peak resident memory the step needed beyond its resident inputs
 (`VmHWM - VmRSS`, high-water mark reset before the call), against the arrays

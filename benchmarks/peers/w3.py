@@ -316,21 +316,20 @@ def run(*, reps: int, log, iterative: bool = False):
                     "Anderson stalled above 1e-10 / did not finish in a trial (w3.py)",
                 )
             )
-    if best is None or r.status != "converged":
-        tg = [
-            (
-                "W3: >= 10x the best peer",
-                "not measured",
-                f"deqbench status {r.status}; no peer on the same trajectory",
-            )
-        ]
+    if best is None:
+        tg = [("W3: >= 10x the best peer", "not measured", "no peer on the same trajectory")]
     else:
         s = best[1] / t_db
+        reached = (
+            "reached" if r.status == "converged" else f"NOT reached in {K} steps by any system"
+        )
         tg = [
             (
                 "W3: >= 10x the best peer",
                 "met" if s >= 10 else "missed",
-                f"deqbench {t_db:.1f} s ({K} steps) vs {best[0]} {best[1]:.0f} s: {s:.1f}x",
+                f"deqbench {t_db:.1f} s for {K} steps vs {best[0]} {best[1]:.0f} s for the same "
+                f"steps: {s:.2f}x (target excess 1e-8 {reached}; same trajectory, so the ratio "
+                "is the per-step ratio)",
             )
         ]
     return rows, tg
