@@ -190,25 +190,18 @@ def test_huge_step_fails_cleanly(model, act):
         assert h[key].shape == h["step"].shape
 
 
-def test_huge_step_on_sufficient_statistics_fails_like_picard():
-    """The sufficient-statistics step solves no fixed point; with a Picard forward
-    solver it reports the failure the per-sample path meets once the iteration
-    stops contracting. With a direct solver the exact step does not blow up:
-    Q grows by lr^2 ||g||^2 (section 5), which shrinks the effective step on W."""
+def test_huge_step_with_exact_solves_self_stabilizes():
+    """With the direct / sufficient-statistics step the linear DEQ does not blow up:
+    Q grows by lr^2 ||g||^2 (section 5), which shrinks the effective step on W.
+    The parameters leave the Picard-convergent region (spectral radius > 1)."""
     X, Y, A0, B0 = _problem("linear", seed=4)
-    picard = db.train("linear", X, Y, A0, B0, lr=1e4, steps=50, sufficient_stats=False)
-    assert picard.status == "fixed_point_failed"
-    suff = db.train("linear", X, Y, A0, B0, lr=1e4, steps=50, sufficient_stats=True)
-    assert suff.status == "fixed_point_failed"
-    assert suff.n_steps == picard.n_steps
-    np.testing.assert_allclose(suff.A, picard.A, rtol=1e-8)
-    assert np.isfinite(suff.A).all() and np.isfinite(suff.history["loss"]).all()
-    r = db.train("linear", X, Y, A0, B0, lr=1e4, steps=50, solver="direct",
-                 sufficient_stats=True)
+    r = db.train("linear", X, Y, A0, B0, lr=1e4, steps=50, sufficient_stats=True)
     assert r.status == "max_steps"
     h = r.history
     assert np.isfinite(r.A).all() and np.isfinite(h["loss"]).all()
     assert h["invariant_drift"][-1] > 1e6 and h["spectral_radius"][-1] > 1.0
+    picard = db.train("linear", X, Y, A0, B0, lr=1e4, steps=50, sufficient_stats=False)
+    assert picard.status == "fixed_point_failed"
 
 
 def test_warm_start_same_trajectory_fewer_iterations():

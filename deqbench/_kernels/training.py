@@ -250,41 +250,6 @@ def record_heavy(A, B, A0, B0, q0_norm, sp, row):
         row[H_RHO] = rho
 
 
-@jit
-def picard_would_fail(A, beta, tol, max_iter, sp):
-    """Would damped Picard on ``Z = Z A^T + U`` miss ``tol`` within ``max_iter``?
-
-    The sufficient-statistics step never solves the fixed point, so it checks
-    what the per-sample path would meet: the iteration matrix
-    ``P = (1 - beta) I + beta A`` contracts at ``rho(P)``, and Picard needs
-    about ``log(tol) / log(rho(P))`` iterations (THEORY.md section 3). The
-    eigenvalue solve runs only when ``||P||_F >= 1`` (else ``rho(P) < 1`` and
-    the count is bounded by the Frobenius norm's).
-    """
-    Pm, Rt, S, acpy, wr, wi, dummy = sp
-    m = A.shape[0]
-    f = 0.0
-    for i in range(m):
-        for j in range(m):
-            p = beta * A[i, j]
-            if i == j:
-                p += 1.0 - beta
-            acpy[j, i] = p  # column-major copy for dgeev
-            f += p * p
-    rho = np.sqrt(f)
-    if rho >= 1.0:
-        r = _rgeev(_KIND, _JOB_N, _JOB_N, m, acpy.ctypes, m, wr.ctypes, wi.ctypes,
-                   dummy.ctypes, 1, dummy.ctypes, 1)
-        if r != 0:
-            return True
-        rho = 0.0
-        for i in range(m):
-            rho = max(rho, np.hypot(wr[i], wi[i]))
-    if rho >= 1.0:
-        return True
-    return rho > 0.0 and np.log(tol) / np.log(rho) > max_iter
-
-
 # --- loss and gradient at given parameters ------------------------------------
 
 
@@ -445,9 +410,6 @@ def gd(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
         kb = 0
         if use_ss:
             loss, excess, outcome = suffstats_eval(A, B, Sxx, Wstar, Lstar, ssw, gA, gB)
-            if outcome == OK and fsolver == PICARD and picard_would_fail(A, beta, tol,
-                                                                         max_iter, sp):
-                outcome = FP_FAILED
         else:
             loss, kf, kb, outcome = sample_eval(model, A, B, X, Y2, y1, u, code, param, fsolver,
                                                 gsolver, tol, max_iter, beta, ridge, nk,
