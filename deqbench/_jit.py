@@ -31,16 +31,11 @@ def pjit(fn=None, **overrides):
     return jit(fn, parallel=True, **overrides)
 
 
-# Below this many elements a parallel region costs more than it saves: waking
-# the pool is tens of microseconds idle, and far more on a loaded machine
-# (a small training run was 100x slower with 2 threads than with 1).
-PARALLEL_MIN_SIZE = 1 << 16
-
-
 def twins(fn):
     """Compile a ``prange`` kernel twice: ``(serial, parallel)``.
 
-    Callers pick by problem size (:data:`PARALLEL_MIN_SIZE`). The serial twin
+    Callers pick by problem size (``PASS_PARALLEL_MIN`` in
+    :mod:`deqbench._kernels.fixed_point`). The serial twin
     is a copy of the function under another qualified name, so the two
     compilations never share an on-disk cache entry.
     """

@@ -134,12 +134,11 @@ def test_property_gradients_match_dense_reference(m, d, n, scale, model, solver,
 @pytest.mark.parametrize(("model", "name"), [("linear", "identity"), ("single_index", "tanh"),
                                              ("nonlinear", "tanh")])
 @pytest.mark.parametrize("solver", ["picard", "anderson"])
-def test_parallel_kernels_match_reference(rng, model, name, solver):
-    """n m above PARALLEL_MIN_SIZE takes the prange twins of every kernel."""
-    from deqbench._jit import PARALLEL_MIN_SIZE
+def test_wide_maps_match_reference(rng, model, name, solver):
+    """m > SMALL_M takes the BLAS gemm + pass kernels instead of the fused row kernel."""
+    from deqbench._kernels.fixed_point import SMALL_M
 
-    n, d, m = 2100, 5, 32
-    assert n * m >= PARALLEL_MIN_SIZE
+    n, d, m = 300, 5, SMALL_M + 8
     A, B, X = small_problem(rng, n=n, d=d, m=m, scale_A=0.6)
     Y = _targets(model, rng, n, m)
     loss, gA, gB, info = db.loss_and_grad(model, A, B, X, Y, activation=name, solver=solver,

@@ -1,0 +1,91 @@
+"""Serial and parallel twins of every prange kernel against NumPy formulas.
+
+The public kernels pick the parallel twin only from PASS_PARALLEL_MIN (4M)
+elements, far above test sizes, so each twin is called directly here.
+"""
+
+import numpy as np
+import pytest
+
+from deqbench._kernels import fixed_point as fp
+from deqbench._kernels import gradients as g
+from deqbench._kernels.activations import IDENTITY, MASK, TANH
+from tests import naive
+
+N, M = 257, 19
+TWINS = ["s", "p"]
+
+
+@pytest.fixture
+def arrays():
+    rng = np.random.default_rng(7)
+    Z = rng.standard_normal((N, M))
+    Mat = rng.standard_normal((M, M)) / M
+    U = rng.standard_normal((N, M))
+    D = rng.uniform(0.1, 1.0, (N, M))
+    return Z, Mat, U, D
+
+
+def _h(code, t, D):
+    if code == IDENTITY:
+        return t
+    if code == MASK:
+        return D * t
+    return naive.act("tanh", t)
+
+
+@pytest.mark.parametrize("twin", TWINS)
+@pytest.mark.parametrize("code", [IDENTITY, MASK, TANH])
+def test_evaluate_twins(arrays, twin, code):
+    Z, Mat, U, D = arrays
+    T = np.empty_like(Z)
+    dd, ff = getattr(fp, f"_evaluate_{twin}")(Z, Mat, U, code, 0.0, D, T, 0.3)
+    F = _h(code, Z @ Mat + U, D)
+    np.testing.assert_allclose(T, Z + 0.3 * (F - Z), rtol=1e-12, atol=1e-14)
+    assert dd == pytest.approx(np.sum((F - Z) ** 2), rel=1e-12)
+    assert ff == pytest.approx(np.sum(F**2), rel=1e-12)
+
+
+@pytest.mark.parametrize("twin", TWINS)
+@pytest.mark.parametrize("code", [IDENTITY, MASK, TANH])
+def test_anderson_twins(arrays, twin, code):
+    Z, Mat, U, D = arrays
+    Fs, Gs = np.empty_like(Z), np.empty_like(Z)
+    dd, ff = getattr(fp, f"_anderson_eval_{twin}")(Z, Mat, U, code, 0.0, D, Fs, Gs)
+    F = _h(code, Z @ Mat + U, D)
+    np.testing.assert_allclose(Fs, F, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(Gs, F - Z, rtol=1e-12, atol=1e-14)
+    assert dd == pytest.approx(np.sum((F - Z) ** 2), rel=1e-12)
+    assert ff == pytest.approx(np.sum(F**2), rel=1e-12)
+    assert getattr(fp, f"_dot_{twin}")(Fs, Gs) == pytest.approx(np.sum(Fs * Gs), rel=1e-12)
+    Fh, Gh = np.stack([Fs, Z]), np.stack([Gs, U])
+    alpha = np.array([0.7, 0.3])
+    out = np.empty_like(Z)
+    zz = getattr(fp, f"_anderson_mix_{twin}")(out, Fh, Gh, alpha, 2, 0.5)
+    want = sum(a * (f - 0.5 * gg) for a, f, gg in zip(alpha, Fh, Gh, strict=True))
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-14)
+    assert zz == pytest.approx(np.sum(want**2), rel=1e-12)
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_gradient_twins(arrays, twin):
+    Z, Mat, U, _ = arrays
+    rng = np.random.default_rng(3)
+    D = np.empty_like(Z)
+    getattr(g, f"_preactivation_derivative_{twin}")(Z, Mat, U, TANH, 0.0, D)
+    np.testing.assert_allclose(D, 1 - np.tanh(Z @ Mat + U) ** 2, rtol=1e-12, atol=1e-14)
+    Y = rng.standard_normal(Z.shape)
+    G = np.empty_like(Z)
+    loss = getattr(g, f"_residual_loss_{twin}")(Z, Y, G)
+    assert loss == pytest.approx(0.5 * np.sum((Z - Y) ** 2) / N, rel=1e-12)
+    np.testing.assert_allclose(G, (Z - Y) / N, rtol=1e-12)
+    u, y = rng.standard_normal(M), rng.standard_normal(N)
+    loss = getattr(g, f"_single_index_loss_{twin}")(Z, y, u, TANH, 0.0, G)
+    s = Z @ u
+    r = np.tanh(s) - y
+    assert loss == pytest.approx(0.5 * np.sum(r**2) / N, rel=1e-12)
+    np.testing.assert_allclose(G, np.outer(r * (1 - np.tanh(s) ** 2), u) / N, rtol=1e-12,
+                               atol=1e-16)
+    out = np.empty(N)
+    getattr(g, f"_single_index_predict_{twin}")(Z, u, TANH, 0.0, out)
+    np.testing.assert_allclose(out, np.tanh(s), rtol=1e-12)
