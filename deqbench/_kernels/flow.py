@@ -33,11 +33,11 @@ from .training import (
     NONFINITE,
     OK,
     STEP_TOO_SMALL,
-    _write_row,
     axpy,
     drift_trace,
+    flush_good,
     frobenius_q0,
-    record_heavy,
+    record_step,
     sample_eval,
     sample_workspace,
     spectral_workspace,
@@ -192,15 +192,8 @@ def dopri(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
         done = t >= t_end
         diverged = L0 > 0.0 and loss > div_factor * L0
         final = reached or done or diverged or n_acc >= max_steps
-        if final or n_acc % record_every == 0:
-            if final or n_acc % spectral_every == 0:
-                record_heavy(A, B, A0, B0, q0, sp, row)
-            _write_row(H, nrec, row)
-            nrec += 1
-            good_recorded = True
-        else:
-            good[:] = row
-            good_recorded = False
+        nrec, good_recorded = record_step(H, nrec, row, good, final, n_acc, record_every,
+                                          spectral_every, A, B, A0, B0, q0, sp)
         if diverged:
             status = DIVERGED
             break
@@ -288,9 +281,6 @@ def dopri(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
         if not accepted:
             if fp_failed:
                 status = FIXED_POINT_FAILED
-            if not good_recorded:
-                record_heavy(A, B, A0, B0, q0, sp, good)
-                _write_row(H, nrec, good)
-                nrec += 1
+            nrec = flush_good(H, nrec, good, good_recorded, A, B, A0, B0, q0, sp)
             break
     return status, t, n_acc, n_rej, n_ev, nrec

@@ -368,6 +368,31 @@ def _write_row(H, r, row):
 
 
 @jit
+def record_step(H, nrec, row, good, final, k, record_every, spectral_every, A, B, A0, B0, q0,
+                sp):
+    """Write step ``k``'s ``row`` when it is due (the matrix quantities of
+    :func:`record_heavy` on the ``spectral_every`` cadence and at the final
+    step); otherwise keep it in ``good``. Returns ``(nrec, recorded)``."""
+    if final or k % record_every == 0:
+        if final or k % spectral_every == 0:
+            record_heavy(A, B, A0, B0, q0, sp, row)
+        _write_row(H, nrec, row)
+        return nrec + 1, True
+    good[:] = row
+    return nrec, False
+
+
+@jit
+def flush_good(H, nrec, good, recorded, A, B, A0, B0, q0, sp):
+    """On failure, record the last good step unless it already was; returns ``nrec``."""
+    if recorded:
+        return nrec
+    record_heavy(A, B, A0, B0, q0, sp, good)
+    _write_row(H, nrec, good)
+    return nrec + 1
+
+
+@jit
 def gd(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
        fsolver, gsolver, tol, max_iter, beta, ridge, anderson_slots, nk, warm,
        lr, steps, stop_loss, div_factor, record_every, spectral_every, H):
@@ -427,10 +452,7 @@ def gd(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
             if k > 0:
                 A[:, :] = Ap
                 B[:, :] = Bp
-                if not good_recorded:
-                    record_heavy(A, B, A0, B0, q0, sp, good)
-                    _write_row(H, nrec, good)
-                    nrec += 1
+                nrec = flush_good(H, nrec, good, good_recorded, A, B, A0, B0, q0, sp)
             break
         if k == 0:
             L0 = loss
@@ -445,15 +467,8 @@ def gd(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
         row[H_ADJ] = kb
         reached = stop_loss >= 0.0 and loss <= stop_loss
         final = reached or k >= steps
-        if final or k % record_every == 0:
-            if final or k % spectral_every == 0:
-                record_heavy(A, B, A0, B0, q0, sp, row)
-            _write_row(H, nrec, row)
-            nrec += 1
-            good_recorded = True
-        else:
-            good[:] = row
-            good_recorded = False
+        nrec, good_recorded = record_step(H, nrec, row, good, final, k, record_every,
+                                          spectral_every, A, B, A0, B0, q0, sp)
         if reached:
             status = CONVERGED
             break
@@ -468,10 +483,7 @@ def gd(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
             status = DIVERGED
             A[:, :] = Ap
             B[:, :] = Bp
-            if not good_recorded:
-                record_heavy(A, B, A0, B0, q0, sp, good)
-                _write_row(H, nrec, good)
-                nrec += 1
+            nrec = flush_good(H, nrec, good, good_recorded, A, B, A0, B0, q0, sp)
             break
         k += 1
     return status, last, nrec
