@@ -98,13 +98,16 @@ def warn_failure(what: str, status: str, n_iter: int, residual: float, tol: floa
     )
 
 
-def check_model(A, B, X):
-    """Validate ``A (m, m)``, ``B (m, d)``, ``X (n, d)``; return float64 copies."""
-    A = v.as_matrix("A", A)
+def check_model(A, B, X, names=("A", "B")):
+    """Validate ``A (m, m)``, ``B (m, d)``, ``X (n, d)``; return them as float64
+    C-contiguous arrays (not copies where they already are). ``names`` are the
+    caller's names for ``A`` and ``B`` in error messages."""
+    a, b = names
+    A = v.as_matrix(a, A)
     m = A.shape[0]
     if A.shape[1] != m:
-        raise ValueError(f"A must be square (m, m), got shape {A.shape}")
-    B = v.as_matrix("B", B, shape=(m, None))
+        raise ValueError(f"{a} must be square (m, m), got shape {A.shape}")
+    B = v.as_matrix(b, B, shape=(m, None))
     X = v.as_matrix("X", X, shape=(None, B.shape[1]))
     return A, B, X
 

@@ -18,7 +18,7 @@ from . import _validate as v
 from . import theory
 from ._kernels import training as _k
 from .activations import Activation, get_activation
-from .fixed_point import anderson_options
+from .fixed_point import anderson_options, check_model
 from .gradients import GRAD_METHODS, MODELS, check_targets
 
 SOLVERS = ("picard", "anderson", "direct")
@@ -136,13 +136,9 @@ def auto_spectral_every(m: int, d: int, n: int, sufficient_stats: bool, record_e
 
 
 def check_params(A0, B0, X):
-    """Validate ``A0 (m, m)``, ``B0 (m, d)``, ``X (n, d)``; float64 C-contiguous copies."""
-    A0 = v.as_matrix("A0", A0)
-    m = A0.shape[0]
-    if A0.shape[1] != m:
-        raise ValueError(f"A0 must be square (m, m), got shape {A0.shape}")
-    B0 = v.as_matrix("B0", B0, shape=(m, None))
-    X = v.as_matrix("X", X, shape=(None, B0.shape[1]))
+    """Validate ``A0 (m, m)``, ``B0 (m, d)``, ``X (n, d)``; float64 C-contiguous
+    copies of the parameters (the loops update them in place)."""
+    A0, B0, X = check_model(A0, B0, X, names=("A0", "B0"))
     return A0.copy(), B0.copy(), X
 
 
