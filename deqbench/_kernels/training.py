@@ -254,6 +254,18 @@ def record_heavy(A, B, A0, B0, q0_norm, sp, row):
 
 
 @jit
+def _iterate(solver, Z, M, U, code, param, D, T, Fh, Gh, GG, work, tol, max_iter, beta, ridge,
+             hist):
+    """Picard or Anderson on ``Z -> h(Z M + U)`` in place; returns ``(n_iter, status)``."""
+    if solver == PICARD:
+        k, res, st = _fp.picard(Z, M, U, code, param, D, T, tol, max_iter, beta, hist)
+    else:
+        k, res, st = _fp.anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter,
+                                  beta, ridge, hist)
+    return k, st
+
+
+@jit
 def sample_eval(model, A, B, X, Y2, y1, u, code, param, fsolver, gsolver, tol, max_iter,
                 beta, ridge, nk, warm, ws, gA, gB):
     """Loss and exact (or truncated) implicit gradient, sample by sample.
@@ -284,11 +296,8 @@ def sample_eval(model, A, B, X, Y2, y1, u, code, param, fsolver, gsolver, tol, m
     else:
         if not warm:
             Z[:, :] = 0.0
-        if fsolver == PICARD:
-            kf, res, st = _fp.picard(Z, AT, U, fcode, param, D, T, tol, max_iter, beta, hist)
-        else:
-            kf, res, st = _fp.anderson(Z, AT, U, fcode, param, D, Fh, Gh, GG, work, tol,
-                                       max_iter, beta, ridge, hist)
+        kf, st = _iterate(fsolver, Z, AT, U, fcode, param, D, T, Fh, Gh, GG, work, tol,
+                          max_iter, beta, ridge, hist)
         if st != _fp.CONVERGED:
             return np.nan, kf, 0, FP_FAILED
     # loss and dL/dZ
@@ -316,11 +325,8 @@ def sample_eval(model, A, B, X, Y2, y1, u, code, param, fsolver, gsolver, tol, m
     else:
         if not warm:
             Mu[:, :] = 0.0
-        if gsolver == PICARD:
-            kb, res, st = _fp.picard(Mu, A, G, acode, param, D, T, tol, max_iter, beta, hist)
-        else:
-            kb, res, st = _fp.anderson(Mu, A, G, acode, param, D, Fh, Gh, GG, work, tol,
-                                       max_iter, beta, ridge, hist)
+        kb, st = _iterate(gsolver, Mu, A, G, acode, param, D, T, Fh, Gh, GG, work, tol,
+                          max_iter, beta, ridge, hist)
         if st != _fp.CONVERGED:
             return np.nan, kf, kb, FP_FAILED
     np.dot(Mu.T, Z, gA)
