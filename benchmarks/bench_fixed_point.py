@@ -41,7 +41,7 @@ def setup_forward(method, activation, m, n):
         raise NotImplementedError("method='direct' solves linear maps only")
     p = forward_problem(m, n, rho=0.5, activation=activation)
     kw = dict(METHODS[method], activation=activation, tol=TOL)
-    return p, kw, strict(db.fixed_point, p.A, p.B, p.X, **kw)
+    return p, kw, strict(db.fixed_point, p.X, p.A, p.B, **kw)
 
 
 class FixedPoint(Bench):
@@ -54,7 +54,7 @@ class FixedPoint(Bench):
         self.p, self.kw, _ = setup_forward(method, activation, m, n)
 
     def time_fixed_point(self, method, activation, m, n):
-        db.fixed_point(self.p.A, self.p.B, self.p.X, **self.kw)
+        db.fixed_point(self.p.X, self.p.A, self.p.B, **self.kw)
 
 
 class FixedPointIterations:
@@ -105,11 +105,11 @@ class FixedPointContraction(Bench):
         self.p = forward_problem(32, 1024)
         self.p.A = with_spectral_radius(self.p.A, rho)
         self.kw = {"method": method, "tol": TOL}
-        self.result = strict(db.fixed_point, self.p.A, self.p.B, self.p.X, **self.kw)
+        self.result = strict(db.fixed_point, self.p.X, self.p.A, self.p.B, **self.kw)
         self.predicted = predicted_iters(contraction_rate(self.p.A), TOL)
 
     def time_fixed_point(self, method, rho):
-        db.fixed_point(self.p.A, self.p.B, self.p.X, **self.kw)
+        db.fixed_point(self.p.X, self.p.A, self.p.B, **self.kw)
 
     def track_iterations(self, method, rho):
         return self.result.n_iter

@@ -19,9 +19,9 @@ def exact_gradient(p, Z, G):
     method = "direct" if p.phi == "identity" else "picard"
     ref = strict(
         db.implicit_grad,
+        p.X,
         p.A,
         p.B,
-        p.X,
         Z,
         G,
         activation=p.phi,
@@ -41,10 +41,10 @@ def setup_adjoint(method, model, m, n):
     p = problem(model, m, n, rho=0.5)
     if method == "direct" and p.phi != "identity":
         raise NotImplementedError("method='direct' solves linear maps only")
-    Z = strict(db.fixed_point, p.A, p.B, p.X, activation=p.phi, tol=1e-13).z
+    Z = strict(db.fixed_point, p.X, p.A, p.B, activation=p.phi, tol=1e-13).z
     G = dloss_dz(p, Z)
     kw = {"activation": p.phi, "method": method, "tol": TOL}
-    return p, Z, G, kw, strict(db.implicit_grad, p.A, p.B, p.X, Z, G, **kw)
+    return p, Z, G, kw, strict(db.implicit_grad, p.X, p.A, p.B, Z, G, **kw)
 
 
 class ImplicitGrad(Bench):
@@ -58,7 +58,7 @@ class ImplicitGrad(Bench):
         self.p, self.Z, self.G, self.kw, _ = setup_adjoint(method, model, m, n)
 
     def time_implicit_grad(self, method, model, m, n):
-        db.implicit_grad(self.p.A, self.p.B, self.p.X, self.Z, self.G, **self.kw)
+        db.implicit_grad(self.p.X, self.p.A, self.p.B, self.Z, self.G, **self.kw)
 
 
 class ImplicitGradAccuracy:
@@ -106,12 +106,15 @@ class NeumannTerms(Bench):
     def setup(self, k):
         p = problem("linear", 32, 2048, rho=0.5)
         self.p = p
-        self.Z = strict(db.fixed_point, p.A, p.B, p.X, tol=1e-13).z
+        self.Z = strict(db.fixed_point, p.X, p.A, p.B, tol=1e-13).z
         self.G = dloss_dz(p, self.Z)
-        self.result = db.implicit_grad(p.A, p.B, p.X, self.Z, self.G, method="neumann", k=k)
+        self.result = db.implicit_grad(
+            p.X, p.A, p.B, self.Z, self.G, method="neumann", neumann_terms=k
+        )
 
     def time_neumann_grad(self, k):
-        db.implicit_grad(self.p.A, self.p.B, self.p.X, self.Z, self.G, method="neumann", k=k)
+        p = self.p
+        db.implicit_grad(p.X, p.A, p.B, self.Z, self.G, method="neumann", neumann_terms=k)
 
     def track_gradient_rel_error(self, k):
         g = np.concatenate([self.result.grad_A.ravel(), self.result.grad_B.ravel()])
@@ -137,7 +140,7 @@ class LossAndGrad(Bench):
         self.p = p
         solver = "anderson" if grad_solver == "anderson" else "picard"
         self.kw = dict(p.model_kwargs(), solver=solver, grad_solver=grad_solver, tol=TOL)
-        strict(db.loss_and_grad, model, p.A, p.B, p.X, p.Y, **self.kw)
+        strict(db.loss_and_grad, model, p.X, p.Y, p.A, p.B, **self.kw)
 
     def time_loss_and_grad(self, model, grad_solver, m, n):
-        db.loss_and_grad(self.p.model, self.p.A, self.p.B, self.p.X, self.p.Y, **self.kw)
+        db.loss_and_grad(self.p.model, self.p.X, self.p.Y, self.p.A, self.p.B, **self.kw)

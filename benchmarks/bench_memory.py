@@ -48,11 +48,11 @@ class StepMemory(Bench):
 
     def setup(self, K):
         self.p = step_problem(K)
-        self.info = strict(self._step)[3]
+        self.info = strict(self._step).info
 
     def _step(self):
         p = self.p
-        return db.loss_and_grad("linear", p.A, p.B, p.X, p.Y, tol=TOL, max_iter=20 * 5000)
+        return db.loss_and_grad("linear", p.X, p.Y, p.A, p.B, tol=TOL, max_iter=20 * 5000)
 
     def peakmem_gd_step(self, K):
         self._step()

@@ -42,7 +42,7 @@ def setup_step(model, start, m, n):
 
 
 def gd_step(p, A, B, kw):
-    _, gA, gB, info = db.loss_and_grad(p.model, A, B, p.X, p.Y, **kw)
+    _, gA, gB, info = db.loss_and_grad(p.model, p.X, p.Y, A, B, **kw)
     return A - LR[p.model] * gA, B - LR[p.model] * gB, info
 
 

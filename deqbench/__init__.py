@@ -1,31 +1,39 @@
 """deqbench: compiled solvers, gradients and benchmarks for deep equilibrium models.
 
-The public API (see THEORY.md for the mathematics):
+The public API (the mathematics is in docs/theory.md). Every call takes data
+first, then parameters:
 
-* :func:`fixed_point` - forward solve ``Z = phi(Z A^T + X B^T)``
-* :func:`implicit_grad` - adjoint gradients through a fixed point
-* :func:`loss_and_grad` - loss and exact gradient of the three models
-* :func:`train` - gradient descent in one compiled call, theory tracked per step
-* :func:`flow` - gradient flow (adaptive Dormand-Prince), same history against ``t``
-* :mod:`deqbench.theory` - the predictions of THEORY.md sections 3 and 5-7
+* :func:`fixed_point` ``(X, A, B)`` - forward solve ``Z = phi(Z A^T + X B^T)``
+* :func:`implicit_grad` ``(X, A, B, Z, G)`` - adjoint gradients through a fixed point
+* :func:`loss_and_grad` ``(model, X, Y, A, B)`` - loss and exact gradient of the three models
+* :func:`train` ``(model, X, Y, A0, B0)`` - gradient descent in one compiled call
+* :func:`flow` ``(model, X, Y, A0, B0)`` - gradient flow (adaptive Dormand-Prince)
+* :class:`ConvergenceWarning` - the warning of every solver that misses its tolerance
+* :mod:`deqbench.theory` - the predictions of the theory
 * :mod:`deqbench.data` - seeded problem builders
 * :class:`Activation` - activations usable inside jitted code
+
+Implementations live in private modules (``deqbench._fixed_point``, ...).
 """
 
 from . import data, theory
+from ._fixed_point import FixedPointResult, fixed_point
+from ._flow import FlowResult, flow
+from ._gradients import GradResult, LossAndGrad, implicit_grad, loss_and_grad
+from ._training import DIVERGENCE_FACTOR, TrainResult, train
+from ._warnings import ConvergenceWarning
 from .activations import Activation, get_activation
-from .fixed_point import FixedPointResult, fixed_point
-from .flow import FlowResult, flow
-from .gradients import GradResult, implicit_grad, loss_and_grad
-from .training import TrainResult, train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DIVERGENCE_FACTOR",
     "Activation",
+    "ConvergenceWarning",
     "FixedPointResult",
     "FlowResult",
     "GradResult",
+    "LossAndGrad",
     "TrainResult",
     "data",
     "fixed_point",

@@ -91,8 +91,3 @@ def choice(name: str, value, options) -> str:
     if value not in options:
         raise ValueError(f"{name} must be one of {sorted(options)}, got {_describe(value)}")
     return value
-
-
-def no_extra(where: str, options: dict) -> None:
-    if options:
-        raise TypeError(f"{where} got unexpected option(s) {sorted(options)}")

@@ -17,6 +17,8 @@ import numpy as np
 from ._jit import jit
 from ._kernels import activations as _k
 
+__all__ = ["Activation", "get_activation"]
+
 CODES = {
     "identity": _k.IDENTITY,
     "leaky_relu": _k.LEAKY_RELU,

@@ -12,6 +12,8 @@ import numpy as np
 from . import _validate as v
 from .activations import Activation, get_activation
 
+__all__ = ["init_params", "linear_teacher", "single_index_teacher"]
+
 
 def _rng(seed) -> np.random.Generator:
     return np.random.default_rng(seed)
@@ -62,8 +64,9 @@ def single_index_teacher(n: int, d: int, *, activation: str | Activation, noise:
     return X, y, theta
 
 
-def init_params(m: int, d: int, *, scale_A: float, scale_B: float, seed=0):
-    """Random initial parameters.
+def init_params(d: int, m: int, *, scale_A: float, scale_B: float, seed=0):
+    """Random initial parameters for data of width ``d`` and a model of width ``m``
+    (sizes in the order of :func:`linear_teacher`: ``n, d, m``).
 
     ``A0 = scale_A R / ||R||_2`` with Gaussian ``R``, so ``||A0||_2 = scale_A``
     and hence the spectral radius ``rho(A0) <= scale_A`` (a contraction when
@@ -74,8 +77,8 @@ def init_params(m: int, d: int, *, scale_A: float, scale_B: float, seed=0):
     -------
     A0 : (m, m), B0 : (m, d)
     """
-    m = v.integer("m", m, minimum=1)
     d = v.integer("d", d, minimum=1)
+    m = v.integer("m", m, minimum=1)
     scale_A = v.positive("scale_A", scale_A, allow_zero=True)
     scale_B = v.positive("scale_B", scale_B, allow_zero=True)
     rng = _rng(seed)

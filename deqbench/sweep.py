@@ -204,7 +204,7 @@ def build_problem(params: Mapping, seed: np.random.SeedSequence):
     Returns ``(X, Y, A0, B0)``.
     """
     from . import data
-    from .fixed_point import fixed_point
+    from ._fixed_point import fixed_point
 
     data_seed, init_seed = _seeds(seed)
     model, m, d, n = params["model"], params["m"], params["d"], params["n"]
@@ -217,12 +217,12 @@ def build_problem(params: Mapping, seed: np.random.SeedSequence):
     else:
         t_seed, x_seed = data_seed.spawn(2)
         X = np.random.default_rng(x_seed).standard_normal((n, d))
-        As, Bs = data.init_params(m, d, scale_A=params.get("teacher_scale", 0.5), scale_B=1.0,
+        As, Bs = data.init_params(d, m, scale_A=params.get("teacher_scale", 0.5), scale_B=1.0,
                                   seed=t_seed)
-        Y = fixed_point(As, Bs, X, activation=params["activation"], tol=1e-13).z
+        Y = fixed_point(X, As, Bs, activation=params["activation"], tol=1e-13).z
         if noise > 0:
             Y = Y + noise * np.random.default_rng(x_seed.spawn(1)[0]).standard_normal(Y.shape)
-    A0, B0 = data.init_params(m, d, scale_A=params["scale_A"], scale_B=params["scale_B"],
+    A0, B0 = data.init_params(d, m, scale_A=params["scale_A"], scale_B=params["scale_B"],
                               seed=init_seed)
     return X, Y, A0, B0
 
@@ -238,7 +238,7 @@ _WARMED: set = set()
 def _warm_up(params: dict) -> None:
     """Compile (or load from cache) the kernels a run uses, once per process, so that
     ``train_s`` times the run and not the JIT."""
-    from .training import train
+    from ._training import train
 
     key = (params["model"], params["solver"], params["grad_solver"], params["activation"])
     if key in _WARMED:
@@ -259,7 +259,7 @@ def run_train(params: dict, seed: np.random.SeedSequence) -> dict:
     noise-free ``single_index`` and ``nonlinear`` runs the teacher is
     realizable and ``L* = 0``.
     """
-    from .training import train
+    from ._training import train
 
     X, Y, A0, B0 = build_problem(params, seed)
     grad_solver = None if params["grad_solver"] == "same" else params["grad_solver"]
@@ -329,16 +329,12 @@ def run_gd(params: dict, seed: np.random.SeedSequence) -> dict:
     records ``step, loss, grad_norm, invariant_drift, drift_trace, fp_iters,
     adj_iters``. Statuses as :func:`deqbench.train`.
     """
-    from .gradients import loss_and_grad
+    from ._gradients import loss_and_grad
+    from ._training import DIVERGENCE_FACTOR
+    from .theory import invariant
 
     X, Y, A, B = build_problem(params, seed)
-    m = A.shape[0]
     grad_solver = None if params["grad_solver"] == "same" else params["grad_solver"]
-
-    def invariant(A, B):
-        C = np.eye(m) - A
-        return C @ C.T + B @ B.T
-
     Q0 = invariant(A, B)
     nQ0 = np.linalg.norm(Q0)
     rows: dict[str, list] = {k: [] for k in ("step", "loss", "grad_norm", "invariant_drift",
@@ -347,7 +343,7 @@ def run_gd(params: dict, seed: np.random.SeedSequence) -> dict:
     loss0 = None
     for k in range(params["steps"] + 1):
         loss, gA, gB, info = loss_and_grad(
-            params["model"], A, B, X, Y, activation=params["activation"],
+            params["model"], X, Y, A, B, activation=params["activation"],
             solver=params["solver"], grad_solver=grad_solver, tol=params["tol"],
             z0=z0, adj0=adj0,
         )
@@ -355,7 +351,8 @@ def run_gd(params: dict, seed: np.random.SeedSequence) -> dict:
         if not info["converged"]:
             status = "fixed_point_failed"
             break
-        if not math.isfinite(loss) or loss > 1e6 * max(loss0, 1e-300):
+        # the rule of deqbench.train: non-finite, or above DIVERGENCE_FACTOR x L_0
+        if not math.isfinite(loss) or (k > 0 and loss0 > 0 and loss > DIVERGENCE_FACTOR * loss0):
             status = "diverged"
             break
         if k % params["record_every"] == 0 or k == params["steps"]:

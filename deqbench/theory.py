@@ -16,6 +16,20 @@ import numpy as np
 from . import _validate as v
 from .activations import Activation, get_activation
 
+__all__ = [
+    "conditioning_bounds",
+    "drift_bound",
+    "empirical_factor",
+    "gd_invariant_step",
+    "global_min_loss",
+    "invariant",
+    "least_squares",
+    "pl_constant",
+    "predicted_factor",
+    "predicted_fp_iters",
+    "rate_check",
+]
+
 MODELS = ("linear", "single_index")
 FLOOR = 1e3  # the window of empirical_factor stays above FLOOR * eps * L_0
 

@@ -47,7 +47,7 @@ def test_builders_are_seeded():
 
 @pytest.mark.parametrize("scale", [0.0, 0.3, 0.99, 1.5])
 def test_init_params_spectral_bound(scale):
-    A, B = db.data.init_params(30, 7, scale_A=scale, scale_B=2.0, seed=3)
+    A, B = db.data.init_params(7, 30, scale_A=scale, scale_B=2.0, seed=3)
     assert np.linalg.norm(A, 2) == pytest.approx(scale, abs=1e-12)
     assert np.abs(np.linalg.eigvals(A)).max() <= scale + 1e-12
     assert B.shape == (30, 7)

@@ -85,15 +85,14 @@ def test_summary_escapes_table_cells():
 
 
 def test_smoothness_matches_a_dense_hessian():
-    from deqbench import data
+    from deqbench import data, loss_and_grad
     from deqbench.experiments.e7_step_size import smoothness
-    from deqbench.gradients import loss_and_grad
 
     X, Y, _ = data.linear_teacher(64, 2, 1, noise=0.1, seed=0)
-    A, B = data.init_params(1, 2, scale_A=0.3, scale_B=1.0, seed=1)
+    A, B = data.init_params(2, 1, scale_A=0.3, scale_B=1.0, seed=1)
 
     def grad(P):
-        _, gA, gB, _ = loss_and_grad("linear", P[:1].reshape(1, 1), P[1:].reshape(1, 2), X, Y,
+        _, gA, gB, _ = loss_and_grad("linear", X, Y, P[:1].reshape(1, 1), P[1:].reshape(1, 2),
                                      solver="direct")
         return np.concatenate([gA.ravel(), gB.ravel()])
 

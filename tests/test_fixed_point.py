@@ -15,7 +15,7 @@ TOL = 1e-10
 @pytest.mark.parametrize("method", ["picard", "anderson", "direct"])
 def test_linear_matches_dense_solve(rng, method):
     A, B, X = small_problem(rng, n=50, d=6, m=9, scale_A=0.7)
-    res = db.fixed_point(A, B, X, method=method, tol=TOL)
+    res = db.fixed_point(X, A, B, method=method, tol=TOL)
     Zd = naive.linear_fixed_point(A, B, X)
     assert res.converged and res.status == "converged"
     assert res.residual <= TOL
@@ -31,7 +31,7 @@ def test_linear_matches_dense_solve(rng, method):
 @pytest.mark.parametrize("method", ["picard", "anderson"])
 def test_nonlinear_matches_long_picard(rng, name, method):
     A, B, X = small_problem(rng, n=40, d=5, m=8, scale_A=0.6)
-    res = db.fixed_point(A, B, X, activation=name, method=method, tol=TOL)
+    res = db.fixed_point(X, A, B, activation=name, method=method, tol=TOL)
     Zr = naive.picard_loop(A, B, X, name)
     assert res.converged
     assert naive.map_residual(A, B, X, res.z, name) <= TOL * (1 + 1e-6)
@@ -44,9 +44,9 @@ def test_methods_agree_and_anderson_is_faster_on_slow_map(rng):
     A = symmetric_with_radius(m, 0.98, rng)
     B = rng.standard_normal((m, d))
     X = rng.standard_normal((n, d))
-    pic = db.fixed_point(A, B, X, method="picard", tol=TOL)
-    and_ = db.fixed_point(A, B, X, method="anderson", tol=TOL, m=8)
-    dir_ = db.fixed_point(A, B, X, method="direct", tol=TOL)
+    pic = db.fixed_point(X, A, B, method="picard", tol=TOL)
+    and_ = db.fixed_point(X, A, B, method="anderson", tol=TOL, anderson_history=8)
+    dir_ = db.fixed_point(X, A, B, method="direct", tol=TOL)
     assert pic.converged and and_.converged and dir_.converged
     scale = np.linalg.norm(dir_.z)
     # error <= residual / (1 - rho) = 50 x tol
@@ -69,7 +69,7 @@ def test_picard_iterations_match_prediction(rng, rho, kind):
         A = rho * R / np.abs(np.linalg.eigvals(R)).max()
     B = rng.standard_normal((m, d))
     X = rng.standard_normal((n, d))
-    res = db.fixed_point(A, B, X, tol=TOL)
+    res = db.fixed_point(X, A, B, tol=TOL)
     predicted = np.log(TOL) / np.log(rho)
     assert abs(res.n_iter - predicted) <= 0.1 * predicted + 3
 
@@ -82,11 +82,11 @@ def test_damping_converges_where_picard_diverges(rng):
     A = (Q * lam) @ Q.T
     B = rng.standard_normal((m, d))
     X = rng.standard_normal((n, d))
-    with pytest.warns(RuntimeWarning, match="did not converge"):
-        plain = db.fixed_point(A, B, X, tol=TOL, max_iter=2000)
+    with pytest.warns(db.ConvergenceWarning, match="did not converge"):
+        plain = db.fixed_point(X, A, B, tol=TOL, max_iter=2000)
     assert not plain.converged and plain.status == "diverged"
     assert np.isfinite(plain.z).all()
-    damped = db.fixed_point(A, B, X, tol=TOL, damping=0.5)
+    damped = db.fixed_point(X, A, B, tol=TOL, damping=0.5)
     assert damped.converged
     # damped iteration matrix 1 - 0.5 (1 - lam): radius max(|1 - 1.25|, |1 - 0.25|) = 0.75
     assert abs(damped.n_iter - np.log(TOL) / np.log(0.75)) <= 0.1 * 80 + 3
@@ -95,15 +95,15 @@ def test_damping_converges_where_picard_diverges(rng):
 
 def test_warm_start_from_solution_takes_no_iterations(rng):
     A, B, X = small_problem(rng)
-    sol = db.fixed_point(A, B, X, tol=1e-13)
-    again = db.fixed_point(A, B, X, tol=1e-12, z0=sol.z)
+    sol = db.fixed_point(X, A, B, tol=1e-13)
+    again = db.fixed_point(X, A, B, tol=1e-12, z0=sol.z)
     assert again.n_iter == 0 and again.converged
 
 
 def test_max_iter_reports_non_convergence(rng):
     A, B, X = small_problem(rng, scale_A=0.9)
-    with pytest.warns(RuntimeWarning, match="max_iter"):
-        res = db.fixed_point(A, B, X, tol=1e-14, max_iter=3)
+    with pytest.warns(db.ConvergenceWarning, match="max_iter"):
+        res = db.fixed_point(X, A, B, tol=1e-14, max_iter=3)
     assert not res.converged and res.status == "max_iter" and res.n_iter == 3
     assert res.residual == pytest.approx(naive.map_residual(A, B, X, res.z), rel=1e-9)
 
@@ -113,8 +113,8 @@ def test_overflow_is_a_status_with_last_finite_iterate(rng, method):
     A, B, X = small_problem(rng)
     X[0, 0] = 1e308
     B[:] = 1e10
-    with pytest.warns(RuntimeWarning, match="diverged"):
-        res = db.fixed_point(A, B, X, method=method)
+    with pytest.warns(db.ConvergenceWarning, match="diverged"):
+        res = db.fixed_point(X, A, B, method=method)
     assert res.status == "diverged" and not res.converged
     assert np.isfinite(res.z).all()
 
@@ -122,8 +122,8 @@ def test_overflow_is_a_status_with_last_finite_iterate(rng, method):
 def test_direct_on_singular_map_is_a_status(rng):
     A, B, X = small_problem(rng)
     A[:] = np.eye(A.shape[0])
-    with pytest.warns(RuntimeWarning, match="singular"):
-        res = db.fixed_point(A, B, X, method="direct")
+    with pytest.warns(db.ConvergenceWarning, match="singular"):
+        res = db.fixed_point(X, A, B, method="direct")
     assert not res.converged and np.isfinite(res.z).all()
 
 
@@ -138,8 +138,8 @@ def test_direct_on_singular_map_is_a_status(rng):
 )
 def test_property_solution_satisfies_equation(m, d, n, scale, method, seed):
     rng = np.random.default_rng(seed)
-    A, B = db.data.init_params(m, d, scale_A=scale, scale_B=1.0, seed=seed)
+    A, B = db.data.init_params(d, m, scale_A=scale, scale_B=1.0, seed=seed)
     X = rng.standard_normal((n, d))
-    res = db.fixed_point(A, B, X, method=method, tol=TOL)
+    res = db.fixed_point(X, A, B, method=method, tol=TOL)
     assert res.converged
     assert naive.map_residual(A, B, X, res.z) <= TOL * (1 + 1e-6) + 1e-15

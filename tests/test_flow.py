@@ -6,7 +6,7 @@ import pytest
 
 import deqbench as db
 from deqbench import theory
-from deqbench.flow import FLOW_HISTORY_KEYS
+from deqbench._flow import FLOW_HISTORY_KEYS
 
 
 def _instance(model, seed):
@@ -19,7 +19,7 @@ def _instance(model, seed):
         m, d = 1 + m % 8, 1 + d % 8
         n, act, L_star = 3 * d + 20, "leaky_relu(0.5)", 0.0
         X, Y, _ = db.data.single_index_teacher(n, d, activation=act, seed=seed)
-    A0, B0 = db.data.init_params(m, d, scale_A=0.3, scale_B=0.5, seed=seed + 100)
+    A0, B0 = db.data.init_params(d, m, scale_A=0.3, scale_B=0.5, seed=seed + 100)
     return X, Y, A0, B0, act, L_star
 
 
@@ -59,7 +59,7 @@ def test_m1_sphere_is_constant():
 
 def test_per_sample_and_sufficient_statistics_flows_agree():
     X, Y, _ = db.data.linear_teacher(60, 4, 3, seed=2)
-    A0, B0 = db.data.init_params(3, 4, scale_A=0.4, scale_B=1.0, seed=3)
+    A0, B0 = db.data.init_params(4, 3, scale_A=0.4, scale_B=1.0, seed=3)
     kw = dict(t_end=5.0, rtol=1e-9, atol=1e-12)
     ss = db.flow("linear", X, Y, A0, B0, sufficient_stats=True, **kw)
     ps = db.flow("linear", X, Y, A0, B0, sufficient_stats=False, **kw)
@@ -71,7 +71,7 @@ def test_per_sample_and_sufficient_statistics_flows_agree():
 def test_gradient_descent_approaches_the_flow():
     """GD with step lr follows the flow to O(lr) (time t = lr * steps)."""
     X, Y, _ = db.data.linear_teacher(60, 4, 3, seed=4)
-    A0, B0 = db.data.init_params(3, 4, scale_A=0.4, scale_B=1.0, seed=5)
+    A0, B0 = db.data.init_params(4, 3, scale_A=0.4, scale_B=1.0, seed=5)
     fl = db.flow("linear", X, Y, A0, B0, t_end=1.0, rtol=1e-10, atol=1e-12)
     errs = []
     for lr in (1e-2, 5e-3):
@@ -95,7 +95,7 @@ def test_nonlinear_flow_drift_is_reported(record_property):
 
 def test_status_and_history():
     X, Y, _ = db.data.linear_teacher(50, 3, 2, seed=8)
-    A0, B0 = db.data.init_params(2, 3, scale_A=0.3, scale_B=1.0, seed=9)
+    A0, B0 = db.data.init_params(3, 2, scale_A=0.3, scale_B=1.0, seed=9)
     r = db.flow("linear", X, Y, A0, B0, t_end=100.0, max_steps=4)
     assert r.status == "max_steps" and r.n_steps == 4
     assert set(r.history) == set(FLOW_HISTORY_KEYS)
@@ -122,7 +122,7 @@ def test_status_and_history():
 )
 def test_bad_input(change, match):
     X, Y, _ = db.data.linear_teacher(50, 3, 2, seed=8)
-    A0, B0 = db.data.init_params(2, 3, scale_A=0.3, scale_B=1.0, seed=9)
+    A0, B0 = db.data.init_params(3, 2, scale_A=0.3, scale_B=1.0, seed=9)
     kw = dict(X=X, Y=Y, A0=A0, B0=B0, t_end=1.0)
     kw.update(change)
     with pytest.raises(ValueError, match=match):

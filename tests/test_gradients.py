@@ -35,7 +35,7 @@ def test_gradient_matches_dense_adjoint_and_finite_differences(rng, model, name,
     A, B, X = small_problem(rng, n=9, d=3, m=4, scale_A=0.5)
     Y = _targets(model, rng, 9, 4)
     u = rng.standard_normal(4) if model == "single_index" else None
-    loss, gA, gB, info = db.loss_and_grad(model, A, B, X, Y, u=u, activation=name,
+    loss, gA, gB, info = db.loss_and_grad(model, X, Y, A, B, u=u, activation=name,
                                           solver=solver, tol=1e-12)
     assert info["converged"] and info["fp_residual"] <= 1e-12 and info["adj_residual"] <= 1e-12
     assert loss == pytest.approx(naive.loss(model, A, B, X, Y, u, name), rel=1e-10)
@@ -51,7 +51,7 @@ def test_gradient_matches_dense_adjoint_and_finite_differences(rng, model, name,
 def test_direct_gradient_matches_dense(rng):
     A, B, X = small_problem(rng, n=11, d=5, m=6, scale_A=0.8)
     Y = rng.standard_normal((11, 6))
-    _, gA, gB, info = db.loss_and_grad("linear", A, B, X, Y, solver="direct")
+    _, gA, gB, info = db.loss_and_grad("linear", X, Y, A, B, solver="direct")
     assert info["fp_status"] == "converged" and info["adj_status"] == "converged"
     dA, dB = naive.grad_dense("linear", A, B, X, Y)
     np.testing.assert_allclose(gA, dA, rtol=1e-11, atol=1e-14)
@@ -64,7 +64,7 @@ def test_neumann_and_jfb_are_truncated_series(rng, k):
     Z = naive.linear_fixed_point(A, B, X)
     G = rng.standard_normal(Z.shape)
     method = "jfb" if k == 0 else "neumann"
-    res = db.implicit_grad(A, B, X, Z, G, method=method, k=k)
+    res = db.implicit_grad(X, A, B, Z, G, method=method, neumann_terms=k)
     series = sum(np.linalg.matrix_power(A, j) for j in range(k + 1))
     Lam = G @ series
     np.testing.assert_allclose(res.adjoint, Lam, rtol=1e-12, atol=1e-14)
@@ -80,8 +80,8 @@ def test_neumann_converges_to_exact_gradient(rng):
     A, B, X = small_problem(rng, n=8, d=3, m=5, scale_A=0.5)
     Z = naive.linear_fixed_point(A, B, X)
     G = rng.standard_normal(Z.shape)
-    exact = db.implicit_grad(A, B, X, Z, G, method="direct")
-    errs = [np.linalg.norm(db.implicit_grad(A, B, X, Z, G, method="neumann", k=k).grad_A
+    exact = db.implicit_grad(X, A, B, Z, G, method="direct")
+    errs = [np.linalg.norm(db.implicit_grad(X, A, B, Z, G, method="neumann", neumann_terms=k).grad_A
                            - exact.grad_A) for k in (1, 5, 20, 60)]
     assert all(b < a for a, b in zip(errs, errs[1:], strict=False))
     assert errs[-1] <= 1e-12 * np.linalg.norm(exact.grad_A)
@@ -91,8 +91,8 @@ def test_adjoint_warm_start(rng):
     A, B, X = small_problem(rng, n=20, d=4, m=6, scale_A=0.8)
     Z = naive.linear_fixed_point(A, B, X)
     G = rng.standard_normal(Z.shape)
-    cold = db.implicit_grad(A, B, X, Z, G, tol=1e-12)
-    warm = db.implicit_grad(A, B, X, Z, G, tol=1e-12, adj0=cold.adjoint)
+    cold = db.implicit_grad(X, A, B, Z, G, tol=1e-12)
+    warm = db.implicit_grad(X, A, B, Z, G, tol=1e-12, adj0=cold.adjoint)
     assert warm.n_iter == 0 and cold.n_iter > 10
     np.testing.assert_allclose(warm.grad_A, cold.grad_A)
 
@@ -101,8 +101,8 @@ def test_adjoint_failure_is_a_status(rng):
     A, B, X = small_problem(rng, n=20, d=4, m=6, scale_A=0.95)
     Z = naive.linear_fixed_point(A, B, X)
     G = rng.standard_normal(Z.shape)
-    with pytest.warns(RuntimeWarning, match="implicit_grad"):
-        res = db.implicit_grad(A, B, X, Z, G, tol=1e-14, max_iter=2)
+    with pytest.warns(db.ConvergenceWarning, match="implicit_grad"):
+        res = db.implicit_grad(X, A, B, Z, G, tol=1e-14, max_iter=2)
     assert not res.converged and res.status == "max_iter"
     assert np.isfinite(res.grad_A).all()
 
@@ -119,10 +119,10 @@ def test_adjoint_failure_is_a_status(rng):
 )
 def test_property_gradients_match_dense_reference(m, d, n, scale, model, solver, seed):
     rng = np.random.default_rng(seed)
-    A, B = db.data.init_params(m, d, scale_A=scale, scale_B=1.0, seed=seed)
+    A, B = db.data.init_params(d, m, scale_A=scale, scale_B=1.0, seed=seed)
     X = rng.standard_normal((n, d))
     Y = _targets(model, rng, n, m)
-    _, gA, gB, info = db.loss_and_grad(model, A, B, X, Y, solver=solver, tol=1e-12)
+    _, gA, gB, info = db.loss_and_grad(model, X, Y, A, B, solver=solver, tol=1e-12)
     assert info["converged"]
     dA, dB = naive.grad_dense(model, A, B, X, Y)
     scale_g = np.linalg.norm(dA) + np.linalg.norm(dB) + 1e-300
@@ -141,7 +141,7 @@ def test_wide_maps_match_reference(rng, model, name, solver):
     n, d, m = 300, 5, SMALL_M + 8
     A, B, X = small_problem(rng, n=n, d=d, m=m, scale_A=0.6)
     Y = _targets(model, rng, n, m)
-    loss, gA, gB, info = db.loss_and_grad(model, A, B, X, Y, activation=name, solver=solver,
+    loss, gA, gB, info = db.loss_and_grad(model, X, Y, A, B, activation=name, solver=solver,
                                           tol=1e-12)
     assert info["converged"]
     assert loss == pytest.approx(naive.loss(model, A, B, X, Y, None, name), rel=1e-10)

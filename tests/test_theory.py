@@ -44,7 +44,7 @@ def test_gd_invariant_step_is_exact(model, act):
     Y = rng.standard_normal(30) if model == "single_index" else rng.standard_normal((30, 4))
     lr = 0.3
     for _ in range(25):
-        _, gA, gB, _ = db.loss_and_grad(model, A, B, X, Y, activation=act, solver="direct")
+        _, gA, gB, _ = db.loss_and_grad(model, X, Y, A, B, activation=act, solver="direct")
         Q = theory.invariant(A, B)
         A, B = A - lr * gA, B - lr * gB
         Q1 = theory.invariant(A, B)
@@ -59,7 +59,7 @@ def test_gd_invariant_step_is_exact(model, act):
 def test_gd_invariant_step_does_not_hold_for_nonlinear():
     rng, A, B, X = _point(2, 4, 3, 30)
     Y = rng.standard_normal((30, 4))
-    _, gA, gB, _ = db.loss_and_grad("nonlinear", A, B, X, Y, activation="tanh", tol=1e-13)
+    _, gA, gB, _ = db.loss_and_grad("nonlinear", X, Y, A, B, activation="tanh", tol=1e-13)
     lr = 0.3
     Q1 = theory.invariant(A - lr * gA, B - lr * gB)
     gap = np.linalg.norm(theory.gd_invariant_step(theory.invariant(A, B), gA, gB, lr) - Q1)
@@ -78,7 +78,7 @@ def test_linear_pl_inequality_holds(seed, m, d):
     """||grad||^2 >= mu (L - L*) with mu = 2 lmin / lambda_max(Q) at the current point."""
     rng, A, B, X = _point(seed, m, d, 3 * d + 10)
     Y = rng.standard_normal((X.shape[0], m))
-    L, gA, gB, _ = db.loss_and_grad("linear", A, B, X, Y, solver="direct")
+    L, gA, gB, _ = db.loss_and_grad("linear", X, Y, A, B, solver="direct")
     mu = theory.pl_constant("linear", X, theory.invariant(A, B))
     L_star = theory.global_min_loss("linear", X, Y)
     g2 = np.sum(gA**2) + np.sum(gB**2)
@@ -92,7 +92,7 @@ def test_single_index_pl_inequality_holds(seed, m, d):
     act = "leaky_relu(0.5)"
     X, y, _ = db.data.single_index_teacher(4 * d + 20, d, activation=act, seed=seed)
     _, A, B, _ = _point(seed, m, d, 1)
-    L, gA, gB, _ = db.loss_and_grad("single_index", A, B, X, y, activation=act,
+    L, gA, gB, _ = db.loss_and_grad("single_index", X, y, A, B, activation=act,
                                     solver="direct")
     mu = theory.pl_constant("single_index", X, theory.invariant(A, B), activation=act)
     assert mu > 0
@@ -169,7 +169,7 @@ def test_predicted_fp_iters_matches_picard(rho):
     B = rng.standard_normal((6, 4))
     X = rng.standard_normal((30, 4))
     tol = 1e-10
-    got = db.fixed_point(A, B, X, tol=tol).n_iter
+    got = db.fixed_point(X, A, B, tol=tol).n_iter
     pred = theory.predicted_fp_iters(rho, tol)
     assert abs(got - pred) <= 0.15 * pred + 3
     assert theory.predicted_fp_iters(1.0, tol) == math.inf
@@ -193,7 +193,7 @@ def test_conditioning_bounds_hold(seed, m, d, scale):
 
 def test_conditioning_bounds_along_training():
     X, Y, _ = db.data.linear_teacher(80, 5, 4, seed=6)
-    A0, B0 = db.data.init_params(4, 5, scale_A=0.5, scale_B=1.0, seed=7)
+    A0, B0 = db.data.init_params(5, 4, scale_A=0.5, scale_B=1.0, seed=7)
     r = db.train("linear", X, Y, A0, B0, lr=0.05, steps=200, spectral_every=1)
     W = np.linalg.solve(np.eye(4) - r.A, r.B)
     lower, upper = theory.conditioning_bounds(theory.invariant(r.A, r.B), W)

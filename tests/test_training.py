@@ -6,7 +6,7 @@ import pytest
 
 import deqbench as db
 from deqbench import theory
-from deqbench.training import HISTORY_KEYS, auto_spectral_every
+from deqbench._training import HISTORY_KEYS, auto_spectral_every
 from tests import naive
 
 # (model, activation): the link of single_index, phi of nonlinear
@@ -17,7 +17,7 @@ def _problem(model, seed=0, n=25, d=4, m=3, scale_A=0.4):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d))
     Y = rng.standard_normal(n) if model == "single_index" else rng.standard_normal((n, m))
-    A0, B0 = db.data.init_params(m, d, scale_A=scale_A, scale_B=1.0, seed=seed + 1)
+    A0, B0 = db.data.init_params(d, m, scale_A=scale_A, scale_B=1.0, seed=seed + 1)
     return X, Y, A0, B0
 
 
@@ -82,7 +82,7 @@ def test_exact_gd_identity_for_q_every_step(model, act):
     Q0 = theory.invariant(A0, B0)
     Q = Q0
     for _ in range(steps):
-        _, gA, gB, _ = db.loss_and_grad(model, A, B, X, Y, activation=act, solver="direct")
+        _, gA, gB, _ = db.loss_and_grad(model, X, Y, A, B, activation=act, solver="direct")
         A, B = A - lr * gA, B - lr * gB
         Q_next = theory.invariant(A, B)
         predicted = theory.gd_invariant_step(Q, gA, gB, lr)
@@ -139,7 +139,7 @@ def _rate_instance(model, seed):
     else:
         act, L_star = "leaky_relu(0.5)", 0.0  # realizable teacher
         X, Y, _ = db.data.single_index_teacher(n, d, activation=act, seed=seed)
-    A0, B0 = db.data.init_params(m, d, scale_A=0.3, scale_B=0.5, seed=seed + 100)
+    A0, B0 = db.data.init_params(d, m, scale_A=0.3, scale_B=0.5, seed=seed + 100)
     Q0 = theory.invariant(A0, B0)
     lmax = np.linalg.eigvalsh(X.T @ X / n)[-1]
     lr = 0.2 / (lmax * np.linalg.eigvalsh(Q0)[-1])  # small step
@@ -179,8 +179,9 @@ def test_nonlinear_drift_is_reported(record_property):
                                           ("nonlinear", "tanh")])
 def test_huge_step_fails_cleanly(model, act):
     X, Y, A0, B0 = _problem(model, seed=4)
-    r = db.train(model, X, Y, A0, B0, lr=1e4, steps=50, activation=act,
-                 sufficient_stats=False, max_iter=500)
+    with pytest.warns(db.ConvergenceWarning, match="train stopped with status="):
+        r = db.train(model, X, Y, A0, B0, lr=1e4, steps=50, activation=act,
+                     sufficient_stats=False, max_iter=500)
     assert r.status in ("diverged", "fixed_point_failed")
     assert np.isfinite(r.A).all() and np.isfinite(r.B).all()
     h = r.history
@@ -200,7 +201,8 @@ def test_huge_step_with_exact_solves_self_stabilizes():
     h = r.history
     assert np.isfinite(r.A).all() and np.isfinite(h["loss"]).all()
     assert h["invariant_drift"][-1] > 1e6 and h["spectral_radius"][-1] > 1.0
-    picard = db.train("linear", X, Y, A0, B0, lr=1e4, steps=50, sufficient_stats=False)
+    with pytest.warns(db.ConvergenceWarning, match="fixed_point_failed"):
+        picard = db.train("linear", X, Y, A0, B0, lr=1e4, steps=50, sufficient_stats=False)
     assert picard.status == "fixed_point_failed"
 
 
@@ -234,7 +236,7 @@ def test_inexact_gradients_run_and_neumann_converges_to_exact():
     jfb = db.train("linear", X, Y, A0, B0, grad_solver="jfb", **kw)
     assert jfb.status == "max_steps" and np.all(jfb.history["adj_iters"] == 1)
     assert jfb.history["loss"][-1] < jfb.history["loss"][0]
-    neu = db.train("linear", X, Y, A0, B0, grad_solver="neumann", k=80, **kw)
+    neu = db.train("linear", X, Y, A0, B0, grad_solver="neumann", neumann_terms=80, **kw)
     assert _rel(neu.A, exact.A) < 1e-9
 
 

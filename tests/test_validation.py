@@ -16,23 +16,23 @@ def prob(rng):
 def test_wrong_ndim(prob):
     A, B, X = prob
     with pytest.raises(ValueError, match=r"A must be 2-dimensional, got shape \(16,\)"):
-        db.fixed_point(A.ravel(), B, X)
+        db.fixed_point(X, A.ravel(), B)
     with pytest.raises(ValueError, match="X must be 2-dimensional"):
-        db.fixed_point(A, B, X[0])
+        db.fixed_point(X[0], A, B)
 
 
 def test_mismatched_shapes(prob):
     A, B, X = prob
     with pytest.raises(ValueError, match="A must be square"):
-        db.fixed_point(A[:, :3], B, X)
+        db.fixed_point(X, A[:, :3], B)
     with pytest.raises(ValueError, match=r"B must have shape \(4, \*\), got \(3, 3\)"):
-        db.fixed_point(A, B[:3], X)
+        db.fixed_point(X, A, B[:3])
     with pytest.raises(ValueError, match=r"X must have shape \(\*, 3\), got \(7, 2\)"):
-        db.fixed_point(A, B, X[:, :2])
+        db.fixed_point(X[:, :2], A, B)
     with pytest.raises(ValueError, match="z0 must have shape"):
-        db.fixed_point(A, B, X, z0=np.zeros((7, 3)))
+        db.fixed_point(X, A, B, z0=np.zeros((7, 3)))
     with pytest.raises(ValueError, match="G must have shape"):
-        db.implicit_grad(A, B, X, np.zeros((7, 4)), np.zeros((7, 3)))
+        db.implicit_grad(X, A, B, np.zeros((7, 4)), np.zeros((7, 3)))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -41,7 +41,7 @@ def test_non_finite_entries(prob, bad):
     X = X.copy()
     X[2, 1] = bad
     with pytest.raises(ValueError, match="X must be finite, got 1 non-finite"):
-        db.fixed_point(A, B, X)
+        db.fixed_point(X, A, B)
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.int32, np.complex128, bool])
@@ -49,12 +49,12 @@ def test_integer_or_complex_arrays(prob, dtype):
     A, B, X = prob
     rule = f"A must be a real floating-point array, got dtype {np.dtype(dtype)}"
     with pytest.raises(TypeError, match=rule):
-        db.fixed_point(A.astype(dtype), B, X)
+        db.fixed_point(X, A.astype(dtype), B)
 
 
 def test_float32_is_converted(prob):
     A, B, X = prob
-    r32 = db.fixed_point(A.astype(np.float32), B.astype(np.float32), X.astype(np.float32))
+    r32 = db.fixed_point(X.astype(np.float32), A.astype(np.float32), B.astype(np.float32))
     assert r32.z.dtype == np.float64 and r32.converged
 
 
@@ -72,46 +72,61 @@ def test_float32_is_converted(prob):
         ({"activation": "swish"}, ValueError, "activation must be one of .* got 'swish'"),
         ({"activation": "leaky_relu(2)"}, ValueError, r"slope must be in \(0, 1\]"),
         ({"method": "direct", "activation": "tanh"}, ValueError, "direct.*linear maps only"),
-        ({"method": "anderson", "m": 0}, ValueError, "m .Anderson history size. must be >= 1"),
-        ({"method": "picard", "m": 3}, TypeError, r"picard got unexpected option\(s\) \['m'\]"),
+        ({"method": "anderson", "anderson_history": 0}, ValueError,
+         "anderson_history must be >= 1, got 0"),
+        ({"anderson_ridge": -1.0}, ValueError, "anderson_ridge must be >= 0"),
+        ({"method": "anderson", "m": 3}, TypeError,
+         r"fixed_point\(\) got an unexpected keyword argument 'm'"),
+        ({"k": 3}, TypeError, r"fixed_point\(\) got an unexpected keyword argument 'k'"),
     ],
 )
 def test_bad_options(prob, kwargs, exc, msg):
     A, B, X = prob
     with pytest.raises(exc, match=msg):
-        db.fixed_point(A, B, X, **kwargs)
+        db.fixed_point(X, A, B, **kwargs)
+
+
+@pytest.mark.parametrize("fn", ["implicit_grad", "loss_and_grad", "train", "flow"])
+def test_unknown_option_names_the_function(prob, fn):
+    """No public call takes ``**options``: a misspelt option is an error naming the call."""
+    A, B, X = prob
+    Y, Z = np.zeros((7, 4)), np.zeros((7, 4))
+    args = {"implicit_grad": (X, A, B, Z, Z), "loss_and_grad": ("linear", X, Y, A, B),
+            "train": ("linear", X, Y, A, B), "flow": ("linear", X, Y, A, B)}[fn]
+    with pytest.raises(TypeError, match=rf"{fn}\(\) got an unexpected keyword argument 'ridge'"):
+        getattr(db, fn)(*args, ridge=1e-8)
 
 
 def test_bad_gradient_options(prob):
     A, B, X = prob
     Z = np.zeros((7, 4))
     with pytest.raises(ValueError, match="method must be one of"):
-        db.implicit_grad(A, B, X, Z, Z, method="exact")
-    with pytest.raises(ValueError, match="k must be >= 0"):
-        db.implicit_grad(A, B, X, Z, Z, method="neumann", k=-1)
+        db.implicit_grad(X, A, B, Z, Z, method="exact")
+    with pytest.raises(ValueError, match="neumann_terms must be >= 0"):
+        db.implicit_grad(X, A, B, Z, Z, method="neumann", neumann_terms=-1)
     with pytest.raises(ValueError, match="direct.*linear maps only"):
-        db.implicit_grad(A, B, X, Z, Z, method="direct", activation="tanh")
+        db.implicit_grad(X, A, B, Z, Z, method="direct", activation="tanh")
 
 
 def test_bad_loss_and_grad_arguments(prob, rng):
     A, B, X = prob
     Y = rng.standard_normal((7, 4))
     with pytest.raises(ValueError, match="model must be one of .* got 'deep'"):
-        db.loss_and_grad("deep", A, B, X, Y)
+        db.loss_and_grad("deep", X, Y, A, B)
     with pytest.raises(ValueError, match=r"Y must have shape \(7, 4\)"):
-        db.loss_and_grad("linear", A, B, X, Y[:, :2])
+        db.loss_and_grad("linear", X, Y[:, :2], A, B)
     with pytest.raises(ValueError, match=r"Y must be 1-dimensional"):
-        db.loss_and_grad("single_index", A, B, X, Y)
+        db.loss_and_grad("single_index", X, Y, A, B)
     with pytest.raises(ValueError, match=r"u must have shape \(4,\)"):
-        db.loss_and_grad("single_index", A, B, X, Y[:, 0], u=np.ones(3))
+        db.loss_and_grad("single_index", X, Y[:, 0], A, B, u=np.ones(3))
     with pytest.raises(ValueError, match="u is only used by model='single_index'"):
-        db.loss_and_grad("linear", A, B, X, Y, u=np.ones(4))
+        db.loss_and_grad("linear", X, Y, A, B, u=np.ones(4))
     with pytest.raises(ValueError, match="activation must be 'identity' for model='linear'"):
-        db.loss_and_grad("linear", A, B, X, Y, activation="tanh")
+        db.loss_and_grad("linear", X, Y, A, B, activation="tanh")
     with pytest.raises(ValueError, match="grad_solver must be one of"):
-        db.loss_and_grad("linear", A, B, X, Y, grad_solver="magic")
+        db.loss_and_grad("linear", X, Y, A, B, grad_solver="magic")
     with pytest.raises(ValueError, match="direct.*linear maps only"):
-        db.loss_and_grad("nonlinear", A, B, X, Y, activation="tanh", solver="direct")
+        db.loss_and_grad("nonlinear", X, Y, A, B, activation="tanh", solver="direct")
 
 
 def test_bad_data_builder_arguments():
@@ -120,4 +135,4 @@ def test_bad_data_builder_arguments():
     with pytest.raises(ValueError, match="noise must be >= 0"):
         db.data.linear_teacher(5, 2, 2, noise=-1.0)
     with pytest.raises(ValueError, match="scale_A must be >= 0"):
-        db.data.init_params(3, 2, scale_A=-0.1, scale_B=1.0)
+        db.data.init_params(2, 3, scale_A=-0.1, scale_B=1.0)

@@ -10,9 +10,9 @@ from .problems import Outcome, Problem
 def forward(p: Problem, method: str = "picard", **options):
     def run():
         r = db.fixed_point(
+            p.X,
             p.A,
             p.B,
-            p.X,
             activation=p.activation,
             method=method,
             tol=p.tol,
@@ -28,12 +28,12 @@ def step(p: Problem, solver: str = "picard", **options):
     model = "linear" if p.activation == "identity" else "nonlinear"
 
     def run():
-        loss, gA, gB, info = db.loss_and_grad(
+        res = db.loss_and_grad(
             model,
-            p.A,
-            p.B,
             p.X,
             p.Y,
+            p.A,
+            p.B,
             activation=p.activation,
             solver=solver,
             tol=p.tol,
@@ -42,13 +42,13 @@ def step(p: Problem, solver: str = "picard", **options):
         )
         direct = solver == "direct"
         return Outcome(
-            0 if direct else info["fp_iters"] + 1,
-            0 if direct else info["adj_iters"] + 1,
-            info["adj_residual"],
-            z=info["z"],
-            grad_A=gA,
-            grad_B=gB,
-            loss=loss,
+            0 if direct else res.fp_iters + 1,
+            0 if direct else res.adj_iters + 1,
+            res.adj_residual,
+            z=res.z,
+            grad_A=res.grad_A,
+            grad_B=res.grad_B,
+            loss=res.loss,
         )
 
     return run

@@ -44,7 +44,7 @@ TOL = 1e-10
 
 def problem():
     X, Y, _ = db.data.linear_teacher(N, D, M, seed=0)
-    A0, B0 = db.data.init_params(M, D, scale_A=0.5, scale_B=1.0, seed=1)
+    A0, B0 = db.data.init_params(D, M, scale_A=0.5, scale_B=1.0, seed=1)
     return X, Y, A0, B0
 
 

@@ -80,15 +80,15 @@ def _warm_up() -> None:
     import numpy as np
 
     from .. import data, fixed_point
-    from ..flow import flow
-    from ..training import train
+    from .._flow import flow
+    from .._training import train
 
     X, Y, _ = data.linear_teacher(8, 2, 2, seed=0)
     A, B = data.init_params(2, 2, scale_A=0.3, scale_B=1.0, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fixed_point(A, B, X)
-        fixed_point(A, B, X, method="anderson")
+        fixed_point(X, A, B)
+        fixed_point(X, A, B, method="anderson")
         for ss in (True, False):
             train("linear", X, Y, A, B, lr=0.01, steps=2, sufficient_stats=ss)
             flow("linear", X, Y, A, B, t_end=0.01, sufficient_stats=ss)

@@ -16,9 +16,9 @@ import math
 import numpy as np
 
 from .. import data, theory
-from ..flow import flow
-from ..gradients import loss_and_grad
-from ..training import train
+from .._flow import flow
+from .._gradients import loss_and_grad
+from .._training import train
 from ._common import fmt, loglog_slope, pyplot
 
 HORIZON = 10.0
@@ -26,7 +26,7 @@ HORIZON = 10.0
 
 def _problem(ctx, m, d, n, key):
     X, Y, _ = data.linear_teacher(n, d, m, noise=0.1, seed=ctx.seed(key, 0))
-    A0, B0 = data.init_params(m, d, scale_A=0.5, scale_B=1.0, seed=ctx.seed(key, 1))
+    A0, B0 = data.init_params(d, m, scale_A=0.5, scale_B=1.0, seed=ctx.seed(key, 1))
     return X, Y, A0, B0
 
 
@@ -72,14 +72,14 @@ def run(ctx) -> None:
     # --- m = 1: the sphere (1 - a)^2 + ||b||^2 = const
     d1 = 4
     X1, Y1, _ = data.linear_teacher(n, d1, 1, noise=0.1, seed=ctx.seed(1, 0))
-    a0, b0 = data.init_params(1, d1, scale_A=0.5, scale_B=1.0, seed=ctx.seed(1, 1))
+    a0, b0 = data.init_params(d1, 1, scale_A=0.5, scale_B=1.0, seed=ctx.seed(1, 1))
     paths = {}
     for lr in (0.02, 0.3):
         A, B = a0.copy(), b0.copy()
         pts = []
         for _ in range(int(math.ceil(3.0 / lr)) + 1):
             pts.append((1.0 - A[0, 0], float(np.linalg.norm(B[0]))))
-            _, gA, gB, _ = loss_and_grad("linear", A, B, X1, Y1, solver="direct")
+            _, gA, gB, _ = loss_and_grad("linear", X1, Y1, A, B, solver="direct")
             A, B = A - lr * gA, B - lr * gB
         res = train("linear", X1, Y1, a0, b0, lr=lr, steps=len(pts) - 1, record_every=1)
         paths[lr] = (np.array(pts), res)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import data, theory
-from ..flow import flow
-from ..training import train
+from .._flow import flow
+from .._training import train
 from ._common import fmt, pyplot
 
 FLOOR = 1e3 * np.finfo(float).eps
@@ -37,7 +37,7 @@ def run(ctx) -> None:
     out = []
     for i, (m, d) in enumerate(sizes):
         X, Y, _ = data.linear_teacher(n, d, m, noise=0.1, seed=ctx.seed(i, 0))
-        A0, B0 = data.init_params(m, d, scale_A=0.5, scale_B=1.0, seed=ctx.seed(i, 1))
+        A0, B0 = data.init_params(d, m, scale_A=0.5, scale_B=1.0, seed=ctx.seed(i, 1))
         res = train("linear", X, Y, A0, B0, lr=lr, steps=steps, record_every=1)
         h = res.history
         Ls = res.L_star
@@ -65,7 +65,7 @@ def run(ctx) -> None:
     m = mf = sizes[1][0]
     d = sizes[1][1]
     X, Y, _ = data.linear_teacher(n, d, m, noise=0.1, seed=ctx.seed(9, 0))
-    A0, B0 = data.init_params(m, d, scale_A=0.5, scale_B=1.0, seed=ctx.seed(9, 1))
+    A0, B0 = data.init_params(d, m, scale_A=0.5, scale_B=1.0, seed=ctx.seed(9, 1))
     fr = flow("linear", X, Y, A0, B0, t_end=30.0, rtol=1e-10, atol=1e-12)
     hf = fr.history
     mu = theory.pl_constant("linear", X, theory.invariant(A0, B0))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import data, theory
-from ..training import train
+from .._training import train
 from ._common import fmt, pyplot
 from .e2_linear import envelope_ok
 
@@ -23,7 +23,7 @@ OUTSIDE = ("tanh", "relu")
 def run(ctx) -> None:
     m, d, n = (8, 8, 512) if ctx.quick else (32, 32, 2048)
     lr, steps = 0.2, 500 if ctx.quick else 1500
-    A0, B0 = data.init_params(m, d, scale_A=0.5, scale_B=1.0, seed=ctx.seed(0, 1))
+    A0, B0 = data.init_params(d, m, scale_A=0.5, scale_B=1.0, seed=ctx.seed(0, 1))
     Q0 = theory.invariant(A0, B0)
     runs = {}
     for j, act in enumerate(INSIDE + OUTSIDE):

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from .. import data, theory
-from ..training import train
+from .._training import train
 from ._common import fmt, pyplot
 
 
@@ -33,7 +33,7 @@ def run(ctx) -> None:
     lmin = float(ev[0])
     out = {}
     for j, scale_A in enumerate((0.0, 0.9)):
-        A0, B0 = data.init_params(m, d, scale_A=scale_A, scale_B=1.0, seed=ctx.seed(1, j))
+        A0, B0 = data.init_params(d, m, scale_A=scale_A, scale_B=1.0, seed=ctx.seed(1, j))
         Q0 = theory.invariant(A0, B0)
         q_ev = np.linalg.eigvalsh(Q0)
         res = train("linear", X, Y, A0, B0, lr=lr, steps=steps, record_every=1,

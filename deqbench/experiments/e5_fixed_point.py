@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from .. import fixed_point
+from .. import ConvergenceWarning, fixed_point
 from ._common import fmt, pyplot, symmetric_with_spectrum
 
 TOL = 1e-10
@@ -37,8 +37,8 @@ def damped_rate(eigenvalues, beta: float) -> float:
 
 def _solve(A, B, X, method, damping=1.0):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is a status here
-        return fixed_point(A, B, X, method=method, tol=TOL, max_iter=50_000, damping=damping)
+        warnings.simplefilter("ignore", ConvergenceWarning)  # non-convergence is a status here
+        return fixed_point(X, A, B, method=method, tol=TOL, max_iter=50_000, damping=damping)
 
 
 def within(measured: float, pred: float) -> bool:

@@ -15,9 +15,9 @@ import math
 
 import numpy as np
 
-from ..flow import flow
+from .._flow import flow
+from .._training import train
 from ..sweep import build_problem
-from ..training import train
 from ._common import fmt, pyplot
 
 HORIZON = 10.0

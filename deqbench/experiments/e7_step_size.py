@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import data, theory
-from ..gradients import loss_and_grad
-from ..training import train
+from .._gradients import loss_and_grad
+from .._training import train
 from ._common import fmt, pyplot
 
 
@@ -27,8 +27,8 @@ def smoothness(X, Y, A, B, *, iters: int = 60, h: float = 1e-5, seed=0) -> float
     m, d = B.shape
 
     def grad(P):
-        _, gA, gB, _ = loss_and_grad("linear", P[: m * m].reshape(m, m),
-                                     P[m * m:].reshape(m, d), X, Y, solver="direct")
+        _, gA, gB, _ = loss_and_grad("linear", X, Y, P[: m * m].reshape(m, m),
+                                     P[m * m:].reshape(m, d), solver="direct")
         return np.concatenate([gA.ravel(), gB.ravel()])
 
     P = np.concatenate([A.ravel(), B.ravel()])
@@ -54,7 +54,7 @@ def run(ctx) -> None:
     steps = 400 if ctx.quick else 800
     lrs = np.geomspace(0.01, 10.0, 10 if ctx.quick else 13)
     X, Y, _ = data.linear_teacher(n, d, m, noise=0.1, seed=ctx.seed(0, 0))
-    A0, B0 = data.init_params(m, d, scale_A=0.5, scale_B=1.0, seed=ctx.seed(0, 1))
+    A0, B0 = data.init_params(d, m, scale_A=0.5, scale_B=1.0, seed=ctx.seed(0, 1))
     beta0 = abs(smoothness(X, Y, A0, B0, seed=ctx.seed(0, 2)))
     Q0 = theory.invariant(A0, B0)
     rows = []

@@ -16,10 +16,13 @@ import numpy as np
 
 from . import _validate as v
 from . import theory
+from ._fixed_point import check_model, check_options
+from ._gradients import GRAD_METHODS, MODELS, _neumann_terms, check_targets
 from ._kernels import training as _k
+from ._warnings import warn
 from .activations import Activation, get_activation
-from .fixed_point import anderson_options, check_model
-from .gradients import GRAD_METHODS, MODELS, check_targets
+
+__all__ = ["DIVERGENCE_FACTOR", "HISTORY_KEYS", "TrainResult", "auto_spectral_every", "train"]
 
 SOLVERS = ("picard", "anderson", "direct")
 STATUS = {
@@ -135,20 +138,26 @@ def auto_spectral_every(m: int, d: int, n: int, sufficient_stats: bool, record_e
     return record_every * math.ceil(k / record_every)
 
 
-def check_params(A0, B0, X):
-    """Validate ``A0 (m, m)``, ``B0 (m, d)``, ``X (n, d)``; float64 C-contiguous
-    copies of the parameters (the loops update them in place)."""
-    A0, B0, X = check_model(A0, B0, X, names=("A0", "B0"))
-    return A0.copy(), B0.copy(), X
+FAILED_STATUSES = ("diverged", "fixed_point_failed", "step_too_small")
+"""Run statuses that come with a :class:`~deqbench.ConvergenceWarning`."""
+
+
+def warn_status(what: str, status: str, n_steps: int) -> None:
+    """The :class:`~deqbench.ConvergenceWarning` of a failed run (nothing otherwise)."""
+    if status in FAILED_STATUSES:
+        warn(f"{what} stopped with status={status!r} after {n_steps} steps; returning the "
+             "last parameters whose loss and gradient were computed", stacklevel=3)
 
 
 def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max_iter,
-            damping, k, sufficient_stats, L_star, record_every, stop_loss, spectral_every,
-            solver_options, grad_methods=GRAD_METHODS, where="train"):
+            damping, neumann_terms, anderson_history, anderson_ridge, sufficient_stats,
+            L_star, record_every, stop_loss, spectral_every, grad_methods=GRAD_METHODS):
     """Validate the arguments shared by :func:`train` and :func:`deqbench.flow`;
-    return the keyword arguments of the kernels plus bookkeeping."""
+    return the keyword arguments of the kernels plus bookkeeping. The
+    parameters are copied (the loops update them in place)."""
     v.choice("model", model, MODELS)
-    A0, B0, X = check_params(A0, B0, X)
+    X, A0, B0 = check_model(X, A0, B0, names=("A0", "B0"))
+    A0, B0 = A0.copy(), B0.copy()
     n, d = X.shape
     m = A0.shape[0]
     act = get_activation(activation)
@@ -158,17 +167,9 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
     v.choice("solver", solver, SOLVERS)
     grad_solver = solver if grad_solver is None else grad_solver
     v.choice("grad_solver", grad_solver, grad_methods)
-    tol = v.positive("tol", tol)
-    max_iter = v.integer("max_iter", max_iter, minimum=1)
-    beta = v.unit_interval("damping", damping)
-    nk = 0
-    if grad_solver == "neumann":
-        nk = v.integer("k", k, minimum=0)
-    options = dict(solver_options)
-    slots, ridge = 0, 1e-10
-    if "anderson" in (solver, grad_solver):
-        slots, ridge = anderson_options(options)
-    v.no_extra(where, options)
+    opts = check_options(tol, max_iter, damping, anderson_history, anderson_ridge)
+    nk = _neumann_terms(grad_solver, neumann_terms)
+    slots = opts.anderson_history if "anderson" in (solver, grad_solver) else 0
     if model == "nonlinear" and "direct" in (solver, grad_solver):
         raise ValueError(
             "solver/grad_solver='direct' solves linear maps only, got model='nonlinear'"
@@ -225,10 +226,10 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
         Wstar=Wstar,
         Lstar=float(L_star),
         fsolver=_SOLVER_CODE[solver],
-        tol=tol,
-        max_iter=max_iter,
-        beta=beta,
-        ridge=ridge,
+        tol=opts.tol,
+        max_iter=opts.max_iter,
+        beta=opts.damping,
+        ridge=opts.anderson_ridge,
         anderson_slots=slots,
         stop_loss=stop,
         div_factor=DIVERGENCE_FACTOR,
@@ -268,9 +269,10 @@ def train(
     L_star: float | None = None,
     max_iter: int = 10_000,
     damping: float = 1.0,
-    k: int = 5,
+    neumann_terms: int = 5,
+    anderson_history: int = 5,
+    anderson_ridge: float = 1e-10,
     spectral_every="auto",
-    **solver_options,
 ) -> TrainResult:
     """Run ``steps`` steps of gradient descent ``P <- P - lr grad L(P)`` in one compiled call.
 
@@ -289,10 +291,12 @@ def train(
         Forward solver (``direct``: LU of ``I - A``, linear fixed points only).
     grad_solver : str, optional
         Adjoint solver, default ``solver``; also ``"jfb"`` or ``"neumann"``
-        (``k`` terms), the inexact gradients of THEORY.md section 4.
-    tol, max_iter, damping
-        Per-solve relative residual tolerance, iteration cap and Picard damping;
-        ``solver_options``: Anderson ``m`` and ``ridge``.
+        (series up to ``A^neumann_terms``), the inexact gradients of THEORY.md
+        section 4.
+    tol, max_iter, damping, anderson_history, anderson_ridge
+        Per-solve options, as in :func:`~deqbench.fixed_point`.
+    neumann_terms : int >= 0
+        As in :func:`~deqbench.implicit_grad`.
     record_every : int or None
         Record step ``k`` when ``k % record_every == 0``; ``None`` records only
         the first and the last step. The last step is always recorded.
@@ -318,6 +322,11 @@ def train(
     -------
     TrainResult
 
+    Warns
+    -----
+    ConvergenceWarning
+        When the status is ``"diverged"`` or ``"fixed_point_failed"``.
+
     Notes
     -----
     THEORY.md sections 5-8. The loop, the solves and the recording run in
@@ -326,9 +335,10 @@ def train(
     """
     kernel, extra = prepare(
         model, X, Y, A0, B0, u=u, activation=activation, solver=solver,
-        grad_solver=grad_solver, tol=tol, max_iter=max_iter, damping=damping, k=k,
-        sufficient_stats=sufficient_stats, L_star=L_star, record_every=record_every,
-        stop_loss=stop_loss, spectral_every=spectral_every, solver_options=solver_options,
+        grad_solver=grad_solver, tol=tol, max_iter=max_iter, damping=damping,
+        neumann_terms=neumann_terms, anderson_history=anderson_history,
+        anderson_ridge=anderson_ridge, sufficient_stats=sufficient_stats, L_star=L_star,
+        record_every=record_every, stop_loss=stop_loss, spectral_every=spectral_every,
     )
     lr = v.positive("lr", lr)
     steps = v.integer("steps", steps, minimum=1)
@@ -349,6 +359,7 @@ def train(
         record_every=rec,
         H=H,
     )
+    warn_status("train", STATUS[status], int(last))
     return TrainResult(
         A=kernel["A"],
         B=kernel["B"],

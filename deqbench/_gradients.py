@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from . import _validate as v
-from ._kernels import fixed_point as _fp
-from ._kernels import gradients as _g
-from ._kernels.activations import IDENTITY, MASK
-from .activations import Activation, get_activation
-from .fixed_point import (
+from ._fixed_point import (
+    METHODS,
     STATUS,
+    SolverOptions,
     check_model,
-    check_solver,
+    check_options,
     direct,
     forward,
     solve,
     warn_failure,
 )
+from ._kernels import fixed_point as _fp
+from ._kernels import gradients as _g
+from ._kernels.activations import IDENTITY, MASK
+from .activations import Activation, get_activation
+
+__all__ = ["GradResult", "LossAndGrad", "implicit_grad", "loss_and_grad"]
 
 GRAD_METHODS = ("picard", "anderson", "direct", "jfb", "neumann")
 MODELS = ("linear", "single_index", "nonlinear")
@@ -54,9 +58,9 @@ class GradResult:
 
 
 def implicit_grad(
+    X,
     A,
     B,
-    X,
     Z,
     G,
     *,
@@ -66,8 +70,9 @@ def implicit_grad(
     max_iter: int = 10_000,
     damping: float = 1.0,
     adj0=None,
-    k: int = 5,
-    **method_options,
+    neumann_terms: int = 5,
+    anderson_history: int = 5,
+    anderson_ridge: float = 1e-10,
 ) -> GradResult:
     """Gradients ``dL/dA``, ``dL/dB`` through the fixed point ``Z``, given ``G = dL/dZ``.
 
@@ -76,39 +81,55 @@ def implicit_grad(
 
     Parameters
     ----------
-    A, B, X : as in :func:`~deqbench.fixed_point`
+    X, A, B : as in :func:`~deqbench.fixed_point`
     Z : (n, m)
         The fixed point (from :func:`~deqbench.fixed_point`).
     G : (n, m)
         ``dL/dZ``.
     method : {"picard", "anderson", "direct", "jfb", "neumann"}
-        Exact: ``picard`` (with ``damping``), ``anderson`` (options ``m``,
-        ``ridge``), ``direct`` (linear maps, LU). Inexact: ``jfb`` (Jacobian-free,
-        ``Lam = G``) and ``neumann`` (``Lam = G (I + A + ... + A^k)``, ``k`` terms).
+        Exact: ``picard`` (with ``damping``), ``anderson`` (``anderson_history``,
+        ``anderson_ridge``), ``direct`` (linear maps, LU). Inexact: ``jfb``
+        (Jacobian-free, ``Lam = G``) and ``neumann``
+        (``Lam = G (I + A + ... + A^k)`` with ``k = neumann_terms``: the
+        truncated series has ``k + 1`` terms, ``I`` included).
     adj0 : (n, m), optional
         Initial adjoint (warm start), e.g. the previous ``GradResult.adjoint``.
+    neumann_terms : int >= 0
+        The highest power ``k`` of the truncated Neumann series (``neumann`` only).
+
+    Warns
+    -----
+    ConvergenceWarning
+        When an exact method does not converge.
 
     Notes
     -----
     THEORY.md section 4. Non-convergence of an exact method gives
-    ``converged=False`` and a ``RuntimeWarning``.
+    ``converged=False``.
     """
-    A, B, X = check_model(A, B, X)
+    X, A, B = check_model(X, A, B)
     n, m = X.shape[0], A.shape[0]
     Z = v.as_matrix("Z", Z, shape=(n, m))
     G = v.as_matrix("G", G, shape=(n, m))
     act = get_activation(activation)
-    tol, max_iter, beta = check_solver(method, tol, max_iter, damping, GRAD_METHODS)
-    if method in ("jfb", "neumann"):
-        k = 0 if method == "jfb" else v.integer("k", k, minimum=0)
+    v.choice("method", method, GRAD_METHODS)
+    opts = check_options(tol, max_iter, damping, anderson_history, anderson_ridge)
+    nk = _neumann_terms(method, neumann_terms)
     if method == "direct" and not act.is_identity:
         raise ValueError(
             f"method='direct' solves linear maps only, got activation={str(act)!r}"
         )
-    return _adjoint(A, B, X, Z, G, act, method, tol, max_iter, beta, adj0, k, method_options)
+    return _adjoint(X, A, B, Z, G, act, method, opts, adj0, nk)
 
 
-def _adjoint(A, B, X, Z, G, act, method, tol, max_iter, beta, adj0, k, options):
+def _neumann_terms(method, neumann_terms) -> int:
+    """Power of the truncated series: 0 for ``jfb``, checked ``neumann_terms`` for ``neumann``."""
+    if method == "neumann":
+        return v.integer("neumann_terms", neumann_terms, minimum=0)
+    return 0
+
+
+def _adjoint(X, A, B, Z, G, act, method, opts: SolverOptions, adj0, nk):
     n, m = Z.shape
     if act.is_identity:
         code, D = IDENTITY, _DUMMY
@@ -118,24 +139,21 @@ def _adjoint(A, B, X, Z, G, act, method, tol, max_iter, beta, adj0, k, options):
             U = X @ B.T
         _g.preactivation_derivative(Z, np.ascontiguousarray(A.T), U, act.code, act.param, D)
     if method == "direct":
-        v.no_extra("direct", options)
-        Mu, res, status = direct(np.eye(m) - A.T, G, A, tol, "implicit_grad")
+        Mu, res, status = direct(np.eye(m) - A.T, G, A, opts.tol, "implicit_grad")
         hist, n_iter = np.array([res]), 0
     elif method in ("jfb", "neumann"):
-        v.no_extra(method, options)
         Mu = np.zeros((n, m))
-        hist = np.full(k + 2, np.nan)
+        hist = np.full(nk + 2, np.nan)
         n_iter, res, code_ = _fp.picard(Mu, A, G, code, act.param, D, np.empty_like(Mu),
-                                        0.0, k + 1, 1.0, hist)
+                                        0.0, nk + 1, 1.0, hist)
         status = "truncated" if code_ != _fp.DIVERGED else "diverged"
         hist = hist[: n_iter + 1]
     else:
         Mu = np.zeros((n, m)) if adj0 is None else v.as_matrix("adj0", adj0, shape=(n, m)).copy()
-        n_iter, res, code_, hist = solve(A, G, code, act.param, D, Mu, method=method, tol=tol,
-                                         max_iter=max_iter, beta=beta, options=dict(options))
+        n_iter, res, code_, hist = solve(A, G, code, act.param, D, Mu, method=method, opts=opts)
         status = STATUS[code_]
         if code_ != _fp.CONVERGED:
-            warn_failure(f"implicit_grad(method={method!r})", status, n_iter, res, tol)
+            warn_failure(f"implicit_grad(method={method!r})", status, n_iter, res, opts.tol)
     with np.errstate(over="ignore", invalid="ignore"):
         grad_A = Mu.T @ Z
         grad_B = Mu.T @ X
@@ -143,12 +161,57 @@ def _adjoint(A, B, X, Z, G, act, method, tol, max_iter, beta, adj0, k, options):
     return GradResult(grad_A, grad_B, Mu, n_iter, res, converged, status, hist, method)
 
 
+@dataclass(frozen=True)
+class LossAndGrad:
+    """Loss and implicit gradient of a model at given parameters.
+
+    Unpacks as ``loss, grad_A, grad_B, info = loss_and_grad(...)``, where
+    ``info`` is :attr:`info`, a dict of the remaining fields.
+
+    Attributes
+    ----------
+    loss : float
+        ``L = (1/2n) sum_i loss_i``.
+    grad_A : (m, m), grad_B : (m, d)
+    fp_iters, adj_iters : int
+        Iterations of the forward and adjoint solves.
+    fp_residual, adj_residual : float
+    fp_status, adj_status : str
+        As in :class:`~deqbench.FixedPointResult` and :class:`GradResult`.
+    converged : bool
+        Both solves converged (an inexact gradient counts as converged).
+    z, adjoint : (n, m)
+        Fixed point and adjoint, to warm-start the next call (``z0``, ``adj0``).
+    """
+
+    loss: float
+    grad_A: np.ndarray = field(repr=False)
+    grad_B: np.ndarray = field(repr=False)
+    fp_iters: int
+    adj_iters: int
+    fp_residual: float
+    adj_residual: float
+    fp_status: str
+    adj_status: str
+    converged: bool
+    z: np.ndarray = field(repr=False)
+    adjoint: np.ndarray = field(repr=False)
+
+    @property
+    def info(self) -> dict:
+        """Every field but ``loss``, ``grad_A`` and ``grad_B``, as a dict."""
+        return {f.name: getattr(self, f.name) for f in fields(self)[3:]}
+
+    def __iter__(self):
+        return iter((self.loss, self.grad_A, self.grad_B, self.info))
+
+
 def loss_and_grad(
     model: str,
-    A,
-    B,
     X,
     Y,
+    A,
+    B,
     *,
     u=None,
     activation: str | Activation = "identity",
@@ -159,9 +222,10 @@ def loss_and_grad(
     damping: float = 1.0,
     z0=None,
     adj0=None,
-    k: int = 5,
-    **solver_options,
-):
+    neumann_terms: int = 5,
+    anderson_history: int = 5,
+    anderson_ridge: float = 1e-10,
+) -> LossAndGrad:
     """Loss ``L = (1/2n) sum_i loss_i`` of a DEQ model and its implicit gradient.
 
     Parameters
@@ -171,61 +235,68 @@ def loss_and_grad(
         ``single_index``: ``yhat = sigma(u . z)`` with the link ``sigma =
         activation`` and linear fixed point, ``Y`` is ``(n,)``. ``nonlinear``:
         ``z = phi(A z + B x)`` with ``phi = activation``, ``Y`` is ``(n, m)``.
+    X : (n, d), Y : (n, m) or (n,)
+        Data and targets.
+    A : (m, m), B : (m, d)
+        Parameters.
     u : (m,) array, optional
         Read-out of ``single_index``; default ``(1, ..., 1) / sqrt(m)``.
     solver : {"picard", "anderson", "direct"}
         Forward solver; ``grad_solver`` (default: the same) may also be
-        ``"jfb"`` or ``"neumann"`` (``k`` terms).
+        ``"jfb"`` or ``"neumann"`` (series up to ``A^neumann_terms``).
+    tol, max_iter, damping, anderson_history, anderson_ridge
+        As in :func:`~deqbench.fixed_point`, for both solves.
     z0, adj0 : (n, m), optional
         Warm starts for the forward and adjoint solves.
-    solver_options
-        Anderson options ``m``, ``ridge`` (used by both solves).
+    neumann_terms : int >= 0
+        As in :func:`~deqbench.implicit_grad`.
 
     Returns
     -------
-    loss : float
-    grad_A : (m, m)
-    grad_B : (m, d)
-    info : dict
-        ``fp_iters, adj_iters, fp_residual, adj_residual, fp_status, adj_status,
-        converged`` and the arrays ``z`` and ``adjoint`` for warm starts.
+    LossAndGrad
+
+    Warns
+    -----
+    ConvergenceWarning
+        When the forward or an exact adjoint solve does not converge.
     """
     v.choice("model", model, MODELS)
-    A, B, X = check_model(A, B, X)
+    X, A, B = check_model(X, A, B)
     n, m = X.shape[0], A.shape[0]
     act = get_activation(activation)
     if model == "linear" and not act.is_identity:
         raise ValueError(f"activation must be 'identity' for model='linear', got {str(act)!r}")
     grad_solver = solver if grad_solver is None else grad_solver
-    tol, max_iter, beta = check_solver(solver, tol, max_iter, damping)
+    v.choice("solver", solver, METHODS)
     v.choice("grad_solver", grad_solver, GRAD_METHODS)
-    if grad_solver in ("jfb", "neumann"):
-        k = 0 if grad_solver == "jfb" else v.integer("k", k, minimum=0)
+    opts = check_options(tol, max_iter, damping, anderson_history, anderson_ridge)
+    nk = _neumann_terms(grad_solver, neumann_terms)
     Y, u = check_targets(model, Y, u, n, m)
     phi = act if model == "nonlinear" else get_activation("identity")
     if grad_solver == "direct" and not phi.is_identity:
         raise ValueError("grad_solver='direct' solves linear maps only (model='nonlinear')")
-    fwd = forward(A, B, X, phi, solver, tol, max_iter, beta, z0, dict(solver_options))
+    fwd = forward(X, A, B, phi, solver, opts, z0)
     Z = fwd.z
     G = np.empty((n, m))
     if model == "single_index":
         loss = _g.single_index_loss(Z, Y, u, act.code, act.param, G)
     else:
         loss = _g.residual_loss(Z, Y, G)
-    grad = _adjoint(A, B, X, Z, G, phi, grad_solver, tol, max_iter, beta, adj0, k,
-                    dict(solver_options))
-    info = {
-        "fp_iters": fwd.n_iter,
-        "adj_iters": grad.n_iter,
-        "fp_residual": fwd.residual,
-        "adj_residual": grad.residual,
-        "fp_status": fwd.status,
-        "adj_status": grad.status,
-        "converged": fwd.converged and grad.converged,
-        "z": Z,
-        "adjoint": grad.adjoint,
-    }
-    return float(loss), grad.grad_A, grad.grad_B, info
+    grad = _adjoint(X, A, B, Z, G, phi, grad_solver, opts, adj0, nk)
+    return LossAndGrad(
+        loss=float(loss),
+        grad_A=grad.grad_A,
+        grad_B=grad.grad_B,
+        fp_iters=fwd.n_iter,
+        adj_iters=grad.n_iter,
+        fp_residual=fwd.residual,
+        adj_residual=grad.residual,
+        fp_status=fwd.status,
+        adj_status=grad.status,
+        converged=fwd.converged and grad.converged,
+        z=Z,
+        adjoint=grad.adjoint,
+    )
 
 
 def check_targets(model, Y, u, n, m):

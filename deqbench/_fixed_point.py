@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 from . import _validate as v
 from ._kernels import fixed_point as _fp
 from ._kernels.activations import IDENTITY
+from ._warnings import warn
 from .activations import Activation, get_activation
+
+__all__ = ["FixedPointResult", "SolverOptions", "fixed_point"]
 
 METHODS = ("picard", "anderson", "direct")
 STATUS = {_fp.CONVERGED: "converged", _fp.MAX_ITER: "max_iter", _fp.DIVERGED: "diverged"}
@@ -56,52 +59,68 @@ class FixedPointResult:
         return self.residual / (1.0 - rho)
 
 
-def anderson_options(options: dict) -> tuple[int, float]:
-    """Pop and check ``m`` (history size, default 5) and ``ridge`` (default 1e-10,
-    relative to the largest squared residual in the history)."""
-    m = v.integer("m (Anderson history size)", options.pop("m", 5), minimum=1)
-    ridge = v.positive("ridge", options.pop("ridge", 1e-10), allow_zero=True)
-    return m, ridge
+class SolverOptions(NamedTuple):
+    """Validated options of the iterative solves (forward and adjoint share them).
+
+    ``damping`` in (0, 1] mixes iterate and map value (Picard and Anderson);
+    ``anderson_history`` is the number of past residuals Anderson keeps and
+    ``anderson_ridge`` its Tikhonov term, relative to the largest squared
+    residual in the history.
+    """
+
+    tol: float
+    max_iter: int
+    damping: float
+    anderson_history: int
+    anderson_ridge: float
 
 
-def solve(M, U, code, param, D, Z, *, method, tol, max_iter, beta, options):
+def check_options(tol, max_iter, damping, anderson_history, anderson_ridge) -> SolverOptions:
+    """Validate the solver options shared by every public solver call."""
+    return SolverOptions(
+        tol=v.positive("tol", tol),
+        max_iter=v.integer("max_iter", max_iter, minimum=1),
+        damping=v.unit_interval("damping", damping),
+        anderson_history=v.integer("anderson_history", anderson_history, minimum=1),
+        anderson_ridge=v.positive("anderson_ridge", anderson_ridge, allow_zero=True),
+    )
+
+
+def solve(M, U, code, param, D, Z, *, method, opts: SolverOptions):
     """Run an iterative kernel on the map ``Z -> h(Z M + U)`` in place on ``Z``.
 
     Shared by the forward and adjoint solves. Returns ``(n_iter, residual,
     status_code, history)``.
     """
-    hist = np.full(max_iter + 1, np.nan)
+    hist = np.full(opts.max_iter + 1, np.nan)
     if method == "picard":
-        v.no_extra("picard", options)
         T = np.empty_like(Z)
-        k, res, status = _fp.picard(Z, M, U, code, param, D, T, tol, max_iter, beta, hist)
+        k, res, status = _fp.picard(Z, M, U, code, param, D, T, opts.tol, opts.max_iter,
+                                    opts.damping, hist)
     else:
-        mh, ridge = anderson_options(options)
-        v.no_extra("anderson", options)
+        mh = opts.anderson_history
         n, m = Z.shape
         Fh = np.empty((mh, n, m))
         Gh = np.empty((mh, n, m))
         GG = np.zeros((mh, mh))
         work = np.zeros((2 * mh + 1, mh))
-        k, res, status = _fp.anderson(
-            Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, ridge, hist
-        )
+        k, res, status = _fp.anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, opts.tol,
+                                      opts.max_iter, opts.damping, opts.anderson_ridge, hist)
     return k, res, status, hist[: k + 1].copy()
 
 
 def warn_failure(what: str, status: str, n_iter: int, residual: float, tol: float) -> None:
-    warnings.warn(
+    warn(
         f"{what} did not converge: status={status!r} after {n_iter} iterations, "
         f"relative residual {residual:.3e} > tol {tol:.1e}; returning the last finite iterate",
-        RuntimeWarning,
         stacklevel=3,
     )
 
 
-def check_model(A, B, X, names=("A", "B")):
-    """Validate ``A (m, m)``, ``B (m, d)``, ``X (n, d)``; return them as float64
-    C-contiguous arrays (not copies where they already are). ``names`` are the
-    caller's names for ``A`` and ``B`` in error messages."""
+def check_model(X, A, B, names=("A", "B")):
+    """Validate ``X (n, d)``, ``A (m, m)``, ``B (m, d)``; return ``(X, A, B)`` as
+    float64 C-contiguous arrays (not copies where they already are). ``names``
+    are the caller's names for ``A`` and ``B`` in error messages."""
     a, b = names
     A = v.as_matrix(a, A)
     m = A.shape[0]
@@ -109,21 +128,13 @@ def check_model(A, B, X, names=("A", "B")):
         raise ValueError(f"{a} must be square (m, m), got shape {A.shape}")
     B = v.as_matrix(b, B, shape=(m, None))
     X = v.as_matrix("X", X, shape=(None, B.shape[1]))
-    return A, B, X
-
-
-def check_solver(method, tol, max_iter, damping, allowed=METHODS):
-    v.choice("method", method, allowed)
-    tol = v.positive("tol", tol)
-    max_iter = v.integer("max_iter", max_iter, minimum=1)
-    beta = v.unit_interval("damping", damping)
-    return tol, max_iter, beta
+    return X, A, B
 
 
 def fixed_point(
+    X,
     A,
     B,
-    X,
     *,
     activation: str | Activation = "identity",
     method: str = "picard",
@@ -131,43 +142,55 @@ def fixed_point(
     max_iter: int = 10_000,
     damping: float = 1.0,
     z0=None,
-    **method_options,
+    anderson_history: int = 5,
+    anderson_ridge: float = 1e-10,
 ) -> FixedPointResult:
     """Solve ``Z = phi(Z A^T + X B^T)`` for ``Z`` of shape ``(n, m)``.
 
     Parameters
     ----------
-    A : (m, m), B : (m, d), X : (n, d) arrays of floats
+    X : (n, d), A : (m, m), B : (m, d) arrays of floats
+        Data, then parameters (the order of every deqbench call).
     activation : str or Activation
         ``phi``; ``"identity"`` gives the linear DEQ.
     method : {"picard", "anderson", "direct"}
         ``"picard"``: damped iteration ``Z <- (1 - damping) Z + damping F(Z)``.
-        ``"anderson"``: Anderson acceleration, options ``m`` (history, 5) and
-        ``ridge`` (1e-10, relative). ``"direct"``: exact LU solve, linear only.
+        ``"anderson"``: Anderson acceleration (``anderson_history``,
+        ``anderson_ridge``). ``"direct"``: exact LU solve, linear only.
     tol : float
         Stop when ``||F(Z) - Z||_F / ||F(Z)||_F <= tol``.
     max_iter : int
     damping : float in (0, 1]
     z0 : (n, m) array, optional
         Initial guess (warm start); zeros by default.
+    anderson_history : int >= 1
+        Past residuals kept by Anderson acceleration.
+    anderson_ridge : float >= 0
+        Anderson's Tikhonov term, relative to the largest squared residual kept.
 
     Returns
     -------
     FixedPointResult
 
+    Warns
+    -----
+    ConvergenceWarning
+        When the status is not ``"converged"``.
+
     Notes
     -----
     THEORY.md section 3. Failure (``max_iter`` reached, non-finite values,
     residual growth beyond 1e8 x the first residual) returns
-    ``converged=False`` with the last finite iterate and a ``RuntimeWarning``.
+    ``converged=False`` with the last finite iterate.
     """
-    A, B, X = check_model(A, B, X)
+    X, A, B = check_model(X, A, B)
     act = get_activation(activation)
-    tol, max_iter, beta = check_solver(method, tol, max_iter, damping)
-    return forward(A, B, X, act, method, tol, max_iter, beta, z0, dict(method_options))
+    v.choice("method", method, METHODS)
+    opts = check_options(tol, max_iter, damping, anderson_history, anderson_ridge)
+    return forward(X, A, B, act, method, opts, z0)
 
 
-def forward(A, B, X, act, method, tol, max_iter, beta, z0, options) -> FixedPointResult:
+def forward(X, A, B, act, method, opts: SolverOptions, z0) -> FixedPointResult:
     """:func:`fixed_point` on validated arguments."""
     n, m = X.shape[0], A.shape[0]
     with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes a status below
@@ -178,17 +201,15 @@ def forward(A, B, X, act, method, tol, max_iter, beta, z0, options) -> FixedPoin
                 f"method='direct' solves linear maps only, got activation={str(act)!r} "
                 "(use 'picard' or 'anderson')"
             )
-        v.no_extra("direct", options)
-        Z, res, status = direct(np.eye(m) - A, U, np.ascontiguousarray(A.T), tol, "fixed_point")
+        Z, res, status = direct(np.eye(m) - A, U, np.ascontiguousarray(A.T), opts.tol,
+                                "fixed_point")
         return FixedPointResult(Z, 0, res, status == "converged", status, np.array([res]), method)
     Z = np.zeros((n, m)) if z0 is None else v.as_matrix("z0", z0, shape=(n, m)).copy()
-    k, res, code, hist = solve(
-        np.ascontiguousarray(A.T), U, act.code, act.param, _DUMMY, Z,
-        method=method, tol=tol, max_iter=max_iter, beta=beta, options=options,
-    )
+    k, res, code, hist = solve(np.ascontiguousarray(A.T), U, act.code, act.param, _DUMMY, Z,
+                               method=method, opts=opts)
     status = STATUS[code]
     if code != _fp.CONVERGED:
-        warn_failure(f"fixed_point(method={method!r})", status, k, res, tol)
+        warn_failure(f"fixed_point(method={method!r})", status, k, res, opts.tol)
     return FixedPointResult(Z, k, res, code == _fp.CONVERGED, status, hist, method)
 
 
@@ -209,7 +230,7 @@ def direct(C, U, M, tol, what):
         _fp.direct_linear(C, U, Z)
     except np.linalg.LinAlgError:
         Z[:] = 0.0
-        warnings.warn(f"{what}(method='direct'): I - A is singular", RuntimeWarning, stacklevel=3)
+        warn(f"{what}(method='direct'): I - A is singular", stacklevel=3)
         return Z, np.inf, "diverged"
     if not np.isfinite(Z).all():
         Z[:] = 0.0
@@ -219,10 +240,9 @@ def direct(C, U, M, tol, what):
     if res <= tol:
         return Z, res, "converged"
     status = "diverged" if not np.isfinite(res) else "inaccurate"
-    warnings.warn(
+    warn(
         f"{what}(method='direct'): relative residual {res:.3e} > tol {tol:.1e} "
         "(I - A is ill-conditioned)",
-        RuntimeWarning,
         stacklevel=3,
     )
     return Z, res, status

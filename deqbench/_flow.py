@@ -16,8 +16,10 @@ import numpy as np
 from . import _validate as v
 from ._kernels import flow as _kf
 from ._kernels import training as _k
+from ._training import HISTORY_KEYS, STATUS, history_dict, prepare, warn_status
 from .activations import Activation
-from .training import HISTORY_KEYS, STATUS, history_dict, prepare
+
+__all__ = ["FLOW_HISTORY_KEYS", "FlowResult", "flow"]
 
 FLOW_HISTORY_KEYS = (*HISTORY_KEYS, "t")
 EXACT_GRAD = ("picard", "anderson", "direct")
@@ -82,8 +84,9 @@ def flow(
     h0: float | None = None,
     max_iter: int = 10_000,
     damping: float = 1.0,
+    anderson_history: int = 5,
+    anderson_ridge: float = 1e-10,
     spectral_every="auto",
-    **solver_options,
 ) -> FlowResult:
     """Integrate the gradient flow ``dA/dt = -grad_A L``, ``dB/dt = -grad_B L`` to ``t_end``.
 
@@ -107,10 +110,18 @@ def flow(
         As in :func:`deqbench.train`, counted in accepted steps.
     h0 : float, optional
         First step size (default: Hairer's initial-step rule).
+    max_iter, damping, anderson_history, anderson_ridge
+        Per-solve options, as in :func:`~deqbench.fixed_point`.
 
     Returns
     -------
     FlowResult
+
+    Warns
+    -----
+    ConvergenceWarning
+        When the status is ``"diverged"``, ``"fixed_point_failed"`` or
+        ``"step_too_small"``.
 
     Notes
     -----
@@ -125,10 +136,10 @@ def flow(
     h0 = 0.0 if h0 is None else v.positive("h0", h0)
     kernel, extra = prepare(
         model, X, Y, A0, B0, u=u, activation=activation, solver=solver, grad_solver=None,
-        tol=tol, max_iter=max_iter, damping=damping, k=0, sufficient_stats=sufficient_stats,
-        L_star=L_star, record_every=record_every, stop_loss=stop_loss,
-        spectral_every=spectral_every, solver_options=solver_options, grad_methods=EXACT_GRAD,
-        where="flow",
+        tol=tol, max_iter=max_iter, damping=damping, neumann_terms=0,
+        anderson_history=anderson_history, anderson_ridge=anderson_ridge,
+        sufficient_stats=sufficient_stats, L_star=L_star, record_every=record_every,
+        stop_loss=stop_loss, spectral_every=spectral_every, grad_methods=EXACT_GRAD,
     )
     rec = extra["record_every"]
     if rec == 0:
@@ -138,6 +149,7 @@ def flow(
         **kernel, t_end=t_end, rtol=rtol, atol=atol, h0=h0, max_steps=max_steps,
         record_every=rec, H=H,
     )
+    warn_status("flow", STATUS[status], int(n_acc))
     return FlowResult(
         A=kernel["A"],
         B=kernel["B"],

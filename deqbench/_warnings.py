@@ -1,0 +1,26 @@
+"""The warning class every deqbench solver uses."""
+
+from __future__ import annotations
+
+import warnings
+
+__all__ = ["ConvergenceWarning"]
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """A solve or a training run ended without meeting its tolerance or target.
+
+    Raised by :func:`deqbench.fixed_point`, :func:`deqbench.implicit_grad`,
+    :func:`deqbench.loss_and_grad`, :func:`deqbench.train` and
+    :func:`deqbench.flow` whenever the result's status is a failure
+    (``"max_iter"``, ``"diverged"``, ``"inaccurate"``, ``"fixed_point_failed"``,
+    ``"step_too_small"``). The result still carries the last good values and
+    the status; filter this class on its own, e.g.
+    ``warnings.simplefilter("ignore", deqbench.ConvergenceWarning)``, to treat
+    failure as data (sweeps and experiments do).
+    """
+
+
+def warn(message: str, stacklevel: int = 3) -> None:
+    """Emit a :class:`ConvergenceWarning` attributed to the user's call."""
+    warnings.warn(message, ConvergenceWarning, stacklevel=stacklevel + 1)
