@@ -10,6 +10,8 @@ import numpy as np
 from . import _validate as v
 from ._kernels import fixed_point as _fp
 from ._kernels.activations import IDENTITY
+from ._kernels.blocks import gemm_rows
+from ._threads import blas_single_threaded
 from ._warnings import warn
 from .activations import Activation, get_activation
 
@@ -131,6 +133,7 @@ def check_model(X, A, B, names=("A", "B")):
     return X, A, B
 
 
+@blas_single_threaded
 def fixed_point(
     X,
     A,
@@ -193,8 +196,7 @@ def fixed_point(
 def forward(X, A, B, act, method, opts: SolverOptions, z0) -> FixedPointResult:
     """:func:`fixed_point` on validated arguments."""
     n, m = X.shape[0], A.shape[0]
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes a status below
-        U = X @ B.T
+    U = input_term(X, B)
     if method == "direct":
         if not act.is_identity:
             raise ValueError(
@@ -211,6 +213,13 @@ def forward(X, A, B, act, method, opts: SolverOptions, z0) -> FixedPointResult:
     if code != _fp.CONVERGED:
         warn_failure(f"fixed_point(method={method!r})", status, k, res, opts.tol)
     return FixedPointResult(Z, k, res, code == _fp.CONVERGED, status, hist, method)
+
+
+def input_term(X, B):
+    """``U = X B^T`` by row blocks (overflow becomes a status downstream)."""
+    U = np.empty((X.shape[0], B.shape[0]))
+    gemm_rows(X, np.ascontiguousarray(B.T), U)
+    return U
 
 
 def map_residual(Z, M, U, code, param, D) -> float:

@@ -16,6 +16,7 @@ import numpy as np
 from . import _validate as v
 from ._kernels import flow as _kf
 from ._kernels import training as _k
+from ._threads import single_threaded_blas
 from ._training import HISTORY_KEYS, STATUS, history_dict, prepare, warn_status
 from .activations import Activation
 
@@ -145,10 +146,11 @@ def flow(
     if rec == 0:
         rec = max_steps + 1
     H = np.full((max_steps // rec + 2, _k.NCOL_FLOW), np.nan)
-    status, t, n_acc, n_rej, n_ev, n_rec = _kf.dopri(
-        **kernel, t_end=t_end, rtol=rtol, atol=atol, h0=h0, max_steps=max_steps,
-        record_every=rec, H=H,
-    )
+    with single_threaded_blas():
+        status, t, n_acc, n_rej, n_ev, n_rec = _kf.dopri(
+            **kernel, t_end=t_end, rtol=rtol, atol=atol, h0=h0, max_steps=max_steps,
+            record_every=rec, H=H,
+        )
     warn_status("flow", STATUS[status], int(n_acc))
     return FlowResult(
         A=kernel["A"],

@@ -15,12 +15,15 @@ from ._fixed_point import (
     check_options,
     direct,
     forward,
+    input_term,
     solve,
     warn_failure,
 )
 from ._kernels import fixed_point as _fp
 from ._kernels import gradients as _g
 from ._kernels.activations import IDENTITY, MASK
+from ._kernels.blocks import gemm_tn
+from ._threads import blas_single_threaded
 from .activations import Activation, get_activation
 
 __all__ = ["GradResult", "LossAndGrad", "implicit_grad", "loss_and_grad"]
@@ -57,6 +60,7 @@ class GradResult:
     method: str
 
 
+@blas_single_threaded
 def implicit_grad(
     X,
     A,
@@ -135,8 +139,7 @@ def _adjoint(X, A, B, Z, G, act, method, opts: SolverOptions, adj0, nk):
         code, D = IDENTITY, _DUMMY
     else:
         code, D = MASK, np.empty((n, m))
-        with np.errstate(over="ignore", invalid="ignore"):
-            U = X @ B.T
+        U = input_term(X, B)
         _g.preactivation_derivative(Z, np.ascontiguousarray(A.T), U, act.code, act.param, D)
     if method == "direct":
         Mu, res, status = direct(np.eye(m) - A.T, G, A, opts.tol, "implicit_grad")
@@ -154,9 +157,10 @@ def _adjoint(X, A, B, Z, G, act, method, opts: SolverOptions, adj0, nk):
         status = STATUS[code_]
         if code_ != _fp.CONVERGED:
             warn_failure(f"implicit_grad(method={method!r})", status, n_iter, res, opts.tol)
-    with np.errstate(over="ignore", invalid="ignore"):
-        grad_A = Mu.T @ Z
-        grad_B = Mu.T @ X
+    grad_A = np.empty((m, m))
+    grad_B = np.empty((m, X.shape[1]))
+    gemm_tn(Mu, Z, grad_A)
+    gemm_tn(Mu, X, grad_B)
     converged = status in ("converged", "truncated")
     return GradResult(grad_A, grad_B, Mu, n_iter, res, converged, status, hist, method)
 
@@ -206,6 +210,7 @@ class LossAndGrad:
         return iter((self.loss, self.grad_A, self.grad_B, self.info))
 
 
+@blas_single_threaded
 def loss_and_grad(
     model: str,
     X,

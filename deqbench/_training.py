@@ -19,6 +19,7 @@ from . import theory
 from ._fixed_point import check_model, check_options
 from ._gradients import GRAD_METHODS, MODELS, _neumann_terms, check_targets
 from ._kernels import training as _k
+from ._threads import single_threaded_blas
 from ._warnings import warn
 from .activations import Activation, get_activation
 
@@ -349,16 +350,17 @@ def train(
         rec = steps + 1
     spectral_every = kernel["spectral_every"]
     H = np.full((steps // rec + 2, _k.NCOL), np.nan)
-    status, last, n_rec = _k.gd(
-        **kernel,
-        gsolver=extra["gsolver"],
-        nk=extra["nk"],
-        warm=bool(warm_start),
-        lr=lr,
-        steps=steps,
-        record_every=rec,
-        H=H,
-    )
+    with single_threaded_blas():
+        status, last, n_rec = _k.gd(
+            **kernel,
+            gsolver=extra["gsolver"],
+            nk=extra["nk"],
+            warm=bool(warm_start),
+            lr=lr,
+            steps=steps,
+            record_every=rec,
+            H=H,
+        )
     warn_status("train", STATUS[status], int(last))
     return TrainResult(
         A=kernel["A"],

@@ -135,10 +135,11 @@ def test_property_gradients_match_dense_reference(m, d, n, scale, model, solver,
                                              ("nonlinear", "tanh")])
 @pytest.mark.parametrize("solver", ["picard", "anderson"])
 def test_wide_maps_match_reference(rng, model, name, solver):
-    """m > SMALL_M takes the BLAS gemm + pass kernels instead of the fused row kernel."""
-    from deqbench._kernels.fixed_point import SMALL_M
+    """Several row blocks (the parallel kernels) and a ragged last block."""
+    from deqbench._kernels.blocks import block_rows
 
-    n, d, m = 300, 5, SMALL_M + 8
+    d, m = 5, 56
+    n = 3 * block_rows(10**6, m) + 7
     A, B, X = small_problem(rng, n=n, d=d, m=m, scale_A=0.6)
     Y = _targets(model, rng, n, m)
     loss, gA, gB, info = db.loss_and_grad(model, X, Y, A, B, activation=name, solver=solver,

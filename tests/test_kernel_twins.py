@@ -1,18 +1,21 @@
 """Serial and parallel twins of every prange kernel against NumPy formulas.
 
-The public kernels pick the parallel twin only from PASS_PARALLEL_MIN (4M)
-elements, far above test sizes, so each twin is called directly here.
+The public kernels pick a twin by size (row blocks, ``PASS_PARALLEL_MIN``), so
+each twin is called directly here, with blocks of ``ROWS`` rows that do not
+divide ``N`` (a ragged last block).
 """
 
 import numpy as np
 import pytest
 
+from deqbench._kernels import blocks as bl
 from deqbench._kernels import fixed_point as fp
 from deqbench._kernels import gradients as g
 from deqbench._kernels.activations import IDENTITY, MASK, TANH
 from tests import naive
 
 N, M = 257, 19
+ROWS = 40
 TWINS = ["s", "p"]
 
 
@@ -39,7 +42,7 @@ def _h(code, t, D):
 def test_evaluate_twins(arrays, twin, code):
     Z, Mat, U, D = arrays
     T = np.empty_like(Z)
-    dd, ff = getattr(fp, f"_evaluate_{twin}")(Z, Mat, U, code, 0.0, D, T, 0.3)
+    dd, ff = getattr(fp, f"_evaluate_{twin}")(Z, Mat, U, code, 0.0, D, T, 0.3, ROWS)
     F = _h(code, Z @ Mat + U, D)
     np.testing.assert_allclose(T, Z + 0.3 * (F - Z), rtol=1e-12, atol=1e-14)
     assert dd == pytest.approx(np.sum((F - Z) ** 2), rel=1e-12)
@@ -51,7 +54,7 @@ def test_evaluate_twins(arrays, twin, code):
 def test_anderson_twins(arrays, twin, code):
     Z, Mat, U, D = arrays
     Fs, Gs = np.empty_like(Z), np.empty_like(Z)
-    dd, ff = getattr(fp, f"_anderson_eval_{twin}")(Z, Mat, U, code, 0.0, D, Fs, Gs)
+    dd, ff = getattr(fp, f"_anderson_eval_{twin}")(Z, Mat, U, code, 0.0, D, Fs, Gs, ROWS)
     F = _h(code, Z @ Mat + U, D)
     np.testing.assert_allclose(Fs, F, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(Gs, F - Z, rtol=1e-12, atol=1e-14)
@@ -72,7 +75,7 @@ def test_gradient_twins(arrays, twin):
     Z, Mat, U, _ = arrays
     rng = np.random.default_rng(3)
     D = np.empty_like(Z)
-    getattr(g, f"_preactivation_derivative_{twin}")(Z, Mat, U, TANH, 0.0, D)
+    getattr(g, f"_preactivation_derivative_{twin}")(Z, Mat, U, TANH, 0.0, D, ROWS)
     np.testing.assert_allclose(D, 1 - np.tanh(Z @ Mat + U) ** 2, rtol=1e-12, atol=1e-14)
     Y = rng.standard_normal(Z.shape)
     G = np.empty_like(Z)
@@ -89,3 +92,37 @@ def test_gradient_twins(arrays, twin):
     out = np.empty(N)
     getattr(g, f"_single_index_predict_{twin}")(Z, u, TANH, 0.0, out)
     np.testing.assert_allclose(out, np.tanh(s), rtol=1e-12)
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_blocked_gemms(arrays, twin):
+    Z, Mat, U, _ = arrays
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((N, 7))
+    out = np.empty((N, M))
+    getattr(bl, f"_gemm_rows_{twin}")(Z, Mat, out, ROWS)
+    np.testing.assert_allclose(out, Z @ Mat, rtol=1e-12, atol=1e-13)
+    parts = np.empty((3, M, 7))
+    getattr(bl, f"_gemm_tn_{twin}")(Z, X, parts, 100)  # 100 + 100 + 57 rows
+    np.testing.assert_allclose(parts.sum(axis=0), Z.T @ X, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 5, 257, 9000])
+def test_public_gemms_any_size(n):
+    """``gemm_rows``/``gemm_tn`` pick serial or parallel by size: same answer."""
+    rng = np.random.default_rng(n)
+    P, Q = rng.standard_normal((n, 9)), rng.standard_normal((n, 4))
+    W = rng.standard_normal((9, 6))
+    out = np.empty((n, 6))
+    bl.gemm_rows(P, W, out)
+    np.testing.assert_allclose(out, P @ W, rtol=1e-12, atol=1e-12)
+    g_out = np.empty((9, 4))
+    bl.gemm_tn(P, Q, g_out)
+    np.testing.assert_allclose(g_out, P.T @ Q, rtol=1e-11, atol=1e-11)
+
+
+def test_block_rows_rule():
+    assert bl.block_rows(10**6, 32) == bl.BLOCK_BYTES // (8 * 32)
+    assert bl.block_rows(10**6, 10**6) == bl.MIN_ROWS
+    assert bl.block_rows(10**6, 1) == bl.MAX_ROWS
+    assert bl.block_rows(7, 32) == 7

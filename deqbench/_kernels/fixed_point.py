@@ -19,43 +19,30 @@ import numpy as np
 
 from .._jit import jit, prange, twins
 from .activations import IDENTITY, MASK, act
+from .blocks import PASS_PARALLEL_MIN, block_rows, gemm_rows
 
 CONVERGED = 0
 MAX_ITER = 1
 DIVERGED = 2  # non-finite values or residual growth beyond GROWTH
 GROWTH = 1e8  # absolute residual may not exceed GROWTH x the first one
+RUNNING = -1  # the iteration goes on (internal to :func:`stopping`)
 
 _TINY = 1e-300
 
-#: Widths up to this take the fused row kernel (:func:`_fused_small`): the gemm is
-#: done in the kernel, four rows per sweep of ``M``, with ``h``, the residual and
-#: the damping applied while the rows are in L1. At such widths a BLAS call costs
-#: more in thread hand-offs than in arithmetic (measured on 2 shared cores, load 5:
-#: (8192 x 32) @ (32 x 32) takes 11.8 ms in 2-thread OpenBLAS, 2.3 ms in 1-thread
-#: OpenBLAS and 2.4 ms fused, the pass included).
-SMALL_M = 48
-
-#: The elementwise passes (after the gemm, Anderson's mix and Gram products, the
-#: loss kernels) go parallel only from this many elements on. A pass streams its
-#: arrays once: serially it is a few percent of the gemm beside it (2.9 ms vs
-#: ~40 ms at n = 8192, m = 256), while a parallel region must wait for both
-#: threads to be scheduled, which on a busy machine costs a time slice (measured:
-#: 15 ms for the same pass in prange at load 5 on 2 cores, whatever its size).
-#: Below this size the serial pass is never the bottleneck.
-PASS_PARALLEL_MIN = 1 << 22
-
 
 @jit(inline="always")
-def _finish(Z, code, param, D, T, i, beta):
-    """Row ``i`` of ``T`` holds ``Z M + U``: apply ``h``, mix, return ``(dd, ff)``."""
+def _finish(Z, U, code, param, D, T, i, beta):
+    """Row ``i`` of ``T`` holds ``Z M``: ``T <- Z + beta (h(Z M + U) - Z)``;
+    return the row's ``(||h - Z||^2, ||h||^2)``."""
     m = T.shape[1]
     t = T[i]
     z = Z[i]
+    u = U[i]
     dd = 0.0
     ff = 0.0
     if code == IDENTITY:
         for j in range(m):
-            v = t[j]
+            v = t[j] + u[j]
             r = v - z[j]
             dd += r * r
             ff += v * v
@@ -63,14 +50,14 @@ def _finish(Z, code, param, D, T, i, beta):
     elif code == MASK:
         dr = D[i]
         for j in range(m):
-            v = dr[j] * t[j]
+            v = dr[j] * (t[j] + u[j])
             r = v - z[j]
             dd += r * r
             ff += v * v
             t[j] = z[j] + beta * r
     else:
         for j in range(m):
-            v = act(code, param, t[j])
+            v = act(code, param, t[j] + u[j])
             r = v - z[j]
             dd += r * r
             ff += v * v
@@ -79,16 +66,17 @@ def _finish(Z, code, param, D, T, i, beta):
 
 
 @jit(inline="always")
-def _finish_anderson(Z, code, param, D, Fs, Gs, i):
-    """Row ``i`` of ``Fs`` holds ``Z M + U``: ``Fs <- h(.)``, ``Gs <- Fs - Z``."""
+def _finish_anderson(Z, U, code, param, D, Fs, Gs, i):
+    """Row ``i`` of ``Fs`` holds ``Z M``: ``Fs <- h(Z M + U)``, ``Gs <- Fs - Z``."""
     m = Fs.shape[1]
     f = Fs[i]
     g = Gs[i]
     z = Z[i]
+    u = U[i]
     dd = 0.0
     ff = 0.0
     for j in range(m):
-        t = f[j]
+        t = f[j] + u[j]
         if code == IDENTITY:
             v = t
         elif code == MASK:
@@ -103,128 +91,70 @@ def _finish_anderson(Z, code, param, D, Fs, Gs, i):
     return dd, ff
 
 
-@jit
-def _rows_small(Z, M, U, T):
-    """``T <- Z M + U`` without BLAS for narrow ``M``: four rows of ``T`` accumulate
-    per sweep of ``M``, so each row of ``M`` is loaded once for four rows."""
-    n, m = T.shape
-    n4 = n - n % 4
-    for i in range(0, n4, 4):
-        t0 = T[i]
-        t1 = T[i + 1]
-        t2 = T[i + 2]
-        t3 = T[i + 3]
-        for j in range(m):
-            t0[j] = U[i, j]
-            t1[j] = U[i + 1, j]
-            t2[j] = U[i + 2, j]
-            t3[j] = U[i + 3, j]
-        for k in range(m):
-            a0 = Z[i, k]
-            a1 = Z[i + 1, k]
-            a2 = Z[i + 2, k]
-            a3 = Z[i + 3, k]
-            mk = M[k]
-            for j in range(m):
-                w = mk[j]
-                t0[j] += a0 * w
-                t1[j] += a1 * w
-                t2[j] += a2 * w
-                t3[j] += a3 * w
-    for i in range(n4, n):
-        t = T[i]
-        for j in range(m):
-            t[j] = U[i, j]
-        for k in range(m):
-            a = Z[i, k]
-            mk = M[k]
-            for j in range(m):
-                t[j] += a * mk[j]
-
-
-_BLOCK = 64  # rows per block of the fused kernels (64 x 48 doubles: 24 KiB per array)
-
-
-@jit
-def _fused_small(Z, M, U, code, param, D, T, beta):
-    """:func:`evaluate` for ``m <= SMALL_M``, serial, fused per block of rows."""
+def _evaluate(Z, M, U, code, param, D, T, beta, rows):
     n = T.shape[0]
     dd = 0.0
     ff = 0.0
-    for i0 in range(0, n, _BLOCK):
-        i1 = min(i0 + _BLOCK, n)
-        _rows_small(Z[i0:i1], M, U[i0:i1], T[i0:i1])
+    for b in prange((n + rows - 1) // rows):
+        i0 = b * rows
+        i1 = min(i0 + rows, n)
+        np.dot(Z[i0:i1], M, T[i0:i1])
+        db = 0.0
+        fb = 0.0
         for i in range(i0, i1):
-            a, b = _finish(Z, code, param, D, T, i, beta)
-            dd += a
-            ff += b
+            a, c = _finish(Z, U, code, param, D, T, i, beta)
+            db += a
+            fb += c
+        dd += db
+        ff += fb
     return dd, ff
 
 
-@jit
-def _anderson_eval_small(Z, M, U, code, param, D, Fs, Gs):
-    """:func:`_anderson_eval` for ``m <= SMALL_M``, serial, fused per block of rows."""
+def _anderson_eval(Z, M, U, code, param, D, Fs, Gs, rows):
     n = Fs.shape[0]
     dd = 0.0
     ff = 0.0
-    for i0 in range(0, n, _BLOCK):
-        i1 = min(i0 + _BLOCK, n)
-        _rows_small(Z[i0:i1], M, U[i0:i1], Fs[i0:i1])
+    for b in prange((n + rows - 1) // rows):
+        i0 = b * rows
+        i1 = min(i0 + rows, n)
+        np.dot(Z[i0:i1], M, Fs[i0:i1])
+        db = 0.0
+        fb = 0.0
         for i in range(i0, i1):
-            a, b = _finish_anderson(Z, code, param, D, Fs, Gs, i)
-            dd += a
-            ff += b
-    return dd, ff
-
-
-def _evaluate(Z, M, U, code, param, D, T, beta):
-    np.dot(Z, M, T)
-    n, m = T.shape
-    dd = 0.0
-    ff = 0.0
-    if code == IDENTITY:
-        for i in prange(n):
-            for j in range(m):
-                v = T[i, j] + U[i, j]
-                r = v - Z[i, j]
-                dd += r * r
-                ff += v * v
-                T[i, j] = Z[i, j] + beta * r
-    elif code == MASK:
-        for i in prange(n):
-            for j in range(m):
-                v = D[i, j] * (T[i, j] + U[i, j])
-                r = v - Z[i, j]
-                dd += r * r
-                ff += v * v
-                T[i, j] = Z[i, j] + beta * r
-    else:
-        for i in prange(n):
-            for j in range(m):
-                v = act(code, param, T[i, j] + U[i, j])
-                r = v - Z[i, j]
-                dd += r * r
-                ff += v * v
-                T[i, j] = Z[i, j] + beta * r
+            a, c = _finish_anderson(Z, U, code, param, D, Fs, Gs, i)
+            db += a
+            fb += c
+        dd += db
+        ff += fb
     return dd, ff
 
 
 _evaluate_s, _evaluate_p = twins(_evaluate)
+_anderson_eval_s, _anderson_eval_p = twins(_anderson_eval)
 
 
 @jit
 def evaluate(Z, M, U, code, param, D, T, beta):
     """``T <- Z + beta (h(Z M + U) - Z)``; return ``(||h - Z||^2, ||h||^2)``.
 
-    ``m <= SMALL_M``: gemm and pass fused per block of rows, serial. Wider: one
-    BLAS gemm (BLAS's threads), then one fused pass over the samples, parallel
-    only from ``PASS_PARALLEL_MIN`` elements on.
+    Per block of :func:`~.blocks.block_rows` rows: one single-threaded BLAS
+    gemm, then the activation, the residual norms and the damping while the
+    block is in cache; blocks go to numba's threads when there are two or more.
     """
-    if Z.shape[1] <= SMALL_M:
-        return _fused_small(Z, M, U, code, param, D, T, beta)
-    if Z.size >= PASS_PARALLEL_MIN:
-        return _evaluate_p(Z, M, U, code, param, D, T, beta)
-    return _evaluate_s(Z, M, U, code, param, D, T, beta)
+    rows = block_rows(Z.shape[0], Z.shape[1])
+    if Z.shape[0] > rows:
+        return _evaluate_p(Z, M, U, code, param, D, T, beta, rows)
+    return _evaluate_s(Z, M, U, code, param, D, T, beta, rows)
+
+
+@jit
+def anderson_eval(Z, M, U, code, param, D, Fs, Gs):
+    """``Fs <- h(Z M + U)``, ``Gs <- Fs - Z``; return ``(||Gs||^2, ||Fs||^2)``,
+    block by block as :func:`evaluate`."""
+    rows = block_rows(Z.shape[0], Z.shape[1])
+    if Z.shape[0] > rows:
+        return _anderson_eval_p(Z, M, U, code, param, D, Fs, Gs, rows)
+    return _anderson_eval_s(Z, M, U, code, param, D, Fs, Gs, rows)
 
 
 @jit
@@ -236,30 +166,45 @@ def relative(dd, ff):
 
 
 @jit
+def stopping(dd, ff, k, r0, tol, max_iter, hist):
+    """The one stopping rule of Picard and Anderson, after map evaluation ``k``.
+
+    ``dd = ||F(Z_k) - Z_k||^2``, ``ff = ||F(Z_k)||^2``; ``r0`` is the first
+    absolute residual (negative before the first call). Records
+    ``hist[k]``; returns ``(status, residual, r0)`` with status ``RUNNING``
+    while the iteration should go on, else ``CONVERGED`` (relative residual
+    ``<= tol``), ``DIVERGED`` (non-finite, or the absolute residual above
+    ``GROWTH`` times the first) or ``MAX_ITER`` (``k == max_iter``).
+    """
+    if not (np.isfinite(dd) and np.isfinite(ff)):
+        return DIVERGED, np.inf, r0
+    res = relative(dd, ff)
+    hist[k] = res
+    if r0 < 0.0:
+        r0 = np.sqrt(dd)
+    if res <= tol:
+        return CONVERGED, res, r0
+    if np.sqrt(dd) > GROWTH * r0 and r0 > 0.0:
+        return DIVERGED, res, r0
+    if k >= max_iter:
+        return MAX_ITER, res, r0
+    return RUNNING, res, r0
+
+
+@jit
 def picard(Z, M, U, code, param, D, T, tol, max_iter, beta, hist):
     """Damped Picard ``Z <- (1 - beta) Z + beta h(Z M + U)``; ``T`` is work space."""
     cur = Z
     nxt = T
     r0 = -1.0
     res = np.inf
-    status = MAX_ITER
     k = 0
     while True:
         dd, ff = evaluate(cur, M, U, code, param, D, nxt, beta)
-        if not (np.isfinite(dd) and np.isfinite(ff)):
-            status = DIVERGED
-            break
-        res = relative(dd, ff)
-        hist[k] = res
-        if r0 < 0.0:
-            r0 = np.sqrt(dd)
-        if res <= tol:
-            status = CONVERGED
-            break
-        if np.sqrt(dd) > GROWTH * r0 and r0 > 0.0:
-            status = DIVERGED
-            break
-        if k >= max_iter:
+        status, r, r0 = stopping(dd, ff, k, r0, tol, max_iter, hist)
+        if status != DIVERGED or np.isfinite(r):
+            res = r
+        if status != RUNNING:
             break
         cur, nxt = nxt, cur
         k += 1
@@ -298,29 +243,6 @@ def _small_spd_solve(H, k, b, L):
     return True
 
 
-def _anderson_eval(Z, M, U, code, param, D, Fs, Gs):
-    """``Fs <- h(Z M + U)``, ``Gs <- Fs - Z``; return ``(||Gs||^2, ||Fs||^2)``."""
-    np.dot(Z, M, Fs)
-    n, m = Fs.shape
-    dd = 0.0
-    ff = 0.0
-    for i in prange(n):
-        for j in range(m):
-            t = Fs[i, j] + U[i, j]
-            if code == IDENTITY:
-                v = t
-            elif code == MASK:
-                v = D[i, j] * t
-            else:
-                v = act(code, param, t)
-            r = v - Z[i, j]
-            Fs[i, j] = v
-            Gs[i, j] = r
-            dd += r * r
-            ff += v * v
-    return dd, ff
-
-
 def _dot(P, Q):
     n, m = P.shape
     s = 0.0
@@ -344,7 +266,6 @@ def _anderson_mix(Z, Fh, Gh, alpha, slots, beta):
     return zz
 
 
-_anderson_eval_s, _anderson_eval_p = twins(_anderson_eval)
 _dot_s, _dot_p = twins(_dot)
 _anderson_mix_s, _anderson_mix_p = twins(_anderson_mix)
 
@@ -360,36 +281,19 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
     """
     kmax = Fh.shape[0]
     par = Z.size >= PASS_PARALLEL_MIN
-    small = Z.shape[1] <= SMALL_M
     H = work[:kmax, :]
     L = work[kmax : 2 * kmax, :]
     w = work[2 * kmax]
     r0 = -1.0
     res = np.inf
-    status = MAX_ITER
     k = 0
     while True:
         s = k % kmax
-        if small:
-            dd, ff = _anderson_eval_small(Z, M, U, code, param, D, Fh[s], Gh[s])
-        elif par:
-            dd, ff = _anderson_eval_p(Z, M, U, code, param, D, Fh[s], Gh[s])
-        else:
-            dd, ff = _anderson_eval_s(Z, M, U, code, param, D, Fh[s], Gh[s])
-        if not (np.isfinite(dd) and np.isfinite(ff)):
-            status = DIVERGED
-            break
-        res = relative(dd, ff)
-        hist[k] = res
-        if r0 < 0.0:
-            r0 = np.sqrt(dd)
-        if res <= tol:
-            status = CONVERGED
-            break
-        if np.sqrt(dd) > GROWTH * r0 and r0 > 0.0:
-            status = DIVERGED
-            break
-        if k >= max_iter:
+        dd, ff = anderson_eval(Z, M, U, code, param, D, Fh[s], Gh[s])
+        status, r, r0 = stopping(dd, ff, k, r0, tol, max_iter, hist)
+        if status != DIVERGED or np.isfinite(r):
+            res = r
+        if status != RUNNING:
             break
         slots = min(k + 1, kmax)
         GG[s, s] = dd
@@ -436,5 +340,6 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
 
 @jit
 def direct_linear(C, U, Z):
-    """Exact linear fixed point: ``Z = U C^{-T}`` (LU), i.e. ``C Z^T = U^T``."""
-    Z[:, :] = np.linalg.solve(C, np.ascontiguousarray(U.T)).T
+    """Exact linear fixed point ``Z = U C^{-T}``: ``C^{-1}`` by LU (``m^3``), then
+    one gemm by row blocks (``2 m^2 n``, as the training loop's direct step)."""
+    gemm_rows(U, np.linalg.inv(C).T, Z)

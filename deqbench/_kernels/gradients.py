@@ -1,7 +1,8 @@
 """Adjoint set-up, parameter gradients and model losses (THEORY.md sections 2 and 4).
 
-Each kernel streams its arrays once per step; like the passes of
-:mod:`.fixed_point` it goes parallel only from ``PASS_PARALLEL_MIN`` elements on.
+Each kernel streams its arrays once per step; element passes go parallel
+only from ``PASS_PARALLEL_MIN`` elements on, gemm + pass kernels work in row
+blocks like :mod:`.fixed_point` (see :mod:`.blocks`).
 """
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ import numpy as np
 
 from .._jit import jit, prange, twins
 from .activations import act, dact
-from .fixed_point import PASS_PARALLEL_MIN
+from .blocks import PASS_PARALLEL_MIN, block_rows
 
 
-def _preactivation_derivative(Z, AT, U, code, param, D):
-    np.dot(Z, AT, D)
+def _preactivation_derivative(Z, AT, U, code, param, D, rows):
     n, m = D.shape
-    for i in prange(n):
-        for j in range(m):
-            D[i, j] = dact(code, param, D[i, j] + U[i, j])
+    for b in prange((n + rows - 1) // rows):
+        i0 = b * rows
+        i1 = min(i0 + rows, n)
+        np.dot(Z[i0:i1], AT, D[i0:i1])
+        for i in range(i0, i1):
+            for j in range(m):
+                D[i, j] = dact(code, param, D[i, j] + U[i, j])
 
 
 _preactivation_derivative_s, _preactivation_derivative_p = twins(_preactivation_derivative)
@@ -26,10 +30,11 @@ _preactivation_derivative_s, _preactivation_derivative_p = twins(_preactivation_
 
 @jit
 def preactivation_derivative(Z, AT, U, code, param, D):
-    """``D <- phi'(Z A^T + U)`` (``D`` doubles as the gemm output)."""
-    if Z.size >= PASS_PARALLEL_MIN:
-        return _preactivation_derivative_p(Z, AT, U, code, param, D)
-    return _preactivation_derivative_s(Z, AT, U, code, param, D)
+    """``D <- phi'(Z A^T + U)`` (``D`` doubles as the gemm output), by row blocks."""
+    rows = block_rows(Z.shape[0], Z.shape[1])
+    if Z.shape[0] > rows:
+        return _preactivation_derivative_p(Z, AT, U, code, param, D, rows)
+    return _preactivation_derivative_s(Z, AT, U, code, param, D, rows)
 
 
 def _residual_loss(Z, Y, G):

@@ -28,6 +28,7 @@ from .._jit import jit
 from . import fixed_point as _fp
 from . import gradients as _g
 from .activations import IDENTITY, MASK
+from .blocks import gemm_rows, gemm_tn
 
 ensure_lapack()
 _gesdd = _LAPACK().numba_ez_gesdd(types.float64)
@@ -281,7 +282,7 @@ def sample_eval(model, A, B, X, Y2, y1, u, code, param, fsolver, gsolver, tol, m
     for i in range(m):
         for j in range(B.shape[1]):
             BT[j, i] = B[i, j]
-    np.dot(X, BT, U)
+    gemm_rows(X, BT, U)
     fcode = code if model == NONLINEAR else IDENTITY
     have_inv = False
     # forward
@@ -290,7 +291,7 @@ def sample_eval(model, A, B, X, Y2, y1, u, code, param, fsolver, gsolver, tol, m
         if not _invert_c(A, Ci):
             return np.nan, 0, 0, FP_FAILED
         have_inv = True
-        np.dot(U, Ci.T, Z)
+        gemm_rows(U, Ci.T, Z)
         if not all_finite(Z):
             return np.nan, 0, 0, FP_FAILED
     else:
@@ -316,7 +317,7 @@ def sample_eval(model, A, B, X, Y2, y1, u, code, param, fsolver, gsolver, tol, m
     if gsolver == DIRECT:
         if not have_inv and not _invert_c(A, Ci):
             return np.nan, kf, 0, FP_FAILED
-        np.dot(G, Ci, Mu)
+        gemm_rows(G, Ci, Mu)
     elif gsolver == JFB or gsolver == NEUMANN:
         Mu[:, :] = 0.0
         kb, res, st = _fp.picard(Mu, A, G, acode, param, D, T, 0.0, nk + 1, 1.0, hist)
@@ -329,8 +330,8 @@ def sample_eval(model, A, B, X, Y2, y1, u, code, param, fsolver, gsolver, tol, m
                           max_iter, beta, ridge, hist)
         if st != _fp.CONVERGED:
             return np.nan, kf, kb, FP_FAILED
-    np.dot(Mu.T, Z, gA)
-    np.dot(Mu.T, X, gB)
+    gemm_tn(Mu, Z, gA)
+    gemm_tn(Mu, X, gB)
     return loss, kf, kb, OK
 
 

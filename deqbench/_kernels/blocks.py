@@ -1,0 +1,105 @@
+"""Row blocks: how every kernel splits the samples between threads and BLAS.
+
+Samples are independent, so the kernels split the ``n`` rows of ``Z``, ``X``,
+``U`` into blocks of :func:`block_rows` rows and hand whole blocks to
+numba's threads (``prange``); inside a block one single-threaded BLAS call
+does the gemm and the elementwise pass follows while the block is in cache.
+The callers in the public API run the kernels under
+:func:`deqbench._threads.blas_single_threaded`, so BLAS never starts threads
+of its own inside a parallel region.
+
+Why (measured with ``python -m benchmarks.calibrate``; see the README's
+performance section for the machine and the quiet line): one BLAS call on the
+whole batch with BLAS's own threads pays a thread hand-off per call and
+streams the batch through memory once for the gemm and again for the pass,
+while blocks keep both threads busy on cache-resident rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._jit import jit, prange, twins
+
+#: Target bytes of one ``rows x m`` float64 block of one array (``Z``, ``T``
+#: and ``U`` blocks are all live at once). 64 KiB keeps the three within a
+#: 256 KiB share of L2. Re-measured by ``python -m benchmarks.calibrate``.
+BLOCK_BYTES = 1 << 16
+MIN_ROWS = 32
+MAX_ROWS = 1024
+
+#: Element passes without a gemm (losses, Anderson's mixing and Gram products)
+#: go parallel from this many elements on; below it a parallel region costs
+#: more than the pass. Re-measured by ``python -m benchmarks.calibrate``.
+PASS_PARALLEL_MIN = 1 << 16
+
+
+@jit
+def block_rows(n, width):
+    """Rows per block for arrays of ``width`` float64 columns."""
+    r = BLOCK_BYTES // (8 * max(width, 1))
+    r = max(MIN_ROWS, min(MAX_ROWS, r))
+    return min(r, max(n, 1))
+
+
+def _gemm_rows(P, Q, out, rows):
+    n = P.shape[0]
+    for b in prange((n + rows - 1) // rows):
+        i0 = b * rows
+        i1 = min(i0 + rows, n)
+        np.dot(P[i0:i1], Q, out[i0:i1])
+
+
+_gemm_rows_s, _gemm_rows_p = twins(_gemm_rows)
+
+
+@jit
+def gemm_rows(P, Q, out):
+    """``out <- P @ Q`` block by block of rows of ``P`` (``n x k`` times ``k x m``)."""
+    n = P.shape[0]
+    rows = block_rows(n, max(P.shape[1], Q.shape[1]))
+    if n > rows:
+        _gemm_rows_p(P, Q, out, rows)
+    else:
+        _gemm_rows_s(P, Q, out, rows)
+
+
+def _gemm_tn(P, Q, parts, chunk):
+    n = P.shape[0]
+    for c in prange(parts.shape[0]):
+        i0 = c * chunk
+        i1 = min(i0 + chunk, n)
+        if i1 > i0:
+            np.dot(P[i0:i1].T, Q[i0:i1], parts[c])
+        else:
+            parts[c] = 0.0
+
+
+_gemm_tn_s, _gemm_tn_p = twins(_gemm_tn)
+
+
+#: ``gemm_tn`` splits the samples into at most this many partial products
+#: (enough to balance 16 threads), each of at least ``MIN_ROWS`` rows, and
+#: keeps the partials within ``PARTS_BYTES``.
+MAX_PARTS = 32
+PARTS_BYTES = 1 << 26
+
+
+@jit
+def gemm_tn(P, Q, out):
+    """``out <- P^T Q`` (``n x m``, ``n x k`` -> ``m x k``), a sum over samples:
+    partial products over contiguous shares of the rows, in parallel, then
+    their sum (the partials cost ``parts x m x k`` floats, see ``MAX_PARTS``)."""
+    n, m = P.shape
+    k = Q.shape[1]
+    parts = min(MAX_PARTS, n // MIN_ROWS, PARTS_BYTES // (8 * m * k))
+    if parts < 2 or n * (m + k) < PASS_PARALLEL_MIN:
+        np.dot(P.T, Q, out)
+        return
+    chunk = (n + parts - 1) // parts
+    work = np.empty((parts, m, k))
+    _gemm_tn_p(P, Q, work, chunk)
+    out[:, :] = work[0]
+    for c in range(1, parts):
+        out += work[c]
+
