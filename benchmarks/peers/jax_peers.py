@@ -14,6 +14,7 @@ alternative named in the table where used.
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import numpy as np
@@ -29,7 +30,10 @@ except ImportError:  # pragma: no cover - depends on the environment
     jax = None
 
 try:
-    import jaxopt
+    with warnings.catch_warnings():
+        # jaxopt >= 0.8.5 announces at import that it is no longer maintained
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import jaxopt
 except ImportError:  # pragma: no cover
     jaxopt = None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from .._jit import jit
+from . import vmath as vm
 
 IDENTITY = 0
 LEAKY_RELU = 1
@@ -32,14 +33,11 @@ def act(code, param, x):
     if code == LEAKY_RELU:
         return x if x >= 0.0 else param * x
     if code == TANH:
-        return math.tanh(x)
+        return vm.tanh(x)
     if code == SIGMOID:
-        if x >= 0.0:
-            return 1.0 / (1.0 + math.exp(-x))
-        e = math.exp(x)
-        return e / (1.0 + e)
+        return vm.sigmoid(x)
     if code == SOFTPLUS:
-        return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+        return vm.softplus(x)
     if code == RELU:
         return x if x > 0.0 else 0.0
     if code == GELU:
@@ -54,18 +52,59 @@ def dact(code, param, x):
     if code == LEAKY_RELU:
         return 1.0 if x >= 0.0 else param
     if code == TANH:
-        t = math.tanh(x)
+        t = vm.tanh(x)
         return 1.0 - t * t
     if code == SIGMOID or code == SOFTPLUS:
-        # softplus' = sigmoid
-        if x >= 0.0:
-            s = 1.0 / (1.0 + math.exp(-x))
-        else:
-            e = math.exp(x)
-            s = e / (1.0 + e)
+        s = vm.sigmoid(x)  # softplus' = sigmoid
         return s * (1.0 - s) if code == SIGMOID else s
     if code == RELU:
         return 1.0 if x > 0.0 else 0.0
     if code == GELU:
         return 0.5 * (1.0 + math.erf(x * _INV_SQRT2)) + x * _INV_SQRT2PI * math.exp(-0.5 * x * x)
     return math.nan
+
+
+@jit(inline="always")
+def h_row(code, param, t, u, d):
+    """``t <- h(t + u)`` along one row: ``h = act(code)``, or ``d * .`` for
+    ``MASK``. The SIMD activations get a loop each, so LLVM vectorises them
+    (a loop over the generic :func:`act` dispatch stays scalar)."""
+    m = t.shape[0]
+    if code == IDENTITY:
+        for j in range(m):
+            t[j] += u[j]
+    elif code == MASK:
+        for j in range(m):
+            t[j] = d[j] * (t[j] + u[j])
+    elif code == TANH:
+        for j in range(m):
+            t[j] = vm.tanh(t[j] + u[j])
+    elif code == SIGMOID:
+        for j in range(m):
+            t[j] = vm.sigmoid(t[j] + u[j])
+    elif code == SOFTPLUS:
+        for j in range(m):
+            t[j] = vm.softplus(t[j] + u[j])
+    else:
+        for j in range(m):
+            t[j] = act(code, param, t[j] + u[j])
+
+
+@jit(inline="always")
+def dh_row(code, param, t, u):
+    """``t <- phi'(t + u)`` along one row, the SIMD derivatives in loops of their own."""
+    m = t.shape[0]
+    if code == TANH:
+        for j in range(m):
+            y = vm.tanh(t[j] + u[j])
+            t[j] = 1.0 - y * y
+    elif code == SIGMOID:
+        for j in range(m):
+            y = vm.sigmoid(t[j] + u[j])
+            t[j] = y * (1.0 - y)
+    elif code == SOFTPLUS:
+        for j in range(m):
+            t[j] = vm.sigmoid(t[j] + u[j])
+    else:
+        for j in range(m):
+            t[j] = dact(code, param, t[j] + u[j])

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._jit import jit, prange, twins
-from .activations import IDENTITY, MASK, act
+from .activations import MASK, h_row
 from .blocks import PASS_PARALLEL_MIN, block_rows, gemm_rows
 
 CONVERGED = 0
@@ -34,57 +34,32 @@ _TINY = 1e-300
 def _finish(Z, U, code, param, D, T, i, beta):
     """Row ``i`` of ``T`` holds ``Z M``: ``T <- Z + beta (h(Z M + U) - Z)``;
     return the row's ``(||h - Z||^2, ||h||^2)``."""
-    m = T.shape[1]
     t = T[i]
     z = Z[i]
-    u = U[i]
+    h_row(code, param, t, U[i], D[i] if code == MASK else t)
     dd = 0.0
     ff = 0.0
-    if code == IDENTITY:
-        for j in range(m):
-            v = t[j] + u[j]
-            r = v - z[j]
-            dd += r * r
-            ff += v * v
-            t[j] = z[j] + beta * r
-    elif code == MASK:
-        dr = D[i]
-        for j in range(m):
-            v = dr[j] * (t[j] + u[j])
-            r = v - z[j]
-            dd += r * r
-            ff += v * v
-            t[j] = z[j] + beta * r
-    else:
-        for j in range(m):
-            v = act(code, param, t[j] + u[j])
-            r = v - z[j]
-            dd += r * r
-            ff += v * v
-            t[j] = z[j] + beta * r
+    for j in range(t.shape[0]):
+        v = t[j]
+        r = v - z[j]
+        dd += r * r
+        ff += v * v
+        t[j] = z[j] + beta * r
     return dd, ff
 
 
 @jit(inline="always")
 def _finish_anderson(Z, U, code, param, D, Fs, Gs, i):
     """Row ``i`` of ``Fs`` holds ``Z M``: ``Fs <- h(Z M + U)``, ``Gs <- Fs - Z``."""
-    m = Fs.shape[1]
     f = Fs[i]
     g = Gs[i]
     z = Z[i]
-    u = U[i]
+    h_row(code, param, f, U[i], D[i] if code == MASK else f)
     dd = 0.0
     ff = 0.0
-    for j in range(m):
-        t = f[j] + u[j]
-        if code == IDENTITY:
-            v = t
-        elif code == MASK:
-            v = D[i, j] * t
-        else:
-            v = act(code, param, t)
+    for j in range(f.shape[0]):
+        v = f[j]
         r = v - z[j]
-        f[j] = v
         g[j] = r
         dd += r * r
         ff += v * v

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._jit import jit, prange, twins
-from .activations import act, dact
+from .activations import act, dact, dh_row
 from .blocks import PASS_PARALLEL_MIN, block_rows
 
 
@@ -21,8 +21,7 @@ def _preactivation_derivative(Z, AT, U, code, param, D, rows):
         i1 = min(i0 + rows, n)
         np.dot(Z[i0:i1], AT, D[i0:i1])
         for i in range(i0, i1):
-            for j in range(m):
-                D[i, j] = dact(code, param, D[i, j] + U[i, j])
+            dh_row(code, param, D[i], U[i])
 
 
 _preactivation_derivative_s, _preactivation_derivative_p = twins(_preactivation_derivative)
