@@ -15,9 +15,16 @@ import numpy as np
 
 from . import _validate as v
 from ._kernels import flow as _kf
-from ._kernels import training as _k
+from ._kernels import model as _m
 from ._threads import single_threaded_blas
-from ._training import HISTORY_KEYS, STATUS, history_dict, prepare, warn_status
+from ._training import (
+    DIVERGENCE_FACTOR,
+    HISTORY_KEYS,
+    STATUS,
+    history_dict,
+    prepare,
+    warn_status,
+)
 from .activations import Activation
 
 __all__ = ["FLOW_HISTORY_KEYS", "FlowResult", "flow"]
@@ -135,33 +142,34 @@ def flow(
     tol = min(1e-10, 1e-3 * rtol) if tol is None else tol
     max_steps = v.integer("max_steps", max_steps, minimum=1)
     h0 = 0.0 if h0 is None else v.positive("h0", h0)
-    kernel, extra = prepare(
+    run = prepare(
         model, X, Y, A0, B0, u=u, activation=activation, solver=solver, grad_solver=None,
         tol=tol, max_iter=max_iter, damping=damping, neumann_terms=0,
         anderson_history=anderson_history, anderson_ridge=anderson_ridge,
         sufficient_stats=sufficient_stats, L_star=L_star, record_every=record_every,
         stop_loss=stop_loss, spectral_every=spectral_every, grad_methods=EXACT_GRAD,
     )
-    rec = extra["record_every"]
+    rec = run.record_every
     if rec == 0:
         rec = max_steps + 1
-    H = np.full((max_steps // rec + 2, _k.NCOL_FLOW), np.nan)
+    H = np.full((max_steps // rec + 2, _m.NCOL_FLOW), np.nan)
+    integ = _kf.Integration(t_end=t_end, rtol=rtol, atol=atol, h0=h0, max_steps=max_steps,
+                            stop_loss=run.stop_loss, divergence_factor=DIVERGENCE_FACTOR,
+                            record_every=rec, spectral_every=run.spectral_every)
     with single_threaded_blas():
-        status, t, n_acc, n_rej, n_ev, n_rec = _kf.dopri(
-            **kernel, t_end=t_end, rtol=rtol, atol=atol, h0=h0, max_steps=max_steps,
-            record_every=rec, H=H,
-        )
+        status, t, n_acc, n_rej, n_ev, n_rec = _kf.dopri(run.model, run.A, run.B, run.solve,
+                                                         run.stats, integ, H)
     warn_status("flow", STATUS[status], int(n_acc))
     return FlowResult(
-        A=kernel["A"],
-        B=kernel["B"],
+        A=run.A,
+        B=run.B,
         status=STATUS[status],
         history=history_dict(H, n_rec, FLOW_HISTORY_KEYS),
         t=float(t),
         n_steps=int(n_acc),
         n_rejected=int(n_rej),
         n_evals=int(n_ev),
-        sufficient_stats=bool(kernel["use_ss"]),
-        L_star=kernel["Lstar"],
-        spectral_every=int(kernel["spectral_every"]),
+        sufficient_stats=bool(run.stats.use),
+        L_star=run.stats.L_star,
+        spectral_every=int(run.spectral_every),
     )

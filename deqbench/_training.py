@@ -18,6 +18,7 @@ from . import _validate as v
 from . import theory
 from ._fixed_point import check_model, check_options
 from ._gradients import GRAD_METHODS, MODELS, _neumann_terms, check_targets
+from ._kernels import model as _m
 from ._kernels import training as _k
 from ._threads import single_threaded_blas
 from ._warnings import warn
@@ -27,12 +28,12 @@ __all__ = ["DIVERGENCE_FACTOR", "HISTORY_KEYS", "TrainResult", "auto_spectral_ev
 
 SOLVERS = ("picard", "anderson", "direct")
 STATUS = {
-    _k.CONVERGED: "converged",
-    _k.MAX_STEPS: "max_steps",
-    _k.DIVERGED: "diverged",
-    _k.FIXED_POINT_FAILED: "fixed_point_failed",
-    _k.FINISHED: "finished",
-    _k.STEP_TOO_SMALL: "step_too_small",
+    _m.CONVERGED: "converged",
+    _m.MAX_STEPS: "max_steps",
+    _m.DIVERGED: "diverged",
+    _m.FIXED_POINT_FAILED: "fixed_point_failed",
+    _m.FINISHED: "finished",
+    _m.STEP_TOO_SMALL: "step_too_small",
 }
 HISTORY_KEYS = (
     "step",
@@ -58,13 +59,13 @@ per ``m^3``: values-only ``dgesdd`` + ``dgeev`` run far below gemm speed (measur
 about 700 at m = 256 and more at m = 64 on a 2-core machine; see
 :func:`auto_spectral_every`)."""
 
-_MODEL_CODE = {"linear": _k.LINEAR, "single_index": _k.SINGLE_INDEX, "nonlinear": _k.NONLINEAR}
+_MODEL_CODE = {"linear": _m.LINEAR, "single_index": _m.SINGLE_INDEX, "nonlinear": _m.NONLINEAR}
 _SOLVER_CODE = {
-    "picard": _k.PICARD,
-    "anderson": _k.ANDERSON,
-    "direct": _k.DIRECT,
-    "jfb": _k.JFB,
-    "neumann": _k.NEUMANN,
+    "picard": _m.PICARD,
+    "anderson": _m.ANDERSON,
+    "direct": _m.DIRECT,
+    "jfb": _m.JFB,
+    "neumann": _m.NEUMANN,
 }
 _DUMMY2 = np.zeros((1, 1))
 _DUMMY1 = np.zeros(1)
@@ -150,12 +151,29 @@ def warn_status(what: str, status: str, n_steps: int) -> None:
              "last parameters whose loss and gradient were computed", stacklevel=3)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What :func:`prepare` hands to the compiled loops: the kernels' named
+    tuples (:mod:`deqbench._kernels.model`), the parameters they update in
+    place, and the recording cadences (``record_every = 0``: first and last
+    step only)."""
+
+    model: _m.Model
+    A: np.ndarray
+    B: np.ndarray
+    solve: _m.Solve
+    stats: _m.SuffStats
+    record_every: int
+    spectral_every: int
+    stop_loss: float
+
+
 def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max_iter,
             damping, neumann_terms, anderson_history, anderson_ridge, sufficient_stats,
             L_star, record_every, stop_loss, spectral_every, grad_methods=GRAD_METHODS):
-    """Validate the arguments shared by :func:`train` and :func:`deqbench.flow`;
-    return the keyword arguments of the kernels plus bookkeeping. The
-    parameters are copied (the loops update them in place)."""
+    """Validate the arguments shared by :func:`train` and :func:`deqbench.flow`
+    and build the kernels' named tuples. The parameters are copied (the loops
+    update them in place)."""
     v.choice("model", model, MODELS)
     X, A0, B0 = check_model(X, A0, B0, names=("A0", "B0"))
     A0, B0 = A0.copy(), B0.copy()
@@ -212,32 +230,33 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
         spectral_every = auto_spectral_every(m, d, n, use_ss, rec)
     else:
         spectral_every = v.integer("spectral_every", spectral_every, minimum=1)
-    kernel = dict(
-        model=_MODEL_CODE[model],
+    return Prepared(
+        model=_m.Model(
+            kind=_MODEL_CODE[model],
+            X=X,
+            Y=_DUMMY2 if model == "single_index" else Y,
+            y=Y if model == "single_index" else _DUMMY1,
+            u=_DUMMY1 if u is None else u,
+            code=act.code,
+            param=act.param,
+        ),
         A=A0,
         B=B0,
-        X=X,
-        Y2=_DUMMY2 if model == "single_index" else Y,
-        y1=Y if model == "single_index" else _DUMMY1,
-        u=_DUMMY1 if u is None else u,
-        code=act.code,
-        param=act.param,
-        use_ss=use_ss,
-        Sxx=Sxx,
-        Wstar=Wstar,
-        Lstar=float(L_star),
-        fsolver=_SOLVER_CODE[solver],
-        tol=opts.tol,
-        max_iter=opts.max_iter,
-        beta=opts.damping,
-        ridge=opts.anderson_ridge,
-        anderson_slots=slots,
-        stop_loss=stop,
-        div_factor=DIVERGENCE_FACTOR,
+        solve=_m.Solve(
+            forward=_SOLVER_CODE[solver],
+            adjoint=_SOLVER_CODE[grad_solver],
+            tol=opts.tol,
+            max_iter=opts.max_iter,
+            damping=opts.damping,
+            anderson_ridge=opts.anderson_ridge,
+            anderson_history=slots,
+            neumann_terms=nk,
+        ),
+        stats=_m.SuffStats(use=use_ss, Sxx=Sxx, W_star=Wstar, L_star=float(L_star)),
+        record_every=record_every,
         spectral_every=spectral_every,
+        stop_loss=stop,
     )
-    extra = dict(gsolver=_SOLVER_CODE[grad_solver], nk=nk, record_every=record_every)
-    return kernel, extra
 
 
 def history_dict(H, n_rec, keys=HISTORY_KEYS) -> dict:
@@ -334,7 +353,7 @@ def train(
     one Numba call; all ``n``-sized buffers are allocated once. Failure never
     raises: see ``TrainResult.status``.
     """
-    kernel, extra = prepare(
+    run = prepare(
         model, X, Y, A0, B0, u=u, activation=activation, solver=solver,
         grad_solver=grad_solver, tol=tol, max_iter=max_iter, damping=damping,
         neumann_terms=neumann_terms, anderson_history=anderson_history,
@@ -345,30 +364,23 @@ def train(
     steps = v.integer("steps", steps, minimum=1)
     if not isinstance(warm_start, (bool, np.bool_)):
         raise TypeError(f"warm_start must be a bool, got {warm_start!r}")
-    rec = extra["record_every"]
+    rec = run.record_every
     if rec == 0:  # first and last only
         rec = steps + 1
-    spectral_every = kernel["spectral_every"]
-    H = np.full((steps // rec + 2, _k.NCOL), np.nan)
+    H = np.full((steps // rec + 2, _m.NCOL), np.nan)
+    schedule = _k.Schedule(lr=lr, steps=steps, stop_loss=run.stop_loss,
+                           divergence_factor=DIVERGENCE_FACTOR, warm_start=bool(warm_start),
+                           record_every=rec, spectral_every=run.spectral_every)
     with single_threaded_blas():
-        status, last, n_rec = _k.gd(
-            **kernel,
-            gsolver=extra["gsolver"],
-            nk=extra["nk"],
-            warm=bool(warm_start),
-            lr=lr,
-            steps=steps,
-            record_every=rec,
-            H=H,
-        )
+        status, last, n_rec = _k.gd(run.model, run.A, run.B, run.solve, run.stats, schedule, H)
     warn_status("train", STATUS[status], int(last))
     return TrainResult(
-        A=kernel["A"],
-        B=kernel["B"],
+        A=run.A,
+        B=run.B,
         status=STATUS[status],
         history=history_dict(H, n_rec),
         n_steps=int(last),
-        sufficient_stats=bool(kernel["use_ss"]),
-        L_star=kernel["Lstar"],
-        spectral_every=int(spectral_every),
+        sufficient_stats=bool(run.stats.use),
+        L_star=run.stats.L_star,
+        spectral_every=int(run.spectral_every),
     )

@@ -1,6 +1,6 @@
 """Compiled gradient flow ``dP/dt = -grad L(P)``: Dormand-Prince 5(4), adaptive step.
 
-Each right-hand side is one loss/gradient evaluation of :mod:`.training`
+Each right-hand side is one loss/gradient evaluation of :mod:`.model`
 (per sample with warm-started solves, or sufficient statistics). The
 embedded 4th-order solution gives the local error estimate; the 5th-order one
 is propagated (local extrapolation) and its last stage is reused as the first
@@ -11,10 +11,12 @@ stage of the next step (FSAL). Step control: the mixed error norm
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
 
 from .._jit import jit
-from .training import (
+from .model import (
     CONVERGED,
     DIVERGED,
     FINISHED,
@@ -29,22 +31,25 @@ from .training import (
     H_T,
     H_TRACE,
     MAX_STEPS,
-    NCOL_FLOW,
-    NONFINITE,
     OK,
     STEP_TOO_SMALL,
     axpy,
     drift_trace,
-    flush_good,
-    frobenius_q0,
+    loss_and_grad,
+    record_last_good,
     record_step,
-    sample_eval,
-    sample_workspace,
-    spectral_workspace,
-    suffstats_eval,
-    suffstats_workspace,
+    recorder,
     sumsq,
+    workspaces,
 )
+
+#: Integration settings of :func:`dopri`: final time, Dormand-Prince
+#: tolerances, first step (0: automatic), cap on accepted steps, the loss
+#: that counts as converged (negative: off), the divergence factor on
+#: ``L_0``, and the history cadences (in accepted steps).
+Integration = namedtuple("Integration", ["t_end", "rtol", "atol", "h0", "max_steps",
+                                         "stop_loss", "divergence_factor", "record_every",
+                                         "spectral_every"])
 
 # Dormand-Prince 5(4) tableau
 _C = np.array([0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0])
@@ -70,25 +75,15 @@ FAIL_FACTOR = 0.25  # step shrink after a failed (non-finite / unsolved) stage
 
 
 @jit
-def _rhs(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar, fsolver,
-         tol, max_iter, beta, ridge, ws, ssw, gA, gB, KA, KB):
-    """``(KA, KB) <- -grad L(A, B)``; returns ``(loss, excess, fp_iters, adj_iters, outcome)``."""
-    kf = 0
-    kb = 0
-    if use_ss:
-        loss, excess, outcome = suffstats_eval(A, B, Sxx, Wstar, Lstar, ssw, gA, gB)
-    else:
-        loss, kf, kb, outcome = sample_eval(model, A, B, X, Y2, y1, u, code, param, fsolver,
-                                            fsolver, tol, max_iter, beta, ridge, 0, True, ws,
-                                            gA, gB)
-        excess = loss - Lstar
-    if outcome == OK and not (np.isfinite(loss) and np.isfinite(sumsq(gA) + sumsq(gB))):
-        outcome = NONFINITE
+def _rhs(model, A, B, solve, stats, ws, sw, gA, gB, KA, KB):
+    """``(KA, KB) <- -grad L(A, B)``, solves warm-started from the previous
+    evaluation; returns ``(loss, excess, fp_iters, adj_iters, outcome)``."""
+    out = loss_and_grad(model, A, B, solve, stats, True, ws, sw, gA, gB)
     KA[:, :] = 0.0
     KB[:, :] = 0.0
     axpy(KA, -1.0, gA)
     axpy(KB, -1.0, gB)
-    return loss, excess, kf, kb, outcome
+    return out
 
 
 @jit
@@ -113,11 +108,8 @@ def _scaled_sq(P, F, atol, rtol):
 
 
 @jit
-def dopri(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
-          fsolver, tol, max_iter, beta, ridge, anderson_slots,
-          t_end, rtol, atol, h0, max_steps, stop_loss, div_factor, record_every,
-          spectral_every, H):
-    """Integrate the gradient flow from ``(A, B)`` (in place) to ``t_end``.
+def dopri(model, A, B, solve, stats, integ, H):
+    """Integrate the gradient flow from ``(A, B)`` (in place) to ``integ.t_end``.
 
     Records accepted step ``j`` (time ``t_j``) into ``H`` when
     ``j % record_every == 0`` and at the end; matrix quantities when
@@ -126,16 +118,12 @@ def dopri(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
 
     Returns ``(status, t, n_accepted, n_rejected, n_evals, n_records)``.
     """
-    n, d = X.shape
-    m = A.shape[0]
-    if use_ss:
-        ws = sample_workspace(1, m, d, False, 0, 1)
-    else:
-        ws = sample_workspace(n, m, d, model == 2, anderson_slots, max_iter + 2)
-    ssw = suffstats_workspace(m, d)
-    sp = spectral_workspace(m, d)
-    A0 = A.copy()
-    B0 = B.copy()
+    m, d = B.shape
+    t_end, rtol, atol = integ.t_end, integ.rtol, integ.atol
+    ws, sw = workspaces(model, m, solve, stats)
+    rec = recorder(H, A, B, integ.record_every, integ.spectral_every)
+    row = rec.row
+    A0, B0 = rec.A0, rec.B0
     As = np.empty((m, m))
     Bs = np.empty((m, d))
     An = np.empty((m, m))
@@ -146,24 +134,20 @@ def dopri(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
     KB = np.zeros((7, m, d))
     gA = np.empty((m, m))
     gB = np.empty((m, d))
-    row = np.empty(NCOL_FLOW)
-    good = np.empty(NCOL_FLOW)
-    q0 = frobenius_q0(A0, B0)
     n_par = m * (m + d)
     nrec = 0
     n_acc = 0
     n_rej = 0
     n_ev = 1
     t = 0.0
-    loss, excess, kf, kb, outcome = _rhs(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx,
-                                         Wstar, Lstar, fsolver, tol, max_iter, beta, ridge, ws,
-                                         ssw, gA, gB, KA[0], KB[0])
+    loss, excess, kf, kb, outcome = _rhs(model, A, B, solve, stats, ws, sw, gA, gB, KA[0],
+                                         KB[0])
     if outcome != OK:
         return FIXED_POINT_FAILED if outcome == FP_FAILED else DIVERGED, t, 0, 0, n_ev, 0
     L0 = loss
     # initial step: Hairer's simple rule on the scaled norms of P and f(P)
-    if h0 > 0.0:
-        h = h0
+    if integ.h0 > 0.0:
+        h = integ.h0
     else:
         a0, a1 = _scaled_sq(A, KA[0], atol, rtol)
         b0, b1 = _scaled_sq(B, KB[0], atol, rtol)
@@ -188,12 +172,11 @@ def dopri(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
         row[H_TRACE] = drift_trace(A, B, A0, B0)
         row[H_FP] = kf
         row[H_ADJ] = kb
-        reached = stop_loss >= 0.0 and loss <= stop_loss
+        reached = integ.stop_loss >= 0.0 and loss <= integ.stop_loss
         done = t >= t_end
-        diverged = L0 > 0.0 and loss > div_factor * L0
-        final = reached or done or diverged or n_acc >= max_steps
-        nrec, good_recorded = record_step(H, nrec, row, good, final, n_acc, record_every,
-                                          spectral_every, A, B, A0, B0, q0, sp)
+        diverged = L0 > 0.0 and loss > integ.divergence_factor * L0
+        final = reached or done or diverged or n_acc >= integ.max_steps
+        nrec, good_recorded = record_step(rec, nrec, final, n_acc, A, B)
         if diverged:
             status = DIVERGED
             break
@@ -203,7 +186,7 @@ def dopri(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
         if done:
             status = FINISHED
             break
-        if n_acc >= max_steps:
+        if n_acc >= integ.max_steps:
             status = MAX_STEPS
             break
         # attempt steps from (t, A, B) until one is accepted
@@ -224,9 +207,8 @@ def dopri(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
                     if a != 0.0:
                         axpy(As, h * a, KA[j])
                         axpy(Bs, h * a, KB[j])
-                ls, es, kfs, kbs, oc = _rhs(model, As, Bs, X, Y2, y1, u, code, param, use_ss,
-                                            Sxx, Wstar, Lstar, fsolver, tol, max_iter, beta,
-                                            ridge, ws, ssw, gA, gB, KA[s], KB[s])
+                ls, es, kfs, kbs, oc = _rhs(model, As, Bs, solve, stats, ws, sw, gA, gB, KA[s],
+                                            KB[s])
                 n_ev += 1
                 if oc == FP_FAILED:
                     fp_failed = True
@@ -281,6 +263,6 @@ def dopri(model, A, B, X, Y2, y1, u, code, param, use_ss, Sxx, Wstar, Lstar,
         if not accepted:
             if fp_failed:
                 status = FIXED_POINT_FAILED
-            nrec = flush_good(H, nrec, good, good_recorded, A, B, A0, B0, q0, sp)
+            nrec = record_last_good(rec, nrec, good_recorded, A, B)
             break
     return status, t, n_acc, n_rej, n_ev, nrec

@@ -1,0 +1,445 @@
+"""What the gradient-descent loop and the gradient flow share: the loss and
+gradient of a model at given parameters, and the recording of a step.
+
+Two ways to get ``(L, grad_A, grad_B)`` at given parameters:
+
+* :func:`sample_eval` - per sample: forward fixed point, loss, adjoint fixed
+  point, ``grad_A = Mu^T Z``, ``grad_B = Mu^T X`` (docs/theory.md, adjoints);
+* :func:`suffstats_eval` - linear model, squared loss: only ``Sigma_xx`` and
+  the least-squares solution ``W*`` enter (docs/theory.md, cost model), so
+  the cost of a step does not depend on ``n``.
+
+Arguments travel in named tuples built once per run: :data:`Model` (data
+and model), :data:`Solve` (solver options), :data:`SuffStats` (the
+sufficient statistics), :data:`SampleWork` / :data:`SuffWork` (work buffers),
+:data:`Recorder` (the history matrix and what a recorded row needs).
+
+Spectral quantities use LAPACK through numba's own bindings (values only:
+``dgesdd`` with ``jobz='N'``, ``dgeev`` without vectors), which stay cacheable.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+from numba import types
+from numba.np.linalg import _LAPACK, ensure_lapack
+
+from .._jit import jit
+from . import fixed_point as _fp
+from . import gradients as _g
+from .activations import IDENTITY, MASK
+from .blocks import gemm_rows, gemm_tn
+
+ensure_lapack()
+_gesdd = _LAPACK().numba_ez_gesdd(types.float64)
+_rgeev = _LAPACK().numba_ez_rgeev(types.float64)
+_KIND = ord("d")
+_JOB_N = ord("N")
+
+# models
+LINEAR = 0
+SINGLE_INDEX = 1
+NONLINEAR = 2
+
+# solvers (forward: PICARD, ANDERSON, DIRECT; adjoint: all)
+PICARD = 0
+ANDERSON = 1
+DIRECT = 2
+JFB = 3
+NEUMANN = 4
+
+# outcome of one loss/gradient evaluation
+OK = 0
+FP_FAILED = 1
+NONFINITE = 2
+
+# run status
+CONVERGED = 0
+MAX_STEPS = 1
+DIVERGED = 2
+FIXED_POINT_FAILED = 3
+FINISHED = 4  # flow: t_end reached
+STEP_TOO_SMALL = 5  # flow: step size underflow
+
+# history columns
+H_STEP = 0
+H_LOSS = 1
+H_EXCESS = 2
+H_GRAD = 3
+H_DRIFT = 4
+H_TRACE = 5
+H_SMIN = 6
+H_SMAX = 7
+H_RHO = 8
+H_FP = 9
+H_ADJ = 10
+H_T = 11  # flow only
+NCOL = 11
+NCOL_FLOW = 12
+
+#: The model and its data: ``kind`` (LINEAR, SINGLE_INDEX, NONLINEAR), ``X``
+#: ``(n, d)``, targets ``Y`` ``(n, m)`` (linear, nonlinear; a dummy otherwise)
+#: or ``y`` ``(n,)`` (single_index), read-out ``u``, activation ``code`` and
+#: ``param`` (the link of single_index, ``phi`` of nonlinear).
+Model = namedtuple("Model", ["kind", "X", "Y", "y", "u", "code", "param"])
+
+#: Solver options: ``forward`` and ``adjoint`` solver codes, per-solve ``tol``,
+#: ``max_iter``, Picard/Anderson ``damping``, ``anderson_ridge``,
+#: ``anderson_history`` (slots of the work buffers, 0 if Anderson is unused)
+#: and ``neumann_terms`` (the highest power of the truncated series).
+Solve = namedtuple("Solve", ["forward", "adjoint", "tol", "max_iter", "damping",
+                             "anderson_ridge", "anderson_history", "neumann_terms"])
+
+#: The n-independent path: ``use`` it or not, ``Sxx = X^T X / n``, the
+#: least-squares ``W_star`` and the global minimum ``L_star``.
+SuffStats = namedtuple("SuffStats", ["use", "Sxx", "W_star", "L_star"])
+
+#: Buffers of :func:`sample_eval`; ``Z`` and ``Mu`` carry the warm starts.
+SampleWork = namedtuple("SampleWork", ["AT", "BT", "Ci", "U", "Z", "Mu", "G", "D", "T", "Fh",
+                                       "Gh", "GG", "work", "hist"])
+
+#: Buffers of :func:`suffstats_eval`.
+SuffWork = namedtuple("SuffWork", ["Ci", "W", "DW", "P"])
+
+#: Buffers of :func:`record_heavy`.
+SpectralWork = namedtuple("SpectralWork", ["Pm", "Rt", "S", "acpy", "wr", "wi", "dummy"])
+
+#: The history matrix ``H`` (one row per recorded step), the row being built,
+#: the last good row (``good``, written on failure), the initial parameters
+#: and ``||Q_0||_F`` for the drift, the spectral buffers, and the cadences.
+Recorder = namedtuple("Recorder", ["H", "row", "good", "A0", "B0", "q0_norm", "spectral",
+                                   "record_every", "spectral_every"])
+
+
+# --- work space -------------------------------------------------------------
+
+
+@jit
+def sample_workspace(n, m, d, nonlinear, anderson_slots, hist_len):
+    """:data:`SampleWork` for ``n`` samples, allocated once per run."""
+    k = max(anderson_slots, 1)
+    if anderson_slots > 0:
+        Fh = np.empty((k, n, m))
+        Gh = np.empty((k, n, m))
+    else:
+        Fh = np.empty((1, 1, 1))
+        Gh = np.empty((1, 1, 1))
+    return SampleWork(np.empty((m, m)), np.empty((d, m)), np.empty((m, m)), np.empty((n, m)),
+                      np.zeros((n, m)), np.zeros((n, m)), np.empty((n, m)),
+                      np.empty((n, m)) if nonlinear else np.empty((1, 1)), np.empty((n, m)),
+                      Fh, Gh, np.zeros((k, k)), np.zeros((2 * k + 1, k)), np.empty(hist_len))
+
+
+@jit
+def workspaces(model, m, solve, stats):
+    """The per-sample and sufficient-statistics buffers of a run."""
+    n, d = model.X.shape
+    if stats.use:
+        ws = sample_workspace(1, m, d, False, 0, 1)
+    else:
+        hist_len = max(solve.max_iter, solve.neumann_terms + 1) + 2
+        ws = sample_workspace(n, m, d, model.kind == NONLINEAR, solve.anderson_history,
+                              hist_len)
+    sw = SuffWork(np.empty((m, m)), np.empty((m, d)), np.empty((m, d)), np.empty((m, d)))
+    return ws, sw
+
+
+@jit
+def recorder(H, A0, B0, record_every, spectral_every):
+    """:data:`Recorder` for a run starting at ``(A0, B0)`` (copied)."""
+    m, d = B0.shape
+    sp = SpectralWork(np.empty((m, m + d)), np.empty((m + d, m)), np.empty((m, m)),
+                      np.empty((m, m)), np.empty(m), np.empty(m), np.empty(1))
+    ncol = H.shape[1]
+    return Recorder(H, np.empty(ncol), np.empty(ncol), A0.copy(), B0.copy(),
+                    frobenius_q0(A0, B0), sp, record_every, spectral_every)
+
+
+# --- small helpers ------------------------------------------------------------
+
+
+@jit
+def sumsq(P):
+    s = 0.0
+    for x in P.ravel():
+        s += x * x
+    return s
+
+
+@jit
+def axpy(Y, alpha, X):
+    """``Y <- Y + alpha X`` in place (no temporary)."""
+    for i in range(Y.shape[0]):
+        for j in range(Y.shape[1]):
+            Y[i, j] += alpha * X[i, j]
+
+
+@jit
+def all_finite(P):
+    for x in P.ravel():
+        if not np.isfinite(x):
+            return False
+    return True
+
+
+@jit
+def _invert_c(A, Ci):
+    """``Ci <- (I - A)^{-1}``; False if singular or non-finite."""
+    m = A.shape[0]
+    C = np.empty((m, m))
+    for i in range(m):
+        for j in range(m):
+            C[i, j] = -A[i, j]
+        C[i, i] += 1.0
+    try:
+        Ci[:, :] = np.linalg.inv(C)
+    except Exception:  # singular to machine precision
+        return False
+    return all_finite(Ci)
+
+
+@jit
+def frobenius_q0(A0, B0):
+    """``||Q_0||_F`` with ``Q_0 = (I - A0)(I - A0)^T + B0 B0^T`` (THEORY.md section 5)."""
+    m = A0.shape[0]
+    C = -A0
+    for i in range(m):
+        C[i, i] += 1.0
+    Q = np.dot(C, C.T) + np.dot(B0, B0.T)
+    return np.sqrt(sumsq(Q))
+
+
+@jit
+def drift_trace(A, B, A0, B0):
+    """``tr(Q - Q_0) = sum (C - C0) o (C + C0) + sum (B - B0) o (B + B0)``, O(m(m + d)).
+
+    Written in differences so that a small drift is not lost to cancellation.
+    """
+    m, d = B.shape
+    s = 0.0
+    for i in range(m):
+        for j in range(m):
+            dc = A0[i, j] - A[i, j]
+            sc = -(A0[i, j] + A[i, j])
+            if i == j:
+                sc += 2.0
+            s += dc * sc
+        for j in range(d):
+            s += (B[i, j] - B0[i, j]) * (B[i, j] + B0[i, j])
+    return s
+
+
+@jit
+def record_heavy(rec, A, B, row):
+    """Matrix quantities of a recorded step into ``row`` (every ``spectral_every`` steps).
+
+    ``invariant_drift = ||Q - Q_0||_F / ||Q_0||_F`` with ``Q - Q_0 = S + S^T``,
+    ``S = [dC, dB] [mid C, mid B]^T`` (one gemm, accurate for small drift);
+    the extreme singular values of ``I - A`` and the spectral radius of ``A``.
+    """
+    sp = rec.spectral
+    Pm, Rt, S, acpy, wr, wi, dummy = sp.Pm, sp.Rt, sp.S, sp.acpy, sp.wr, sp.wi, sp.dummy
+    A0, B0, q0_norm = rec.A0, rec.B0, rec.q0_norm
+    m, d = B.shape
+    for i in range(m):
+        for j in range(m):
+            Pm[i, j] = A0[i, j] - A[i, j]
+            Rt[j, i] = -0.5 * (A0[i, j] + A[i, j])
+        Rt[i, i] += 1.0
+        for j in range(d):
+            Pm[i, m + j] = B[i, j] - B0[i, j]
+            Rt[m + j, i] = 0.5 * (B[i, j] + B0[i, j])
+    np.dot(Pm, Rt, S)  # Rt stored transposed: a plain gemm, no transposed operand
+    f = 0.0
+    for i in range(m):
+        for j in range(m):
+            q = S[i, j] + S[j, i]
+            f += q * q
+    row[H_DRIFT] = np.sqrt(f) / q0_norm if q0_norm > 0.0 else np.nan
+    # singular values of C = I - A (column-major copy: C^T has the same ones)
+    for i in range(m):
+        for j in range(m):
+            acpy[i, j] = -A[i, j]
+        acpy[i, i] += 1.0
+    r = _gesdd(_KIND, _JOB_N, m, m, acpy.ctypes, m, wr.ctypes, dummy.ctypes, 1, dummy.ctypes, 1)
+    if r == 0:
+        row[H_SMAX] = wr[0]
+        row[H_SMIN] = wr[m - 1]
+    # eigenvalues of A: dgeev on the column-major copy (A^T in C order)
+    for i in range(m):
+        for j in range(m):
+            acpy[j, i] = A[i, j]
+    r = _rgeev(_KIND, _JOB_N, _JOB_N, m, acpy.ctypes, m, wr.ctypes, wi.ctypes,
+               dummy.ctypes, 1, dummy.ctypes, 1)
+    if r == 0:
+        rho = 0.0
+        for i in range(m):
+            rho = max(rho, np.hypot(wr[i], wi[i]))
+        row[H_RHO] = rho
+
+
+# --- loss and gradient at given parameters ------------------------------------
+
+
+@jit
+def _iterate(solver, Z, M, U, code, param, ws, solve):
+    """Picard or Anderson on ``Z -> h(Z M + U)`` in place; returns ``(n_iter, status)``."""
+    if solver == PICARD:
+        k, res, st = _fp.picard(Z, M, U, code, param, ws.D, ws.T, solve.tol, solve.max_iter,
+                                solve.damping, ws.hist)
+    else:
+        k, res, st = _fp.anderson(Z, M, U, code, param, ws.D, ws.Fh, ws.Gh, ws.GG, ws.work,
+                                  solve.tol, solve.max_iter, solve.damping,
+                                  solve.anderson_ridge, ws.hist)
+    return k, st
+
+
+@jit
+def sample_eval(model, A, B, solve, warm, ws, gA, gB):
+    """Loss and exact (or truncated) implicit gradient, sample by sample.
+
+    ``ws.Z``/``ws.Mu`` are the initial guesses when ``warm`` (and are reset
+    to zero otherwise). Returns ``(loss, fp_iters, adj_iters, outcome)``.
+    """
+    AT, BT, Ci, U, Z, Mu, G, D = ws.AT, ws.BT, ws.Ci, ws.U, ws.Z, ws.Mu, ws.G, ws.D
+    X = model.X
+    m = A.shape[0]
+    for i in range(m):
+        for j in range(m):
+            AT[j, i] = A[i, j]
+    for i in range(m):
+        for j in range(B.shape[1]):
+            BT[j, i] = B[i, j]
+    gemm_rows(X, BT, U)
+    fcode = model.code if model.kind == NONLINEAR else IDENTITY
+    have_inv = False
+    # forward
+    kf = 0
+    if solve.forward == DIRECT:
+        if not _invert_c(A, Ci):
+            return np.nan, 0, 0, FP_FAILED
+        have_inv = True
+        gemm_rows(U, Ci.T, Z)
+        if not all_finite(Z):
+            return np.nan, 0, 0, FP_FAILED
+    else:
+        if not warm:
+            Z[:, :] = 0.0
+        kf, st = _iterate(solve.forward, Z, AT, U, fcode, model.param, ws, solve)
+        if st != _fp.CONVERGED:
+            return np.nan, kf, 0, FP_FAILED
+    # loss and dL/dZ
+    if model.kind == SINGLE_INDEX:
+        loss = _g.single_index_loss(Z, model.y, model.u, model.code, model.param, G)
+    else:
+        loss = _g.residual_loss(Z, model.Y, G)
+    if not np.isfinite(loss):
+        return loss, kf, 0, NONFINITE
+    # adjoint
+    acode = IDENTITY
+    if model.kind == NONLINEAR:
+        _g.preactivation_derivative(Z, AT, U, model.code, model.param, D)
+        acode = MASK
+    kb = 0
+    if solve.adjoint == DIRECT:
+        if not have_inv and not _invert_c(A, Ci):
+            return np.nan, kf, 0, FP_FAILED
+        gemm_rows(G, Ci, Mu)
+    elif solve.adjoint == JFB or solve.adjoint == NEUMANN:
+        Mu[:, :] = 0.0
+        nk = solve.neumann_terms if solve.adjoint == NEUMANN else 0
+        kb, res, st = _fp.picard(Mu, A, G, acode, model.param, D, ws.T, 0.0, nk + 1, 1.0,
+                                 ws.hist)
+        if st == _fp.DIVERGED:
+            return np.nan, kf, kb, FP_FAILED
+    else:
+        if not warm:
+            Mu[:, :] = 0.0
+        kb, st = _iterate(solve.adjoint, Mu, A, G, acode, model.param, ws, solve)
+        if st != _fp.CONVERGED:
+            return np.nan, kf, kb, FP_FAILED
+    gemm_tn(Mu, Z, gA)
+    gemm_tn(Mu, X, gB)
+    return loss, kf, kb, OK
+
+
+@jit
+def suffstats_eval(A, B, stats, sw, gA, gB):
+    """Linear model, squared loss, cost independent of ``n`` (docs/theory.md, cost model).
+
+    ``W = C^{-1} B``, ``G_W = (W - W*) Sigma_xx`` (= ``W Sigma_xx - Sigma_yx``
+    because ``W* Sigma_xx = Sigma_yx``), ``grad_B = C^{-T} G_W``,
+    ``grad_A = grad_B W^T``; ``L - L* = <G_W, W - W*> / 2`` is computed without
+    cancellation. Returns ``(loss, excess, outcome)``.
+    """
+    Ci, W, DW, P = sw.Ci, sw.W, sw.DW, sw.P
+    if not _invert_c(A, Ci):
+        return np.nan, np.nan, NONFINITE
+    np.dot(Ci, B, W)
+    m, d = W.shape
+    for i in range(m):
+        for j in range(d):
+            DW[i, j] = W[i, j] - stats.W_star[i, j]
+    np.dot(DW, stats.Sxx, P)
+    ex = 0.0
+    for i in range(m):
+        for j in range(d):
+            ex += P[i, j] * DW[i, j]
+    ex *= 0.5
+    np.dot(Ci.T, P, gB)
+    np.dot(gB, W.T, gA)
+    if not np.isfinite(ex):
+        return np.nan, np.nan, NONFINITE
+    return stats.L_star + ex, ex, OK
+
+
+@jit
+def loss_and_grad(model, A, B, solve, stats, warm, ws, sw, gA, gB):
+    """``(loss, excess, fp_iters, adj_iters, outcome)`` at ``(A, B)`` by the path
+    ``stats.use`` selects; a non-finite loss or gradient is ``NONFINITE``."""
+    kf = 0
+    kb = 0
+    if stats.use:
+        loss, excess, outcome = suffstats_eval(A, B, stats, sw, gA, gB)
+    else:
+        loss, kf, kb, outcome = sample_eval(model, A, B, solve, warm, ws, gA, gB)
+        excess = loss - stats.L_star
+    if outcome == OK and not (np.isfinite(loss) and np.isfinite(sumsq(gA) + sumsq(gB))):
+        outcome = NONFINITE
+    return loss, excess, kf, kb, outcome
+
+
+# --- recording ------------------------------------------------------------------
+
+
+@jit
+def _write_row(H, r, row):
+    for c in range(row.shape[0]):
+        H[r, c] = row[c]
+
+
+@jit
+def record_step(rec, nrec, final, k, A, B):
+    """Write step ``k``'s ``rec.row`` when it is due (the matrix quantities of
+    :func:`record_heavy` on the ``spectral_every`` cadence and at the final
+    step); otherwise keep it in ``rec.good``. Returns ``(nrec, recorded)``."""
+    if final or k % rec.record_every == 0:
+        if final or k % rec.spectral_every == 0:
+            record_heavy(rec, A, B, rec.row)
+        _write_row(rec.H, nrec, rec.row)
+        return nrec + 1, True
+    rec.good[:] = rec.row
+    return nrec, False
+
+
+@jit
+def record_last_good(rec, nrec, recorded, A, B):
+    """On failure, record the last good step (at ``A``, ``B``) unless it already
+    was; returns ``nrec``."""
+    if recorded:
+        return nrec
+    record_heavy(rec, A, B, rec.good)
+    _write_row(rec.H, nrec, rec.good)
+    return nrec + 1
