@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .sweep import HIST_CSV, RUNS_CSV, read_csv
+from .sweep.store import HIST_CSV, RUNS_CSV, read_csv
 
 __all__ = ["fit_loglog", "load_histories", "load_runs", "plot_dir"]
 
