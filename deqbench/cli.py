@@ -90,11 +90,12 @@ def cmd_sweep(args) -> int:
     res = run_sweep(grid, out, executor=args.executor, workers=args.workers,
                     scheduler=args.scheduler, progress=not args.no_progress,
                     retry_failed=args.retry_failed, retries=args.retries, force=args.force,
-                    connect_timeout=args.connect_timeout)
+                    connect_timeout=args.connect_timeout, format=args.format)
     retried = f", {res.retried} restarted after a worker died" if res.retried else ""
+    ext = "parquet" if res.format == "parquet" else "csv"
     print(f"{res.ok} ok, {res.failed} failed, {res.skipped} already done, {res.lost} lost"
-          f"{retried} in {res.elapsed_s:.1f} s; tables: {out / 'runs.csv'}, "
-          f"{out / 'histories.csv'}", file=sys.stderr)
+          f"{retried} in {res.elapsed_s:.1f} s; tables: {out / ('runs.' + ext)}, "
+          f"{out / ('histories.' + ext)}", file=sys.stderr)
     if args.plot:
         from .plots import plot_dir
 
@@ -199,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add the runs to a directory that holds a different grid")
     s.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="seconds to reach --scheduler (default: %(default)s)")
+    s.add_argument("--format", choices=("csv", "parquet"), default=None,
+                   help="store: per-run files and runs.csv/histories.csv, or Parquet "
+                   "(runs.parquet/histories.parquet, needs pyarrow) (default: the "
+                   "directory's, else csv)")
     s.add_argument("--status", default=None, metavar="DIR",
                    help="print what sweep directory DIR holds (done, failed, remaining, who "
                    "is running it) without touching it, and exit")

@@ -446,7 +446,7 @@ def test_full_disk_stops_with_one_line_and_keeps_every_finished_run(tmp_path, ca
     monkeypatch.setattr(Store, "write_tables", tables)
     assert _sweep(grid, out) == 1
     line = one_line(capsys.readouterr().err.split("\n", 1)[1])  # before: two tracebacks
-    assert "No space left on device" in line and "3 runs finished before are stored" in line
+    assert "No space left on device" in line and "3 runs stored before are kept" in line
     assert len(list((out / "runs").glob("*.json"))) == 3
     monkeypatch.setattr(Store, "write", real_write)
     monkeypatch.setattr(Store, "write_tables", real_tables)

@@ -21,7 +21,9 @@ from pathlib import Path
 from .._platform import versions
 from .executors import EXECUTORS, Feed, failure_record, iter_runs
 from .grid import Grid
-from .store import FAILED, Store, SweepError
+from .store import FAILED, Store, SweepError, read_meta
+
+FORMATS = ("csv", "parquet")
 
 __all__ = ["Progress", "SweepResult", "run_sweep"]
 
@@ -115,6 +117,7 @@ class SweepResult:
     elapsed_s: float
     retried: int = 0
     damaged: int = 0
+    format: str = "csv"
 
     @property
     def complete(self) -> bool:
@@ -171,6 +174,7 @@ def run_sweep(
     retries: int = 2,
     force: bool = False,
     connect_timeout: float = 10.0,
+    format: str | None = None,
 ) -> SweepResult:
     """Run every run of ``grid`` not already stored in ``out``.
 
@@ -190,8 +194,9 @@ def run_sweep(
     run_fn : callable, optional
         Overrides the grid's run function (must be picklable for ``local``/``dask``).
     table_interval : float
-        Finished runs are appended to ``runs.csv`` at most this often; both
-        tables are consolidated at the end.
+        Seconds between flushes: finished runs are appended to ``runs.csv``
+        (csv) or committed as one Parquet part (parquet; a SIGKILL loses at
+        most this much work); the tables are consolidated at the end.
     retries : int
         How often a run lost to a dead worker is started again before it is
         stored as ``crashed``.
@@ -200,6 +205,10 @@ def run_sweep(
         then hold both).
     connect_timeout : float
         Seconds to reach ``scheduler``.
+    format : {"csv", "parquet"}, optional
+        The store: per-run JSON/CSV files consolidated into ``runs.csv`` and
+        ``histories.csv``, or Parquet parts compacted into ``runs.parquet`` and
+        ``histories.parquet`` (needs pyarrow). Default: the directory's, else csv.
 
     Raises
     ------
@@ -216,9 +225,9 @@ def run_sweep(
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
     _check_run_fn(run_fn, executor)
     out = Path(out)
-    with Store(out) as store:
+    with _open_store(out, format) as store:
         try:
-            store.write_meta(_meta(grid, store.meta(), force))
+            store.write_meta({**_meta(grid, store.meta(), force), "format": store.format})
         except SweepError as exc:
             raise SweepError(f"{out}: {exc}") from None
         except OSError as exc:
@@ -227,6 +236,24 @@ def run_sweep(
                     progress=progress, retry_failed=retry_failed, run_fn=run_fn,
                     table_interval=table_interval, stream=stream, retries=retries,
                     connect_timeout=connect_timeout)
+
+
+def _open_store(out: Path, format: str | None) -> Store:
+    """The store of ``out`` in its format (``format`` must agree with a stored one)."""
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
+    had = (read_meta(out) or {}).get("format") if out.is_dir() else None
+    if had is None and out.is_dir():  # sweep.json missing, or older than its "format"
+        had = "csv" if (out / "runs").is_dir() else "parquet" if (out / "parts").is_dir() \
+            else None
+    if format is not None and had is not None and format != had:
+        raise SweepError(f"{out}: holds a {had} store, not {format}; use --format {had} or "
+                         "another --out")
+    if (format or had) == "parquet":
+        from .parquet import ParquetStore
+
+        return ParquetStore(out)
+    return Store(out)
 
 
 def _run(grid, store, *, executor, workers, scheduler, progress, retry_failed, run_fn,
@@ -264,7 +291,6 @@ def _run(grid, store, *, executor, workers, scheduler, progress, retry_failed, r
     t0 = time.monotonic()
     ok = failed = retried = 0
     attempts: collections.Counter = collections.Counter()
-    batch: list[dict] = []
     last_flush = time.monotonic()
     stop: SweepError | None = None
     bar.draw(force=True)
@@ -284,22 +310,21 @@ def _run(grid, store, *, executor, workers, scheduler, progress, retry_failed, r
                 rec = failure_record(spec, "crashed", f"{reason}, {attempts[rid]} times")
             rec["attempts"] = attempts[rid] + (rec["status"] != "crashed")
             records[rid] = slim = store.write(rec)
-            batch.append(slim)
             bad = slim["status"] in FAILED
             failed += bad
             ok += not bad
             bar.update(bad)
             if time.monotonic() - last_flush >= table_interval:
-                store.append_runs(batch)
-                batch, last_flush = [], time.monotonic()
+                store.flush()
+                last_flush = time.monotonic()
     except OSError as exc:  # the store cannot write (disk full, permissions)
         stop = SweepError(
             f"sweep stopped: {exc.filename or store.out}: {exc.strerror or exc}; the "
-            f"{ok + failed} runs finished before are stored, re-run the same command to resume")
+            f"{store.stored} runs stored before are kept, re-run the same command to resume")
     finally:
         events.close()  # stops the workers (also on Ctrl-C)
         try:
-            store.write_tables(records)
+            store.finish(records)
         except OSError as exc:
             if stop is None:  # (an exception on its way out goes on regardless)
                 stop = SweepError(f"{exc.filename or store.out}: cannot write the tables "
@@ -310,4 +335,4 @@ def _run(grid, store, *, executor, workers, scheduler, progress, retry_failed, r
         raise stop
     lost = len(grid) - skipped - ok - failed
     return SweepResult(store.out, len(grid), skipped, ok, failed, lost,
-                       time.monotonic() - t0, retried, len(store.damaged))
+                       time.monotonic() - t0, retried, len(store.damaged), store.format)

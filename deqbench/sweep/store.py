@@ -27,6 +27,8 @@ RUNS_DIR = "runs"
 HIST_DIR = "histories"
 RUNS_CSV = "runs.csv"
 HIST_CSV = "histories.csv"
+RUNS_PQ = "runs.parquet"
+HIST_PQ = "histories.parquet"
 META = "sweep.json"
 LOCK = ".lock"
 #: Statuses that ``--retry-failed`` re-runs.
@@ -167,8 +169,8 @@ class Store:
         self.runs = self.out / RUNS_DIR
         self.hist = self.out / HIST_DIR
         try:
-            self.runs.mkdir(parents=True, exist_ok=True)
-            self.hist.mkdir(parents=True, exist_ok=True)
+            for d in self._dirs():
+                d.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise SweepError(f"{exc.filename or self.out}: cannot write the sweep directory "
@@ -183,11 +185,18 @@ class Store:
         self._lock_fd = fd
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
-        for d in (self.out, self.runs, self.hist):
+        for d in (self.out, *self._dirs()):
             for tmp in d.glob(".*.tmp"):  # left by a killed writer (we hold the lock)
                 tmp.unlink(missing_ok=True)
         self.damaged: list[str] = []
+        self.stored = 0  # runs committed to disk by this process
+        self._pending: list[dict] = []
         self._live_columns: list[str] | None = None
+
+    format = "csv"
+
+    def _dirs(self) -> tuple[Path, ...]:
+        return (self.runs, self.hist)
 
     def close(self) -> None:
         """Release the lock (the lock file stays; it is empty when nobody holds it)."""
@@ -251,7 +260,19 @@ class Store:
         slim = {k: v for k, v in record.items() if k != "history"}
         slim["history_rows"] = len(next(iter(hist.values()))) if hist else 0
         atomic_write(self.runs / f"{rid}.json", json.dumps(slim, default=str))
+        self.stored += 1
+        self._pending.append(slim)
         return slim
+
+    def flush(self) -> None:
+        """Called every few seconds while a sweep runs: append the new runs to ``runs.csv``."""
+        batch, self._pending = self._pending, []
+        self.append_runs(batch)
+
+    def finish(self, records: Mapping[str, dict]) -> None:
+        """Called when a sweep ends: consolidate the tables."""
+        self._pending = []
+        self.write_tables(records)
 
     def forget(self, run_id: str) -> None:
         (self.runs / f"{run_id}.json").unlink(missing_ok=True)
@@ -354,6 +375,10 @@ def sweep_status(out) -> dict:
     meta = read_meta(out) or {}
     by_status: dict[str, int] = {}
     damaged = 0
+    if meta.get("format") == "parquet":
+        from .parquet import read_parquet_status
+
+        by_status = read_parquet_status(out)
     for p in (out / RUNS_DIR).glob("*.json"):
         rec = _load_record(p)
         if rec is None:
