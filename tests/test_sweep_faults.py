@@ -469,3 +469,37 @@ def test_status_reads_without_touching(tmp_path, capsys):
     assert sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*")) == before
     assert main(["sweep", "--status", str(tmp_path / "nope")]) == 1
     assert "no such sweep directory" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_the_sweep_keeps_what_finished_and_its_workers(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(crash_grid(40, sleep=0.2))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "deqbench.cli", "sweep", str(grid), "--out",
+                             str(out), "--workers", "2", "--no-progress"], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    kids: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "runs").exists() and len(list((out / "runs").glob("*.json"))) >= 2:
+                break
+            time.sleep(0.02)
+        kids = _descendants(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "interrupted; re-run the same command to resume" in err and "Traceback" not in err
+    stored = {p.stem for p in (out / "runs").glob("*.json")}
+    assert 2 <= len(stored) < 40
+    assert {r["run_id"] for r in read_csv(out / "runs.csv")} == stored  # consolidated
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and kids & set(_children()):
+        time.sleep(0.1)
+    left = kids & set(_children())
+    assert not left, [(Path(f"/proc/{p}/stat").read_text(errors="replace")[:80]) for p in left]
+    assert sweep_status(out)["holder"] is None
