@@ -166,12 +166,10 @@ class ParquetStore(Store):
     # -- writing -----------------------------------------------------------
 
     def write(self, record: dict) -> dict:
-        """Buffer one finished run until the next :meth:`flush`."""
-        hist = record.get("history") or {}
-        slim = {k: v for k, v in record.items() if k != "history"}
-        slim["history_rows"] = len(next(iter(hist.values()))) if hist else 0
+        """Buffer one finished run until the next :meth:`flush`; returns what
+        :meth:`records` gives for it (the rest stays on disk only)."""
         self._pending.append(record)
-        return slim
+        return {k: record.get(k) for k in ("run_id", "status", "index")}
 
     def flush(self) -> None:
         """Commit the buffered runs: one history part, then one runs part."""

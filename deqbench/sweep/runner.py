@@ -328,8 +328,8 @@ def _run(grid, store, *, executor, workers, scheduler, progress, retry_failed, r
         except OSError as exc:
             if stop is None:  # (an exception on its way out goes on regardless)
                 stop = SweepError(f"{exc.filename or store.out}: cannot write the tables "
-                                  f"({exc.strerror}); every finished run is stored in "
-                                  f"{store.runs}, re-run the same command to consolidate")
+                                  f"({exc.strerror}); the {store.stored} runs stored are "
+                                  "kept, re-run the same command to consolidate")
         bar.close()
     if stop is not None:
         raise stop
