@@ -150,7 +150,7 @@ def test_local_pool_holds_one_run_per_worker():
     events = iter_local(Feed(specs()), 2)
     try:
         next(events)
-        assert len(pulled) == 2  # not 20: runs are handed out as workers free up
+        assert len(pulled) <= 3  # not 20: one run per worker, and one waiting
     finally:
         events.close()
 

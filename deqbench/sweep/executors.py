@@ -241,6 +241,7 @@ def _worker_main(conn, run_fn, parent: int) -> None:
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     init_worker()
+    conn.send(_READY)  # imports done: a run's timeout starts when it is handed over
     while True:
         try:
             spec = conn.recv()
@@ -251,6 +252,9 @@ def _worker_main(conn, run_fn, parent: int) -> None:
         conn.send(execute(spec, run_fn))
 
 
+_READY = "ready"
+
+
 class _Worker:
     def __init__(self, ctx, run_fn):
         self.conn, child = ctx.Pipe()
@@ -259,9 +263,9 @@ class _Worker:
         with PinnedEnv():
             self.proc.start()
         child.close()
+        self.ready = False
         self.spec: RunSpec | None = None
         self.started = 0.0
-        self.ran = 0
 
     def give(self, spec: RunSpec) -> bool:
         try:
@@ -292,8 +296,10 @@ def iter_local(feed: Feed, workers: int, run_fn=None, timeout: float | None = No
     """Runs in ``workers`` spawned processes, one run per process at a time.
 
     A worker that dies costs the run it held (yielded as lost) and is
-    replaced; a run past ``timeout`` seconds has its worker killed and is
-    yielded with status ``timeout``.
+    replaced; a run past ``timeout`` seconds (counted from when a started
+    worker takes it) has its worker killed and is yielded with status
+    ``timeout``. At most one run beyond those in the workers is taken from
+    ``feed``.
     """
     import multiprocessing as mp
     from multiprocessing.connection import wait
@@ -301,45 +307,58 @@ def iter_local(feed: Feed, workers: int, run_fn=None, timeout: float | None = No
     ctx = mp.get_context("spawn")
     pool: list[_Worker] = []
     early_deaths = 0
+
+    def replace_early(i: int) -> None:
+        nonlocal early_deaths
+        early_deaths += 1
+        if early_deaths > 3 * workers:
+            raise SweepError(f"local worker processes die before running anything "
+                             f"({pool[i].death()}); try --executor serial to see why")
+        pool[i].kill()
+        pool[i] = _Worker(ctx, run_fn)
+
     try:
         pool = [_Worker(ctx, run_fn) for _ in range(workers)]
+        pending = None
         while True:
-            for i, w in enumerate(pool):  # give every idle worker a run
-                while w.spec is None:
-                    spec = feed.next()
-                    if spec is None:
-                        break
-                    if w.give(spec):
-                        break
-                    feed.again(spec)  # not the run's fault: the worker died idle
-                    early_deaths += 1
-                    if early_deaths > 3 * workers:
-                        raise SweepError(f"local worker processes die before running anything "
-                                         f"({w.death()}); try --executor serial to see why")
-                    w.kill()
-                    pool[i] = w = _Worker(ctx, run_fn)
-            busy = [w for w in pool if w.spec is not None]
-            if not busy:
+            if pending is None:
+                pending = feed.next()
+            for i, w in enumerate(pool):  # hand runs to started, idle workers
+                if pending is None:
+                    break
+                if w.ready and w.spec is None:
+                    if w.give(pending):
+                        pending = feed.next()
+                    else:  # died while idle: not the run's fault
+                        replace_early(i)
+            if pending is None and all(w.spec is None for w in pool):
                 return
+            watch = [w for w in pool if w.spec is not None or not w.ready]
             wait_s = None
-            if timeout is not None:
+            if timeout is not None and any(w.spec is not None for w in watch):
                 now = time.monotonic()
-                wait_s = max(0.0, min(w.started + timeout - now for w in busy))
-            ready = wait([x for w in busy for x in (w.conn, w.proc.sentinel)], timeout=wait_s)
+                wait_s = max(0.0, min(w.started + timeout - now for w in watch
+                                      if w.spec is not None))
+            ready = wait([x for w in watch for x in (w.conn, w.proc.sentinel)], timeout=wait_s)
             for i, w in enumerate(pool):
-                if w.spec is None:
+                if w.spec is None and w.ready:
                     continue
-                spec = w.spec
+                msg = None
                 if w.conn in ready or w.proc.sentinel in ready:
-                    rec = None
                     with contextlib.suppress(EOFError, OSError):
                         if w.conn.poll():
-                            rec = w.conn.recv()
-                    if rec is not None:
-                        w.spec = None
-                        w.ran += 1
-                        yield spec, rec, None
-                        continue
+                            msg = w.conn.recv()
+                if not w.ready:  # starting up
+                    if msg == _READY:
+                        w.ready = True
+                    elif w.proc.sentinel in ready or w.conn in ready:
+                        replace_early(i)
+                    continue
+                spec = w.spec
+                if msg is not None:
+                    w.spec = None
+                    yield spec, msg, None
+                elif w.conn in ready or w.proc.sentinel in ready:
                     reason = w.death()
                     w.kill()
                     pool[i] = _Worker(ctx, run_fn)
