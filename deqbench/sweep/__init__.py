@@ -17,7 +17,10 @@ A sweep is the Cartesian product of the lists in a TOML grid file (see
   are the per-run records; ``DIR/runs.csv`` (one row per run) and
   ``DIR/histories.csv`` (long table: one row per run and recorded step) are
   consolidated from them. A killed sweep leaves only complete files, and
-  re-running it skips every run that has an intact record.
+  re-running it skips every run that has an intact record. With
+  ``format="parquet"`` runs are committed in batches of Parquet parts and
+  compacted into ``DIR/runs.parquet`` and ``DIR/histories.parquet``
+  (:mod:`.parquet`).
 
 A run function that raises, or reports a non-``ok`` status, is recorded with
 its status and error message; a run whose worker process dies is started
@@ -26,7 +29,8 @@ again (``retries``), then recorded ``crashed``; a run past the grid's
 
 Modules: :mod:`.grid` (grid files, lazy runs, hashes), :mod:`.run_functions`
 (``train``, ``gd``), :mod:`.store` (the directory: lock, records, tables),
-:mod:`.executors` (serial, local pool, Dask), :mod:`.runner` (:func:`run_sweep`).
+:mod:`.parquet` (the columnar store, pyarrow imported lazily), :mod:`.executors`
+(serial, local pool, Dask), :mod:`.runner` (:func:`run_sweep`).
 """
 
 from .executors import EXECUTORS, PIN_ENV, execute, pin_threads
