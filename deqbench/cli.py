@@ -85,6 +85,9 @@ def cmd_sweep(args) -> int:
         print(f"{args.grid}: {len(grid)} runs ({grid.replicates} replicate(s) of "
               f"{len(grid) // grid.replicates} grid points), run function {grid.run!r} -> {out}")
         return 0
+    if len(grid) > CONFIRM_ABOVE and not args.yes and not _confirm(len(grid)):
+        raise SweepUsage(f"{args.grid}: {len(grid)} runs (more than {CONFIRM_ABOVE}); pass "
+                         "--yes to run them, or --dry-run to count")
     print(f"sweep {grid.name!r}: {len(grid)} runs -> {out} (executor {args.executor})",
           file=sys.stderr)
     res = run_sweep(grid, out, executor=args.executor, workers=args.workers,
@@ -102,6 +105,18 @@ def cmd_sweep(args) -> int:
         for path in plot_dir(out):
             print(path)
     return 0 if res.complete else 3
+
+
+#: Grids with more runs than this need --yes (or an answer on a terminal).
+CONFIRM_ABOVE = 100_000
+
+
+def _confirm(n: int) -> bool:
+    """Ask on a terminal whether to start ``n`` runs; False when stdin is not a terminal."""
+    if not sys.stdin.isatty():
+        return False
+    answer = input(f"{n} runs: start them? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _print_status(path) -> int:
@@ -207,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--status", default=None, metavar="DIR",
                    help="print what sweep directory DIR holds (done, failed, remaining, who "
                    "is running it) without touching it, and exit")
+    s.add_argument("--yes", action="store_true",
+                   help="start a grid of more than 100000 runs without asking")
     s.add_argument("--plot", action="store_true", help="write figures when done")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sweep)

@@ -311,6 +311,11 @@ def test_a_ten_million_run_grid_costs_no_memory(tmp_path, capsys):
     p.write_text(BIG)
     assert main(["sweep", str(p), "--dry-run"]) == 0
     assert "100000000 runs" in capsys.readouterr().out
+    # a grid this size starts only when confirmed (stdin is not a terminal here)
+    assert main(["sweep", str(p), "--out", str(tmp_path / "out")]) == 1
+    line = one_line(capsys.readouterr().err)
+    assert "100000000 runs (more than 100000); pass --yes" in line
+    assert not (tmp_path / "out").exists()
 
 
 def test_lazy_runs_by_index_equal_the_iteration_order():
