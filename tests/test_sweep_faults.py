@@ -508,3 +508,18 @@ def test_ctrl_c_stops_the_sweep_keeps_what_finished_and_its_workers(tmp_path):
     left = kids & set(_children())
     assert not left, [(Path(f"/proc/{p}/stat").read_text(errors="replace")[:80]) for p in left]
     assert sweep_status(out)["holder"] is None
+
+
+def test_a_half_appended_runs_csv_row_is_dropped_before_appending(tmp_path):
+    g = parse_grid(crash_grid(4))
+    from deqbench.sweep import execute
+
+    with Store(tmp_path) as store:
+        recs = [store.write(execute(s)) for s in g.specs[:2]]
+        store.append_runs(recs[:1])
+    with open(tmp_path / "runs.csv", "a") as fh:
+        fh.write("deadbeef,ok,,0,1,2")  # a kill in the middle of an append
+    with Store(tmp_path) as store:
+        store.append_runs(recs[1:])
+        rows = read_csv(tmp_path / "runs.csv")
+    assert [r["run_id"] for r in rows] == [r["run_id"] for r in recs]

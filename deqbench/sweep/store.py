@@ -294,8 +294,16 @@ class Store:
             if not self._live_columns:
                 self._live_columns = run_columns(batch)
                 atomic_write(path, to_csv([], self._live_columns))
-        with open(path, "a", newline="") as fh:
-            _write_rows(fh, (_flat(r) for r in batch), self._live_columns, header=False)
+            _cut_partial_line(path)  # an append cut short by a kill
+        buf = io.StringIO()
+        _write_rows(buf, (_flat(r) for r in batch), self._live_columns, header=False)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            data = buf.getvalue().encode()
+            while data:  # one write() in practice; loop on a short one
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
 
     def write_tables(self, records: Mapping[str, dict], *, histories: bool = True) -> None:
         """Consolidate ``runs.csv`` (and ``histories.csv``) from the records, in grid order."""
@@ -331,6 +339,22 @@ class Store:
                         where = [names.index(c) if c in names else None for c in cols]
                         w.writerows([row[i] if i is not None else "" for i in where]
                                     for row in reader)
+
+
+def _cut_partial_line(path: Path, block: int = 4096) -> None:
+    """Truncate ``path`` after its last newline (drop a line a killed writer left half done)."""
+    with open(path, "rb+") as fh:
+        end = size = fh.seek(0, os.SEEK_END)
+        while end > 0:
+            start = max(end - block, 0)
+            fh.seek(start)
+            nl = fh.read(end - start).rfind(b"\n")
+            if nl >= 0:
+                end = start + nl + 1
+                break
+            end = start
+        if end != size:
+            fh.truncate(end)
 
 
 def _nonempty(path: Path) -> bool:
