@@ -131,3 +131,19 @@ lr = [0.01]
     assert main(["plot", str(out)]) == 0
     names = {Path(f).name for f in capsys.readouterr().out.split()}
     assert {"loss_curves.png", "invariant_drift.png"} <= names
+
+
+def mixed(params, seed):
+    """A metric that is a number in some runs and text in others."""
+    v = 1.5 if params["a"] % 2 == 0 else "n/a"
+    return {"metrics": {"v": v}, "history": {"step": [0, 1]}}
+
+
+def test_a_column_that_changes_type_between_flushes_becomes_text(tmp_path):
+    g = parse_grid("[sweep]\nrun = \"sweep_helpers:draw\"\n[grid]\na = [0, 1, 2]\n")
+    res = run_sweep(g, tmp_path, executor="serial", progress=False, format="parquet",
+                    run_fn=mixed, table_interval=0.0)  # one part per run
+    assert res.ok == 3
+    t = pq.read_table(tmp_path / "runs.parquet")
+    assert t.column("v").to_pylist() == ["1.5", "n/a", "1.5"]
+    assert t.column("a").to_pylist() == [0, 1, 2]  # the others keep their type

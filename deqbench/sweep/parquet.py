@@ -69,12 +69,14 @@ def _concat(tables: list):
     try:
         return pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowTypeError, pa.ArrowInvalid):
-        names: dict[str, None] = {}
+        kinds: dict[str, set] = {}
         for t in tables:
-            names.update(dict.fromkeys(t.column_names))
-        text = [t.select([c for c in t.column_names]).cast(
-            pa.schema([(c, pa.string()) for c in t.column_names])) for t in tables]
-        return pa.concat_tables(text, promote_options="permissive").select(list(names))
+            for f in t.schema:
+                kinds.setdefault(f.name, set()).add(str(f.type))
+        text = {c for c, k in kinds.items() if len(k - {"null"}) > 1}
+        tables = [t.cast(pa.schema([(f.name, pa.string()) if f.name in text else f
+                                    for f in t.schema])) for t in tables]
+        return pa.concat_tables(tables, promote_options="permissive")
 
 
 def _write(table, path: Path) -> None:
