@@ -82,6 +82,7 @@ def test_a_kill_loses_at_most_the_unflushed_batch(tmp_path):
         store.write(execute(s))  # buffered: lost by the "kill" below
     store.close()  # what SIGKILL leaves: parts, no compaction, the lock released
     assert len(list((tmp_path / "parts").glob("runs-*.parquet"))) == 1
+    assert sweep_status(tmp_path)["done"] == 3  # read from the parts, nothing written
     res = run_sweep(g, tmp_path, executor="serial", progress=False)
     assert (res.skipped, res.ok + res.failed) == (3, 9)
     rows = pq.read_table(tmp_path / "runs.parquet").to_pylist()

@@ -21,7 +21,7 @@ from pathlib import Path
 from .._platform import versions
 from .executors import EXECUTORS, Feed, failure_record, iter_runs
 from .grid import Grid
-from .store import FAILED, Store, SweepError, read_meta
+from .store import FAILED, Store, SweepError, stored_format
 
 FORMATS = ("csv", "parquet")
 
@@ -242,10 +242,7 @@ def _open_store(out: Path, format: str | None) -> Store:
     """The store of ``out`` in its format (``format`` must agree with a stored one)."""
     if format is not None and format not in FORMATS:
         raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
-    had = (read_meta(out) or {}).get("format") if out.is_dir() else None
-    if had is None and out.is_dir():  # sweep.json missing, or older than its "format"
-        had = "csv" if (out / "runs").is_dir() else "parquet" if (out / "parts").is_dir() \
-            else None
+    had = stored_format(out)
     if format is not None and had is not None and format != had:
         raise SweepError(f"{out}: holds a {had} store, not {format}; use --format {had} or "
                          "another --out")

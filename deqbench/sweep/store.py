@@ -21,7 +21,8 @@ import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["SweepError", "Store", "atomic_write", "read_csv", "sweep_status", "to_csv"]
+__all__ = ["SweepError", "Store", "atomic_write", "read_csv", "stored_format", "sweep_status",
+           "to_csv"]
 
 RUNS_DIR = "runs"
 HIST_DIR = "histories"
@@ -375,6 +376,18 @@ def _load_record(path: Path) -> dict | None:
     return rec
 
 
+def stored_format(out) -> str | None:
+    """``"csv"`` or ``"parquet"``: how ``out`` stores its runs (None for a new directory)."""
+    out = Path(out)
+    if not out.is_dir():
+        return None
+    fmt = (read_meta(out) or {}).get("format")
+    if fmt is None:  # sweep.json missing, or older than its "format"
+        fmt = "csv" if (out / RUNS_DIR).is_dir() else "parquet" if (out / "parts").is_dir() \
+            else None
+    return fmt
+
+
 def read_meta(out) -> dict | None:
     try:
         meta = json.loads((Path(out) / META).read_text())
@@ -399,7 +412,7 @@ def sweep_status(out) -> dict:
     meta = read_meta(out) or {}
     by_status: dict[str, int] = {}
     damaged = 0
-    if meta.get("format") == "parquet":
+    if stored_format(out) == "parquet":
         from .parquet import read_parquet_status
 
         by_status = read_parquet_status(out)
