@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -178,8 +179,11 @@ class Store:
                              f"({exc.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
             os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise SweepError(f"{self.out / LOCK}: cannot lock ({exc.strerror}); this file "
+                                 "system may not support flock") from None
             raise SweepError(f"{self.out}: in use by another sweep "
                              f"({_lock_holder(self.out / LOCK)}); wait for it to end or stop "
                              "it, or use another --out") from None
