@@ -14,17 +14,6 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def info_lines() -> list[str]:
     """What ``deqbench info`` prints: versions, BLAS, numba threading, CPU."""
     import llvmlite
@@ -35,7 +24,7 @@ def info_lines() -> list[str]:
     import deqbench
     from deqbench.activations import get_activation
 
-    from .sweep import default_workers
+    from ._platform import cpu_model, default_workers
 
     lines = [
         f"deqbench      {deqbench.__version__}  ({Path(deqbench.__file__).parent})",
@@ -72,7 +61,7 @@ def info_lines() -> list[str]:
         if i.get("user_api") == "openmp":
             lines.append(f"OpenMP        {i.get('internal_api')} {i.get('num_threads')} threads: "
                          f"{i.get('filepath')}")
-    lines.append(f"CPU           {_cpu_model()}; {os.cpu_count()} logical CPUs, "
+    lines.append(f"CPU           {cpu_model()}; {os.cpu_count()} logical CPUs, "
                  f"{default_workers()} usable by this process")
     lines.append(f"platform      {platform.platform()}")
     return lines
@@ -86,26 +75,69 @@ def cmd_info(args) -> int:
 def cmd_sweep(args) -> int:
     from .sweep import load_grid, run_sweep
 
+    if args.status:
+        return _print_status(args.status)
+    if args.grid is None:
+        raise SweepUsage("give a grid file, or --status DIR")
     grid = load_grid(args.grid)  # GridError: one line, before any run
     out = Path(args.out) if args.out else Path("sweeps") / grid.name
     if args.dry_run:
         print(f"{args.grid}: {len(grid)} runs ({grid.replicates} replicate(s) of "
               f"{len(grid) // grid.replicates} grid points), run function {grid.run!r} -> {out}")
         return 0
+    if len(grid) > CONFIRM_ABOVE and not args.yes and not _confirm(len(grid)):
+        raise SweepUsage(f"{args.grid}: {len(grid)} runs (more than {CONFIRM_ABOVE}); pass "
+                         "--yes to run them, or --dry-run to count")
     print(f"sweep {grid.name!r}: {len(grid)} runs -> {out} (executor {args.executor})",
           file=sys.stderr)
     res = run_sweep(grid, out, executor=args.executor, workers=args.workers,
                     scheduler=args.scheduler, progress=not args.no_progress,
-                    retry_failed=args.retry_failed)
-    print(f"{res.ok} ok, {res.failed} failed, {res.skipped} already done, {res.lost} lost "
-          f"in {res.elapsed_s:.1f} s; tables: {out / 'runs.csv'}, {out / 'histories.csv'}",
-          file=sys.stderr)
+                    retry_failed=args.retry_failed, retries=args.retries, force=args.force,
+                    connect_timeout=args.connect_timeout, format=args.format)
+    retried = f", {res.retried} restarted after a worker died" if res.retried else ""
+    ext = "parquet" if res.format == "parquet" else "csv"
+    print(f"{res.ok} ok, {res.failed} failed, {res.skipped} already done, {res.lost} lost"
+          f"{retried} in {res.elapsed_s:.1f} s; tables: {out / ('runs.' + ext)}, "
+          f"{out / ('histories.' + ext)}", file=sys.stderr)
     if args.plot:
         from .plots import plot_dir
 
         for path in plot_dir(out):
             print(path)
     return 0 if res.complete else 3
+
+
+#: Grids with more runs than this need --yes (or an answer on a terminal).
+CONFIRM_ABOVE = 100_000
+
+
+def _confirm(n: int) -> bool:
+    """Ask on a terminal whether to start ``n`` runs; False when stdin is not a terminal."""
+    if not sys.stdin.isatty():
+        return False
+    answer = input(f"{n} runs: start them? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _print_status(path) -> int:
+    """``deqbench sweep --status DIR``: counts, read without touching the directory."""
+    from .sweep import FAILED, sweep_status
+
+    st = sweep_status(path)
+    total = "?" if st["runs"] is None else st["runs"]
+    failed = sum(n for k, n in st["by_status"].items() if k in FAILED)
+    print(f"{path}: sweep {st['name']!r}, {total} runs: {st['done']} done "
+          f"({st['done'] - failed} finished, {failed} failed), "
+          f"{'?' if st['remaining'] is None else st['remaining']} remaining"
+          + (f", {st['damaged']} damaged record(s) to re-run" if st["damaged"] else ""))
+    if st["by_status"]:
+        print("statuses: " + ", ".join(f"{k} {n}" for k, n in sorted(st["by_status"].items())))
+    print(f"running: {st['holder']}" if st["holder"] else "not running")
+    return 0
+
+
+class SweepUsage(RuntimeError):
+    """A sweep command line that names nothing to do."""
 
 
 def cmd_plot(args) -> int:
@@ -160,8 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the Cartesian product of a TOML grid (see README, "
                        "'Experiments'). Finished runs stream to DIR/runs/ and DIR/histories/ "
                        "and are consolidated into DIR/runs.csv and DIR/histories.csv; "
-                       "re-running the same command skips finished runs.")
-    s.add_argument("grid", help="grid file (TOML)")
+                       "re-running the same command skips finished runs. DIR is locked while "
+                       "a sweep runs and remembers its grid.")
+    s.add_argument("grid", nargs="?", default=None, help="grid file (TOML)")
     s.add_argument("--out", default=None, help="sweep directory (default: sweeps/<name>)")
     s.add_argument("--executor", choices=("local", "dask", "serial"), default="local",
                    help="local process pool (default), a Dask cluster, or serial in this "
@@ -175,6 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also re-run stored runs that failed")
     s.add_argument("--dry-run", action="store_true",
                    help="validate the grid and print the number of runs")
+    s.add_argument("--retries", type=_nonnegative_int, default=2,
+                   help="start a run whose worker process died again this many times, then "
+                   "record it 'crashed' (default: %(default)s)")
+    s.add_argument("--force", action="store_true",
+                   help="add the runs to a directory that holds a different grid")
+    s.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds to reach --scheduler (default: %(default)s)")
+    s.add_argument("--format", choices=("csv", "parquet"), default=None,
+                   help="store: per-run files and runs.csv/histories.csv, or Parquet "
+                   "(runs.parquet/histories.parquet, needs pyarrow) (default: the "
+                   "directory's, else csv)")
+    s.add_argument("--status", default=None, metavar="DIR",
+                   help="print what sweep directory DIR holds (done, failed, remaining, who "
+                   "is running it) without touching it, and exit")
+    s.add_argument("--yes", action="store_true",
+                   help="start a grid of more than 100000 runs without asking")
     s.add_argument("--plot", action="store_true", help="write figures when done")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sweep)
@@ -187,6 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="figure directory (default: DIR/figures)")
     s.set_defaults(func=cmd_plot)
     return p
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -215,8 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; re-run the same command to resume", file=sys.stderr)
         return 130
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # SweepError and friends: one line saying what to do
         print(f"deqbench {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file we could not read or write
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"deqbench {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
 
 

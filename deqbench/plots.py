@@ -1,4 +1,5 @@
-"""Figures from a sweep or ``reproduce`` directory (``runs.csv`` + ``histories.csv``).
+"""Figures from a sweep or ``reproduce`` directory (``runs.csv`` + ``histories.csv``, or
+their Parquet twins ``runs.parquet`` + ``histories.parquet``).
 
 :func:`plot_dir` writes, where the columns exist:
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .sweep import HIST_CSV, RUNS_CSV, read_csv
+from .sweep.store import HIST_CSV, HIST_PQ, RUNS_CSV, RUNS_PQ, read_csv
 
 __all__ = ["fit_loglog", "load_histories", "load_runs", "plot_dir"]
 
@@ -44,21 +45,34 @@ def _pyplot():
     return plt
 
 
+def _parquet_rows(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
 def load_runs(path) -> list[dict]:
-    """Rows of ``DIR/runs.csv`` (numbers parsed)."""
+    """Rows of ``DIR/runs.csv`` (numbers parsed), or of ``DIR/runs.parquet``."""
     p = Path(path)
+    if p.is_dir() and not (p / RUNS_CSV).exists() and (p / RUNS_PQ).exists():
+        return _parquet_rows(p / RUNS_PQ)
     p = p / RUNS_CSV if p.is_dir() else p
     return read_csv(p) if p.exists() else []
 
 
 def load_histories(path) -> dict[str, dict[str, np.ndarray]]:
-    """``DIR/histories.csv`` as ``{run_id: {column: float array}}``."""
+    """``DIR/histories.csv`` (or ``histories.parquet``) as ``{run_id: {column: float array}}``."""
     p = Path(path)
+    rows = None
+    if p.is_dir() and not (p / HIST_CSV).exists() and (p / HIST_PQ).exists():
+        rows = _parquet_rows(p / HIST_PQ)
+        for r in rows:
+            r.pop("_seq", None)
     p = p / HIST_CSV if p.is_dir() else p
     out: dict[str, dict[str, list]] = {}
-    if not p.exists() or p.stat().st_size == 0:
+    if rows is None and (not p.exists() or p.stat().st_size == 0):
         return {}
-    for row in read_csv(p):
+    for row in rows if rows is not None else read_csv(p):
         h = out.setdefault(str(row.pop("run_id")), {})
         for k, v in row.items():
             h.setdefault(k, []).append(np.nan if v is None or isinstance(v, str) else float(v))
@@ -279,8 +293,9 @@ def plot_dir(path, out=None) -> list[Path]:
     out : figure directory, default ``path/figures``
     """
     path = Path(path)
-    if not (path / RUNS_CSV).exists():
-        raise RuntimeError(f"{path}: no {RUNS_CSV} (not a sweep or reproduce directory)")
+    if not (path / RUNS_CSV).exists() and not (path / RUNS_PQ).exists():
+        raise RuntimeError(f"{path}: no {RUNS_CSV} or {RUNS_PQ} (not a sweep or reproduce "
+                           "directory)")
     out = path / "figures" if out is None else Path(out)
     rows = load_runs(path)
     hists = load_histories(path)

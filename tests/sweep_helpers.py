@@ -19,3 +19,17 @@ def draw(params, seed):
         "metrics": {"x0": float(x[0]), "value": params.get("a", 1) * float(x.sum())},
         "history": {"step": np.arange(3), "x": x},
     }
+
+
+def crash(params, seed):
+    """``params['crash'] = true``: the worker process dies (SIGKILL, as a segfault or the
+    out-of-memory killer would end it); ``params['hang'] = true``: sleeps a minute;
+    otherwise :func:`draw`."""
+    import os
+    import signal
+
+    if params.get("crash"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if params.get("hang"):
+        time.sleep(60)
+    return draw(params, seed)

@@ -26,7 +26,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from ..sweep import HIST_CSV, RUNS_CSV, atomic_write, to_csv
+from ..sweep.store import HIST_CSV, RUNS_CSV, atomic_write, to_csv
 from ._common import Check, Context
 
 EXPERIMENTS = {
@@ -149,12 +149,12 @@ def reproduce(out="results/reproduce", *, quick: bool = False, only=None, worker
         import concurrent.futures as cf
         import multiprocessing as mp
 
-        from ..sweep import _init_worker, _PinnedEnv
+        from ..sweep.executors import PinnedEnv, init_worker
 
         _warm_up()  # fill numba's cache once, so that the workers only load it
-        with _PinnedEnv(), cf.ProcessPoolExecutor(
+        with PinnedEnv(), cf.ProcessPoolExecutor(
             max_workers=min(workers, len(names)), mp_context=mp.get_context("spawn"),
-            initializer=_init_worker,
+            initializer=init_worker,
         ) as pool:
             futs = [pool.submit(run_experiment, n, quick, fig_dir) for n in names]
             for fut in cf.as_completed(futs):
@@ -197,7 +197,7 @@ def summary_markdown(results: list[dict], *, quick: bool, elapsed: float, worker
 
     import deqbench
 
-    from ..cli import _cpu_model
+    from .._platform import cpu_model
 
     checks: list[Check] = [c for r in results for c in r["checks"]]
     n_bad = sum(c.holds is False for c in checks)
@@ -209,7 +209,7 @@ def summary_markdown(results: list[dict], *, quick: bool, elapsed: float, worker
         + (f" (workers {workers})" if workers > 1 else "")
         + f". Wall time {elapsed:.0f} s (numba compilation included when its cache was cold).",
         f"deqbench {deqbench.__version__}, numpy {numpy.__version__}, numba "
-        f"{numba.__version__}, Python {platform.python_version()}; CPU: {_cpu_model()}.",
+        f"{numba.__version__}, Python {platform.python_version()}; CPU: {cpu_model()}.",
         "",
         f"**{n_ok} predictions hold, {n_bad} do not, "
         f"{sum(c.holds is None for c in checks)} reported without a prediction.** "

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._flow import flow
 from .._training import train
-from ..sweep import build_problem
+from ..sweep.run_functions import build_problem
 from ._common import fmt, pyplot
 
 HORIZON = 10.0

@@ -1,0 +1,444 @@
+"""The on-disk state of a sweep directory, written atomically and locked.
+
+``DIR/runs/<run_id>.json`` (the commit point of a run) and
+``DIR/histories/<run_id>.csv`` are the per-run records; ``DIR/runs.csv`` (one
+row per run) and ``DIR/histories.csv`` (long table: one row per run and
+recorded step) are consolidated from them when a sweep ends; while it runs,
+rows are appended to ``runs.csv`` in batches. ``DIR/sweep.json`` describes the
+grid (with its hash); ``DIR/.lock`` is held (``flock``) by the one process
+that may write the directory and names its pid and host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import io
+import json
+import os
+import secrets
+import socket
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+__all__ = ["SweepError", "Store", "atomic_write", "read_csv", "stored_format", "sweep_status",
+           "to_csv"]
+
+RUNS_DIR = "runs"
+HIST_DIR = "histories"
+RUNS_CSV = "runs.csv"
+HIST_CSV = "histories.csv"
+RUNS_PQ = "runs.parquet"
+HIST_PQ = "histories.parquet"
+META = "sweep.json"
+LOCK = ".lock"
+#: Statuses that ``--retry-failed`` re-runs.
+FAILED = ("error", "diverged", "fixed_point_failed", "lost", "crashed", "timeout")
+#: Columns of ``runs.csv`` before the parameters, and after the metrics.
+HEAD = ("run_id", "status", "error", "replicate", "seed")
+TAIL = ("time_s", "n_warnings", "warning", "host", "pid", "finished_at", "attempts")
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot start or go on; the message is one line saying why and what to do."""
+
+
+# ---------------------------------------------------------------------------
+# files
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _atomic_open(path: Path):
+    """A text file that replaces ``path`` when the block ends without error.
+
+    The temporary file carries this host's name, the pid and a random token, so
+    that no two writers ever share one; it is removed if the block fails.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}."
+                         f"{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "w", newline="") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    with _atomic_open(path) as fh:
+        fh.write(text)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def _write_rows(fh, rows: Iterable[Mapping], columns: list[str], header: bool = True) -> None:
+    w = csv.writer(fh, lineterminator="\n")
+    if header:
+        w.writerow(columns)
+    for row in rows:
+        w.writerow([_cell(row.get(c)) for c in columns])
+
+
+def to_csv(rows: list[dict], columns: list[str]) -> str:
+    buf = io.StringIO()
+    _write_rows(buf, rows, columns)
+    return buf.getvalue()
+
+
+def _parse_cell(s: str):
+    if s == "":
+        return None
+    try:
+        return int(s)
+    except ValueError:
+        pass
+    try:
+        return float(s)
+    except ValueError:
+        return s
+
+
+def read_csv(path) -> list[dict]:
+    """Rows of a CSV written by this module, with numbers parsed (empty cells are ``None``)."""
+    with open(path, newline="") as fh:
+        return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _csv_header(path: Path) -> list[str]:
+    with open(path, newline="") as fh:
+        return next(csv.reader(fh), [])
+
+
+def run_columns(records: Iterable[Mapping]) -> list[str]:
+    """Columns of ``runs.csv``: :data:`HEAD`, parameters, metrics, :data:`TAIL`."""
+    params: dict[str, None] = {}
+    metrics: dict[str, None] = {}
+    for r in records:
+        params.update(dict.fromkeys(r.get("params", {})))
+        metrics.update(dict.fromkeys(r.get("metrics", {})))
+    taken = set(HEAD) | set(TAIL) | set(params)
+    return [*HEAD, *params, *(k for k in metrics if k not in taken), *TAIL]
+
+
+def _flat(r: Mapping) -> dict:
+    row = {**r.get("metrics", {}), **r.get("params", {})}
+    row.update({k: r.get(k) for k in (*HEAD, *TAIL)})
+    return row
+
+
+# ---------------------------------------------------------------------------
+# the directory
+# ---------------------------------------------------------------------------
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        pid, _, host = path.read_text().strip().partition(" ")
+    except OSError:
+        return "an unknown process"
+    return f"pid {pid} on host {host}" if pid else "an unknown process"
+
+
+class Store:
+    """A sweep directory opened for writing: exclusively locked until :meth:`close`.
+
+    Raises :class:`SweepError` when ``out`` is not a usable directory or another
+    process (any host sharing the file system with ``flock``) holds its lock.
+    """
+
+    def __init__(self, out):
+        import fcntl
+
+        self.out = Path(out)
+        if self.out.exists() and not self.out.is_dir():
+            raise SweepError(f"{self.out}: exists and is not a directory (give --out a "
+                             "directory)")
+        self.runs = self.out / RUNS_DIR
+        self.hist = self.out / HIST_DIR
+        try:
+            for d in self._dirs():
+                d.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise SweepError(f"{exc.filename or self.out}: cannot write the sweep directory "
+                             f"({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise SweepError(f"{self.out / LOCK}: cannot lock ({exc.strerror}); this file "
+                                 "system may not support flock") from None
+            raise SweepError(f"{self.out}: in use by another sweep "
+                             f"({_lock_holder(self.out / LOCK)}); wait for it to end or stop "
+                             "it, or use another --out") from None
+        self._lock_fd = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        for d in (self.out, *self._dirs()):
+            for tmp in d.glob(".*.tmp"):  # left by a killed writer (we hold the lock)
+                tmp.unlink(missing_ok=True)
+        self.damaged: list[str] = []
+        self.stored = 0  # runs committed to disk by this process
+        self._pending: list[dict] = []
+        self._live_columns: list[str] | None = None
+
+    format = "csv"
+
+    def _dirs(self) -> tuple[Path, ...]:
+        return (self.runs, self.hist)
+
+    def close(self) -> None:
+        """Release the lock (the lock file stays; it is empty when nobody holds it)."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._lock_fd, 0)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- metadata ----------------------------------------------------------
+
+    def meta(self) -> dict | None:
+        """``sweep.json``, or None when absent or unreadable."""
+        return read_meta(self.out)
+
+    def write_meta(self, meta: Mapping) -> None:
+        atomic_write(self.out / META, json.dumps(meta, indent=1, default=str))
+
+    # -- records -----------------------------------------------------------
+
+    def records(self) -> dict[str, dict]:
+        """Every intact stored record, by run_id; read once per sweep.
+
+        A record that does not parse, is not a record of this file's run, or
+        says its run has history rows when the history file is missing or
+        empty is *damaged*: its files are removed (so the run is run again)
+        and its run id is listed in :attr:`damaged`.
+        """
+        out = {}
+        for p in self.runs.glob("*.json"):
+            rec = _load_record(p)
+            if rec is None or (rec.get("history_rows") and not _nonempty(
+                    self.hist / f"{p.stem}.csv")):
+                self.damaged.append(p.stem)
+                self.forget(p.stem)
+                continue
+            out[rec["run_id"]] = rec
+        return out
+
+    def write(self, record: dict) -> dict:
+        """Store one finished run (history first, then the record: the commit point).
+
+        Returns the record without its history, as stored.
+        """
+        rid = record["run_id"]
+        hist = record.get("history") or {}
+        if hist:
+            cols = ["run_id", *hist]
+            n = len(next(iter(hist.values())))
+            with _atomic_open(self.hist / f"{rid}.csv") as fh:
+                _write_rows(fh, ({"run_id": rid, **{k: hist[k][i] for k in hist}}
+                                 for i in range(n)), cols)
+        else:
+            (self.hist / f"{rid}.csv").unlink(missing_ok=True)
+        slim = {k: v for k, v in record.items() if k != "history"}
+        slim["history_rows"] = len(next(iter(hist.values()))) if hist else 0
+        atomic_write(self.runs / f"{rid}.json", json.dumps(slim, default=str))
+        self.stored += 1
+        self._pending.append(slim)
+        return slim
+
+    def flush(self) -> None:
+        """Called every few seconds while a sweep runs: append the new runs to ``runs.csv``."""
+        batch, self._pending = self._pending, []
+        self.append_runs(batch)
+
+    def finish(self, records: Mapping[str, dict]) -> None:
+        """Called when a sweep ends: consolidate the tables."""
+        self._pending = []
+        self.write_tables(records)
+
+    def forget(self, run_id: str) -> None:
+        (self.runs / f"{run_id}.json").unlink(missing_ok=True)
+        (self.hist / f"{run_id}.csv").unlink(missing_ok=True)
+
+    # -- tables ------------------------------------------------------------
+
+    def append_runs(self, batch: list[dict]) -> None:
+        """Append finished runs to ``runs.csv`` while a sweep runs (one write per batch).
+
+        The columns are those of the existing table, or of the first batch;
+        :meth:`write_tables` at the end puts every column in and each run once.
+        """
+        if not batch:
+            return
+        path = self.out / RUNS_CSV
+        if self._live_columns is None:
+            self._live_columns = _csv_header(path) if _nonempty(path) else []
+            if not self._live_columns:
+                self._live_columns = run_columns(batch)
+                atomic_write(path, to_csv([], self._live_columns))
+            _cut_partial_line(path)  # an append cut short by a kill
+        buf = io.StringIO()
+        _write_rows(buf, (_flat(r) for r in batch), self._live_columns, header=False)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            data = buf.getvalue().encode()
+            while data:  # one write() in practice; loop on a short one
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
+
+    def write_tables(self, records: Mapping[str, dict], *, histories: bool = True) -> None:
+        """Consolidate ``runs.csv`` (and ``histories.csv``) from the records, in grid order."""
+        rows = sorted(records.values(), key=lambda r: (r.get("index", 0), r["run_id"]))
+        with _atomic_open(self.out / RUNS_CSV) as fh:
+            _write_rows(fh, (_flat(r) for r in rows), run_columns(rows))
+        self._live_columns = None
+        if histories:
+            self._merge_histories([r["run_id"] for r in rows if r.get("history_rows")])
+
+    def _merge_histories(self, run_ids: list[str]) -> None:
+        """Stream every history file into ``histories.csv`` (memory: one file at a time)."""
+        header: dict[str, None] = {}
+        paths = []
+        for rid in run_ids:
+            p = self.hist / f"{rid}.csv"
+            if _nonempty(p):
+                header.update(dict.fromkeys(_csv_header(p)))
+                paths.append(p)
+        with _atomic_open(self.out / HIST_CSV) as fh:
+            if not header:
+                return
+            cols = list(header)
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(cols)
+            for p in paths:
+                with open(p, newline="") as src:
+                    reader = csv.reader(src)
+                    names = next(reader, [])
+                    if names == cols:
+                        w.writerows(reader)
+                    else:
+                        where = [names.index(c) if c in names else None for c in cols]
+                        w.writerows([row[i] if i is not None else "" for i in where]
+                                    for row in reader)
+
+
+def _cut_partial_line(path: Path, block: int = 4096) -> None:
+    """Truncate ``path`` after its last newline (drop a line a killed writer left half done)."""
+    with open(path, "rb+") as fh:
+        end = size = fh.seek(0, os.SEEK_END)
+        while end > 0:
+            start = max(end - block, 0)
+            fh.seek(start)
+            nl = fh.read(end - start).rfind(b"\n")
+            if nl >= 0:
+                end = start + nl + 1
+                break
+            end = start
+        if end != size:
+            fh.truncate(end)
+
+
+def _nonempty(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _load_record(path: Path) -> dict | None:
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or rec.get("run_id") != path.stem or not isinstance(
+            rec.get("status"), str):
+        return None
+    return rec
+
+
+def stored_format(out) -> str | None:
+    """``"csv"`` or ``"parquet"``: how ``out`` stores its runs (None for a new directory)."""
+    out = Path(out)
+    if not out.is_dir():
+        return None
+    fmt = (read_meta(out) or {}).get("format")
+    if fmt is None:  # sweep.json missing, or older than its "format"
+        fmt = "csv" if (out / RUNS_DIR).is_dir() else "parquet" if (out / "parts").is_dir() \
+            else None
+    return fmt
+
+
+def read_meta(out) -> dict | None:
+    try:
+        meta = json.loads((Path(out) / META).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def sweep_status(out) -> dict:
+    """What a sweep directory holds, read without writing or locking anything.
+
+    Returns ``name``, ``runs`` (the grid's size, from ``sweep.json``; None if
+    unknown), ``done`` (stored records), ``by_status`` (counts), ``damaged``
+    (records that would be re-run), ``remaining`` and ``holder`` (who holds
+    the lock now: ``"pid P on host H"``, or None).
+    """
+    import fcntl
+
+    out = Path(out)
+    if not out.is_dir():
+        raise SweepError(f"{out}: no such sweep directory")
+    meta = read_meta(out) or {}
+    by_status: dict[str, int] = {}
+    damaged = 0
+    if stored_format(out) == "parquet":
+        from .parquet import read_parquet_status
+
+        by_status = read_parquet_status(out)
+    for p in (out / RUNS_DIR).glob("*.json"):
+        rec = _load_record(p)
+        if rec is None:
+            damaged += 1
+            continue
+        by_status[rec["status"]] = by_status.get(rec["status"], 0) + 1
+    done = sum(by_status.values())
+    holder = None
+    lock = out / LOCK
+    if lock.exists():
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            holder = _lock_holder(lock)
+        finally:
+            os.close(fd)
+    total = meta.get("runs")
+    return {"name": meta.get("name"), "runs": total, "done": done, "by_status": by_status,
+            "damaged": damaged, "remaining": None if total is None else max(total - done, 0),
+            "holder": holder}

@@ -1,0 +1,120 @@
+"""A real Dask cluster on loopback: ``dask scheduler`` and two ``dask worker`` processes.
+
+The sweep runs through ``--scheduler``; one worker is SIGKILLed mid-sweep. Every
+run must be present once, with the serial executor's values (issue 12).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from deqbench.sweep import load_grid, read_csv, run_sweep
+
+pytest.importorskip("distributed")
+
+pytestmark = pytest.mark.cluster
+
+HERE = Path(__file__).resolve().parent
+VOLATILE = {"time_s", "host", "pid", "finished_at", "attempts"}
+N = 24
+GRID = f"""
+[sweep]
+run = "sweep_helpers:draw"
+seed = 5
+[fixed]
+sleep = 0.25
+[grid]
+a = [{", ".join(map(str, range(N)))}]
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dask(*args) -> list[str]:
+    return [sys.executable, "-m", "distributed.cli.dask_" + args[0], *args[1:]]
+
+
+def _wait(predicate, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+def test_sweep_on_a_real_cluster_survives_a_killed_worker(tmp_path):
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get(
+        "PYTHONPATH", "")])}
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID)
+    out = tmp_path / "cluster"
+    procs: list[subprocess.Popen] = []
+
+    def start(cmd):
+        procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, start_new_session=True,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return procs[-1]
+
+    try:
+        start(_dask("scheduler", "--host", "127.0.0.1", "--port", str(port),
+                    "--no-dashboard"))
+        workers = [start(_dask("worker", address, "--nthreads", "1", "--no-nanny",
+                               "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{i}"))
+                   for i in range(2)]
+        sweep = subprocess.Popen(
+            [sys.executable, "-m", "deqbench.cli", "sweep", str(grid), "--out", str(out),
+             "--executor", "dask", "--scheduler", address, "--connect-timeout", "60",
+             "--no-progress"], env=env, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        procs.append(sweep)
+
+        def finished() -> int:
+            return len(list((out / "runs").glob("*.json"))) if (out / "runs").exists() else 0
+
+        _wait(lambda: finished() >= 4 or sweep.poll() is not None, 120, "4 finished runs")
+        assert sweep.poll() is None, sweep.communicate()[1]
+        at_kill = finished()
+        workers[0].send_signal(signal.SIGKILL)
+        _, err = sweep.communicate(timeout=240)
+        assert at_kill < N and sweep.returncode == 0, err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)  # the process and anything it started
+                except OSError:
+                    p.kill()
+            p.wait(timeout=30)
+
+    serial = tmp_path / "serial"
+    run_sweep(load_grid(grid), serial, executor="serial", progress=False)
+    rows = read_csv(out / "runs.csv")
+    assert sorted(r["run_id"] for r in rows) == sorted(s.run_id for s in load_grid(grid).specs)
+
+    def stable(rs):
+        return {r["run_id"]: {k: v for k, v in r.items() if k not in VOLATILE} for r in rs}
+
+    assert stable(rows) == stable(read_csv(serial / "runs.csv"))
+    assert (out / "histories.csv").read_text() == (serial / "histories.csv").read_text()
+    assert {r["status"] for r in rows} == {"ok"}
+    # both workers ran runs; the killed one only before it died
+    pids = [r["pid"] for r in rows]
+    assert set(pids) == {workers[0].pid, workers[1].pid}
+    assert pids.count(workers[0].pid) <= at_kill + 1

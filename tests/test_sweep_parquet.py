@@ -1,0 +1,150 @@
+"""The Parquet store (``--format parquet``): same runs as the CSV store, batches, resume."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from deqbench.cli import main
+from deqbench.sweep import SweepError, execute, parse_grid, read_csv, run_sweep, sweep_status
+
+pq = pytest.importorskip("pyarrow.parquet")
+
+from deqbench.sweep.parquet import ParquetStore  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+VOLATILE = {"time_s", "host", "pid", "finished_at", "_seq", "index", "history_rows"}
+
+GRID = """
+[sweep]
+run = "sweep_helpers:draw"
+seed = 3
+replicates = 2
+[grid]
+a = [0, 1, 2]
+fail = [false, true]
+"""
+
+
+def rows_of(path):
+    return {r["run_id"]: r for r in pq.read_table(path).to_pylist()}
+
+
+def same_values(parquet_row: dict, csv_row: dict) -> bool:
+    for k, v in csv_row.items():
+        if k in VOLATILE:
+            continue
+        w = parquet_row.get(k)
+        if isinstance(w, bool):
+            w = str(w)
+        if (v, w) != (None, "") and v != w:
+            return False
+    return True
+
+
+def test_parquet_store_holds_the_csv_store_rows(tmp_path):
+    g = parse_grid(GRID)
+    run_sweep(g, tmp_path / "csv", executor="serial", progress=False)
+    res = run_sweep(g, tmp_path / "pq", executor="serial", progress=False, format="parquet")
+    assert (res.ok, res.failed, res.format) == (6, 6, "parquet")
+    got = rows_of(tmp_path / "pq" / "runs.parquet")
+    want = {r["run_id"]: r for r in read_csv(tmp_path / "csv" / "runs.csv")}
+    assert got.keys() == want.keys()
+    for rid, row in want.items():
+        assert same_values(got[rid], row), (got[rid], row)
+    assert [r["index"] for r in pq.read_table(tmp_path / "pq" / "runs.parquet").to_pylist()] \
+        == list(range(12))  # grid order
+    hist = pq.read_table(tmp_path / "pq" / "histories.parquet").drop_columns(["_seq"])
+    assert hist.to_pylist() == read_csv(tmp_path / "csv" / "histories.csv")
+    assert not list((tmp_path / "pq" / "parts").iterdir())  # compacted
+    assert not (tmp_path / "pq" / "runs").exists()
+    st = sweep_status(tmp_path / "pq")
+    assert (st["done"], st["remaining"], st["by_status"]) == (12, 0, {"ok": 6, "error": 6})
+    # the directory keeps its format
+    with pytest.raises(SweepError, match="holds a parquet store"):
+        run_sweep(g, tmp_path / "pq", executor="serial", progress=False, format="csv")
+    again = run_sweep(g, tmp_path / "pq", executor="serial", progress=False)
+    assert again.skipped == 12 and again.format == "parquet"
+
+
+def test_a_kill_loses_at_most_the_unflushed_batch(tmp_path):
+    g = parse_grid(GRID)
+    specs = list(g.specs)
+    store = ParquetStore(tmp_path)
+    for s in specs[:3]:
+        store.write(execute(s))
+    store.flush()  # committed: one part
+    for s in specs[3:5]:
+        store.write(execute(s))  # buffered: lost by the "kill" below
+    store.close()  # what SIGKILL leaves: parts, no compaction, the lock released
+    assert len(list((tmp_path / "parts").glob("runs-*.parquet"))) == 1
+    assert sweep_status(tmp_path)["done"] == 3  # read from the parts, nothing written
+    res = run_sweep(g, tmp_path, executor="serial", progress=False)
+    assert (res.skipped, res.ok + res.failed) == (3, 9)
+    rows = pq.read_table(tmp_path / "runs.parquet").to_pylist()
+    assert sorted(r["run_id"] for r in rows) == sorted(s.run_id for s in specs)  # once each
+    # a re-run of the failed runs replaces their rows (the latest flush wins)
+    res = run_sweep(g, tmp_path, executor="serial", progress=False, retry_failed=True)
+    assert (res.skipped, res.failed) == (6, 6)
+    rows = pq.read_table(tmp_path / "runs.parquet").to_pylist()
+    assert len(rows) == 12 and len({r["run_id"] for r in rows}) == 12
+    assert len(pq.read_table(tmp_path / "histories.parquet")) == 6 * 3
+
+
+def test_damaged_part_is_removed_and_its_runs_run_again(tmp_path):
+    g = parse_grid(GRID)
+    specs = list(g.specs)
+    with ParquetStore(tmp_path) as store:
+        for s in specs[:4]:
+            store.write(execute(s))
+        store.flush()
+        for s in specs[4:6]:
+            store.write(execute(s))
+        store.flush()
+    (tmp_path / "parts" / "runs-1.parquet").write_bytes(b"not parquet")
+    (tmp_path / "parts" / "hist-2.parquet").unlink()  # a run part whose histories vanished
+    res = run_sweep(g, tmp_path, executor="serial", progress=False)
+    assert res.damaged == 2 and (res.skipped, res.ok + res.failed) == (0, 12)
+
+
+def test_cli_format_parquet_then_plot(tmp_path, capsys):
+    grid = tmp_path / "g.toml"
+    grid.write_text("""
+[sweep]
+run = "gd"
+[fixed]
+model = "linear"
+n = 16
+d = 2
+steps = 5
+[grid]
+m = [1, 2, 3]
+lr = [0.01]
+""")
+    out = tmp_path / "out"
+    assert main(["sweep", str(grid), "--out", str(out), "--executor", "serial",
+                 "--format", "parquet", "--no-progress"]) == 0
+    assert "runs.parquet" in capsys.readouterr().err
+    assert main(["plot", str(out)]) == 0
+    names = {Path(f).name for f in capsys.readouterr().out.split()}
+    assert {"loss_curves.png", "invariant_drift.png"} <= names
+
+
+def mixed(params, seed):
+    """A metric that is a number in some runs and text in others."""
+    v = 1.5 if params["a"] % 2 == 0 else "n/a"
+    return {"metrics": {"v": v}, "history": {"step": [0, 1]}}
+
+
+def test_a_column_that_changes_type_between_flushes_becomes_text(tmp_path):
+    g = parse_grid("[sweep]\nrun = \"sweep_helpers:draw\"\n[grid]\na = [0, 1, 2]\n")
+    res = run_sweep(g, tmp_path, executor="serial", progress=False, format="parquet",
+                    run_fn=mixed, table_interval=0.0)  # one part per run
+    assert res.ok == 3
+    t = pq.read_table(tmp_path / "runs.parquet")
+    assert t.column("v").to_pylist() == ["1.5", "n/a", "1.5"]
+    assert t.column("a").to_pylist() == [0, 1, 2]  # the others keep their type
