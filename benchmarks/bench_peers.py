@@ -15,12 +15,12 @@ try:
     from .common import Bench, grid
     from .peers import problems as P
     from .peers.problems import PeerMissing
-    from .peers.run_peers import forward_factories, step_factories
+    from .peers.registry import forward_factories, step_factories
 except ImportError:  # run from the repository root without the package
     from benchmarks.common import Bench, grid
     from benchmarks.peers import problems as P
     from benchmarks.peers.problems import PeerMissing
-    from benchmarks.peers.run_peers import forward_factories, step_factories
+    from benchmarks.peers.registry import forward_factories, step_factories
 
 SIZES = grid([32, 256], [32, 256, 1024])
 N = grid([2048], [8192])[0]

@@ -40,7 +40,7 @@ def _reset_peak() -> bool:
 
 def measure(peer: str, m: int, n: int, rho: float, tol: float) -> dict:
     from .problems import linear_problem
-    from .run_peers import step_factories
+    from .registry import step_factories
 
     p = linear_problem(m, n, rho=rho)
     p.tol = tol

@@ -12,12 +12,17 @@ residual is the same Frobenius-norm ratio deqbench stops on.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .problems import Outcome, PeerMissing, Problem
 
 try:
     import torch
+
+    if os.environ.get("DEQBENCH_PEERS_THREADS"):  # run_peers --threads N
+        torch.set_num_threads(int(os.environ["DEQBENCH_PEERS_THREADS"]))
 except ImportError:  # pragma: no cover - depends on the environment
     torch = None
 
