@@ -1,0 +1,98 @@
+"""Re-measure the two size thresholds of the kernels on this machine.
+
+    ../shared/tools/quiet --strict -- python -m benchmarks.calibrate
+
+* ``BLOCK_BYTES`` (``deqbench/_kernels/blocks.py``): bytes of one row block of
+  one array. For each width ``m`` it times one map evaluation (row-block gemm
+  + fused pass, numba's threads over the blocks, BLAS single-threaded) at
+  n = 8192 for block sizes from 16 KiB to 1 MiB, next to numpy's matmul of the
+  same shapes (all BLAS threads), and prints the best block size per width.
+* ``PASS_PARALLEL_MIN``: the element count from which the parallel twin of an
+  element pass (``residual_loss``) beats the serial one.
+
+Timings are the minimum of repeated calls in this process; run it on a quiet
+machine, and put the machine, the command and the quiet line next to the
+constants when you change them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from functools import partial
+
+import numpy as np
+
+from deqbench._kernels import fixed_point as fp
+from deqbench._kernels import gradients as g
+from deqbench._kernels.activations import IDENTITY
+from deqbench._threads import single_threaded_blas
+
+BLOCKS = [1 << k for k in range(14, 21)]
+WIDTHS = [16, 32, 64, 256, 1024]
+
+
+def best(fn, *, reps: int = 30, budget: float = 2.0) -> float:
+    fn()
+    times = []
+    t_end = time.perf_counter() + budget
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+        if time.perf_counter() > t_end and len(times) >= 3:
+            break
+    return min(times)
+
+
+def blocks_table(n: int) -> None:
+    print(f"map evaluation, n = {n}: GFLOP/s by block size (KiB); numpy matmul for reference")
+    print("m     " + " ".join(f"{b >> 10:>6}" for b in BLOCKS) + "  matmul  best")
+    rng = np.random.default_rng(0)
+    for m in WIDTHS:
+        Z = rng.standard_normal((n, m))
+        M = rng.standard_normal((m, m)) / m
+        U = rng.standard_normal((n, m))
+        T = np.empty_like(Z)
+        D = np.zeros((1, 1))
+        flops = 2.0 * n * m * m
+        rates = []
+        for b in BLOCKS:
+            rows = max(1, min(n, b // (8 * m)))
+            with single_threaded_blas():
+                t = best(partial(fp._evaluate_p, Z, M, U, IDENTITY, 0.0, D, T, 1.0, rows))
+            rates.append(flops / t / 1e9)
+        t_mm = best(partial(np.matmul, Z, M, out=T))
+        top = BLOCKS[int(np.argmax(rates))] >> 10
+        print(f"{m:<5} " + " ".join(f"{r:6.1f}" for r in rates)
+              + f"  {flops / t_mm / 1e9:6.1f}  {top} KiB")
+
+
+def pass_table() -> None:
+    print("element pass (residual_loss): serial / parallel time")
+    rng = np.random.default_rng(1)
+    for k in range(12, 23, 2):
+        n = (1 << k) // 16
+        Z = rng.standard_normal((n, 16))
+        Y = rng.standard_normal((n, 16))
+        G = np.empty_like(Z)
+        ts = best(partial(g._residual_loss_s, Z, Y, G))
+        tp = best(partial(g._residual_loss_p, Z, Y, G))
+        print(f"2^{k:<3} elements: {ts * 1e6:9.1f} us serial, {tp * 1e6:9.1f} us parallel, "
+              f"ratio {ts / tp:5.2f}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=8192)
+    a = ap.parse_args(argv)
+    import numba
+
+    print(f"numba threads: {numba.get_num_threads()}")
+    blocks_table(a.n)
+    pass_table()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
