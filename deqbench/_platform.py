@@ -22,6 +22,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def vector_isa() -> str:
+    """The CPU's vector extensions that matter for the kernels: ``avx512 (subsets)``,
+    ``avx2``, or ``other`` (from /proc/cpuinfo; ``unknown`` where it is absent)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    if "avx512f" in flags:
+        return "avx512 (" + " ".join(sorted(x for x in flags if x.startswith("avx512"))) + ")"
+    return "avx2" if "avx2" in flags else "other"
+
+
 def default_workers() -> int:
     """CPUs this process may run on."""
     try:

@@ -24,7 +24,7 @@ def info_lines() -> list[str]:
     import deqbench
     from deqbench.activations import get_activation
 
-    from ._platform import cpu_model, default_workers
+    from ._platform import cpu_model, default_workers, vector_isa
 
     lines = [
         f"deqbench      {deqbench.__version__}  ({Path(deqbench.__file__).parent})",
@@ -61,7 +61,16 @@ def info_lines() -> list[str]:
         if i.get("user_api") == "openmp":
             lines.append(f"OpenMP        {i.get('internal_api')} {i.get('num_threads')} threads: "
                          f"{i.get('filepath')}")
-    lines.append(f"CPU           {cpu_model()}; {os.cpu_count()} logical CPUs, "
+    from ._kernels import blocks
+
+    lines.append(f"thread policy numba's {numba.get_num_threads()} threads split the samples into "
+                 f"row blocks of {blocks.BLOCK_BYTES >> 10} KiB per array "
+                 f"({blocks.MIN_ROWS}-{blocks.MAX_ROWS} rows); BLAS runs single-threaded inside "
+                 "each block while a deqbench call runs")
+    lines.append(f"crossovers    element passes parallel from {blocks.PASS_PARALLEL_MIN} elements; "
+                 f"gemm_tn partial products from {blocks.MIN_ROWS} rows each, at most "
+                 f"{blocks.MAX_PARTS} (re-measure: python -m benchmarks.calibrate)")
+    lines.append(f"CPU           {cpu_model()} ({vector_isa()}); {os.cpu_count()} logical CPUs, "
                  f"{default_workers()} usable by this process")
     lines.append(f"platform      {platform.platform()}")
     return lines

@@ -191,22 +191,12 @@ def machine() -> dict:
         "numba": numba.get_num_threads(),
         "env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
     }
-    info["cpu_flags"] = _isa()
+    from deqbench._platform import vector_isa
+
+    info["cpu_flags"] = vector_isa()
     return info
 
 
 #: Environment variables that pin every library's threads (set by ``--threads``).
 THREAD_ENV = ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
               "XLA_FLAGS", "DEQBENCH_PEERS_THREADS")
-
-
-def _isa() -> str:
-    """The vector ISA of this CPU: avx512 (with the subsets numba can use), avx2, or older."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags"))
-    except (OSError, StopIteration):
-        return "unknown"
-    if "avx512f" in flags:
-        return "avx512 (" + " ".join(sorted(x for x in flags if x.startswith("avx512"))) + ")"
-    return "avx2" if "avx2" in flags else "pre-avx2"
