@@ -9,6 +9,8 @@
   same shapes (all BLAS threads), and prints the best block size per width.
 * ``PASS_PARALLEL_MIN``: the element count from which the parallel twin of an
   element pass (``residual_loss``) beats the serial one.
+* How the second core pays: ``fixed_point`` at m = 256, n = 65536 on all of
+  numba's threads against one.
 
 Timings are the minimum of repeated calls in this process; run it on a quiet
 machine, and put the machine, the command and the quiet line next to the
@@ -82,6 +84,26 @@ def pass_table() -> None:
               f"ratio {ts / tp:5.2f}")
 
 
+def scaling(m: int = 256, n: int = 65536) -> None:
+    """``fixed_point`` on all numba threads against one thread, same process."""
+    import numba
+
+    import deqbench as db
+
+    X, _, _ = db.data.linear_teacher(n, m, m, seed=0)
+    A, B = db.data.init_params(m, m, scale_A=0.5, scale_B=1.0, seed=1)
+    call = partial(db.fixed_point, X, A, B, tol=1e-10)
+    threads = numba.get_num_threads()
+    t_all = best(call, reps=5)
+    numba.set_num_threads(1)
+    try:
+        t_one = best(call, reps=5)
+    finally:
+        numba.set_num_threads(threads)
+    print(f"fixed_point m = {m}, n = {n}: {t_one:.3f} s on 1 thread, {t_all:.3f} s on "
+          f"{threads}: {t_one / t_all:.2f}x")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=8192)
@@ -91,6 +113,7 @@ def main(argv=None) -> int:
     print(f"numba threads: {numba.get_num_threads()}")
     blocks_table(a.n)
     pass_table()
+    scaling()
     return 0
 
 
