@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 
+from .common import grid
+
 SCRIPT = r"""
 import json, sys, time
 t0 = time.process_time()
@@ -37,7 +39,7 @@ t2 = time.process_time()
 print(json.dumps({"import": t1 - t0, "first_call": t2 - t1}))
 """
 
-ENTRIES = ["fixed_point", "loss_and_grad", "train"]
+ENTRIES = grid(["loss_and_grad", "train"], ["fixed_point", "loss_and_grad", "train"])
 
 
 def measure(entry: str, cache_dir: str) -> dict:

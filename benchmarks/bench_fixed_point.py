@@ -1,19 +1,29 @@
-"""Forward solve: method x activation x (m, n) (THEORY.md section 3)."""
+"""Forward solve: method x activation x width (docs/theory.md §3).
+
+Default suite: Picard and Anderson, identity and tanh (the two code paths of
+the map: a plain gemm pass and one through the activation table), at
+``m = 32`` (bound by the elementwise pass) and ``m = 256`` (bound by the
+gemm), ``n = N_AT[m]`` so one solve takes >= ~10 ms. ``DEQBENCH_FULL=1`` adds
+damping, the direct solve, every activation and more widths.
+"""
 
 from __future__ import annotations
 
 import deqbench as db
+from deqbench.theory import predicted_fp_iters
 
 from .common import (
+    N_AT,
     TOL,
     Bench,
-    cached,
+    Tracked,
+    allocations,
     contraction_rate,
     forward_problem,
     grid,
-    predicted_iters,
+    matmul,
     strict,
-    sweep,
+    time_ratio,
     with_spectral_radius,
 )
 
@@ -23,100 +33,107 @@ METHODS = {
     "anderson": {"method": "anderson"},
     "direct": {"method": "direct"},
 }
+ACTIVATIONS = ["identity", "tanh", "leaky_relu(0.2)", "sigmoid", "softplus", "relu", "gelu"]
+PARAM_NAMES = ["method", "activation", "m"]
 PARAMS = [
-    list(METHODS),
-    grid(
-        ["identity", "tanh", "leaky_relu(0.2)"],
-        ["identity", "tanh", "leaky_relu(0.2)", "sigmoid", "softplus", "relu", "gelu"],
-    ),
-    grid([16, 64], [16, 64, 256]),
-    grid([2048], [2048, 16384]),
+    grid(["picard", "anderson"], list(METHODS)),
+    grid(["identity", "tanh"], ACTIVATIONS),
+    grid([32, 256], [16, 32, 64, 256]),
 ]
-PARAM_NAMES = ["method", "activation", "m", "n"]
+#: The counts cost no noise: a wider grid than the timings.
+METRIC_PARAMS = [list(METHODS), grid(ACTIVATIONS[:3], ACTIVATIONS), PARAMS[2]]
 
 
-def setup_forward(method, activation, m, n):
-    """Problem at ``||A||_2 = 0.5`` and solver options; the first solve."""
+def setup_forward(method, activation, m):
+    """Problem at ``||A||_2 = 0.5`` with ``n = N_AT[m]``, solver options and the
+    first solve (numba compiled or loaded, buffers touched)."""
     if method == "direct" and activation != "identity":
         raise NotImplementedError("method='direct' solves linear maps only")
-    p = forward_problem(m, n, rho=0.5, activation=activation)
+    p = forward_problem(m, N_AT[m], rho=0.5, activation=activation)
     kw = dict(METHODS[method], activation=activation, tol=TOL)
     return p, kw, strict(db.fixed_point, p.X, p.A, p.B, **kw)
 
 
 class FixedPoint(Bench):
-    """``deqbench.fixed_point`` at ``||A||_2 = 0.5``, ``tol = 1e-10``."""
+    """``deqbench.fixed_point`` at ``||A||_2 = 0.5``, ``tol = 1e-10``, ``n = N_AT[m]``."""
 
     params = PARAMS
     param_names = PARAM_NAMES
 
-    def setup(self, method, activation, m, n):
-        self.p, self.kw, _ = setup_forward(method, activation, m, n)
+    def setup(self, method, activation, m):
+        self.p, self.kw, _ = setup_forward(method, activation, m)
 
-    def time_fixed_point(self, method, activation, m, n):
+    def time_fixed_point(self, method, activation, m):
         db.fixed_point(self.p.X, self.p.A, self.p.B, **self.kw)
 
 
-class FixedPointIterations:
-    """Iterations of the solves timed by ``FixedPoint``.
+class FixedPointMetrics(Tracked):
+    """Machine-independent numbers of the solves timed by ``FixedPoint``.
 
-    ``track_iterations_over_predicted``: iterations / ``ceil(log tol / log r)``
-    (THEORY.md section 3) with ``r`` the spectral radius of the (damped)
-    iteration matrix for the linear map (ratio about 1), and the contraction
-    bound ``Lip(phi) ||A||_2`` for nonlinear maps (ratio at most 1). Anderson
-    should sit below Picard; ``direct`` is 0.
+    * ``map_evaluations``: evaluations of the map per solve (``n_iter + 1``;
+      1 for ``direct``). Exact: any rise is a regression.
+    * ``iterations_over_predicted``: ``n_iter / theory.predicted_fp_iters(r, tol)``
+      with ``r`` the spectral radius of the (damped) iteration matrix for the
+      linear map (about 1) and the bound ``Lip(phi) ||A||_2`` for a nonlinear
+      map (at most 1); ``direct``: 0.
+    * ``bytes_allocated``: ``tracemalloc`` peak of one solve after a warm-up.
+    * ``nrt_allocations``: allocations inside compiled code per solve (exact).
+    * ``efficiency``: CPU time of the solve over ``map_evaluations`` numpy
+      matmuls ``Z @ A^T`` of the same shapes, timed in the same process (a
+      ratio: machines of one ISA agree on it; 1 would be pure BLAS).
     """
 
-    params = PARAMS
+    params = METRIC_PARAMS
     param_names = PARAM_NAMES
-    timeout = 600.0
-
-    def measure(self, method, activation, m, n):
-        p, kw, res = setup_forward(method, activation, m, n)
-        rate = contraction_rate(p.A, kw.get("damping", 1.0), activation)
-        return {"iters": res.n_iter, "ratio": res.n_iter / predicted_iters(rate, TOL)}
+    tracks = {
+        "map_evaluations": "evaluations",
+        "iterations_over_predicted": "ratio",
+        "bytes_allocated": "bytes",
+        "nrt_allocations": "allocations",
+        "efficiency": "time / numpy matmul time",
+    }
 
     def setup_cache(self):
-        return sweep(self)
+        return self.sweep()
 
-    def setup(self, cache, *params):
-        cached(cache, params)
+    def measure(self, method, activation, m):
+        p, kw, res = setup_forward(method, activation, m)
+        evals = len(res.history)
+        if method == "direct":
+            ratio = 0.0
+        else:
+            rate = contraction_rate(p.A, kw.get("damping", 1.0), activation)
+            ratio = res.n_iter / predicted_fp_iters(rate, TOL)
+        solve = lambda: db.fixed_point(p.X, p.A, p.B, **kw)  # noqa: E731
+        alloc = allocations(solve)
+        return {
+            "map_evaluations": evals,
+            "iterations_over_predicted": ratio,
+            "bytes_allocated": alloc["bytes"],
+            "nrt_allocations": alloc["nrt"],
+            "efficiency": time_ratio(solve, [(matmul(res.z, p.A.T), evals)]),
+        }
 
-    def track_iterations(self, cache, *params):
-        return cached(cache, params)["iters"]
 
-    track_iterations.unit = "iterations"
-
-    def track_iterations_over_predicted(self, cache, *params):
-        return cached(cache, params)["ratio"]
-
-    track_iterations_over_predicted.unit = "ratio"
-
-
-class FixedPointContraction(Bench):
+class FixedPointContraction(Tracked):
     """Iteration counts as the spectral radius ``rho(A)`` approaches 1 (linear
     map, Gaussian ``A``, ``||A||_2 ~ 2 rho``, ``m = 32, n = 1024``): Picard
-    needs ``~log(tol)/log(rho)`` plus a transient, Anderson far fewer."""
+    needs about ``theory.predicted_fp_iters(rho, tol)`` plus a transient,
+    Anderson far fewer. Counts only (the time per evaluation is ``FixedPoint``'s)."""
 
-    params = [["picard", "anderson"], grid([0.5, 0.9], [0.5, 0.9, 0.99])]
+    params = [["picard", "anderson"], [0.5, 0.9, 0.99]]
     param_names = ["method", "rho"]
+    tracks = {"map_evaluations": "evaluations", "iterations_over_predicted": "ratio"}
 
-    def setup(self, method, rho):
-        self.p = forward_problem(32, 1024)
-        self.p.A = with_spectral_radius(self.p.A, rho)
-        self.kw = {"method": method, "tol": TOL}
-        self.result = strict(db.fixed_point, self.p.X, self.p.A, self.p.B, **self.kw)
-        self.predicted = predicted_iters(contraction_rate(self.p.A), TOL)
+    def setup_cache(self):
+        return self.sweep()
 
-    def time_fixed_point(self, method, rho):
-        db.fixed_point(self.p.X, self.p.A, self.p.B, **self.kw)
-
-    def track_iterations(self, method, rho):
-        return self.result.n_iter
-
-    track_iterations.unit = "iterations"
-
-    def track_iterations_over_predicted(self, method, rho):
-        return self.result.n_iter / self.predicted
-
-    track_iterations_over_predicted.unit = "ratio"
+    def measure(self, method, rho):
+        p = forward_problem(32, 1024)
+        A = with_spectral_radius(p.A, rho)
+        res = strict(db.fixed_point, p.X, A, p.B, method=method, tol=TOL, max_iter=100_000)
+        predicted = predicted_fp_iters(contraction_rate(A), TOL)
+        return {
+            "map_evaluations": len(res.history),
+            "iterations_over_predicted": res.n_iter / predicted,
+        }

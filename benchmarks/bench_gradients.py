@@ -1,4 +1,12 @@
-"""Implicit (adjoint) gradients, exact and inexact (THEORY.md section 4)."""
+"""Implicit (adjoint) gradients, exact and inexact (THEORY.md section 4).
+
+Default suite: the exact adjoints (Picard, Anderson) of the linear and the
+nonlinear (tanh) model at ``m = 32``, ``n = N_AT[32]``; counts and errors of
+every adjoint method and model (no noise, so a wider grid). ``DEQBENCH_FULL=1``
+adds the inexact and direct adjoints, ``single_index``, more widths and
+``loss_and_grad`` timings (forward + backward: the sum of the two timed
+parts, so the default suite leaves it out).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ import numpy as np
 
 import deqbench as db
 
-from .common import Bench, cached, dloss_dz, grid, problem, rel_err, strict, sweep
+from .common import N_AT, Bench, Tracked, dloss_dz, full_only, grid, problem, rel_err, strict
 
 #: Adjoint methods of ``implicit_grad``; ``jfb`` and ``neumann`` are inexact.
 METHODS = ["picard", "anderson", "direct", "jfb", "neumann"]
@@ -32,13 +40,20 @@ def exact_gradient(p, Z, G):
     return np.concatenate([ref.grad_A.ravel(), ref.grad_B.ravel()])
 
 
-PARAMS = [METHODS, MODELS, grid([32], [16, 32, 128]), grid([2048], [2048, 16384])]
-PARAM_NAMES = ["method", "model", "m", "n"]
+PARAMS = [
+    grid(["picard", "anderson"], METHODS),
+    grid(["linear", "nonlinear"], MODELS),
+    grid([32], [16, 32, 128]),
+]
+PARAM_NAMES = ["method", "model", "m"]
+#: Errors and counts cost no noise: every method and model.
+METRIC_PARAMS = [METHODS, MODELS, PARAMS[2]]
 
 
-def setup_adjoint(method, model, m, n):
-    """Problem, fixed point to 1e-13, ``G = dL/dZ``, options; the first solve."""
-    p = problem(model, m, n, rho=0.5)
+def setup_adjoint(method, model, m):
+    """Problem (``n = N_AT[m]``), fixed point to 1e-13, ``G = dL/dZ``, options;
+    the first solve."""
+    p = problem(model, m, N_AT[m], rho=0.5)
     if method == "direct" and p.phi != "identity":
         raise NotImplementedError("method='direct' solves linear maps only")
     Z = strict(db.fixed_point, p.X, p.A, p.B, activation=p.phi, tol=1e-13).z
@@ -54,75 +69,60 @@ class ImplicitGrad(Bench):
     params = PARAMS
     param_names = PARAM_NAMES
 
-    def setup(self, method, model, m, n):
-        self.p, self.Z, self.G, self.kw, _ = setup_adjoint(method, model, m, n)
+    def setup(self, method, model, m):
+        self.p, self.Z, self.G, self.kw, _ = setup_adjoint(method, model, m)
 
-    def time_implicit_grad(self, method, model, m, n):
+    def time_implicit_grad(self, method, model, m):
         db.implicit_grad(self.p.X, self.p.A, self.p.B, self.Z, self.G, **self.kw)
 
 
-class ImplicitGradAccuracy:
-    """Accuracy of the gradients timed by ``ImplicitGrad``.
+class ImplicitGradAccuracy(Tracked):
+    """Accuracy and counts of the adjoint solves of ``ImplicitGrad``.
 
-    ``track_gradient_rel_error``: ``||g - g_exact|| / ||g_exact||`` over
-    ``(grad_A, grad_B)`` (lower is better); about ``tol`` for the exact methods,
-    the truncation error for ``jfb`` and ``neumann``. ``track_adjoint_iterations``:
-    adjoint iterations (``k + 1`` for ``neumann``, 1 for ``jfb``, 0 for ``direct``).
+    ``gradient_rel_error``: ``||g - g_exact|| / ||g_exact||`` over
+    ``(grad_A, grad_B)``; about ``tol`` for the exact methods, the truncation
+    error for ``jfb`` and ``neumann``. ``adjoint_iterations``: ``n_iter`` of
+    the adjoint (``k + 1`` for ``neumann``, 1 for ``jfb``, 0 for ``direct``), exact.
     """
 
-    params = PARAMS
+    params = METRIC_PARAMS
     param_names = PARAM_NAMES
-    timeout = 600.0
-
-    def measure(self, method, model, m, n):
-        p, Z, G, _, res = setup_adjoint(method, model, m, n)
-        g = np.concatenate([res.grad_A.ravel(), res.grad_B.ravel()])
-        return {"error": rel_err(g, exact_gradient(p, Z, G)), "iters": res.n_iter}
+    tracks = {"gradient_rel_error": "relative error", "adjoint_iterations": "iterations"}
 
     def setup_cache(self):
-        return sweep(self)
+        return self.sweep()
 
-    def setup(self, cache, *params):
-        cached(cache, params)
-
-    def track_gradient_rel_error(self, cache, *params):
-        return cached(cache, params)["error"]
-
-    track_gradient_rel_error.unit = "relative error"
-
-    def track_adjoint_iterations(self, cache, *params):
-        return cached(cache, params)["iters"]
-
-    track_adjoint_iterations.unit = "iterations"
+    def measure(self, method, model, m):
+        p, Z, G, _, res = setup_adjoint(method, model, m)
+        g = np.concatenate([res.grad_A.ravel(), res.grad_B.ravel()])
+        return {
+            "gradient_rel_error": rel_err(g, exact_gradient(p, Z, G)),
+            "adjoint_iterations": res.n_iter,
+        }
 
 
-class NeumannTerms(Bench):
+class NeumannTerms(Tracked):
     """Gradient error of the k-term Neumann (phantom) gradient against the exact
-    one, linear model, ``||A||_2 = 0.5``: falls like ``rho(A)^(k+1)``."""
+    one, linear model, ``||A||_2 = 0.5``, ``m = 32, n = 2048``: falls like
+    ``rho(A)^(k+1)``. (Its time is ``ImplicitGrad``'s under ``DEQBENCH_FULL=1``.)"""
 
     params = [grid([1, 5, 20], [0, 1, 2, 5, 10, 20, 50])]
     param_names = ["k"]
+    tracks = {"gradient_rel_error": "relative error"}
 
-    def setup(self, k):
+    def setup_cache(self):
+        return self.sweep()
+
+    def measure(self, k):
         p = problem("linear", 32, 2048, rho=0.5)
-        self.p = p
-        self.Z = strict(db.fixed_point, p.X, p.A, p.B, tol=1e-13).z
-        self.G = dloss_dz(p, self.Z)
-        self.result = db.implicit_grad(
-            p.X, p.A, p.B, self.Z, self.G, method="neumann", neumann_terms=k
-        )
-
-    def time_neumann_grad(self, k):
-        p = self.p
-        db.implicit_grad(p.X, p.A, p.B, self.Z, self.G, method="neumann", neumann_terms=k)
-
-    def track_gradient_rel_error(self, k):
-        g = np.concatenate([self.result.grad_A.ravel(), self.result.grad_B.ravel()])
-        return rel_err(g, exact_gradient(self.p, self.Z, self.G))
-
-    track_gradient_rel_error.unit = "relative error"
+        Z = strict(db.fixed_point, p.X, p.A, p.B, tol=1e-13).z
+        G = dloss_dz(p, Z)
+        res = db.implicit_grad(p.X, p.A, p.B, Z, G, method="neumann", neumann_terms=k)
+        g = np.concatenate([res.grad_A.ravel(), res.grad_B.ravel()])
+        return {"gradient_rel_error": rel_err(g, exact_gradient(p, Z, G))}
 
 
+@full_only
 class LossAndGrad(Bench):
     """Forward + backward: ``loss_and_grad`` per model and gradient solver
     (forward Picard), cold-started."""
@@ -130,17 +130,16 @@ class LossAndGrad(Bench):
     params = [
         MODELS,
         ["picard", "anderson", "jfb", "neumann"],
-        grid([32], [16, 32, 128]),
-        grid([2048], [2048, 16384]),
+        [16, 32, 128],
     ]
-    param_names = ["model", "grad_solver", "m", "n"]
+    param_names = ["model", "grad_solver", "m"]
 
-    def setup(self, model, grad_solver, m, n):
-        p = problem(model, m, n, rho=0.5)
+    def setup(self, model, grad_solver, m):
+        p = problem(model, m, N_AT[m], rho=0.5)
         self.p = p
         solver = "anderson" if grad_solver == "anderson" else "picard"
         self.kw = dict(p.model_kwargs(), solver=solver, grad_solver=grad_solver, tol=TOL)
         strict(db.loss_and_grad, model, p.X, p.Y, p.A, p.B, **self.kw)
 
-    def time_loss_and_grad(self, model, grad_solver, m, n):
+    def time_loss_and_grad(self, model, grad_solver, m):
         db.loss_and_grad(self.p.model, self.p.X, self.p.Y, self.p.A, self.p.B, **self.kw)

@@ -8,13 +8,28 @@ about 2 in ``m`` and 1 in ``n`` for Picard (less where per-call overheads
 dominate small sizes), about 0 in ``n`` for a sufficient-statistics step.
 Exponents are tracked, not asserted; a jump in one is a regression in how a
 kernel scales.
+
+The whole module is part of ``DEQBENCH_FULL=1`` only: its points are the
+kernels of ``bench_fixed_point`` and ``bench_training`` at more sizes, and the
+exponents are fits of timings (noise, not counts). The default suite times
+``m = 32`` and ``m = 256``.
 """
 
 from __future__ import annotations
 
 import deqbench as db
 
-from .common import Bench, best_time, fit_exponent, forward_problem, grid, problem, strict, training
+from .common import (
+    Bench,
+    best_time,
+    fit_exponent,
+    forward_problem,
+    full_only,
+    grid,
+    problem,
+    strict,
+    training,
+)
 
 TOL = 1e-10
 
@@ -47,6 +62,7 @@ def sufficient_stats_seconds_per_step(p) -> float:
     return max(t_long - t_short, 1e-9) / (50 * SS_STEPS)
 
 
+@full_only
 class ScalingM(Bench):
     """Forward Picard solve against the width ``m`` at ``n = 2048``, ``||A||_2 = 0.5``."""
 
@@ -61,6 +77,7 @@ class ScalingM(Bench):
         db.fixed_point(self.p.X, self.p.A, self.p.B, tol=TOL)
 
 
+@full_only
 class ScalingN(Bench):
     """Forward Picard solve against the sample count ``n`` at ``m = 32``."""
 
@@ -75,6 +92,7 @@ class ScalingN(Bench):
         db.fixed_point(self.p.X, self.p.A, self.p.B, tol=TOL)
 
 
+@full_only
 class ScalingNSufficientStats(Bench):
     """Linear training with sufficient statistics against ``n`` (``m = d = 32``,
     10 steps): the per-step cost does not depend on ``n`` (THEORY.md section 8);
@@ -93,6 +111,7 @@ class ScalingNSufficientStats(Bench):
         train_sufficient_stats(self.p)
 
 
+@full_only
 class Exponents:
     """Fitted cost exponents of a Picard iteration over the grids above (lower
     is better: a rise is a kernel that scales worse): about 2 in ``m`` (less
@@ -113,6 +132,7 @@ class Exponents:
     track_picard_n.unit = "exponent"
 
 
+@full_only
 class ExponentSufficientStats:
     """Fitted exponent in ``n`` of one sufficient-statistics step, the one-off
     ``X^T X / n`` differenced out (about 0: the step does not touch the data;

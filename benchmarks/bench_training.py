@@ -3,6 +3,11 @@
 ``GDStep`` uses the public ``loss_and_grad`` (one exact implicit step plus the
 parameter update); ``Train*`` use ``deqbench.train`` (whole loop compiled) and
 are skipped on commits that do not have it.
+
+Default suite: warm-started steps and runs of the three models at ``m = 32``
+(what training does); cold starts, the sufficient-statistics grid in ``n``
+and more widths under ``DEQBENCH_FULL=1``. Counts, allocations and the
+efficiency ratio of every step in ``GDStepMetrics``.
 """
 
 from __future__ import annotations
@@ -11,7 +16,18 @@ import numpy as np
 
 import deqbench as db
 
-from .common import Bench, cached, grid, problem, strict, sweep, training
+from .common import (
+    N_AT,
+    Bench,
+    Tracked,
+    allocations,
+    grid,
+    matmul,
+    problem,
+    strict,
+    time_ratio,
+    training,
+)
 
 MODELS = ["linear", "single_index", "nonlinear"]
 #: Step sizes that decrease the loss monotonically on these problems.
@@ -19,19 +35,19 @@ LR = {"linear": 0.1, "single_index": 0.5, "nonlinear": 0.1}
 TOL = 1e-10
 
 
-GD_PARAMS = [MODELS, ["cold", "warm"], grid([32], [32, 128]), grid([2048], [2048, 16384])]
-GD_PARAM_NAMES = ["model", "start", "m", "n"]
+GD_PARAMS = [MODELS, grid(["warm"], ["cold", "warm"]), grid([32], [32, 128])]
+GD_PARAM_NAMES = ["model", "start", "m"]
 
 
 #: GD steps taken from the initialization before the measured step.
 PRE_STEPS = 5
 
 
-def setup_step(model, start, m, n):
+def setup_step(model, start, m):
     """Parameters after ``PRE_STEPS`` GD steps from the initialization, and the
     options of the next step (``warm``: the previous step's fixed point and
     adjoint as initial guesses, as inside a training loop)."""
-    p = problem(model, m, n, rho=0.5)
+    p = problem(model, m, N_AT[m], rho=0.5)
     kw = dict(p.model_kwargs(), tol=TOL)
     A, B, info = p.A, p.B, {"z": None, "adjoint": None}
     for _ in range(PRE_STEPS):
@@ -54,41 +70,60 @@ class GDStep(Bench):
     params = GD_PARAMS
     param_names = GD_PARAM_NAMES
 
-    def setup(self, model, start, m, n):
-        self.args = setup_step(model, start, m, n)
+    def setup(self, model, start, m):
+        self.args = setup_step(model, start, m)
         strict(gd_step, *self.args)
 
-    def time_gd_step(self, model, start, m, n):
+    def time_gd_step(self, model, start, m):
         gd_step(*self.args)
 
 
-class GDStepIterations:
-    """Iterations of the step timed by ``GDStep`` (lower is better; warm
-    should be below cold)."""
+class GDStepMetrics(Tracked):
+    """Machine-independent numbers of the step timed by ``GDStep``, cold and warm.
 
-    params = GD_PARAMS
+    * ``fp_map_evaluations`` / ``adj_map_evaluations``: map evaluations of the
+      forward and the adjoint solve (``n_iter + 1``), exact.
+    * ``bytes_allocated``: ``tracemalloc`` peak of one step after a warm-up.
+    * ``nrt_allocations``: allocations inside compiled code per step (exact).
+    * ``efficiency``: CPU time of the step over the numpy matmuls of the same
+      shapes that docs/theory.md §8 counts for it (one ``(n, m) @ (m, m)`` per
+      map evaluation, ``X @ B^T`` and the two gradient products), timed in
+      the same process.
+    """
+
+    params = [MODELS, ["cold", "warm"], GD_PARAMS[2]]
     param_names = GD_PARAM_NAMES
-    timeout = 600.0
-
-    def measure(self, model, start, m, n):
-        info = strict(gd_step, *setup_step(model, start, m, n))[2]
-        return {"fp": info["fp_iters"], "adj": info["adj_iters"]}
+    tracks = {
+        "fp_map_evaluations": "evaluations",
+        "adj_map_evaluations": "evaluations",
+        "bytes_allocated": "bytes",
+        "nrt_allocations": "allocations",
+        "efficiency": "time / numpy matmul time",
+    }
 
     def setup_cache(self):
-        return sweep(self)
+        return self.sweep()
 
-    def setup(self, cache, *params):
-        cached(cache, params)
-
-    def track_fp_iters(self, cache, *params):
-        return cached(cache, params)["fp"]
-
-    track_fp_iters.unit = "iterations"
-
-    def track_adj_iters(self, cache, *params):
-        return cached(cache, params)["adj"]
-
-    track_adj_iters.unit = "iterations"
+    def measure(self, model, start, m):
+        p, A, B, kw = setup_step(model, start, m)
+        info = strict(gd_step, p, A, B, kw)[2]
+        Z, Lam = info["z"], info["adjoint"]
+        evals = info["fp_iters"] + info["adj_iters"] + 2
+        step = lambda: gd_step(p, A, B, kw)  # noqa: E731
+        alloc = allocations(step)
+        refs = [
+            (matmul(Z, A.T), evals),
+            (matmul(p.X, B.T), 1),
+            (matmul(Lam.T, Z), 1),
+            (matmul(Lam.T, p.X), 1),
+        ]
+        return {
+            "fp_map_evaluations": info["fp_iters"] + 1,
+            "adj_map_evaluations": info["adj_iters"] + 1,
+            "bytes_allocated": alloc["bytes"],
+            "nrt_allocations": alloc["nrt"],
+            "efficiency": time_ratio(step, refs),
+        }
 
 
 def run_training(p, *, steps, lr, **kw):
@@ -117,9 +152,8 @@ class Train(Bench):
     """A whole training run (``steps = 20``) per model, warm starts on and off,
     per-sample gradients (``sufficient_stats=False``), ``m = 32, n = 2048``."""
 
-    params = [MODELS, [False, True]]
+    params = [MODELS, grid([True], [False, True])]
     param_names = ["model", "warm_start"]
-    rounds = 1
 
     def setup(self, model, warm_start):
         self.p, self.kw = setup_train(model, warm_start)
@@ -138,50 +172,40 @@ class Train(Bench):
         )
 
 
-class TrainIterations:
+class TrainIterations(Tracked):
     """Mean forward / adjoint iterations per step of the runs timed by
-    ``Train`` (lower is better; the warm-start saving)."""
+    ``Train`` (the warm-start saving); exact."""
 
     params = [MODELS, [False, True]]
     param_names = ["model", "warm_start"]
-    timeout = 600.0
-
-    def measure(self, model, warm_start):
-        p, kw = setup_train(model, warm_start)
-        h = run_training(p, **kw).history
-        return {"fp": float(np.mean(h["fp_iters"])), "adj": float(np.mean(h["adj_iters"]))}
+    tracks = {"fp_iters_per_step": "iterations", "adj_iters_per_step": "iterations"}
 
     def setup_cache(self):
         try:
             training()
         except NotImplementedError:
             return {}
-        return sweep(self)
+        return self.sweep()
 
-    def setup(self, cache, *params):
-        training()
-        cached(cache, params)
-
-    def track_fp_iters_per_step(self, cache, *params):
-        return cached(cache, params)["fp"]
-
-    track_fp_iters_per_step.unit = "iterations"
-
-    def track_adj_iters_per_step(self, cache, *params):
-        return cached(cache, params)["adj"]
-
-    track_adj_iters_per_step.unit = "iterations"
+    def measure(self, model, warm_start):
+        p, kw = setup_train(model, warm_start)
+        h = run_training(p, **kw).history
+        return {
+            "fp_iters_per_step": float(np.mean(h["fp_iters"])),
+            "adj_iters_per_step": float(np.mean(h["adj_iters"])),
+        }
 
 
 class TrainSufficientStats(Bench):
     """Linear model, ``steps = 20``: per-sample implicit steps against the
     sufficient-statistics step whose cost does not grow with ``n``
-    (THEORY.md section 8); ``m = d = 32``."""
+    (THEORY.md section 8); ``m = d = 32``. Default suite: the sufficient-statistics
+    path only (the per-sample path is ``Train``'s, and at ``n = 16384`` one run
+    takes seconds)."""
 
-    params = [grid([2048, 16384], [2048, 16384, 131072]), [False, True]]
+    params = [grid([16384], [2048, 16384, 131072]), grid([True], [False, True])]
     param_names = ["n", "sufficient_stats"]
     steps = 20
-    rounds = 1
 
     def setup(self, n, sufficient_stats):
         self.p = problem("linear", 32, n, rho=0.5)

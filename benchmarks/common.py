@@ -11,8 +11,12 @@ Conventions of the suite (see README, section "Benchmarks"):
   rise as a regression for every benchmark in the suite.
 * Parameter lists are sorted so that the first value of every parameter is the
   smallest (cheapest) case; ``tests/test_benchmarks.py`` runs exactly that case.
-* The default grid is small enough for a full ``asv run`` in well under 20
-  minutes on 2 cores; ``DEQBENCH_FULL=1`` switches every class to its full grid.
+* The default suite is for regression tracking (``benchmarks/gate.sh``): few
+  timed cases, each one call of >= ~10 ms per sample (:data:`N_AT`, :class:`Bench`),
+  next to ``track_`` values that do not depend on the machine (:class:`Tracked`:
+  counts, allocations, time ratios to numpy's matmul measured in one process).
+  ``DEQBENCH_FULL=1`` switches every class to its full grid and adds the
+  :func:`full_only` classes.
 """
 
 from __future__ import annotations
@@ -44,25 +48,66 @@ def grid(default, full):
 #: With BLAS and numba pinned to one thread (asv.conf.json), CPU time equals the
 #: compute time and is far less sensitive than wall time to other processes
 #: sharing the machine (on a loaded 2-core box wall times of the same call
-#: vary by 10x; CPU times by a few percent).
+#: vary by 10x; CPU times by a few percent). Resolution: clock_gettime's
+#: CLOCK_PROCESS_CPUTIME_ID, 1 ns on Linux.
 TIMER = time.process_time
 
 
 class Bench:
-    """Timing attributes shared by every benchmark class.
+    """Timing attributes shared by every ``time_`` benchmark of the suite.
 
-    ``timer``: CPU time (see :data:`TIMER`). ``warmup_time = 0`` is safe because
-    ``setup`` already ran the kernel once; ``repeat = (min, max, max_seconds)``
-    bounds each parameter combination to a couple of seconds per round so the
-    default grid stays cheap.
+    What asv does with them (asv_runner 0.3): each of ``rounds`` processes runs
+    ``setup`` and then takes between ``repeat[0]`` and ``repeat[1]`` samples,
+    stopping early after ``repeat[2]`` seconds; ``setup`` runs again before
+    EVERY sample, and a sample times ``number`` calls. ``asv continuous``
+    compares the medians of all samples of a commit and flags a case only if
+    the ratio is beyond ``--factor`` AND a Mann-Whitney U test on the samples
+    gives p < 0.002 (which needs at least 6 samples per commit).
+
+    * ``number = 1``: one call per sample. Bodies are sized (``N_AT``) so one
+      call takes at least ~10 ms on a 2-core laptop-class CPU: far above the
+      timer's resolution and the scheduler's tick, so a sample is the cost of
+      the call, not of what happened around it. (With a ``setup``, asv_runner
+      0.3 uses ``number = 1`` anyway; saying so keeps it from calibrating.)
+    * ``warmup_time = 0``, ``sample_time`` unused: every sample follows a
+      ``setup`` that builds the data and calls the kernel once (numba cache
+      loaded, buffers faulted in, caches warm), so there is nothing left to
+      warm up and no calibration to do.
+    * ``rounds = 4``: four processes per commit. Page placement, ASLR and the
+      numba cache load differ per process and move a case by a few percent
+      between processes (not between samples of one process); more processes
+      average that out, and ``--interleave-rounds`` (``benchmarks/gate.sh``)
+      alternates base and head processes so slow drifts of the machine hit
+      both commits alike.
+    * ``repeat = (3, 5, 2.0)``: 3 to 5 samples per process, 12-20 per commit:
+      enough for the U test to decide, and at most ~2 s per process.
+    * ``min_run_count = 3``: the same floor as ``repeat[0]`` (asv's default is 2):
+      a slow case keeps 3 samples per process past ``repeat[2]``.
     """
 
     timer = staticmethod(TIMER)
-    rounds = 2
-    repeat = (3, 8, 1.0)
-    sample_time = 0.02
+    number = 1
     warmup_time = 0.0
+    sample_time = 0.01
+    rounds = 4
+    repeat = (3, 5, 2.0)
+    min_run_count = 3
     timeout = 300.0
+
+
+def full_only(cls):
+    """Class decorator: the class is part of the ``DEQBENCH_FULL=1`` suite only
+    (asv does not see it in the default suite). For benchmarks whose points
+    add run time and noise but no information the default suite lacks (the
+    scaling grids: the default already times m = 32 and 256)."""
+    return cls if FULL else None
+
+
+#: ``n`` of the timed solves at width ``m``: one forward solve (about 18 Picard
+#: iterations at ``||A||_2 = 0.5``, tol 1e-10) costs at least ~10 ms single-
+#: threaded (docs/theory.md §8: ``2 m^2 n`` flops per iteration, but small
+#: widths are bound by the elementwise pass, hence more than ``1/m^2``).
+N_AT = {16: 16384, 32: 8192, 64: 4096, 128: 1024, 256: 512, 512: 256}
 
 
 # --------------------------------------------------------------------------
@@ -206,14 +251,6 @@ def dloss_dz(p: Problem, Z: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def predicted_iters(rate: float, tol: float) -> int:
-    """Iterations for a map contracting at ``rate`` to reach relative ``tol``
-    from ``Z0 = 0`` (THEORY.md section 3: ``ceil(log(tol) / log(rate))``)."""
-    if not 0.0 < rate < 1.0:
-        raise ValueError(f"rate must be in (0, 1), got {rate!r}")
-    return max(1, math.ceil(math.log(tol) / math.log(rate)))
-
-
 def contraction_rate(A: np.ndarray, damping: float = 1.0, activation: str = "identity") -> float:
     """Rate at which damped Picard ``Z <- (1-b) Z + b phi(Z A^T + U)`` contracts
     (THEORY.md section 3): for the linear map the spectral radius of
@@ -333,19 +370,13 @@ def peak_rss_increase_mib(fn) -> float:
 
 
 # --------------------------------------------------------------------------
-# track_ values of a whole grid measured once
+# track_ values that do not depend on the machine
 # --------------------------------------------------------------------------
 
 
 def sweep(bench) -> dict:
     """``{params: bench.measure(*params)}`` over the full product of
-    ``bench.params`` (``None`` where ``measure`` raises NotImplementedError).
-
-    Classes that only read values (iteration counts, errors, ratios) call this
-    from their own ``setup_cache`` (asv keys the cache by the function's source
-    line, so every class needs its own ``setup_cache``): one process computes
-    the grid instead of one process per track and parameter set.
-    """
+    ``bench.params`` (``None`` where ``measure`` raises NotImplementedError)."""
     lists = bench.params if isinstance(bench.params[0], (list, tuple)) else [bench.params]
     out = {}
     for combo in itertools.product(*lists):
@@ -356,9 +387,127 @@ def sweep(bench) -> dict:
     return out
 
 
-def cached(cache: dict, combo: tuple) -> dict:
-    """The swept values of ``combo``, or ``NotImplementedError`` (asv: skip)."""
-    values = cache.get(tuple(combo))
-    if values is None:
-        raise NotImplementedError(f"nothing measured for {combo!r}")
-    return values
+def _track(key: str, unit: str):
+    def track(self, cache, *params):
+        return self.values[key]
+
+    track.__name__ = track.__qualname__ = f"track_{key}"
+    track.unit = unit
+    return track
+
+
+#: Units of the ``track_`` values that are exact counts: the same code gives
+#: the same number on any machine, so ANY rise is a regression
+#: (``benchmarks/gate_counts.py``; the 10% factor of the gate would let a
+#: count go from 19 to 20 unseen).
+COUNT_UNITS = ("evaluations", "iterations", "allocations")
+
+
+class Tracked:
+    """Base of the classes that report ``track_`` values of a whole grid,
+    measured once per commit in ``setup_cache`` (one process computes the
+    grid instead of one process per value and parameter set).
+
+    A subclass sets ``params`` / ``param_names``, ``tracks = {key: unit}`` and
+    ``measure(*params) -> {key: value}`` (``NotImplementedError``: asv skips
+    that combination); ``track_<key>`` methods with ``.unit`` are generated.
+    Values are phrased so that LOWER IS BETTER. Units in :data:`COUNT_UNITS`
+    are exact counts. Each subclass still writes the two lines
+
+        def setup_cache(self):
+            return self.sweep()
+
+    because asv keys a cache by the module and source line of ``setup_cache``:
+    one inherited function would make every subclass share the first one's cache.
+    """
+
+    tracks: dict = {}
+    timeout = 900.0
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "setup_cache" not in vars(cls):
+            raise TypeError(f"{cls.__name__} must define its own setup_cache (see Tracked)")
+        for key, unit in cls.tracks.items():
+            setattr(cls, f"track_{key}", _track(key, unit))
+
+    def sweep(self) -> dict:
+        return sweep(self)
+
+    def setup(self, cache, *params):
+        values = cache.get(tuple(params)) if cache else None
+        if values is None:
+            raise NotImplementedError(f"nothing measured for {params!r}")
+        self.values = values
+
+
+def _per_call(fn, min_time: float) -> float:
+    """CPU seconds per call of ``fn``, looping until ``min_time`` has elapsed."""
+    k = 0
+    t0 = TIMER()
+    while True:
+        fn()
+        k += 1
+        dt = TIMER() - t0
+        if dt >= min_time:
+            return dt / k
+
+
+def time_ratio(fn, refs, *, rounds: int = 5, min_time: float = 0.02) -> float:
+    """``t(fn) / sum(count * t(ref) for ref, count in refs)``, each time the best
+    of ``rounds`` samples taken alternately in this process (so the machine's
+    speed at the moment cancels out of the ratio). ``refs``: ``[(callable,
+    count), ...]``, the numpy matmuls the cost model says ``fn`` performs."""
+    fn()
+    for ref, _ in refs:
+        ref()
+    best_fn = math.inf
+    best_ref = [math.inf] * len(refs)
+    for _ in range(rounds):
+        best_fn = min(best_fn, _per_call(fn, min_time))
+        for i, (ref, _) in enumerate(refs):
+            best_ref[i] = min(best_ref[i], _per_call(ref, min_time / 4))
+    return best_fn / sum(t * count for t, (_, count) in zip(best_ref, refs, strict=True))
+
+
+def matmul(P: np.ndarray, Q: np.ndarray):
+    """A call of ``out <- P @ Q`` by numpy into a preallocated ``out`` (the
+    reference of :func:`time_ratio`)."""
+    P = np.ascontiguousarray(P)
+    Q = np.ascontiguousarray(Q)
+    out = np.empty((P.shape[0], Q.shape[1]))
+    return lambda: np.dot(P, Q, out)
+
+
+def _nrt_stats():
+    try:
+        from numba.core.runtime import _nrt_python, rtsys  # noqa: PLC0415
+
+        _nrt_python.memsys_enable_stats()
+        return rtsys
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+
+
+def allocations(fn) -> dict:
+    """Memory allocated by one call of ``fn`` after a warm-up call.
+
+    ``bytes``: the ``tracemalloc`` peak of the call (Python and NumPy
+    allocations, which include every work buffer the public API hands to the
+    kernels). ``nrt``: allocations made inside compiled code (numba's NRT
+    counter, enabled here; ``nan`` if this numba lacks it); exact for a given
+    thread count.
+    """
+    import tracemalloc  # noqa: PLC0415
+
+    rtsys = _nrt_stats()
+    fn()
+    before = rtsys.get_allocation_stats().alloc if rtsys is not None else 0
+    tracemalloc.start()
+    try:
+        fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    nrt = rtsys.get_allocation_stats().alloc - before if rtsys is not None else math.nan
+    return {"bytes": float(peak), "nrt": float(nrt)}

@@ -176,3 +176,158 @@ def test_benchmark_runs(module, owner, methods):
         ran, skipped = _run_class(obj, methods)
     if ran == 0:
         pytest.skip("; ".join(skipped) or "no parameter combination")
+
+
+# --------------------------------------------------------------------------
+# the regression gate's pieces (benchmarks/common.Tracked, gate.sh, inject.py,
+# gate_counts.py); none of them times anything
+# --------------------------------------------------------------------------
+
+
+def test_tracked_generates_tracks_and_needs_its_own_setup_cache():
+    from benchmarks.common import COUNT_UNITS, Tracked
+
+    class Counts(Tracked):
+        params = [[1, 2]]
+        param_names = ["k"]
+        tracks = {"evals": "evaluations", "ratio": "ratio"}
+
+        def setup_cache(self):
+            return self.sweep()
+
+        def measure(self, k):
+            if k == 2:
+                raise NotImplementedError
+            return {"evals": 10 * k, "ratio": 0.5}
+
+    bench = Counts()
+    cache = bench.setup_cache()
+    assert cache == {(1,): {"evals": 10, "ratio": 0.5}, (2,): None}
+    bench.setup(cache, 1)
+    assert bench.track_evals(cache, 1) == 10
+    assert Counts.track_evals.unit == "evaluations" and Counts.track_evals.unit in COUNT_UNITS
+    assert Counts.track_ratio.unit == "ratio"
+    with pytest.raises(NotImplementedError):
+        bench.setup(cache, 2)
+    with pytest.raises(TypeError, match="setup_cache"):
+
+        class Inherited(Tracked):  # would share the first subclass's asv cache
+            tracks = {"x": "ratio"}
+
+
+def test_gate_counts_flags_any_rise():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gate_counts
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from benchmarks.common import COUNT_UNITS
+
+    assert gate_counts.COUNT_UNITS == COUNT_UNITS
+    base = {("a", (1,)): 19, ("a", (2,)): 5, ("b", ()): 3, ("c", ()): 7}
+    assert gate_counts.compare(base, dict(base)) == ([], False)
+    rows, rose = gate_counts.compare(base, {**base, ("a", (2,)): 4})
+    assert rows == [("a", (2,), 5, 4)] and not rose  # fewer evaluations: an improvement
+    rows, rose = gate_counts.compare(base, {**base, ("a", (1,)): 20})
+    assert rows == [("a", (1,), 19, 20)] and rose  # 5%: under any time factor, still a rise
+    rows, rose = gate_counts.compare(base, {**base, ("c", ()): None})
+    assert rose  # a count that failed or vanished
+
+
+def test_inject_slows_only_and_changes_no_result(tmp_path):
+    """The injected kernel gives bitwise the same fixed point (run as plain
+    Python under NUMBA_DISABLE_JIT: the logic, not the compiled code)."""
+    import shutil
+    import subprocess
+
+    from benchmarks import inject
+
+    source = (ROOT / "deqbench" / "_kernels" / "fixed_point.py").read_text()
+    patched = inject.inject(source)
+    assert patched.count("INJECTED by benchmarks/inject.py") == 1
+    with pytest.raises(ValueError, match="already"):
+        inject.inject(patched)
+    with pytest.raises(ValueError, match="update benchmarks/inject.py"):
+        inject.inject(source.replace("rows = block_rows(Z.shape[0], Z.shape[1])", "rows = 1"))
+    shutil.copytree(ROOT / "deqbench", tmp_path / "deqbench")
+    (tmp_path / "deqbench" / "_kernels" / "fixed_point.py").write_text(patched)
+    script = (
+        "import sys, numpy as np, deqbench as db\n"
+        "X, Y, _ = db.data.linear_teacher(120, 32, 32, seed=0)\n"
+        "A, B = db.data.init_params(32, 32, scale_A=0.5, scale_B=1.0, seed=1)\n"
+        "r = db.fixed_point(X, A, B, activation='tanh')\n"
+        "sys.stdout.write(r.z.tobytes().hex() + ' ' + str(r.n_iter))\n"
+    )
+    out = {}
+    for name, root in (("plain", ROOT), ("injected", tmp_path)):
+        env = {"PATH": "/usr/bin:/bin", "NUMBA_DISABLE_JIT": "1", "PYTHONPATH": str(root)}
+        res = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path
+        )
+        assert res.returncode == 0, res.stderr
+        out[name] = res.stdout
+    assert out["plain"] == out["injected"]
+
+
+def _gate(*args):
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("benchmarks/gate.sh needs a git checkout")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env["PYTHON"] = sys.executable
+    return subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gate.sh"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_gate_script_arguments():
+    import subprocess
+
+    assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gate.sh")]).returncode == 0
+    assert "BASE HEAD" in _gate("--help").stdout
+    for args, message in (
+        ((), "give BASE and HEAD"),
+        (("HEAD",), "give BASE and HEAD"),
+        (("--bogus", "HEAD", "HEAD"), "unknown option"),
+        (("--bench",), "needs a REGEX"),
+        (("--aa", "HEAD", "HEAD"), "at most one commit"),
+        (("no-such-commit", "HEAD"), "not a commit"),
+    ):
+        res = _gate(*args)
+        assert res.returncode == 2 and message in res.stderr, (args, res.stderr)
+
+
+def test_gate_dry_runs():
+    res = _gate("--dry-run", "--bench", r"FixedPoint\.", "HEAD", "HEAD")
+    assert res.returncode == 0, res.stderr
+    assert "continuous --factor 1.10 --interleave-rounds" in res.stdout
+    assert "gate_counts.py" in res.stdout
+    res = _gate("--dry-run", "--inject")  # applies the injection in a temporary worktree
+    assert res.returncode == 0, res.stderr
+    assert "+15% of each pass" in res.stderr
+
+
+def test_full_grid_imports():
+    """Under DEQBENCH_FULL=1 the full-only classes exist and the grids grow."""
+    import os
+    import subprocess
+
+    script = (
+        "import benchmarks.bench_scaling as s, benchmarks.bench_fixed_point as f\n"
+        "assert s.ScalingM is not None and s.Exponents is not None\n"
+        "assert 'damped' in f.FixedPoint.params[0] and len(f.FixedPoint.params[1]) == 7\n"
+    )
+    env = dict(os.environ, DEQBENCH_FULL="1", PYTHONPATH=str(ROOT))
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    import benchmarks.bench_scaling as scaling
+    from benchmarks.common import FULL
+
+    assert FULL or scaling.ScalingM is None  # not in the default suite

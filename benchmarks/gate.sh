@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Regression gate of deqbench: BASE against HEAD with asv, exit non-zero on a regression.
+#
+#   benchmarks/gate.sh [options] BASE HEAD   compare two commits
+#   benchmarks/gate.sh [options] --aa [BASE]      A/A: BASE against a commit on top of it that
+#                                                 adds a blank line to README.md (expect: exit 0)
+#   benchmarks/gate.sh [options] --inject [BASE]  BASE against a commit on top of it whose
+#                                                 forward kernel repeats 15% of each pass at
+#                                                 m = 32 and m = 256 (benchmarks/inject.py;
+#                                                 expect: exit 1, only those cases flagged)
+# options:
+#   --bench REGEX   benchmarks to run (asv --bench; default: $DEFAULT_BENCH below)
+#   --machine NAME  asv machine name (default: asv's, the host name)
+#   --dry-run       resolve the commits, check the injection applies, print the commands
+#   -h, --help
+#
+# Two checks, both must pass:
+# 1. `asv continuous --factor 1.10 --interleave-rounds`: a time (or any value) is flagged
+#    when the median moved by more than 10% AND asv's Mann-Whitney U test on the samples
+#    says p < 0.002. The quiet settings are the suite's own (benchmarks/common.py, Bench):
+#    one call of >= ~10 ms per sample, 4 processes x 3-5 samples per commit, and
+#    --interleave-rounds alternates BASE and HEAD processes so drifts hit both alike.
+# 2. benchmarks/gate_counts.py: every exact count (map evaluations, iterations,
+#    allocations in compiled code) that rose at all, which a 10% factor would miss.
+#
+# Results go to .asv/gate/results (a copy of asv.conf.json with another results_dir),
+# never into the committed results/asv/. The throwaway commits of --aa / --inject are
+# made in a temporary worktree and kept on the branches gate/aa and gate/inject (asv
+# needs them to exist; delete with `git branch -D gate/aa gate/inject`).
+# Run on a quiet machine: `../shared/tools/quiet` (or see README, "Benchmarks").
+set -euo pipefail
+shopt -s inherit_errexit
+
+# deqbench's own kernels; compile times (fresh-interpreter CPU seconds, a noisy track_
+# with no samples) and the peers (other libraries) are left to `asv run`.
+DEFAULT_BENCH='^bench_(fixed_point|gradients|training|memory|theory)\.'
+FACTOR=1.10
+
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+die() { echo "gate.sh: $*" >&2; exit 2; }
+
+mode=compare bench=$DEFAULT_BENCH machine= dry=0 positional=()
+while (($#)); do
+    case $1 in
+        --aa) mode=aa ;;
+        --inject) mode=inject ;;
+        --bench) (($# >= 2)) || die "--bench needs a REGEX"; bench=$2; shift ;;
+        --bench=*) bench=${1#--bench=} ;;
+        --machine) (($# >= 2)) || die "--machine needs a NAME"; machine=$2; shift ;;
+        --machine=*) machine=${1#--machine=} ;;
+        --dry-run) dry=1 ;;
+        -h | --help) usage; exit 0 ;;
+        -*) die "unknown option $1 (see --help)" ;;
+        *) positional+=("$1") ;;
+    esac
+    shift
+done
+
+case $mode in
+    compare) ((${#positional[@]} == 2)) || die "give BASE and HEAD (see --help)" ;;
+    *) ((${#positional[@]} <= 1)) || die "--$mode takes at most one commit, BASE" ;;
+esac
+
+cd "$(git rev-parse --show-toplevel)"
+python=${PYTHON:-python}
+commit_of() { git rev-parse --verify --quiet "$1^{commit}" || die "not a commit: $1"; }
+base=$(commit_of "${positional[0]:-HEAD}")
+run() { if ((dry)); then printf '+ %q' "$1"; shift; printf ' %q' "$@"; echo; else "$@"; fi; }
+
+throwaway() {  # throwaway <aa|inject>: a commit on top of $base; prints its hash
+    local kind=$1 tree
+    tree=$(mktemp -d)
+    trap 'git worktree remove --force "$tree" >/dev/null 2>&1 || true; rm -rf "$tree"' RETURN
+    git worktree add --quiet --detach "$tree" "$base" >&2
+    if [[ $kind == aa ]]; then
+        printf '\n' >>"$tree/README.md"
+        msg="gate A/A: a blank line in README.md (changes nothing the benchmarks run)"
+    else
+        "$python" benchmarks/inject.py "$tree/deqbench/_kernels/fixed_point.py" >&2
+        msg="gate injection: forward kernel repeats 15% of each pass at m = 32 and 256 (NOT FOR MERGE)"
+    fi
+    if ((dry)); then
+        git -C "$tree" diff --stat >&2
+        echo "$base"  # nothing committed in a dry run
+        return
+    fi
+    git -C "$tree" -c user.name=gate -c user.email=gate@localhost commit --quiet -am "$msg" >&2
+    git -C "$tree" rev-parse HEAD
+    git branch --force "gate/$kind" "$(git -C "$tree" rev-parse HEAD)" >&2
+}
+
+case $mode in
+    compare) head=$(commit_of "${positional[1]}") ;;
+    *) head=$(throwaway "$mode") ;;
+esac
+echo "gate: base $(git log -1 --format='%h %s' "$base")"
+echo "gate: head $(git log -1 --format='%h %s' "$head")$( ((dry)) && [[ $mode != compare ]] && echo ' (dry run: the throwaway commit is not made)')"
+echo "gate: --bench '$bench', --factor $FACTOR"
+
+# a copy of the configuration whose results stay out of the committed results/asv/
+mkdir -p .asv/gate
+conf=.asv/gate/asv.conf.json
+"$python" - "$conf" <<'EOF'
+import json, sys
+from asv import util
+d = util.load_json("asv.conf.json", js_comments=True)
+d.update(results_dir=".asv/gate/results", html_dir=".asv/gate/html")
+json.dump(d, open(sys.argv[1], "w"), indent=2)
+EOF
+
+machine_args=()
+[[ -n $machine ]] && machine_args=(--machine "$machine")
+run asv --config "$conf" machine --yes "${machine_args[@]}"
+
+status=0
+run asv --config "$conf" continuous --factor "$FACTOR" --interleave-rounds --split \
+    --bench "$bench" "${machine_args[@]}" "$base" "$head" || status=1
+run "$python" benchmarks/gate_counts.py --config "$conf" "${machine_args[@]}" "$base" "$head" || status=1
+
+if ((dry)); then exit 0; fi
+case $mode in
+    aa) echo "gate: A/A $( ((status)) && echo 'FAILED: a no-op commit was flagged' || echo 'passed: nothing flagged')" ;;
+    inject) echo "gate: injection $( ((status)) && echo 'flagged (expected: only Picard cases at m = 32 and 256)' || echo 'NOT flagged: the gate missed a 15% slowdown')" ;;
+esac
+exit "$status"
