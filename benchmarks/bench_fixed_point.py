@@ -19,11 +19,11 @@ from .common import (
     Tracked,
     allocations,
     contraction_rate,
+    cost_ratio,
     forward_problem,
     grid,
     matmul,
     strict,
-    time_ratio,
     with_spectral_radius,
 )
 
@@ -111,7 +111,7 @@ class FixedPointMetrics(Tracked):
             "iterations_over_predicted": ratio,
             "bytes_allocated": alloc["bytes"],
             "nrt_allocations": alloc["nrt"],
-            "efficiency": time_ratio(solve, [(matmul(res.z, p.A.T), evals)]),
+            "efficiency": cost_ratio(solve, [(matmul(res.z, p.A.T), evals)]),
         }
 
 

@@ -21,11 +21,11 @@ from .common import (
     Bench,
     Tracked,
     allocations,
+    cost_ratio,
     grid,
     matmul,
     problem,
     strict,
-    time_ratio,
     training,
 )
 
@@ -122,7 +122,7 @@ class GDStepMetrics(Tracked):
             "adj_map_evaluations": info["adj_iters"] + 1,
             "bytes_allocated": alloc["bytes"],
             "nrt_allocations": alloc["nrt"],
-            "efficiency": time_ratio(step, refs),
+            "efficiency": cost_ratio(step, refs),
         }
 
 

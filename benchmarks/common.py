@@ -453,7 +453,7 @@ def _per_call(fn, min_time: float) -> float:
             return dt / k
 
 
-def time_ratio(fn, refs, *, rounds: int = 5, min_time: float = 0.02) -> float:
+def cost_ratio(fn, refs, *, rounds: int = 5, min_time: float = 0.02) -> float:
     """``t(fn) / sum(count * t(ref) for ref, count in refs)``, each time the best
     of ``rounds`` samples taken alternately in this process (so the machine's
     speed at the moment cancels out of the ratio). ``refs``: ``[(callable,
@@ -472,7 +472,7 @@ def time_ratio(fn, refs, *, rounds: int = 5, min_time: float = 0.02) -> float:
 
 def matmul(P: np.ndarray, Q: np.ndarray):
     """A call of ``out <- P @ Q`` by numpy into a preallocated ``out`` (the
-    reference of :func:`time_ratio`)."""
+    reference of :func:`cost_ratio`)."""
     P = np.ascontiguousarray(P)
     Q = np.ascontiguousarray(Q)
     out = np.empty((P.shape[0], Q.shape[1]))
