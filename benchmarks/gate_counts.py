@@ -6,7 +6,7 @@ is right for times but lets an iteration count go from 19 to 20 unseen. The
 map evaluations, iterations, allocations inside compiled code) do not depend
 on the machine, so any rise is a regression. This reads the results that the
 gate's ``asv continuous`` stored and prints every count that changed; exit
-status 1 if one rose.
+status 1 if one rose, 2 if there is nothing to compare.
 
 Usage (from the repository root; ``benchmarks/gate.sh`` calls it)::
 
@@ -48,6 +48,8 @@ def _values(conf, machine: str, commit: str, benchmarks) -> dict:
             if bench.get("unit") not in COUNT_UNITS:
                 continue
             values = res.get_result_value(name, bench["params"])
+            if not isinstance(values, list):  # a benchmark without parameters
+                values = [values]
             combos = list(itertools.product(*bench["params"])) or [()]
             for combo, value in zip(combos, values, strict=True):
                 out[(name, combo)] = value
@@ -81,9 +83,14 @@ def main(argv=None) -> int:
 
     from asv.benchmarks import Benchmarks  # noqa: PLC0415
     from asv.config import Config  # noqa: PLC0415
+    from asv.util import UserError  # noqa: PLC0415
 
-    conf = Config.load(args.config)
-    benchmarks = Benchmarks.load(conf)
+    try:
+        conf = Config.load(args.config)
+        benchmarks = Benchmarks.load(conf)
+    except UserError as exc:
+        print(f"gate_counts: cannot compare: {exc}")
+        return 2
     base, head = _hash(args.base), _hash(args.head)
     machines = (
         [args.machine]
@@ -118,7 +125,8 @@ def main(argv=None) -> int:
             print("COUNTS ROSE: a change in a count is a regression as real as a slowdown.")
             status = 1
     if not found:
-        print("gate_counts: no count results for both commits (nothing to compare)")
+        print("gate_counts: cannot compare: no results of both commits")
+        return 2
     return status
 
 
