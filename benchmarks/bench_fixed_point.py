@@ -24,7 +24,6 @@ from .common import (
     grid,
     matmul,
     strict,
-    with_spectral_radius,
 )
 
 METHODS = {
@@ -130,7 +129,7 @@ class FixedPointContraction(Tracked):
 
     def measure(self, method, rho):
         p = forward_problem(32, 1024)
-        A = with_spectral_radius(p.A, rho)
+        A = db.data.with_spectral_radius(p.A, rho)
         res = strict(db.fixed_point, p.X, A, p.B, method=method, tol=TOL, max_iter=100_000)
         predicted = predicted_fp_iters(contraction_rate(A), TOL)
         return {

@@ -20,7 +20,6 @@ from .common import (
     peak_rss_increase_mib,
     problem,
     strict,
-    symmetric_contraction,
     training,
 )
 
@@ -29,7 +28,7 @@ TOL = 1e-8
 
 def step_problem(K: int, n: int = 4096, m: int = 16):
     p = problem("linear", m, n)
-    p.A = symmetric_contraction(m, TOL ** (1.0 / K))
+    p.A = db.data.symmetric_with_spectrum(np.linspace(-1.0, 1.0, m) * TOL ** (1.0 / K))
     return p
 
 

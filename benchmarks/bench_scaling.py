@@ -22,7 +22,6 @@ import deqbench as db
 from .common import (
     Bench,
     best_time,
-    fit_exponent,
     forward_problem,
     full_only,
     grid,
@@ -121,13 +120,13 @@ class Exponents:
 
     def track_picard_m(self):
         times = [picard_seconds_per_iter(forward_problem(m, N_FIXED)) for m in M_GRID]
-        return fit_exponent(M_GRID, times)
+        return db.theory.loglog_fit(M_GRID, times)[0]
 
     track_picard_m.unit = "exponent"
 
     def track_picard_n(self):
         times = [picard_seconds_per_iter(forward_problem(M_FIXED, n)) for n in N_GRID]
-        return fit_exponent(N_GRID, times)
+        return db.theory.loglog_fit(N_GRID, times)[0]
 
     track_picard_n.unit = "exponent"
 
@@ -145,6 +144,6 @@ class ExponentSufficientStats:
 
     def track_sufficient_stats_n(self):
         times = [sufficient_stats_seconds_per_step(problem("linear", M_FIXED, n)) for n in N_GRID]
-        return fit_exponent(N_GRID, times)
+        return db.theory.loglog_fit(N_GRID, times)[0]
 
     track_sufficient_stats_n.unit = "exponent"

@@ -263,12 +263,6 @@ def contraction_rate(A: np.ndarray, damping: float = 1.0, activation: str = "ide
     return (1.0 - damping) + damping * lip * float(np.linalg.norm(A, 2))
 
 
-def with_spectral_radius(A: np.ndarray, rho: float) -> np.ndarray:
-    """``A`` rescaled to spectral radius ``rho`` (its norm is then about ``2 rho``
-    for a Gaussian ``A``: a non-normal map with a transient)."""
-    return A * (rho / float(np.max(np.abs(np.linalg.eigvals(A)))))
-
-
 def rel_err(x: np.ndarray, ref: np.ndarray) -> float:
     """``||x - ref||_F / ||ref||_F``."""
     den = float(np.linalg.norm(ref))
@@ -294,28 +288,12 @@ def best_time(fn, *, repeat: int = 3, min_time: float = 0.05) -> float:
     return best
 
 
-def fit_exponent(sizes, values) -> float:
-    """Least-squares slope of ``log(values)`` against ``log(sizes)``."""
-    x = np.log(np.asarray(sizes, dtype=float))
-    y = np.log(np.asarray(values, dtype=float))
-    return float(np.polyfit(x, y, 1)[0])
-
-
 def strict(fn, *args, **kwargs):
     """Call ``fn`` with RuntimeWarnings raised as errors: a benchmark of a
     solve that did not converge is a broken benchmark, not a number."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         return fn(*args, **kwargs)
-
-
-def symmetric_contraction(m: int, rho: float, seed: int = 0) -> np.ndarray:
-    """Symmetric ``A`` with ``rho(A) = ||A||_2 = rho``: Picard on the linear map
-    contracts by exactly ``rho`` per step (no transient), so the iteration count
-    is ``~log(tol) / log(rho)`` and can be dialled in."""
-    R = np.random.default_rng(seed).standard_normal((m, m))
-    S = R + R.T
-    return rho * S / float(np.max(np.abs(np.linalg.eigvalsh(S))))
 
 
 # --------------------------------------------------------------------------

@@ -12,7 +12,13 @@ import numpy as np
 from . import _validate as v
 from .activations import Activation, get_activation
 
-__all__ = ["init_params", "linear_teacher", "single_index_teacher"]
+__all__ = [
+    "init_params",
+    "linear_teacher",
+    "single_index_teacher",
+    "symmetric_with_spectrum",
+    "with_spectral_radius",
+]
 
 
 def _rng(seed) -> np.random.Generator:
@@ -88,3 +94,29 @@ def init_params(d: int, m: int, *, scale_A: float, scale_B: float, seed=0):
     if scale_A > 0:
         A0 = scale_A * R / np.linalg.norm(R, 2)
     return A0, B0
+
+
+def symmetric_with_spectrum(eigenvalues, *, seed=0) -> np.ndarray:
+    """``V diag(eigenvalues) V^T`` with a Haar-random orthogonal ``V``: a normal
+    ``A`` whose spectral radius and ``||A||_2`` are both ``max |eigenvalue|``, so
+    Picard on the linear map contracts at exactly that rate (no transient).
+
+    ``seed``: int, ``SeedSequence`` or ``Generator`` (drawn from in place).
+    """
+    lam = np.asarray(eigenvalues, dtype=float)
+    if lam.ndim != 1 or lam.size == 0 or not np.isfinite(lam).all():
+        raise ValueError(f"eigenvalues must be a non-empty finite 1-D sequence, got {lam!r}")
+    V, _ = np.linalg.qr(_rng(seed).standard_normal((lam.size, lam.size)))
+    return np.ascontiguousarray((V * lam) @ V.T)
+
+
+def with_spectral_radius(A, rho: float) -> np.ndarray:
+    """``A`` rescaled to spectral radius ``rho`` (a Gaussian ``A`` is non-normal:
+    its norm is then about ``2 rho``, so Picard sees a transient)."""
+    A = v.as_matrix("A", A)
+    rho = v.positive("rho", rho, allow_zero=True)
+    r = float(np.max(np.abs(np.linalg.eigvals(A))))
+    if r == 0.0:
+        raise ValueError("A is nilpotent (spectral radius 0): it cannot be rescaled to rho")
+    return A * (rho / r)
+

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from .sweep.store import HIST_CSV, HIST_PQ, RUNS_CSV, RUNS_PQ, read_csv
+from .theory import loglog_fit
 
-__all__ = ["fit_loglog", "load_histories", "load_runs", "plot_dir"]
+__all__ = ["load_histories", "load_runs", "plot_dir"]
 
 MAX_CURVES = 48
 SIZE_KEYS = ("m", "n", "d")
@@ -77,16 +78,6 @@ def load_histories(path) -> dict[str, dict[str, np.ndarray]]:
         for k, v in row.items():
             h.setdefault(k, []).append(np.nan if v is None or isinstance(v, str) else float(v))
     return {rid: {k: np.asarray(v, dtype=float) for k, v in h.items()} for rid, h in out.items()}
-
-
-def fit_loglog(x, y) -> tuple[float, float]:
-    """Least-squares slope and intercept of ``log y`` against ``log x`` (positive finite pairs)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    if ok.sum() < 2 or np.unique(x[ok]).size < 2:
-        return math.nan, math.nan
-    slope, icpt = np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)
-    return float(slope), float(icpt)
 
 
 def _num(v) -> float:
@@ -195,7 +186,7 @@ def plot_invariant_drift(rows, hists, keys, path) -> Path | None:
         ax.loglog(lr[good], drift[good], "o", ms=4, label="tr(Q_K - Q_0) measured")
         gb = good & np.isfinite(bound) & (bound > 0)
         ax.loglog(lr[gb], bound[gb], "_", ms=12, color="k", label="bound 2 lr (L_0 - L_K)")
-        slope, _ = fit_loglog(lr[good], drift[good])
+        slope, _ = loglog_fit(lr[good], drift[good])
         ax.set_title(f"final drift vs step size (fitted slope {slope:.2f})")
         ax.set_xlabel("lr")
         ax.legend(fontsize=8)
@@ -224,7 +215,7 @@ def plot_scaling(rows, keys, path) -> Path | None:
             xs = sorted({_num(r.get(key)) for r in grp if _num(r.get(key)) > 0})
             ys = [float(np.median([_num(r.get(ycol)) for r in grp if _num(r.get(key)) == x]))
                   for x in xs]
-            slope, icpt = fit_loglog(xs, ys)
+            slope, icpt = loglog_fit(xs, ys)
             name = ", ".join(f"{k}={v}" for k, v in zip(others, gkey, strict=True))
             ax.loglog(xs, ys, "o-", color=color, label=f"{name} slope {slope:.2f}".strip())
         ax.set_xlabel(key)

@@ -24,6 +24,7 @@ __all__ = [
     "global_min_loss",
     "invariant",
     "least_squares",
+    "loglog_fit",
     "pl_constant",
     "predicted_factor",
     "predicted_fp_iters",
@@ -301,3 +302,20 @@ def conditioning_bounds(Q, W) -> tuple[float, float]:
     ev = np.linalg.eigvalsh(0.5 * (Q + Q.T))
     w2 = np.linalg.norm(W, 2) ** 2
     return float(math.sqrt(max(ev[0], 0.0) / (1.0 + w2))), float(math.sqrt(max(ev[-1], 0.0)))
+
+
+def loglog_fit(x, y) -> tuple[float, float]:
+    """Least-squares slope and intercept of ``log y`` against ``log x``.
+
+    The one log-log fit of the package, its experiments and its benchmarks
+    (scaling exponents, drift against the step size). Pairs that are not
+    positive and finite are left out; ``(nan, nan)`` when fewer than two
+    distinct ``x`` remain.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    if ok.sum() < 2 or np.unique(x[ok]).size < 2:
+        return math.nan, math.nan
+    slope, icpt = np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)
+    return float(slope), float(icpt)
+

@@ -1,13 +1,14 @@
 import numpy as np
 import pytest
 
+import deqbench as db
+
 
 def symmetric_with_radius(m, rho, rng):
     """Symmetric ``A`` whose spectral radius is exactly ``rho`` (eigenvalue ``rho`` present)."""
-    Q, _ = np.linalg.qr(rng.standard_normal((m, m)))
     lam = rng.uniform(-rho, rho, m)
     lam[0] = rho
-    return (Q * lam) @ Q.T
+    return db.data.symmetric_with_spectrum(lam, seed=rng)
 
 
 @pytest.fixture

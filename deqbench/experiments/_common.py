@@ -124,18 +124,3 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def symmetric_with_spectrum(rng: np.random.Generator, eigenvalues) -> np.ndarray:
-    """``V diag(eigenvalues) V^T`` with a random orthogonal ``V``."""
-    lam = np.asarray(eigenvalues, dtype=float)
-    V, _ = np.linalg.qr(rng.standard_normal((lam.size, lam.size)))
-    return np.ascontiguousarray((V * lam) @ V.T)
-
-
-def loglog_slope(x, y) -> float:
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    if ok.sum() < 2:
-        return math.nan
-    return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])

@@ -19,7 +19,7 @@ from .. import data, theory
 from .._flow import flow
 from .._gradients import loss_and_grad
 from .._training import train
-from ._common import fmt, loglog_slope, pyplot
+from ._common import fmt, pyplot
 
 HORIZON = 10.0
 
@@ -65,7 +65,7 @@ def run(ctx) -> None:
     ctx.check("GD: tr(Q_K - Q_0) <= 2 lr (L_0 - L_K) (descent lemma)",
               "drift / bound <= 1", "drift / bound = " + ", ".join(fmt(r, 2) for r in ratios),
               max(ratios) <= 1.0)
-    slope = loglog_slope(lrs, [gd[lr]["trace"] for lr in lrs])
+    slope, _ = theory.loglog_fit(lrs, [gd[lr]["trace"] for lr in lrs])
     ctx.check(f"GD: drift is O(lr) at fixed horizon t = lr K = {HORIZON:g}",
               "log-log slope 1", f"slope {fmt(slope)}", 0.8 <= slope <= 1.2)
 

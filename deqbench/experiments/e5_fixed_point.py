@@ -15,8 +15,8 @@ import warnings
 
 import numpy as np
 
-from .. import ConvergenceWarning, fixed_point
-from ._common import fmt, pyplot, symmetric_with_spectrum
+from .. import ConvergenceWarning, data, fixed_point
+from ._common import fmt, pyplot
 
 TOL = 1e-10
 BETA = 0.5
@@ -64,7 +64,7 @@ def run(ctx) -> None:
     results = {}
     for rho in rhos:
         lam = rho * unit
-        A = symmetric_with_spectrum(rng, lam)
+        A = data.symmetric_with_spectrum(lam, seed=rng)
         Zs = np.linalg.solve(np.eye(m) - A, B @ X.T).T
         for method, damping in (("picard", 1.0), ("damped", BETA), ("anderson", 1.0)):
             res = _solve(A, B, X, "anderson" if method == "anderson" else "picard", damping)
@@ -83,7 +83,7 @@ def run(ctx) -> None:
 
     # rho(A) >= 1 with every eigenvalue's real part < 1: Picard diverges, damping converges
     lam_bad = np.linspace(-1.5, 0.5, m)
-    A_bad = symmetric_with_spectrum(rng, lam_bad)
+    A_bad = data.symmetric_with_spectrum(lam_bad, seed=rng)
     beta_bad = 2.0 / 3.0
     bad = {"picard": _solve(A_bad, B, X, "picard"),
            "damped": _solve(A_bad, B, X, "picard", beta_bad),
