@@ -203,7 +203,7 @@ def problem(
     * linear: realizable linear teacher ``Y = X W*^T``.
     * single_index: realizable teacher ``y = sigma(theta* . x)``, default link
       ``leaky_relu(0.2)`` (inside the theorem of THEORY.md section 7).
-    * nonlinear: linear-teacher targets, default ``phi = tanh``.
+    * nonlinear: a realizable teacher DEQ (``deqbench.data.problem``), default ``phi = tanh``.
     """
     require_api()
     d = m if d is None else d
@@ -211,13 +211,9 @@ def problem(
         activation = {"linear": "identity", "single_index": "leaky_relu(0.2)", "nonlinear": "tanh"}[
             model
         ]
-    u = None
-    if model == "single_index":
-        X, Y, _ = db.data.single_index_teacher(n, d, activation=activation, seed=seed)
-        u = np.full(m, 1.0 / np.sqrt(m))
-    else:
-        X, Y, _ = db.data.linear_teacher(n, d, m, seed=seed)
-    A, B = db.data.init_params(d, m, scale_A=rho, scale_B=1.0, seed=seed + 1)
+    X, Y, A, B = db.data.problem(model, n, d, m, activation=activation, scale_A=rho,
+                                 scale_B=1.0, seed=seed, init_seed=seed + 1)
+    u = np.full(m, 1.0 / np.sqrt(m)) if model == "single_index" else None
     return Problem(model, X, Y, A, B, activation, rho, u)
 
 

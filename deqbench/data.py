@@ -14,6 +14,7 @@ from .activations import Activation, get_activation
 
 __all__ = [
     "init_params",
+    "problem",
     "linear_teacher",
     "single_index_teacher",
     "symmetric_with_spectrum",
@@ -119,4 +120,42 @@ def with_spectral_radius(A, rho: float) -> np.ndarray:
     if r == 0.0:
         raise ValueError("A is nilpotent (spectral radius 0): it cannot be rescaled to rho")
     return A * (rho / r)
+
+
+def problem(model: str, n: int, d: int, m: int, *, activation="identity", noise: float = 0.0,
+            teacher_scale: float = 0.5, scale_A: float = 0.5, scale_B: float = 1.0,
+            seed=0, init_seed=None):
+    """Data and initial parameters of a seeded problem: ``(X, Y, A0, B0)``.
+
+    The one problem builder of sweeps, experiments and benchmarks.
+    ``linear``: :func:`linear_teacher`. ``single_index``:
+    :func:`single_index_teacher` with the link ``activation``. ``nonlinear``:
+    a realizable teacher DEQ, ``Y`` the fixed point of ``phi = activation`` at
+    random ``A*`` (``||A*||_2 = teacher_scale``), ``B*``. ``noise``: Gaussian
+    label noise. ``A0, B0`` from :func:`init_params` with ``init_seed``
+    (default: spawned from ``seed``, so data and initialization are
+    independent streams).
+    """
+    from . import _validate
+
+    _validate.choice("model", model, ("linear", "single_index", "nonlinear"))
+    if init_seed is None:
+        seed, init_seed = np.random.SeedSequence(seed).spawn(2) if not isinstance(
+            seed, np.random.SeedSequence) else seed.spawn(2)
+    if model == "linear":
+        X, Y, _ = linear_teacher(n, d, m, noise=noise, seed=seed)
+    elif model == "single_index":
+        X, Y, _ = single_index_teacher(n, d, activation=activation, noise=noise, seed=seed)
+    else:
+        from ._fixed_point import fixed_point
+
+        seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+        t_seed, x_seed = seq.spawn(2)
+        X = np.random.default_rng(x_seed).standard_normal((n, d))
+        As, Bs = init_params(d, m, scale_A=teacher_scale, scale_B=1.0, seed=t_seed)
+        Y = fixed_point(X, As, Bs, activation=activation, tol=1e-13).z
+        if noise > 0:
+            Y = Y + noise * np.random.default_rng(x_seed.spawn(1)[0]).standard_normal(Y.shape)
+    A0, B0 = init_params(d, m, scale_A=scale_A, scale_B=scale_B, seed=init_seed)
+    return X, Y, A0, B0
 

@@ -35,3 +35,18 @@ def test_loglog_fit_recovers_a_power_law_and_skips_bad_pairs():
     assert slope == pytest.approx(1.7, rel=1e-12)
     assert icpt == pytest.approx(math.log(3.0), rel=1e-12)
     assert all(math.isnan(v) for v in db.theory.loglog_fit([1.0, 1.0], [2.0, 3.0]))
+
+
+@pytest.mark.parametrize("model", ["linear", "single_index", "nonlinear"])
+def test_problem_is_seeded_and_realizable(model):
+    act = {"linear": "identity", "single_index": "tanh", "nonlinear": "tanh"}[model]
+    X, Y, A0, B0 = db.data.problem(model, 40, 3, 4, activation=act, seed=5)
+    X2, Y2, A2, B2 = db.data.problem(model, 40, 3, 4, activation=act, seed=5)
+    for a, b in ((X, X2), (Y, Y2), (A0, A2), (B0, B2)):
+        np.testing.assert_array_equal(a, b)
+    assert A0.shape == (4, 4) and B0.shape == (4, 3)
+    assert np.linalg.norm(A0, 2) == pytest.approx(0.5, rel=1e-12)
+    if model == "nonlinear":  # Y is the fixed point of a teacher DEQ: z = tanh(A* z + B* x)
+        assert Y.shape == (40, 4) and np.all(np.abs(Y) < 1)
+    with pytest.raises(ValueError, match="model must be one of"):
+        db.data.problem("deep", 4, 2, 2)

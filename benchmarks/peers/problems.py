@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import deqbench as db
+
 TOL = 1e-10  # relative residual, every peer, forward and adjoint
 MAX_ITER = 500  # generous: W1/W2 need ~35 iterations at rho = 0.5
 
@@ -60,11 +62,6 @@ def _rng(seed):
     return np.random.default_rng(seed)
 
 
-def scaled_to_radius(R: np.ndarray, rho: float) -> np.ndarray:
-    """``rho R / rho(R)``: spectral radius exactly ``rho``."""
-    return rho * R / np.max(np.abs(np.linalg.eigvals(R)))
-
-
 def linear_problem(
     m: int, n: int, d: int | None = None, *, rho: float = 0.5, seed: int = 0, name: str = ""
 ) -> Problem:
@@ -74,7 +71,7 @@ def linear_problem(
     X = rng.standard_normal((n, d))
     W = rng.standard_normal((m, d)) / np.sqrt(d)
     Y = X @ W.T
-    A = scaled_to_radius(rng.standard_normal((m, m)), rho)
+    A = db.data.with_spectral_radius(rng.standard_normal((m, m)), rho)
     B = rng.standard_normal((m, d)) / np.sqrt(d)
     C = np.eye(m) - A
     Z = np.linalg.solve(C, (X @ B.T).T).T

@@ -95,27 +95,13 @@ def build_problem(params: Mapping, seed: np.random.SeedSequence):
     Returns ``(X, Y, A0, B0)``.
     """
     from .. import data
-    from .._fixed_point import fixed_point
 
     data_seed, init_seed = _seeds(seed)
-    model, m, d, n = params["model"], params["m"], params["d"], params["n"]
-    noise = params.get("noise", 0.0)
-    if model == "linear":
-        X, Y, _ = data.linear_teacher(n, d, m, noise=noise, seed=data_seed)
-    elif model == "single_index":
-        X, Y, _ = data.single_index_teacher(n, d, activation=params["activation"], noise=noise,
-                                            seed=data_seed)
-    else:
-        t_seed, x_seed = data_seed.spawn(2)
-        X = np.random.default_rng(x_seed).standard_normal((n, d))
-        As, Bs = data.init_params(d, m, scale_A=params.get("teacher_scale", 0.5), scale_B=1.0,
-                                  seed=t_seed)
-        Y = fixed_point(X, As, Bs, activation=params["activation"], tol=1e-13).z
-        if noise > 0:
-            Y = Y + noise * np.random.default_rng(x_seed.spawn(1)[0]).standard_normal(Y.shape)
-    A0, B0 = data.init_params(d, m, scale_A=params["scale_A"], scale_B=params["scale_B"],
-                              seed=init_seed)
-    return X, Y, A0, B0
+    return data.problem(params["model"], params["n"], params["d"], params["m"],
+                        activation=params["activation"], noise=params.get("noise", 0.0),
+                        teacher_scale=params.get("teacher_scale", 0.5),
+                        scale_A=params["scale_A"], scale_B=params["scale_B"], seed=data_seed,
+                        init_seed=init_seed)
 
 
 def _final(history: Mapping, key: str) -> float:
