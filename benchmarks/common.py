@@ -270,18 +270,7 @@ def best_time(fn, *, repeat: int = 3, min_time: float = 0.05) -> float:
     sample loops ``fn`` until ``min_time`` has elapsed (for fits inside
     ``track_`` methods)."""
     fn()
-    best = math.inf
-    for _ in range(repeat):
-        k = 0
-        t0 = TIMER()
-        while True:
-            fn()
-            k += 1
-            dt = TIMER() - t0
-            if dt >= min_time:
-                break
-        best = min(best, dt / k)
-    return best
+    return min(_per_call(fn, min_time) for _ in range(repeat))
 
 
 def strict(fn, *args, **kwargs):
