@@ -165,7 +165,7 @@ def write_csv(rows, path: Path) -> None:
         w.writerows(rows)
 
 
-README = """# deqbench against its peers (issue 6)
+README = """# deqbench against its peers
 
 Produced by `{cmd}` (from the repository root, peers installed with
 `pip install -e ".[peers]"`), started {started}, {minutes:.0f} minutes.
@@ -175,9 +175,11 @@ Files: `peers.csv` (every row below plus quartiles), `memory.csv`, `peers.png`.
 
 {machine}
 
-The machine is shared (other jobs were running: see the load averages), so
-absolute times are noisy; every comparison is a ratio of medians of rounds
-interleaved in ONE process, each peer once per round in rotated order.
+Timed through `../shared/tools/quiet --strict` (its summary line, with the
+share of CPU other processes took during the run, is under "Quiet line"
+below; a NOISY run is not a result). Every comparison is a ratio of medians
+of rounds interleaved in ONE process, each peer once per round in rotated
+order.
 
 ## Protocol
 
@@ -194,7 +196,7 @@ interleaved in ONE process, each peer once per round in rotated order.
   the O(m^2 + md) parameter update is left out. n = {n}, d = m; W1/W2: linear
   DEQ with spectral radius rho(A) = 0.5; W4: `z = tanh(A z + B x)`, m = 256,
   `||A||_2 = 0.9`.
-- GFLOP/s from THEORY.md section 8 with each peer's own evaluation counts
+- GFLOP/s from the cost model (docs/theory.md) with each peer's own evaluation counts
   (deqbench's where a peer does not report one); "numpy matmul" is
   `np.matmul((n, m), (m, m), out=)` timed in the same rounds.
 - "numpy direct" (one LU of I - A, SciPy getrf/getrs) is the exact answer by a
