@@ -94,3 +94,21 @@ def test_readme_has_python_examples():
 def test_readme_example_runs_as_written(index, capsys):
     code = _readme_blocks()[index]
     exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "__readme__"})
+
+
+def test_blas_threads_are_restored_after_a_call():
+    """deqbench runs BLAS single-threaded inside its calls and gives the user's
+    setting back afterwards (also when the call raises)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return sorted(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+    X, Y, A, B = _problem()
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        db.loss_and_grad("linear", X, Y, A, B)
+        assert blas_threads() == before
+        with pytest.raises(ValueError):
+            db.fixed_point(X, A, B, tol=-1.0)
+        assert blas_threads() == before
