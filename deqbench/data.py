@@ -7,6 +7,10 @@ deterministic given it. Data rows are i.i.d. standard normal, so
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import numpy as np
 
 from . import _validate as v
@@ -14,11 +18,13 @@ from .activations import Activation, get_activation
 
 __all__ = [
     "init_params",
-    "problem",
     "linear_teacher",
+    "problem",
+    "read_teacher",
     "single_index_teacher",
     "symmetric_with_spectrum",
     "with_spectral_radius",
+    "write_teacher",
 ]
 
 
@@ -159,3 +165,121 @@ def problem(model: str, n: int, d: int, m: int, *, activation="identity", noise:
     A0, B0 = init_params(d, m, scale_A=scale_A, scale_B=scale_B, seed=init_seed)
     return X, Y, A0, B0
 
+
+TEACHERS = ("linear", "single_index")
+TEACHER_JSON = "teacher.json"
+_TILE = 4096
+"""Rows per product ``X W*^T`` in :func:`write_teacher`: tiles start at multiples of
+``_TILE`` whatever the block size, so every BLAS call, and hence every bit of ``Y``,
+is the same for any ``block_rows``."""
+
+
+def write_teacher(directory, kind: str, n: int, d: int, m: int | None = None, *,
+                  activation: str | Activation = "identity", noise: float = 0.0, seed: int = 0,
+                  block_rows: int = 65536, overwrite: bool = False) -> Path:
+    """Write a seeded teacher data set of any size to ``directory``, ``block_rows`` rows at a time.
+
+    Files: ``X.npy`` ``(n, d)``, ``Y.npy`` (``(n, m)`` for ``kind="linear"``,
+    ``(n,)`` for ``"single_index"``), ``star.npy`` (``W*`` ``(m, d)`` or
+    ``theta*`` ``(d,)``) and ``teacher.json`` (the generating parameters), all
+    float64. Memory is ``O((block_rows + 4096) (d + m) + m d)`` whatever ``n``.
+
+    The data are exactly those of :func:`linear_teacher` /
+    :func:`single_index_teacher` with the same arguments (one random stream
+    consumed in the same order: ``X`` row by row, then the teacher, then the
+    noise), so they do not depend on ``block_rows``. Written in two passes:
+    ``X`` in blocks of ``block_rows``, then ``Y`` from ``X`` read back in
+    tiles of 4096 rows (fixed, so that ``Y`` is bit-for-bit the same for any
+    ``block_rows``; it equals the in-memory ``X W*^T`` to rounding).
+
+    Parameters
+    ----------
+    directory : str or path
+        Created if missing; existing files are an error unless ``overwrite``.
+    kind : {"linear", "single_index"}
+    n, d : int >= 1
+    m : int >= 1
+        Output width (``linear`` only; must be None for ``single_index``).
+    activation : str or Activation
+        Link of ``single_index`` (must be identity for ``linear``).
+    noise : float >= 0
+        Standard deviation of the Gaussian label noise.
+    seed : int >= 0
+        Stored in ``teacher.json``, hence an int (not a SeedSequence).
+    block_rows : int >= 1
+
+    Returns
+    -------
+    pathlib.Path
+        ``directory``; open it with :func:`read_teacher`.
+    """
+    v.choice("kind", kind, TEACHERS)
+    n = v.integer("n", n, minimum=1)
+    d = v.integer("d", d, minimum=1)
+    if kind == "linear":
+        if m is None:
+            raise ValueError("m must be given for kind='linear' (the width of Y)")
+        m = v.integer("m", m, minimum=1)
+    elif m is not None:
+        raise ValueError(f"m must be None for kind='single_index' (y is (n,)), got {m!r}")
+    act = get_activation(activation)
+    if kind == "linear" and not act.is_identity:
+        raise ValueError(f"activation must be 'identity' for kind='linear', got {str(act)!r}")
+    noise = v.positive("noise", noise, allow_zero=True)
+    seed = v.integer("seed", seed, minimum=0)
+    block_rows = v.integer("block_rows", block_rows, minimum=1)
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"directory must be a str or path, got {type(directory).__name__}")
+    root = Path(directory)
+    names = ("X.npy", "Y.npy", "star.npy", TEACHER_JSON)
+    if not overwrite:
+        present = [f for f in names if (root / f).exists()]
+        if present:
+            raise FileExistsError(f"directory {str(root)!r} already holds {present}; "
+                                  "pass overwrite=True to replace them")
+    root.mkdir(parents=True, exist_ok=True)
+    rng = _rng(seed)
+    fmt = np.lib.format
+    X = fmt.open_memmap(root / "X.npy", mode="w+", dtype=np.float64, shape=(n, d))
+    for s in range(0, n, block_rows):
+        rng.standard_normal(out=X[s:min(s + block_rows, n)])
+    if kind == "linear":
+        star = rng.standard_normal((m, d)) / np.sqrt(d)
+        Y = fmt.open_memmap(root / "Y.npy", mode="w+", dtype=np.float64, shape=(n, m))
+    else:
+        star = rng.standard_normal(d)
+        star /= np.linalg.norm(star)
+        Y = fmt.open_memmap(root / "Y.npy", mode="w+", dtype=np.float64, shape=(n,))
+    for s in range(0, n, _TILE):  # whatever block_rows is: see _TILE
+        e = min(s + _TILE, n)
+        Y[s:e] = X[s:e] @ star.T if kind == "linear" else act(X[s:e] @ star)
+        if noise > 0:
+            Y[s:e] += noise * rng.standard_normal(Y[s:e].shape)
+    X.flush()
+    Y.flush()
+    del X, Y
+    np.save(root / "star.npy", star)
+    meta = dict(kind=kind, n=n, d=d, m=m, activation=str(act), noise=noise, seed=seed,
+                dtype="float64", generator="numpy.random.default_rng(seed), as "
+                f"deqbench.data.{kind}_teacher")
+    (root / TEACHER_JSON).write_text(json.dumps(meta, indent=1) + "\n")
+    return root
+
+
+def read_teacher(directory, *, mmap_mode: str | None = "r"):
+    """Open a data set written by :func:`write_teacher`.
+
+    Returns
+    -------
+    X, Y, star : arrays (memory-mapped read-only by default)
+    meta : dict
+        The generating parameters of ``teacher.json``.
+    """
+    root = Path(directory)
+    meta_path = root / TEACHER_JSON
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"directory {str(root)!r} has no {TEACHER_JSON} "
+                                "(not written by deqbench.data.write_teacher)")
+    meta = json.loads(meta_path.read_text())
+    arrays = [np.load(root / f, mmap_mode=mmap_mode) for f in ("X.npy", "Y.npy", "star.npy")]
+    return (*arrays, meta)
