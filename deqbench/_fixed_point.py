@@ -123,14 +123,19 @@ def check_model(X, A, B, names=("A", "B")):
     """Validate ``X (n, d)``, ``A (m, m)``, ``B (m, d)``; return ``(X, A, B)`` as
     float64 C-contiguous arrays (not copies where they already are). ``names``
     are the caller's names for ``A`` and ``B`` in error messages."""
+    A, B = check_params(A, B, names)
+    X = v.as_matrix("X", X, shape=(None, B.shape[1]))
+    return X, A, B
+
+
+def check_params(A, B, names=("A", "B")):
+    """The parameter half of :func:`check_model`: ``A (m, m)``, ``B (m, d)``."""
     a, b = names
     A = v.as_matrix(a, A)
     m = A.shape[0]
     if A.shape[1] != m:
         raise ValueError(f"{a} must be square (m, m), got shape {A.shape}")
-    B = v.as_matrix(b, B, shape=(m, None))
-    X = v.as_matrix("X", X, shape=(None, B.shape[1]))
-    return X, A, B
+    return A, v.as_matrix(b, B, shape=(m, None))
 
 
 @blas_single_threaded

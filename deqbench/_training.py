@@ -16,10 +16,12 @@ import numpy as np
 
 from . import _validate as v
 from . import theory
-from ._fixed_point import check_model, check_options
+from ._chunked import sufficient_stats as stream_stats
+from ._fixed_point import check_model, check_options, check_params
 from ._gradients import GRAD_METHODS, MODELS, _neumann_terms, check_targets
 from ._kernels import model as _m
 from ._kernels import training as _k
+from ._source import ReadError, check_chunk, is_out_of_core, open_source
 from ._threads import single_threaded_blas
 from ._warnings import warn
 from .activations import Activation, get_activation
@@ -83,8 +85,9 @@ class TrainResult:
     status : str
         ``"converged"`` (loss <= ``stop_loss``), ``"max_steps"``,
         ``"diverged"`` (non-finite loss, gradient or parameters, or loss above
-        ``DIVERGENCE_FACTOR * L_0``) or ``"fixed_point_failed"`` (a forward or
-        adjoint solve did not reach ``tol`` in ``max_iter`` iterations).
+        ``DIVERGENCE_FACTOR * L_0``), ``"fixed_point_failed"`` (a forward or
+        adjoint solve did not reach ``tol`` in ``max_iter`` iterations) or
+        ``"read_error"`` (data on disk could not be read; ``A0``, ``B0`` returned).
     history : dict of 1-D arrays
         One entry per recorded step, keys ``HISTORY_KEYS``; the last entry is
         the step of ``A``, ``B``. ``invariant_drift``, ``sigma_min``,
@@ -140,7 +143,7 @@ def auto_spectral_every(m: int, d: int, n: int, sufficient_stats: bool, record_e
     return record_every * math.ceil(k / record_every)
 
 
-FAILED_STATUSES = ("diverged", "fixed_point_failed", "step_too_small")
+FAILED_STATUSES = ("diverged", "fixed_point_failed", "step_too_small", "read_error")
 """Run statuses that come with a :class:`~deqbench.ConvergenceWarning`."""
 
 
@@ -166,23 +169,49 @@ class Prepared:
     record_every: int
     spectral_every: int
     stop_loss: float
+    read_error: ReadError | None = None
 
 
 def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max_iter,
             damping, neumann_terms, anderson_history, anderson_ridge, sufficient_stats,
-            L_star, record_every, stop_loss, spectral_every, grad_methods=GRAD_METHODS):
+            L_star, record_every, stop_loss, spectral_every, grad_methods=GRAD_METHODS,
+            chunk=None, caller="flow"):
     """Validate the arguments shared by :func:`train` and :func:`deqbench.flow`
     and build the kernels' named tuples. The parameters are copied (the loops
-    update them in place)."""
+    update them in place).
+
+    ``X``/``Y`` on disk (``caller="train"`` only) take the sufficient-statistics
+    path, whose statistics are computed here in one pass of ``chunk`` rows per
+    block; a failed read sets ``read_error``."""
     v.choice("model", model, MODELS)
-    X, A0, B0 = check_model(X, A0, B0, names=("A0", "B0"))
+    on_disk = is_out_of_core(X) or is_out_of_core(Y)
+    if on_disk:
+        if caller != "train":
+            raise ValueError(f"{caller} needs X and Y in memory; data on disk (a path or "
+                             "np.memmap) is read by train and loss_and_grad")
+        if model != "linear":
+            raise ValueError("X or Y on disk needs model='linear' (the sufficient-statistics "
+                             f"path streams the data once), got model={model!r}")
+        A0, B0 = check_params(A0, B0, names=("A0", "B0"))
+        X = open_source("X", X, shape=(None, B0.shape[1]))
+    else:
+        if chunk is not None:
+            raise ValueError(f"chunk applies to X or Y on disk only, got chunk={chunk!r} with "
+                             "in-memory data")
+        X, A0, B0 = check_model(X, A0, B0, names=("A0", "B0"))
     A0, B0 = A0.copy(), B0.copy()
     n, d = X.shape
     m = A0.shape[0]
     act = get_activation(activation)
     if model == "linear" and not act.is_identity:
         raise ValueError(f"activation must be 'identity' for model='linear', got {str(act)!r}")
-    Y, u = check_targets(model, Y, u, n, m)
+    if on_disk:
+        if u is not None:
+            raise ValueError(f"u is only used by model='single_index', got model={model!r}")
+        Y = open_source("Y", Y, shape=(n, m))
+        chunk = check_chunk("auto" if chunk is None else chunk, n, d + m)
+    else:
+        Y, u = check_targets(model, Y, u, n, m)
     v.choice("solver", solver, SOLVERS)
     grad_solver = solver if grad_solver is None else grad_solver
     v.choice("grad_solver", grad_solver, grad_methods)
@@ -212,11 +241,26 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
         use_ss = applies and step_flops(m, d, n, True) < step_flops(m, d, n, False)
     else:
         use_ss = bool(sufficient_stats)
+    if on_disk and not use_ss:
+        raise ValueError("X or Y on disk needs sufficient_stats=True or 'auto' (per-sample "
+                         "training streams no data yet), got "
+                         f"sufficient_stats={sufficient_stats!r}")
     # global minimum (and W* for the sufficient-statistics path)
     Wstar, Sxx = _DUMMY2, _DUMMY2
+    read_error = None
     if L_star is not None:
         L_star = v.real("L_star", L_star)
-    if model == "linear" or (model == "single_index" and act.is_identity):
+    if on_disk:
+        try:
+            stats = stream_stats(X, Y, chunk)
+        except ReadError as exc:
+            read_error = exc
+        else:
+            Wstar, Ls = stats.least_squares()
+            Sxx = stats.Sxx
+            L_star = Ls
+        X, Y = np.zeros((1, d)), np.zeros((1, m))
+    elif model == "linear" or (model == "single_index" and act.is_identity):
         W, Ls = theory.least_squares(X, Y)
         if L_star is None:
             L_star = Ls
@@ -256,6 +300,7 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
         record_every=record_every,
         spectral_every=spectral_every,
         stop_loss=stop,
+        read_error=read_error,
     )
 
 
@@ -293,6 +338,7 @@ def train(
     anderson_history: int = 5,
     anderson_ridge: float = 1e-10,
     spectral_every="auto",
+    chunk: int | str | None = None,
 ) -> TrainResult:
     """Run ``steps`` steps of gradient descent ``P <- P - lr grad L(P)`` in one compiled call.
 
@@ -301,6 +347,12 @@ def train(
     model : {"linear", "single_index", "nonlinear"}
         As in :func:`~deqbench.loss_and_grad` (THEORY.md section 2).
     X : (n, d), Y : (n, m) or (n,) for single_index
+        Arrays; for ``model="linear"`` also ``np.memmap`` arrays or paths to
+        float64 ``.npy`` files (data larger than memory): then the
+        sufficient-statistics path runs after one streaming pass over the
+        files (blocks of ``chunk`` rows, the next one read ahead), and ``L*``
+        comes from the statistics (see
+        :meth:`deqbench._chunked.SufficientStats.least_squares`).
     A0 : (m, m), B0 : (m, d)
         Initial parameters (not modified).
     lr : float > 0
@@ -337,6 +389,9 @@ def train(
     spectral_every : int or "auto"
         Steps between computations of ``invariant_drift``, ``sigma_min``,
         ``sigma_max``, ``spectral_radius`` (see :func:`auto_spectral_every`).
+    chunk : int, "auto" or None
+        Rows per block of the pass over ``X``/``Y`` on disk (None: ``"auto"``,
+        :func:`deqbench._source.auto_chunk`); must be None for in-memory data.
 
     Returns
     -------
@@ -345,7 +400,9 @@ def train(
     Warns
     -----
     ConvergenceWarning
-        When the status is ``"diverged"`` or ``"fixed_point_failed"``.
+        When the status is ``"diverged"``, ``"fixed_point_failed"`` or
+        ``"read_error"`` (a block of ``X``/``Y`` on disk could not be read:
+        no step is taken, ``A``, ``B`` are ``A0``, ``B0``).
 
     Notes
     -----
@@ -359,11 +416,19 @@ def train(
         neumann_terms=neumann_terms, anderson_history=anderson_history,
         anderson_ridge=anderson_ridge, sufficient_stats=sufficient_stats, L_star=L_star,
         record_every=record_every, stop_loss=stop_loss, spectral_every=spectral_every,
+        chunk=chunk, caller="train",
     )
     lr = v.positive("lr", lr)
     steps = v.integer("steps", steps, minimum=1)
     if not isinstance(warm_start, (bool, np.bool_)):
         raise TypeError(f"warm_start must be a bool, got {warm_start!r}")
+    if run.read_error is not None:
+        warn(f"train stopped with status='read_error' before its first step "
+             f"({run.read_error}); returning A0, B0", stacklevel=2)
+        return TrainResult(A=run.A, B=run.B, status="read_error",
+                           history=history_dict(np.empty((0, _m.NCOL)), 0), n_steps=0,
+                           sufficient_stats=True, L_star=math.nan,
+                           spectral_every=int(run.spectral_every))
     rec = run.record_every
     if rec == 0:  # first and last only
         rec = steps + 1
