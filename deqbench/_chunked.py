@@ -1,15 +1,24 @@
 """Computations over row blocks of the data (issue 11): the sufficient
-statistics of the linear model in one streaming pass (THEORY.md section 8)."""
+statistics of the linear model in one streaming pass (THEORY.md section 8),
+and the forward solve, adjoint solve and loss of every model block by block.
+
+Samples are independent (each ``z_i`` solves its own fixed point), so a block
+solved to ``||F(Z_b) - Z_b|| <= tol ||F(Z_b)||`` for every block meets the
+batch rule ``||F(Z) - Z|| <= tol ||F(Z)||`` too. Block sums (gradients, loss,
+statistics) are combined pairwise."""
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
 
-from ._source import BlockSource, blocks
+from ._source import BlockSource, ReadError, blocks, check_chunk, is_out_of_core, open_source
+from ._warnings import ConvergenceWarning, warn
 
-__all__ = ["PairwiseSum", "SufficientStats", "sufficient_stats"]
+__all__ = ["PairwiseSum", "SufficientStats", "adjoint_blocks", "forward_blocks",
+           "loss_and_grad_blocks", "resolve", "sufficient_stats"]
 
 
 class PairwiseSum:
@@ -76,3 +85,167 @@ def sufficient_stats(X: BlockSource, Y: BlockSource, chunk: int) -> SufficientSt
     Sxx = 0.5 * (Sxx + Sxx.T)  # exactly symmetric
     return SufficientStats(np.ascontiguousarray(Sxx), syx.total() / n, float(yy.total()[0]) / n,
                            n)
+
+
+# --- evaluation in row blocks ------------------------------------------------------
+
+_RANK = {"converged": 0, "truncated": 0, "inaccurate": 1, "max_iter": 2, "diverged": 3,
+         "read_error": 4}
+
+
+def row_floats(d: int, m: int, anderson_history: int) -> int:
+    """Float64 values a block keeps per row: the data row, ``U``, ``Z``, ``T``,
+    ``G``, ``Mu``, ``D`` and Anderson's two histories."""
+    return d + (6 + 2 * anderson_history) * m
+
+
+def resolve(X, B, chunk, anderson_history):
+    """``(source, chunk)`` for evaluation in blocks, or ``(None, None)`` for the
+    unchunked path (``chunk=None`` with in-memory ``X``). ``chunk=None`` with
+    ``X`` on disk means ``"auto"``. Call after the parameters are validated."""
+    if chunk is None and not is_out_of_core(X):
+        return None, None
+    m, d = B.shape
+    src = open_source("X", X, shape=(None, d))
+    chunk = check_chunk("auto" if chunk is None else chunk, src.n,
+                        row_floats(d, m, anderson_history))
+    return src, chunk
+
+
+class _Blocks:
+    """Per-block outcomes of one solve: iterations, residual, status, history."""
+
+    def __init__(self, chunk):
+        self.chunk, self.iters, self.worst, self.failed = chunk, [], None, 0
+
+    def add(self, n_iter, residual, status, history):
+        self.iters.append(n_iter)
+        self.failed += status not in ("converged", "truncated")
+        key = (_RANK[status], residual if np.isfinite(residual) else np.inf)
+        if self.worst is None or key >= self.worst[0]:
+            self.worst = (key, residual, status, history)
+
+    def summary(self):
+        """``(n_iter, residual, status, history, BlockStats)`` of the whole solve."""
+        from ._fixed_point import BlockStats
+
+        _, residual, status, history = self.worst
+        stats = BlockStats(self.chunk, len(self.iters), int(max(self.iters)),
+                           float(np.mean(self.iters)))
+        return int(max(self.iters)), residual, status, history, stats
+
+    def read_error(self):
+        it = int(max(self.iters)) if self.iters else 0
+        return it, np.inf, "read_error", np.array([np.inf]), None
+
+
+def _quiet(fn, *args):
+    """``fn(*args)`` with its ConvergenceWarnings held back (one summary is
+    issued for all blocks)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return fn(*args)
+
+
+def _warn_blocks(what, bl: _Blocks, status, residual, tol):
+    if status in ("converged", "truncated"):
+        return
+    warn(f"{what} did not converge in {bl.failed} of {len(bl.iters)} row blocks of "
+         f"{bl.chunk} rows: worst status={status!r}, largest block residual {residual:.3e} > "
+         f"tol {tol:.1e}; returning the last finite iterates", stacklevel=4)
+
+
+def forward_blocks(Xs, A, B, act, method, opts, z0, chunk, what="fixed_point"):
+    """:func:`deqbench.fixed_point` block by block: ``Z`` (n, m) assembled, work memory
+    ``O(chunk (m + d))``. Rows after a read error keep their initial guess."""
+    from ._fixed_point import FixedPointResult, forward
+
+    n, m = Xs.n, A.shape[0]
+    Z = np.zeros((n, m)) if z0 is None else z0.copy()
+    bl = _Blocks(chunk)
+    try:
+        for s, e, (Xb,) in blocks([Xs], chunk):
+            r = _quiet(forward, Xb, A, B, act, method, opts, Z[s:e] if z0 is not None else None)
+            Z[s:e] = r.z
+            bl.add(r.n_iter, r.residual, r.status, r.history)
+    except ReadError as exc:
+        warn(f"{what}: {exc}; rows from {exc.start} on keep their initial guess",
+             stacklevel=3)
+        k, res, status, hist, stats = bl.read_error()
+        return FixedPointResult(Z, k, res, False, status, hist, method, stats)
+    k, res, status, hist, stats = bl.summary()
+    _warn_blocks(f"{what}(method={method!r})", bl, status, res, opts.tol)
+    return FixedPointResult(Z, k, res, status == "converged", status, hist, method, stats)
+
+
+def adjoint_blocks(Xs, A, B, Z, G, act, method, opts, adj0, nk, chunk):
+    """:func:`deqbench.implicit_grad` block by block (gradients summed pairwise)."""
+    from ._gradients import GradResult, _adjoint
+
+    n, m = Z.shape
+    Mu = np.zeros((n, m)) if adj0 is None else adj0.copy()
+    gA, gB = PairwiseSum(), PairwiseSum()
+    bl = _Blocks(chunk)
+    try:
+        for s, e, (Xb,) in blocks([Xs], chunk):
+            r = _quiet(_adjoint, Xb, A, B, Z[s:e], G[s:e], act, method, opts,
+                       Mu[s:e] if adj0 is not None else None, nk)
+            Mu[s:e] = r.adjoint
+            gA.add(r.grad_A)
+            gB.add(r.grad_B)
+            bl.add(r.n_iter, r.residual, r.status, r.history)
+    except ReadError as exc:
+        warn(f"implicit_grad: {exc}; the gradients are NaN", stacklevel=3)
+        k, res, status, hist, stats = bl.read_error()
+        nan = np.full((m, m), np.nan), np.full(B.shape, np.nan)
+        return GradResult(*nan, Mu, k, res, False, status, hist, method, stats)
+    k, res, status, hist, stats = bl.summary()
+    _warn_blocks(f"implicit_grad(method={method!r})", bl, status, res, opts.tol)
+    return GradResult(gA.total(), gB.total(), Mu, k, res, status in ("converged", "truncated"),
+                      status, hist, method, stats)
+
+
+def loss_and_grad_blocks(model, Xs, Ys, A, B, u, act, phi, solver, grad_solver, opts, z0,
+                         adj0, nk, chunk):
+    """:func:`deqbench.loss_and_grad` block by block: forward solve, loss, adjoint
+    solve and gradient of each block, summed pairwise with weights ``n_b / n``.
+    Memory ``O(chunk (m + d) + m^2 + m d)``; ``z`` and ``adjoint`` are not kept
+    (None). A read error gives NaN loss and gradients with status ``"read_error"``."""
+    from ._fixed_point import forward
+    from ._gradients import LossAndGrad, _adjoint
+    from ._kernels import gradients as _g
+
+    n, m = Xs.n, A.shape[0]
+    loss, gA, gB = PairwiseSum(), PairwiseSum(), PairwiseSum()
+    fb, ab = _Blocks(chunk), _Blocks(chunk)
+    try:
+        for s, e, (Xb, Yb) in blocks([Xs, Ys], chunk):
+            w = (e - s) / n
+            f = _quiet(forward, Xb, A, B, phi, solver, opts, None if z0 is None else z0[s:e])
+            fb.add(f.n_iter, f.residual, f.status, f.history)
+            G = np.empty((e - s, m))
+            if model == "single_index":
+                lb = _g.single_index_loss(f.z, Yb, u, act.code, act.param, G)
+            else:
+                lb = _g.residual_loss(f.z, Yb, G)
+            G *= w
+            loss.add(np.array([lb * w]))
+            r = _quiet(_adjoint, Xb, A, B, f.z, G, phi, grad_solver, opts,
+                       None if adj0 is None else adj0[s:e], nk)
+            ab.add(r.n_iter, r.residual, r.status, r.history)
+            gA.add(r.grad_A)
+            gB.add(r.grad_B)
+    except ReadError as exc:
+        warn(f"loss_and_grad: {exc}; the loss and gradients are NaN", stacklevel=3)
+        fk, _, _, _, fs = fb.read_error()
+        ak, _, _, _, as_ = ab.read_error()
+        return LossAndGrad(np.nan, np.full((m, m), np.nan), np.full(B.shape, np.nan), fk, ak,
+                           np.inf, np.inf, "read_error", "read_error", False, None, None, fs,
+                           as_)
+    fk, fres, fstatus, _, fs = fb.summary()
+    ak, ares, astatus, _, as_ = ab.summary()
+    _warn_blocks(f"loss_and_grad(solver={solver!r})", fb, fstatus, fres, opts.tol)
+    _warn_blocks(f"loss_and_grad(grad_solver={grad_solver!r})", ab, astatus, ares, opts.tol)
+    return LossAndGrad(float(loss.total()[0]), gA.total(), gB.total(), fk, ak, fres, ares,
+                       fstatus, astatus, fstatus == "converged"
+                       and astatus in ("converged", "truncated"), None, None, fs, as_)

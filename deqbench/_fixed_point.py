@@ -15,11 +15,22 @@ from ._threads import blas_single_threaded
 from ._warnings import warn
 from .activations import Activation, get_activation
 
-__all__ = ["FixedPointResult", "SolverOptions", "fixed_point"]
+__all__ = ["BlockStats", "FixedPointResult", "SolverOptions", "fixed_point"]
 
 METHODS = ("picard", "anderson", "direct")
 STATUS = {_fp.CONVERGED: "converged", _fp.MAX_ITER: "max_iter", _fp.DIVERGED: "diverged"}
 _DUMMY = np.zeros((1, 1))
+
+
+@dataclass(frozen=True)
+class BlockStats:
+    """Iterations of a solve done in row blocks (``chunk=``): every block met
+    ``||F(Z_b) - Z_b|| <= tol ||F(Z_b)||`` on its own rows."""
+
+    chunk: int
+    n_blocks: int
+    iters_max: int
+    iters_mean: float
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,12 @@ class FixedPointResult:
     history : ndarray
         Relative residual of every iterate, ``history[-1] == residual``.
     method : str
+    blocks : BlockStats or None
+        Per-block iteration statistics of a solve in row blocks (``chunk=``);
+        then ``n_iter`` is the largest block count, ``residual`` the largest
+        block residual (an upper bound on the residual of the whole ``z``),
+        ``status`` the worst block status and ``history`` that of the block
+        with the largest residual.
     """
 
     z: np.ndarray
@@ -52,6 +69,7 @@ class FixedPointResult:
     status: str
     history: np.ndarray = field(repr=False)
     method: str = "picard"
+    blocks: BlockStats | None = None
 
     def error_bound(self, rho: float) -> float:
         """A-posteriori relative error bound ``residual / (1 - rho)`` for a map
@@ -152,13 +170,16 @@ def fixed_point(
     z0=None,
     anderson_history: int = 5,
     anderson_ridge: float = 1e-10,
+    chunk: int | str | None = None,
 ) -> FixedPointResult:
     """Solve ``Z = phi(Z A^T + X B^T)`` for ``Z`` of shape ``(n, m)``.
 
     Parameters
     ----------
     X : (n, d), A : (m, m), B : (m, d) arrays of floats
-        Data, then parameters (the order of every deqbench call).
+        Data, then parameters (the order of every deqbench call). ``X`` may
+        also be an ``np.memmap`` or the path of a float64 ``.npy`` file
+        (read in row blocks, see ``chunk``).
     activation : str or Activation
         ``phi``; ``"identity"`` gives the linear DEQ.
     method : {"picard", "anderson", "direct"}
@@ -175,10 +196,18 @@ def fixed_point(
         Past residuals kept by Anderson acceleration.
     anderson_ridge : float >= 0
         Anderson's Tikhonov term, relative to the largest squared residual kept.
+    chunk : int in [1, n], "auto" or None
+        Solve in blocks of ``chunk`` rows, each to the rule above on its own
+        rows (hence the whole batch too); work memory ``O(chunk (m + d) +
+        m^2 + m d)`` besides ``z``. ``"auto"``: :func:`deqbench._source.auto_chunk`.
+        None: one block for in-memory ``X``, ``"auto"`` for ``X`` on disk.
+        Anderson mixes per block, so its iterates differ from the unchunked
+        ones (the fixed point agrees to the tolerance).
 
     Returns
     -------
     FixedPointResult
+        With ``blocks`` (per-block iteration statistics) when chunked.
 
     Warns
     -----
@@ -191,11 +220,22 @@ def fixed_point(
     residual growth beyond 1e8 x the first residual) returns
     ``converged=False`` with the last finite iterate.
     """
-    X, A, B = check_model(X, A, B)
+    from ._chunked import forward_blocks, resolve
+
+    A, B = check_params(A, B)
     act = get_activation(activation)
     v.choice("method", method, METHODS)
     opts = check_options(tol, max_iter, damping, anderson_history, anderson_ridge)
-    return forward(X, A, B, act, method, opts, z0)
+    Xs, chunk = resolve(X, B, chunk, opts.anderson_history)
+    if Xs is None:
+        X = v.as_matrix("X", X, shape=(None, B.shape[1]))
+        return forward(X, A, B, act, method, opts, z0)
+    if method == "direct" and not act.is_identity:
+        raise ValueError(f"method='direct' solves linear maps only, got activation={str(act)!r}"
+                         " (use 'picard' or 'anderson')")
+    if z0 is not None:
+        z0 = v.as_matrix("z0", z0, shape=(Xs.n, A.shape[0]))
+    return forward_blocks(Xs, A, B, act, method, opts, z0, chunk)
 
 
 def forward(X, A, B, act, method, opts: SolverOptions, z0) -> FixedPointResult:

@@ -10,9 +10,10 @@ from . import _validate as v
 from ._fixed_point import (
     METHODS,
     STATUS,
+    BlockStats,
     SolverOptions,
-    check_model,
     check_options,
+    check_params,
     direct,
     forward,
     input_term,
@@ -47,6 +48,9 @@ class GradResult:
         As in :class:`~deqbench.FixedPointResult`, for the adjoint equation.
         For ``"jfb"``/``"neumann"`` the status is ``"truncated"`` and the
         residual says how far the inexact adjoint is from the exact one.
+    blocks : BlockStats or None
+        Per-block statistics of a solve in row blocks (``chunk=``), with the
+        conventions of :class:`~deqbench.FixedPointResult`.
     """
 
     grad_A: np.ndarray
@@ -58,6 +62,7 @@ class GradResult:
     status: str
     history: np.ndarray = field(repr=False)
     method: str
+    blocks: BlockStats | None = None
 
 
 @blas_single_threaded
@@ -77,6 +82,7 @@ def implicit_grad(
     neumann_terms: int = 5,
     anderson_history: int = 5,
     anderson_ridge: float = 1e-10,
+    chunk: int | str | None = None,
 ) -> GradResult:
     """Gradients ``dL/dA``, ``dL/dB`` through the fixed point ``Z``, given ``G = dL/dZ``.
 
@@ -100,6 +106,9 @@ def implicit_grad(
         Initial adjoint (warm start), e.g. the previous ``GradResult.adjoint``.
     neumann_terms : int >= 0
         The highest power ``k`` of the truncated Neumann series (``neumann`` only).
+    chunk : int in [1, n], "auto" or None
+        Solve the adjoint in row blocks, as in :func:`~deqbench.fixed_point`
+        (``X`` may then be on disk); gradients are summed over the blocks.
 
     Warns
     -----
@@ -111,19 +120,28 @@ def implicit_grad(
     THEORY.md section 4. Non-convergence of an exact method gives
     ``converged=False``.
     """
-    X, A, B = check_model(X, A, B)
-    n, m = X.shape[0], A.shape[0]
-    Z = v.as_matrix("Z", Z, shape=(n, m))
-    G = v.as_matrix("G", G, shape=(n, m))
+    from ._chunked import adjoint_blocks, resolve
+
+    A, B = check_params(A, B)
     act = get_activation(activation)
     v.choice("method", method, GRAD_METHODS)
     opts = check_options(tol, max_iter, damping, anderson_history, anderson_ridge)
+    Xs, chunk = resolve(X, B, chunk, opts.anderson_history)
+    if Xs is None:
+        X = v.as_matrix("X", X, shape=(None, B.shape[1]))
+    n, m = (X.shape[0] if Xs is None else Xs.n), A.shape[0]
+    Z = v.as_matrix("Z", Z, shape=(n, m))
+    G = v.as_matrix("G", G, shape=(n, m))
     nk = _neumann_terms(method, neumann_terms)
     if method == "direct" and not act.is_identity:
         raise ValueError(
             f"method='direct' solves linear maps only, got activation={str(act)!r}"
         )
-    return _adjoint(X, A, B, Z, G, act, method, opts, adj0, nk)
+    if Xs is None:
+        return _adjoint(X, A, B, Z, G, act, method, opts, adj0, nk)
+    if adj0 is not None:
+        adj0 = v.as_matrix("adj0", adj0, shape=(n, m))
+    return adjoint_blocks(Xs, A, B, Z, G, act, method, opts, adj0, nk, chunk)
 
 
 def _neumann_terms(method, neumann_terms) -> int:
@@ -184,8 +202,13 @@ class LossAndGrad:
         As in :class:`~deqbench.FixedPointResult` and :class:`GradResult`.
     converged : bool
         Both solves converged (an inexact gradient counts as converged).
-    z, adjoint : (n, m)
-        Fixed point and adjoint, to warm-start the next call (``z0``, ``adj0``).
+    z, adjoint : (n, m) or None
+        Fixed point and adjoint, to warm-start the next call (``z0``, ``adj0``);
+        None when evaluated in row blocks (``chunk=``: memory independent of n).
+    fp_blocks, adj_blocks : BlockStats or None
+        Per-block iteration statistics of the forward and adjoint solves in row
+        blocks; then ``fp_iters``/``adj_iters`` are the largest block counts and
+        the residuals the largest block residuals.
     """
 
     loss: float
@@ -198,8 +221,10 @@ class LossAndGrad:
     fp_status: str
     adj_status: str
     converged: bool
-    z: np.ndarray = field(repr=False)
-    adjoint: np.ndarray = field(repr=False)
+    z: np.ndarray | None = field(repr=False)
+    adjoint: np.ndarray | None = field(repr=False)
+    fp_blocks: BlockStats | None = None
+    adj_blocks: BlockStats | None = None
 
     @property
     def info(self) -> dict:
@@ -230,6 +255,7 @@ def loss_and_grad(
     neumann_terms: int = 5,
     anderson_history: int = 5,
     anderson_ridge: float = 1e-10,
+    chunk: int | str | None = None,
 ) -> LossAndGrad:
     """Loss ``L = (1/2n) sum_i loss_i`` of a DEQ model and its implicit gradient.
 
@@ -241,7 +267,9 @@ def loss_and_grad(
         activation`` and linear fixed point, ``Y`` is ``(n,)``. ``nonlinear``:
         ``z = phi(A z + B x)`` with ``phi = activation``, ``Y`` is ``(n, m)``.
     X : (n, d), Y : (n, m) or (n,)
-        Data and targets.
+        Data and targets: arrays, ``np.memmap`` arrays or paths of float64
+        ``.npy`` files (read in row blocks, the next one while the current one
+        computes).
     A : (m, m), B : (m, d)
         Parameters.
     u : (m,) array, optional
@@ -255,19 +283,31 @@ def loss_and_grad(
         Warm starts for the forward and adjoint solves.
     neumann_terms : int >= 0
         As in :func:`~deqbench.implicit_grad`.
+    chunk : int in [1, n], "auto" or None
+        Evaluate in blocks of ``chunk`` rows: forward solve (each block to the
+        rule ``||F(Z_b) - Z_b|| <= tol ||F(Z_b)||``), loss, adjoint solve and
+        gradient per block, summed; memory ``O(chunk (m + d) + m^2 + m d)``
+        whatever ``n`` (``z``, ``adjoint`` are then None). ``"auto"``:
+        :func:`deqbench._source.auto_chunk`. None: unchunked for in-memory
+        data, ``"auto"`` for data on disk.
 
     Returns
     -------
     LossAndGrad
+        On a read error of data on disk: NaN loss and gradients, statuses
+        ``"read_error"`` (with a ConvergenceWarning).
 
     Warns
     -----
     ConvergenceWarning
         When the forward or an exact adjoint solve does not converge.
     """
+    from ._chunked import loss_and_grad_blocks, resolve
+    from ._source import is_out_of_core, open_source
+
     v.choice("model", model, MODELS)
-    X, A, B = check_model(X, A, B)
-    n, m = X.shape[0], A.shape[0]
+    A, B = check_params(A, B)
+    m = A.shape[0]
     act = get_activation(activation)
     if model == "linear" and not act.is_identity:
         raise ValueError(f"activation must be 'identity' for model='linear', got {str(act)!r}")
@@ -276,10 +316,24 @@ def loss_and_grad(
     v.choice("grad_solver", grad_solver, GRAD_METHODS)
     opts = check_options(tol, max_iter, damping, anderson_history, anderson_ridge)
     nk = _neumann_terms(grad_solver, neumann_terms)
-    Y, u = check_targets(model, Y, u, n, m)
+    if chunk is None and is_out_of_core(Y):
+        chunk = "auto"
+    Xs, chunk = resolve(X, B, chunk, opts.anderson_history)
+    if Xs is None:
+        X = v.as_matrix("X", X, shape=(None, B.shape[1]))
+    n = X.shape[0] if Xs is None else Xs.n
     phi = act if model == "nonlinear" else get_activation("identity")
     if grad_solver == "direct" and not phi.is_identity:
         raise ValueError("grad_solver='direct' solves linear maps only (model='nonlinear')")
+    if Xs is not None:
+        single = model == "single_index"
+        Ys = open_source("Y", Y, ndim=1 if single else 2, shape=(n,) if single else (n, m))
+        u = check_readout(model, u, m)
+        z0 = None if z0 is None else v.as_matrix("z0", z0, shape=(n, m))
+        adj0 = None if adj0 is None else v.as_matrix("adj0", adj0, shape=(n, m))
+        return loss_and_grad_blocks(model, Xs, Ys, A, B, u, act, phi, solver, grad_solver, opts,
+                                    z0, adj0, nk, chunk)
+    Y, u = check_targets(model, Y, u, n, m)
     fwd = forward(X, A, B, phi, solver, opts, z0)
     Z = fwd.z
     G = np.empty((n, m))
@@ -307,12 +361,18 @@ def loss_and_grad(
 def check_targets(model, Y, u, n, m):
     """Validate targets (and ``u``) for ``model``; return float64 ``(Y, u)``."""
     if model == "single_index":
-        Y = v.as_matrix("Y", Y, ndim=1, shape=(n,))
-        if u is None:
-            u = np.full(m, 1.0 / np.sqrt(m))
-        else:
-            u = v.as_matrix("u", u, ndim=1, shape=(m,))
-        return Y, u
-    if u is not None:
-        raise ValueError(f"u is only used by model='single_index', got model={model!r}")
+        return v.as_matrix("Y", Y, ndim=1, shape=(n,)), check_readout(model, u, m)
+    check_readout(model, u, m)
     return v.as_matrix("Y", Y, shape=(n, m)), None
+
+
+def check_readout(model, u, m):
+    """The read-out ``u`` of single_index (default ``(1, ..., 1) / sqrt(m)``);
+    None for the other models, where passing one is an error."""
+    if model != "single_index":
+        if u is not None:
+            raise ValueError(f"u is only used by model='single_index', got model={model!r}")
+        return None
+    if u is None:
+        return np.full(m, 1.0 / np.sqrt(m))
+    return v.as_matrix("u", u, ndim=1, shape=(m,))

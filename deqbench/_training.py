@@ -18,7 +18,7 @@ from . import _validate as v
 from . import theory
 from ._chunked import sufficient_stats as stream_stats
 from ._fixed_point import check_model, check_options, check_params
-from ._gradients import GRAD_METHODS, MODELS, _neumann_terms, check_targets
+from ._gradients import GRAD_METHODS, MODELS, _neumann_terms, check_readout, check_targets
 from ._kernels import model as _m
 from ._kernels import training as _k
 from ._source import ReadError, check_chunk, is_out_of_core, open_source
@@ -206,8 +206,7 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
     if model == "linear" and not act.is_identity:
         raise ValueError(f"activation must be 'identity' for model='linear', got {str(act)!r}")
     if on_disk:
-        if u is not None:
-            raise ValueError(f"u is only used by model='single_index', got model={model!r}")
+        u = check_readout(model, u, m)
         Y = open_source("Y", Y, shape=(n, m))
         chunk = check_chunk("auto" if chunk is None else chunk, n, d + m)
     else:
