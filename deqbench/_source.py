@@ -97,13 +97,13 @@ def open_source(name: str, x, *, ndim: int = 2, shape=None) -> BlockSource:
     by block as it is read. ``shape`` may hold ``None`` for free axes.
     """
     if isinstance(x, BlockSource):
-        _check_shape(name, x.shape, ndim, shape)
+        v.check_shape(name, x.shape, ndim=ndim, shape=shape)
         return x
     if isinstance(x, (str, os.PathLike)):
         return _open_npy(name, Path(x), ndim, shape)
     if isinstance(x, np.memmap):
         _check_dtype(name, x.dtype, "np.memmap")
-        _check_shape(name, x.shape, ndim, shape)
+        v.check_shape(name, x.shape, ndim=ndim, shape=shape)
         if not x.flags.c_contiguous:
             raise ValueError(f"{name} must be a C-contiguous memmap (row blocks), got a "
                              "non-contiguous one")
@@ -118,18 +118,6 @@ def _check_dtype(name, dtype, what):
                         "in float64); write the data as float64")
     if dtype != np.float64:
         raise TypeError(f"{name} must hold float64 data, got dtype {dtype} ({what})")
-
-
-def _check_shape(name, got, ndim, shape):
-    if len(got) != ndim:
-        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {tuple(got)}")
-    if shape is not None:
-        for axis, (g, want) in enumerate(zip(got, shape, strict=True)):
-            if want is not None and g != want:
-                raise ValueError(f"{name} must have shape {v._shape_str(shape)}, got "
-                                 f"{tuple(got)} (axis {axis}: expected {want}, got {g})")
-    if int(np.prod(got)) == 0:
-        raise ValueError(f"{name} must not be empty, got shape {tuple(got)}")
 
 
 def _open_npy(name, path: Path, ndim, shape) -> BlockSource:
@@ -151,7 +139,7 @@ def _open_npy(name, path: Path, ndim, shape) -> BlockSource:
     if fortran and len(got) > 1:
         raise ValueError(f"{name}: {str(path)!r} is Fortran-ordered; row blocks need C order "
                          "(save np.ascontiguousarray(X))")
-    _check_shape(name, got, ndim, shape)
+    v.check_shape(name, got, ndim=ndim, shape=shape)
     want = offset + int(np.prod(got)) * dtype.itemsize
     size = path.stat().st_size
     if size < want:

@@ -27,22 +27,28 @@ def as_matrix(name: str, x, *, ndim: int = 2, shape=None, allow_empty: bool = Fa
             f"{name} must be a real floating-point array, got dtype {a.dtype} "
             "(cast explicitly, e.g. np.asarray(x, dtype=np.float64))"
         )
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {a.shape}")
-    if shape is not None:
-        for axis, (got, want) in enumerate(zip(a.shape, shape, strict=True)):
-            if want is not None and got != want:
-                raise ValueError(
-                    f"{name} must have shape {_shape_str(shape)}, got {a.shape} "
-                    f"(axis {axis}: expected {want}, got {got})"
-                )
-    if not allow_empty and a.size == 0:
-        raise ValueError(f"{name} must not be empty, got shape {a.shape}")
+    check_shape(name, a.shape, ndim=ndim, shape=shape, allow_empty=allow_empty)
     a = np.ascontiguousarray(a, dtype=np.float64)
     if not np.isfinite(a).all():
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
         raise ValueError(f"{name} must be finite, got {bad} non-finite entries (NaN or Inf)")
     return a
+
+
+def check_shape(name: str, got: tuple, *, ndim: int, shape=None, allow_empty: bool = False):
+    """Check an array shape ``got`` against ``ndim`` and ``shape`` (``None`` for free axes)."""
+    got = tuple(got)
+    if len(got) != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {got}")
+    if shape is not None:
+        for axis, (g, want) in enumerate(zip(got, shape, strict=True)):
+            if want is not None and g != want:
+                raise ValueError(
+                    f"{name} must have shape {_shape_str(shape)}, got {got} "
+                    f"(axis {axis}: expected {want}, got {g})"
+                )
+    if not allow_empty and 0 in got:
+        raise ValueError(f"{name} must not be empty, got shape {got}")
 
 
 def _shape_str(shape) -> str:

@@ -6,6 +6,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import deqbench as db
 from deqbench import _source
@@ -134,3 +136,15 @@ def test_chunk_bad_input_before_any_work(tmp_path):
         db.loss_and_grad("linear", tmp_path / "X32.npy", Y, A, B)
     with pytest.raises(ValueError, match=r"z0 must have shape \(103, 5\)"):
         db.loss_and_grad("linear", X, Y, A, B, chunk=10, z0=Y[:3])
+
+
+@settings(deadline=None, max_examples=25)
+@given(st.integers(1, N), st.sampled_from(["linear", "single_index", "nonlinear"]))
+def test_any_chunk_size_gives_the_unchunked_result(chunk, model):
+    X, A, B, Y, y = _problem(5)
+    Yt = y if model == "single_index" else Y
+    act = "identity" if model == "linear" else "sigmoid"
+    ref = db.loss_and_grad(model, X, Yt, A, B, activation=act, tol=1e-14)
+    got = db.loss_and_grad(model, X, Yt, A, B, activation=act, tol=1e-14, chunk=chunk)
+    assert got.loss == pytest.approx(ref.loss, rel=1e-12)
+    assert _rel(got.grad_A, ref.grad_A) < 1e-12 and _rel(got.grad_B, ref.grad_B) < 1e-12
