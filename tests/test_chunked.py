@@ -44,6 +44,7 @@ def test_chunked_loss_and_grad_equals_unchunked(model, act, solver):
         assert got.loss == pytest.approx(ref.loss, rel=1e-12)
         assert _rel(got.grad_A, ref.grad_A) < 1e-12 and _rel(got.grad_B, ref.grad_B) < 1e-12
         assert got.converged and got.z is None and got.adjoint is None
+        assert ref.fp_blocks is None and ref.adj_blocks is None
         fb = got.fp_blocks
         assert (fb.chunk, fb.n_blocks) == (chunk, -(-N // chunk))
         assert fb.iters_max == got.fp_iters >= fb.iters_mean
