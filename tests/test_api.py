@@ -33,7 +33,7 @@ def test_loss_and_grad_result_unpacks_and_names_its_fields():
     loss, gA, gB, info = res
     assert loss == res.loss and gA is res.grad_A and gB is res.grad_B
     assert set(info) == {"fp_iters", "adj_iters", "fp_residual", "adj_residual", "fp_status",
-                         "adj_status", "converged", "z", "adjoint"}
+                         "adj_status", "converged", "z", "adjoint", "fp_blocks", "adj_blocks"}
     for key, value in info.items():
         assert getattr(res, key) is value
     assert res.converged and res.fp_status == res.adj_status == "converged"
