@@ -14,8 +14,8 @@ class ConvergenceWarning(RuntimeWarning):
     :func:`deqbench.loss_and_grad`, :func:`deqbench.train` and
     :func:`deqbench.flow` whenever the result's status is a failure
     (``"max_iter"``, ``"diverged"``, ``"inaccurate"``, ``"fixed_point_failed"``,
-    ``"step_too_small"``, ``"read_error"`` for data on disk). The result still carries the last good values and
-    the status; filter this class on its own, e.g.
+    ``"step_too_small"``, ``"read_error"`` for data on disk). The result still
+    carries the last good values and the status; filter this class on its own, e.g.
     ``warnings.simplefilter("ignore", deqbench.ConvergenceWarning)``, to treat
     failure as data (sweeps and experiments do).
     """

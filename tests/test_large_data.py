@@ -236,3 +236,13 @@ def test_train_on_files_bad_input(tmp_path):
         db.train("linear", np.load(Xp), np.load(Yp), A0, B0, chunk=10, **kw)
     with pytest.raises(ValueError, match="flow needs X and Y in memory"):
         db.flow("linear", Xp, Yp, A0, B0, t_end=1.0)
+
+
+def test_large_data_command_runs_once(capsys):
+    from benchmarks.large_data import main
+
+    assert main(["--n", "3000", "--d", "8", "--m", "4", "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    for key in ("read bandwidth", "loss_and_grad tanh", "sufficient statistics pass",
+                "train linear, n=3000", "step time exponent"):
+        assert key in out
