@@ -37,7 +37,7 @@ import deqbench as db
 from deqbench import _source
 from deqbench._chunked import sufficient_stats
 
-from .common import fit_exponent, peak_rss_increase_mib
+from .common import peak_rss_increase_mib
 
 
 def write(root, n: int, d: int, m: int) -> Path:
@@ -134,10 +134,10 @@ def _measure(root: Path, args) -> int:
         db.train("linear", X[:rows], Y[:rows], A, B, steps=args.steps + 1, **kw)
         step = (time.perf_counter() - t - t1) / args.steps
         sizes.append(rows)
-        per_step.append(max(step, 1e-12))
+        per_step.append(step)
         print(f"train linear, n={rows}: pass + 1 step {t1:.3g} s, {step * 1e6:.4g} us/step")
     if len(sizes) > 1:
-        slope = fit_exponent(sizes, per_step)
+        slope, _ = db.theory.loglog_fit(sizes, per_step)
         print(f"step time exponent in n: {slope:.3f} (target < 0.05)")
     return 0
 
