@@ -21,17 +21,22 @@ import numpy as np
 
 from .._jit import jit, prange, twins
 
-#: Target bytes of one ``rows x m`` float64 block of one array (``Z``, ``T``
-#: and ``U`` blocks are all live at once). 64 KiB keeps the three within a
-#: 256 KiB share of L2. Re-measured by ``python -m benchmarks.calibrate``.
-BLOCK_BYTES = 1 << 16
-MIN_ROWS = 32
+#: Target bytes of one ``rows x m`` float64 block of one array, and the
+#: bounds on its rows. Set from ``python -m benchmarks.calibrate`` on the
+#: 2-core AMD EPYC (Zen 4, AVX-512) of this project, quiet (CLEAN, 0.4% other
+#: CPU): map evaluations at n = 8192 ran best with 128 KiB-512 KiB blocks for
+#: m <= 64 and with 128-row blocks at m = 256 and 1024 (1024 rows of 8 KiB:
+#: 34 GFLOP/s at m = 1024 with 32-row blocks against 93 with 128 rows).
+BLOCK_BYTES = 1 << 18
+MIN_ROWS = 128
 MAX_ROWS = 1024
 
 #: Element passes without a gemm (losses, Anderson's mixing and Gram products)
 #: go parallel from this many elements on; below it a parallel region costs
-#: more than the pass. Re-measured by ``python -m benchmarks.calibrate``.
-PASS_PARALLEL_MIN = 1 << 16
+#: more than the pass. Same machine and command as ``BLOCK_BYTES``: the
+#: parallel residual pass was 0.77x the serial one at 2^12 elements, 1.43x at
+#: 2^14, 1.8-2x from 2^16.
+PASS_PARALLEL_MIN = 1 << 14
 
 
 @jit
