@@ -1,4 +1,4 @@
-"""Convergence against the theory (THEORY.md sections 3, 5 and 7).
+"""Convergence against the theory (docs/theory.md §3, §5 and §7).
 
 Every value is phrased so that LOWER IS BETTER:
 

@@ -1,4 +1,4 @@
-"""Forward solve of a DEQ: the fixed point ``Z = phi(Z A^T + X B^T)`` (THEORY.md section 3)."""
+"""Forward solve of a DEQ: the fixed point ``Z = phi(Z A^T + X B^T)`` (docs/theory.md §3)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class FixedPointResult:
 
     def error_bound(self, rho: float) -> float:
         """A-posteriori relative error bound ``residual / (1 - rho)`` for a map
-        contracting at rate ``rho < 1`` (THEORY.md section 3)."""
+        contracting at rate ``rho < 1`` (docs/theory.md §3)."""
         if not 0.0 <= rho < 1.0:
             raise ValueError(f"rho must be in [0, 1), got {rho!r}")
         return self.residual / (1.0 - rho)
@@ -182,7 +182,7 @@ def fixed_point(
 
     Notes
     -----
-    THEORY.md section 3. Failure (``max_iter`` reached, non-finite values,
+    docs/theory.md §3. Failure (``max_iter`` reached, non-finite values,
     residual growth beyond 1e8 x the first residual) returns
     ``converged=False`` with the last finite iterate.
     """

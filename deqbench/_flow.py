@@ -1,4 +1,4 @@
-"""Continuous-time gradient flow ``dP/dt = -grad L(P)`` (THEORY.md sections 5 and 7).
+"""Continuous-time gradient flow ``dP/dt = -grad L(P)`` (docs/theory.md §5 and §7).
 
 :func:`flow` integrates the flow with a compiled adaptive Dormand-Prince 5(4)
 method (:mod:`deqbench._kernels.flow`) and records the same history as
@@ -133,7 +133,7 @@ def flow(
 
     Notes
     -----
-    THEORY.md section 5 (``Q`` constant along the flow: its measured drift
+    docs/theory.md §5 (``Q`` constant along the flow: its measured drift
     is the integration error) and section 7 (``exp(-mu t)`` decay).
     """
     t_end = v.positive("t_end", t_end)

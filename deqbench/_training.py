@@ -1,4 +1,4 @@
-"""Gradient descent on DEQ models, one compiled call per run (THEORY.md sections 5-8).
+"""Gradient descent on DEQ models, one compiled call per run (docs/theory.md §5-§8).
 
 :func:`train` validates its input, picks the per-sample or the
 sufficient-statistics path, and hands the whole loop to
@@ -93,7 +93,7 @@ class TrainResult:
     n_steps : int
         Gradient steps applied to reach ``A``, ``B``.
     sufficient_stats : bool
-        Whether the n-independent path of THEORY.md section 8 ran.
+        Whether the n-independent path of docs/theory.md §8 ran.
     L_star : float
         Global minimum used for ``excess_loss`` (NaN if unknown).
     spectral_every : int
@@ -114,7 +114,7 @@ class TrainResult:
 
 
 def step_flops(m: int, d: int, n: int, sufficient_stats: bool, iters: int = 2) -> float:
-    """Flops of one gradient step by the cost model of THEORY.md section 8.
+    """Flops of one gradient step by the cost model of docs/theory.md §8.
 
     Per sample: ``(K_f + K_b) 2 m^2 n + 2 m d n + 2 m n (m + d)`` with
     ``K_f = K_b = iters``; sufficient statistics: ``2 m^3 + 6 m^2 d + 2 m d^2``.
@@ -299,7 +299,7 @@ def train(
     Parameters
     ----------
     model : {"linear", "single_index", "nonlinear"}
-        As in :func:`~deqbench.loss_and_grad` (THEORY.md section 2).
+        As in :func:`~deqbench.loss_and_grad` (docs/theory.md §2).
     X : (n, d), Y : (n, m) or (n,) for single_index
     A0 : (m, m), B0 : (m, d)
         Initial parameters (not modified).
@@ -311,7 +311,7 @@ def train(
         Forward solver (``direct``: LU of ``I - A``, linear fixed points only).
     grad_solver : str, optional
         Adjoint solver, default ``solver``; also ``"jfb"`` or ``"neumann"``
-        (series up to ``A^neumann_terms``), the inexact gradients of THEORY.md
+        (series up to ``A^neumann_terms``), the inexact gradients of docs/theory.md
         section 4.
     tol, max_iter, damping, anderson_history, anderson_ridge
         Per-solve options, as in :func:`~deqbench.fixed_point`.
@@ -326,7 +326,7 @@ def train(
     stop_loss : float, optional
         Stop with ``"converged"`` once the loss is ``<= stop_loss``.
     sufficient_stats : {"auto", True, False}
-        The n-independent step of THEORY.md section 8 (linear model, exact
+        The n-independent step of docs/theory.md §8 (linear model, exact
         gradient). ``"auto"`` uses it when the section 8 cost model says it
         is cheaper than a per-sample step (:func:`step_flops`), which is
         almost always; then ``solver``, ``tol`` and ``warm_start`` are unused
@@ -349,7 +349,7 @@ def train(
 
     Notes
     -----
-    THEORY.md sections 5-8. The loop, the solves and the recording run in
+    docs/theory.md §5-§8. The loop, the solves and the recording run in
     one Numba call; all ``n``-sized buffers are allocated once. Failure never
     raises: see ``TrainResult.status``.
     """

@@ -74,7 +74,7 @@ class Activation:
 
     def derivative_bounds(self) -> tuple[float, float]:
         """``(gamma, Gamma)`` with ``gamma <= sigma' <= Gamma`` on the real line
-        (THEORY.md section 7); ``gamma = 0`` means outside the theorem."""
+        (docs/theory.md §7); ``gamma = 0`` means outside the theorem."""
         return {
             "identity": (1.0, 1.0),
             "leaky_relu": (self.param, 1.0),

@@ -5,7 +5,7 @@ their Parquet twins ``runs.parquet`` + ``histories.parquet``).
 
 * ``loss_curves.png`` - loss (excess loss where known) against step, log scale,
   with the theory envelope ``(L_0 - L*) q^k`` of the predicted per-step factor
-  ``q`` (THEORY.md section 7) dashed in the same colour;
+  ``q`` (docs/theory.md §7) dashed in the same colour;
 * ``invariant_drift.png`` - ``||Q_k - Q_0|| / ||Q_0||`` against step, and the
   final ``tr(Q_K - Q_0)`` against the step size next to the bound
   ``2 lr (L_0 - L_K)`` (section 5);
@@ -173,7 +173,7 @@ def plot_invariant_drift(rows, hists, keys, path) -> Path | None:
             ax.loglog(x[pos], y[pos], color=color, lw=1)
     ax.set_xlabel("step")
     ax.set_ylabel("||Q_k - Q_0||_F / ||Q_0||_F")
-    ax.set_title("invariant drift (THEORY.md section 5)")
+    ax.set_title("invariant drift (docs/theory.md §5)")
     ax = axes[1]
     if has_lr:
         ok = [r for r in rows if r.get("status") not in ("error", "diverged",
@@ -257,7 +257,7 @@ def plot_iterations(rows, hists, keys, path) -> Path | None:
         ax.set_ylabel("iterations")
         ax.set_yscale("log")
         ax.legend(fontsize=8)
-        ax.set_title("iterations against spectral radius (THEORY.md section 3)")
+        ax.set_title("iterations against spectral radius (docs/theory.md §3)")
     else:
         ax.axis("off")
     return _save(fig, path)

@@ -1,4 +1,4 @@
-"""What the theory predicts, as plain functions (THEORY.md sections 3 and 5-7).
+"""What the theory predicts, as plain functions (docs/theory.md §3 and §5-§7).
 
 These are the formulas every training run is measured against: the conserved
 matrix ``Q``, its exact discrete drift under gradient descent, the drift
@@ -55,7 +55,7 @@ def invariant(A, B) -> np.ndarray:
 
     Notes
     -----
-    THEORY.md section 5: constant under gradient flow for the linear and
+    docs/theory.md §5: constant under gradient flow for the linear and
     single_index models; row ``i`` gives the sphere
     ``||row_i(I - A)||^2 + ||row_i(B)||^2 = Q_ii``.
     """
@@ -70,7 +70,7 @@ def gd_invariant_step(Q, grad_A, grad_B, lr) -> np.ndarray:
 
     Notes
     -----
-    THEORY.md section 5: exact (to rounding) for one gradient-descent step
+    docs/theory.md §5: exact (to rounding) for one gradient-descent step
     ``A <- A - lr grad_A``, ``B <- B - lr grad_B`` of any loss that depends on
     ``(A, B)`` only through ``W = (I - A)^{-1} B``.
     """
@@ -87,7 +87,7 @@ def drift_bound(lr, L0, LK) -> float:
 
     Notes
     -----
-    THEORY.md section 5: valid while ``lr <= 1 / beta_smooth`` along the path
+    docs/theory.md §5: valid while ``lr <= 1 / beta_smooth`` along the path
     (descent lemma); the drift of the invariant is O(lr).
     """
     lr = v.positive("lr", lr)
@@ -125,7 +125,7 @@ def pl_constant(model: str, X, Q, *, u=None, activation: str | Activation = "ide
 
     Notes
     -----
-    THEORY.md section 7.
+    docs/theory.md §7.
     """
     v.choice("model", model, MODELS)
     lmin, lmax = _sigma_extremes(X)
@@ -157,7 +157,7 @@ def predicted_factor(model: str, X, Q, lr, *, L0=None, L_star=0.0, u=None,
 
     Notes
     -----
-    THEORY.md section 7 (with the drift bound of section 5). An empirical
+    docs/theory.md §7 (with the drift bound of section 5). An empirical
     factor above this one means a bug or a violated assumption.
     """
     lr = v.positive("lr", lr)
@@ -195,7 +195,7 @@ def global_min_loss(model: str, X, Y, *, activation: str | Activation = "identit
 
     Notes
     -----
-    THEORY.md section 7.
+    docs/theory.md §7.
     """
     v.choice("model", model, MODELS)
     X = v.as_matrix("X", X)
@@ -223,7 +223,7 @@ def empirical_factor(losses, L_star, steps=None) -> float:
 
     Notes
     -----
-    THEORY.md section 7.
+    docs/theory.md §7.
     """
     L = np.asarray(losses, dtype=np.float64)
     if L.ndim != 1:
@@ -255,7 +255,7 @@ def rate_check(losses, L_star, predicted, steps=None) -> dict:
 
     Returns ``{"predicted", "empirical", "ratio", "violated"}``; ``violated``
     is True when the empirical factor exceeds the predicted one (by more than
-    1e-12): a bug or a violated assumption (THEORY.md section 7).
+    1e-12): a bug or a violated assumption (docs/theory.md §7).
     """
     emp = empirical_factor(losses, L_star, steps)
     pred = v.real("predicted", predicted)
@@ -274,7 +274,7 @@ def predicted_fp_iters(rho, tol) -> float:
 
     Notes
     -----
-    THEORY.md section 3.
+    docs/theory.md §3.
     """
     rho = v.positive("rho", rho, allow_zero=True)
     tol = v.positive("tol", tol)
@@ -295,7 +295,7 @@ def conditioning_bounds(Q, W) -> tuple[float, float]:
 
     Notes
     -----
-    THEORY.md section 6, from ``B = C W`` so ``Q = C (I + W W^T) C^T``.
+    docs/theory.md §6, from ``B = C W`` so ``Q = C (I + W W^T) C^T``.
     """
     Q = _square("Q", Q)
     W = v.as_matrix("W", W, shape=(Q.shape[0], None))

@@ -1,4 +1,4 @@
-"""Forward solves against dense solves, long Picard loops and THEORY.md section 3."""
+"""Forward solves against dense solves, long Picard loops and docs/theory.md §3."""
 
 import numpy as np
 import pytest
@@ -58,7 +58,7 @@ def test_methods_agree_and_anderson_is_faster_on_slow_map(rng):
 @pytest.mark.parametrize("kind", ["orthogonal", "gaussian"])
 @pytest.mark.parametrize("rho", [0.3, 0.5, 0.8, 0.9, 0.95])
 def test_picard_iterations_match_prediction(rng, rho, kind):
-    """K ~ log(tol) / log(rho) (THEORY.md section 3). As rho -> 1 the relative
+    """K ~ log(tol) / log(rho) (docs/theory.md §3). As rho -> 1 the relative
     residual's denominator ||F(Z)|| ~ ||Z*|| grows like 1 / (1 - rho), which
     saves about log(1 - rho) / log(rho) iterations: 10% + 3 holds up to 0.95."""
     m, d, n = 24, 8, 200

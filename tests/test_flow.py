@@ -1,5 +1,5 @@
 """Gradient flow (deqbench.flow): the invariant to the integrator's tolerance and
-the exp(-mu t) decay of THEORY.md sections 5 and 7."""
+the exp(-mu t) decay of docs/theory.md §5 and §7."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""deqbench.theory: the formulas of THEORY.md sections 3 and 5-7, checked against
+"""deqbench.theory: the formulas of docs/theory.md §3 and §5-§7, checked against
 direct computation and against the exact gradients of the library."""
 
 import math

@@ -1,5 +1,5 @@
 """Compiled gradient descent (deqbench.train) against plain NumPy gradient descent
-with dense solves, and the theory it tracks on every run (THEORY.md sections 5-8)."""
+with dense solves, and the theory it tracks on every run (docs/theory.md §5-§8)."""
 
 import numpy as np
 import pytest

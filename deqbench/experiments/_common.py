@@ -16,7 +16,7 @@ ROOT_SEED = 20251121
 
 @dataclass
 class Check:
-    """One row of summary.md: a prediction of THEORY.md next to its measurement.
+    """One row of summary.md: a prediction of docs/theory.md next to its measurement.
 
     ``holds`` is True / False, or None for quantities the theory does not
     predict (reported only).

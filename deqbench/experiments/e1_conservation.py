@@ -1,4 +1,4 @@
-"""E1: the conservation law (THEORY.md section 5).
+"""E1: the conservation law (docs/theory.md §5).
 
 * GD on the linear DEQ at several step sizes, all run to the same horizon
   ``t = lr * steps``: the exact identity ``tr(Q_K - Q_0) = lr^2 sum_k ||g_k||^2``,
@@ -55,7 +55,7 @@ def run(ctx) -> None:
                             "loss0": float(h["loss"][0]), "final_loss": float(h["loss"][-1])},
                    history=h)
     rel = max(abs(g["trace"] - g["identity"]) / g["identity"] for g in gd.values())
-    ctx.check("GD: tr(Q_K - Q_0) = lr^2 sum_k ||g_k||^2 exactly (sec. 5), linear, "
+    ctx.check("GD: tr(Q_K - Q_0) = lr^2 sum_k ||g_k||^2 exactly (§5), linear, "
               f"m=d={m}, {len(lrs)} step sizes",
               "relative gap ~ 1e-12", f"max relative gap {fmt(rel)}", rel <= 1e-8)
     worst_psd = min(g["psd"] for g in gd.values())

@@ -1,4 +1,4 @@
-"""E2: linear convergence of the linear DEQ (THEORY.md section 7).
+"""E2: linear convergence of the linear DEQ (docs/theory.md §7).
 
 Gradient descent on the squared loss, several ``(m, d)``: the excess loss
 ``L_k - L*`` (``L*``: least squares over all ``W``) stays below the predicted
@@ -54,7 +54,7 @@ def run(ctx) -> None:
                             "envelope_worst_ratio": worst, "L_star": Ls, "loss0": L0,
                             "final_excess_loss": float(h["excess_loss"][-1])},
                    history=h)
-    ctx.check(f"linear DEQ, GD lr={lr}: L_k - L* <= (L_0 - L*) q^k, q = 1 - lr mu (sec. 7), "
+    ctx.check(f"linear DEQ, GD lr={lr}: L_k - L* <= (L_0 - L*) q^k, q = 1 - lr mu (§7), "
               "(m, d) = " + ", ".join(f"({m}, {d})" for m, d, *_ in out),
               "q = " + ", ".join(fmt(o[3], 4) for o in out),
               "fitted " + ", ".join(fmt(o[4], 4) for o in out) + "; max excess/envelope "

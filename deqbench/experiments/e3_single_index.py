@@ -1,4 +1,4 @@
-"""E3: single-index DEQ (THEORY.md section 7).
+"""E3: single-index DEQ (docs/theory.md §7).
 
 Realizable teacher ``y = sigma(theta . x)`` (``L* = 0``). Leaky ReLU (and the
 identity link) satisfy ``gamma <= sigma' <= Gamma`` with ``gamma > 0``: the
@@ -61,7 +61,7 @@ def run(ctx) -> None:
                         f"{fmt(r[0].history['loss'][-1])}, fitted {fmt(r[2], 4)}"
                         for a, r in zip(OUTSIDE, outside, strict=True)), None)
     drift = max(float(np.nanmax(r[0].history["invariant_drift"])) for r in runs.values())
-    ctx.check("single-index: Q drift only O(lr) for every link (sec. 5 holds for any sigma)",
+    ctx.check("single-index: Q drift only O(lr) for every link (§5 holds for any sigma)",
               "tr drift <= lr^2 sum ||g||^2 identity",
               f"max relative drift {fmt(drift)}",
               all(abs(r[0].history["drift_trace"][-1] - lr**2 * float(

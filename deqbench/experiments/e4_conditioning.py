@@ -1,4 +1,4 @@
-"""E4: conditioning of ``I - A`` during training (THEORY.md section 6).
+"""E4: conditioning of ``I - A`` during training (docs/theory.md §6).
 
 Along gradient descent on the linear DEQ, ``Q_k`` only grows (``Q_k - Q_0`` is
 PSD), so at every step
@@ -61,7 +61,7 @@ def run(ctx) -> None:
                    history={"step": h["step"], "sigma_min": h["sigma_min"],
                             "sigma_max": h["sigma_max"], "lower_bound": lower,
                             "upper_bound": upper, "excess_loss": h["excess_loss"]})
-    ctx.check(f"sigma(I - A_k) within the invariant's bounds at every step (sec. 6), linear "
+    ctx.check(f"sigma(I - A_k) within the invariant's bounds at every step (§6), linear "
               f"m=d={m}, ||A_0|| = 0 and 0.9",
               "lower_k <= sigma_min, sigma_max <= upper_k; min lower bound "
               + ", ".join(fmt(np.min(o[2])) for o in out.values()),

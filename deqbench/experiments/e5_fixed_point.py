@@ -1,4 +1,4 @@
-"""E5: fixed-point iterations against the spectral radius (THEORY.md section 3).
+"""E5: fixed-point iterations against the spectral radius (docs/theory.md §3).
 
 Symmetric ``A`` with eigenvalues spread over ``[-rho, rho]`` (so ``rho(A) = rho``
 exactly and the asymptotic rate is ``rho``): Picard from ``Z0 = 0`` should need
@@ -98,7 +98,7 @@ def run(ctx) -> None:
     # --- checks
     pic = [(rho, results[(rho, "picard")]) for rho in rhos]
     ok = all(within(r[0].n_iter, r[1]) for _, r in pic)
-    ctx.check("Picard iterations ~ log(tol)/log(rho) (sec. 3), tol 1e-10, rho = "
+    ctx.check("Picard iterations ~ log(tol)/log(rho) (§3), tol 1e-10, rho = "
               + ", ".join(fmt(r) for r in rhos) + "; holds: pred/2 <= measured <= 1.03 pred + 1",
               ", ".join(fmt(r[1]) for _, r in pic),
               ", ".join(str(r[0].n_iter) for _, r in pic), ok)
@@ -117,7 +117,7 @@ def run(ctx) -> None:
               fewer and same <= 1e-7)
     worst = max(results[(rho, m_)][2] / results[(rho, m_)][3]
                 for rho in rhos for m_ in ("picard", "damped"))
-    ctx.check("error <= residual / (1 - rho) (a-posteriori bound, sec. 3)",
+    ctx.check("error <= residual / (1 - rho) (a-posteriori bound, §3)",
               "error / bound <= 1", f"max error / bound = {fmt(worst)}", worst <= 1.0)
     pb, db, ab = bad["picard"], bad["damped"], bad["anderson"]
     pred_bad = predicted(damped_rate(lam_bad, beta_bad))

@@ -1,4 +1,4 @@
-"""E6: the nonlinear DEQ ``z = phi(A z + B x)``: how far ``Q`` drifts (THEORY.md section 5).
+"""E6: the nonlinear DEQ ``z = phi(A z + B x)``: how far ``Q`` drifts (docs/theory.md §5).
 
 The conservation law needs the loss to depend on ``(A, B)`` only through
 ``W = (I - A)^{-1} B``, which fails for a nonlinear ``phi``. So along gradient

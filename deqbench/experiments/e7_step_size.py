@@ -1,4 +1,4 @@
-"""E7: step size, and where linear convergence stops (THEORY.md sections 5 and 7).
+"""E7: step size, and where linear convergence stops (docs/theory.md §5 and §7).
 
 The rate theorem needs a small step (``lr <= 1 / beta``, ``beta`` the
 smoothness along the path). We measure the local smoothness at the

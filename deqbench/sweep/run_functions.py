@@ -132,7 +132,7 @@ def run_train(params: dict, seed: np.random.SeedSequence) -> dict:
     """Default run function: one compiled training run with :func:`deqbench.train`.
 
     Returns the final metrics, the theory's predicted per-step factor next to
-    the empirical one (THEORY.md section 7), and the run's history. For
+    the empirical one (docs/theory.md §7), and the run's history. For
     noise-free ``single_index`` and ``nonlinear`` runs the teacher is
     realizable and ``L* = 0``.
     """
@@ -181,7 +181,7 @@ def summarize_history(hist: Mapping) -> dict:
 
 
 def _rate_metrics(params, X, A0, B0, hist, L_star) -> dict:
-    """Predicted and empirical per-step factors (THEORY.md section 7), where defined."""
+    """Predicted and empirical per-step factors (docs/theory.md §7), where defined."""
     from .. import theory
 
     out = {"predicted_factor": math.nan, "empirical_factor": math.nan, "factor_ratio": math.nan}
