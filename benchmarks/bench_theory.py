@@ -3,12 +3,14 @@
 Every value is phrased so that LOWER IS BETTER:
 
 * ``track_rate_ratio``: empirical per-step factor of ``L_k - L*`` divided by the
-  predicted factor ``1 - lr mu`` (``theory.rate_check``); above 1 means the
-  theorem's bound was violated (a bug or a broken assumption).
-* ``track_drift_over_lr_gain``: ``tr(Q_K - Q_0) / (lr (L_0 - L_K))``; at most 2
-  below the smoothness step size (section 5), 0 for gradient flow.
+  predicted factor ``1 - lr mu (1 - beta lr / 2)`` (``theory.rate_check``); above
+  1 means the theorem's bound was violated (a bug or a broken assumption).
+* ``track_lr_beta``: ``lr`` times the Hessian norm (larger of start and end);
+  above 1 the predicted factor does not apply (NaN rate ratio).
+* ``track_drift_over_lr_gain``: ``tr(Q_K - Q_0) / (lr (L_0 - L_K))``; tends to 1
+  as ``lr -> 0``, at most ``1 / (1 - lr beta / 2)`` (§5).
 * ``track_fp_iters_over_predicted``: forward iterations per step over
-  ``ceil(log tol / log rho(A_k))`` along a cold-started run (section 3).
+  ``theory.predicted_fp_iters(rho(A_k), tol)`` along a cold-started run (§3).
 * ``track_invariant_drift``: ``||Q_K - Q_0||_F / ||Q_0||_F`` (O(lr^2) per step
   for linear and single_index; the nonlinear model has no conservation law and
   its drift is reported, not judged).
@@ -79,11 +81,18 @@ def summarize(case: str) -> dict:
             )
         ),
         "rate_ratio": float("nan"),
+        "lr_beta": float("nan"),
     }
     if model != "nonlinear":
         Q0 = th.invariant(p.A, p.B)
+        kw = {}
+        if hasattr(th, "smoothness"):  # the factor with the smoothness term (§7)
+            beta = max(th.smoothness(model, p.X, p.Y, P, R, u=p.u, activation=activation)
+                       for P, R in ((p.A, p.B), (res.A, res.B)))
+            kw["smoothness"] = beta
+            out["lr_beta"] = lr * beta
         pred = th.predicted_factor(
-            model, p.X, Q0, lr, L0=loss[0], L_star=0.0, u=p.u, activation=activation
+            model, p.X, Q0, lr, L0=loss[0], L_star=0.0, u=p.u, activation=activation, **kw
         )
         check = th.rate_check(loss, 0.0, pred, steps=h["step"])
         out["rate_ratio"] = float(check["ratio"])
@@ -121,6 +130,11 @@ class Convergence:
         return cache[case]["drift_over_lr_gain"]
 
     track_drift_over_lr_gain.unit = "ratio"
+
+    def track_lr_beta(self, cache, case):
+        return cache[case]["lr_beta"]
+
+    track_lr_beta.unit = "lr x smoothness"
 
     def track_fp_iters_over_predicted(self, cache, case):
         return cache[case]["fp_iters_over_predicted"]

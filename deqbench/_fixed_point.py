@@ -53,12 +53,26 @@ class FixedPointResult:
     history: np.ndarray = field(repr=False)
     method: str = "picard"
 
-    def error_bound(self, rho: float) -> float:
-        """A-posteriori relative error bound ``residual / (1 - rho)`` for a map
-        contracting at rate ``rho < 1`` (docs/theory.md §3)."""
-        if not 0.0 <= rho < 1.0:
-            raise ValueError(f"rho must be in [0, 1), got {rho!r}")
-        return self.residual / (1.0 - rho)
+    def error_bound(self, c: float) -> float:
+        """A-posteriori bound ``residual / (1 - c)`` on ``||z - z*||_F / ||F(z)||_F``.
+
+        Parameters
+        ----------
+        c : float in [0, 1)
+            A contraction factor of the map IN THE FROBENIUS NORM:
+            ``||A||_2`` for the linear map, ``L_phi ||A||_2`` for
+            ``phi(Z A^T + U)`` with an ``L_phi``-Lipschitz ``phi``, and
+            ``||(1 - beta) I + beta A||_2`` for Picard damped by ``beta``.
+
+        Notes
+        -----
+        docs/theory.md §3. The spectral radius is NOT such a factor unless ``A``
+        is normal: for ``A = [[0.9, 50], [0, -0.9]]`` (``rho(A) = 0.9``) the
+        true error is about 25 times ``residual / (1 - rho(A))``.
+        """
+        if not 0.0 <= c < 1.0:
+            raise ValueError(f"c (a norm contraction factor) must be in [0, 1), got {c!r}")
+        return self.residual / (1.0 - c)
 
 
 class SolverOptions(NamedTuple):

@@ -210,8 +210,9 @@ def smoothness(model: str, X, Y, A, B, *, u=None, activation: str | Activation =
 
     The largest ``|eigenvalue|`` of the Hessian of :func:`deqbench.loss_and_grad`'s
     loss in ``(A, B)``, from Hessian-vector products computed as central
-    differences of exact gradients (direct solves for the linear fixed
-    points, Picard to 1e-13 for ``nonlinear``): a dense eigenvalue solve up
+    differences of exact gradients (the sufficient statistics of §8 for
+    ``linear``, direct solves for ``single_index``, Picard to 1e-13 for
+    ``nonlinear``): a dense eigenvalue solve up
     to 64 parameters, Lanczos (``scipy.sparse.linalg.eigsh``) above. The
     differences are accurate to about 1e-7 relative.
 
@@ -234,9 +235,19 @@ def smoothness(model: str, X, Y, A, B, *, u=None, activation: str | Activation =
     p0 = np.concatenate([A.ravel(), B.ravel()])
     h = 1e-5 * max(1.0, float(np.max(np.abs(p0))))
 
+    if model == "linear":  # sufficient statistics (§8): n-independent gradients
+        X = v.as_matrix("X", X, shape=(None, d))
+        Sxx = X.T @ X / X.shape[0]
+        Syx = v.as_matrix("Y", Y, shape=(X.shape[0], m)).T @ X / X.shape[0]
+
     def grad(p):
-        res = loss_and_grad(model, X, Y, p[: m * m].reshape(m, m).copy(),
-                            p[m * m:].reshape(m, d).copy(), **kw)
+        Ap, Bp = p[: m * m].reshape(m, m), p[m * m:].reshape(m, d)
+        if model == "linear":
+            C = np.eye(m) - Ap
+            W = np.linalg.solve(C, Bp)
+            gB = np.linalg.solve(C.T, W @ Sxx - Syx)
+            return np.concatenate([np.ravel(gB @ W.T), np.ravel(gB)])
+        res = loss_and_grad(model, X, Y, Ap.copy(), Bp.copy(), **kw)
         return np.concatenate([np.ravel(res.grad_A), np.ravel(res.grad_B)])
 
     def hv(x):
@@ -371,11 +382,11 @@ def rate_check(losses, L_star, predicted, steps=None) -> dict:
             "verdict": verdict}
 
 
-def predicted_fp_iters(rate, tol, *, lam_max=None) -> float:
+def predicted_fp_iters(rate, tol, *, gap=None) -> float:
     """Predicted Picard iterations from ``Z0 = 0`` to the relative residual ``tol``.
 
-    ``K = ceil(log(tol / (1 - lam_max)) / log(rate))``, at least 1; ``inf``
-    when ``rate >= 1`` or ``lam_max >= 1``, 1 when ``rate = 0``.
+    ``K = ceil(log(tol / gap) / log(rate))``, at least 1; ``inf`` when
+    ``rate >= 1`` or ``gap <= 0``, 1 when ``rate = 0``.
 
     Parameters
     ----------
@@ -383,26 +394,26 @@ def predicted_fp_iters(rate, tol, *, lam_max=None) -> float:
         Asymptotic rate of the iteration: ``rho(A)`` for Picard,
         ``rho((1 - beta) I + beta A)`` for Picard damped by ``beta``.
     tol : float > 0
-    lam_max : float, optional
-        Largest real eigenvalue of ``A`` (default ``rate``: undamped Picard
-        whose slowest eigenvalue is also the one nearest 1, e.g. a spectrum
-        in ``[-rho, rho]``). For damping ``beta`` and the same spectrum pass
-        ``lam_max = rho(A)``.
+    gap : float, optional
+        ``min_i |1 - lambda_i(A)|``, the distance of ``A``'s spectrum from 1
+        (default ``1 - rate``: undamped Picard whose slowest eigenvalue is the
+        one nearest 1, e.g. a spectrum in ``[-rho, rho]``). For damped Picard
+        on that spectrum pass ``gap = 1 - rho(A)``.
 
     Notes
     -----
     docs/theory.md §3: the residual decays like ``rate^k ||U||`` while
-    ``||F(Z_k)|| -> ||Z*|| ~ ||U|| / (1 - lam_max)``, hence the correction
-    (the plain ``log(tol) / log(rate)`` says 2292 where about 1850 are
-    measured at ``rho = 0.99``). Leading order for normal ``A``; a
-    non-normal ``A`` can have a long transient that this does not predict.
+    ``||F(Z_k)|| -> ||Z*|| ~ ||U|| / gap``, hence the correction (the plain
+    ``log(tol) / log(rate)`` says 2292 where about 1850 are measured at
+    ``rho = 0.99``). Leading order for normal ``A``; a non-normal ``A`` can
+    have a long transient that this does not predict.
     """
     rate = v.positive("rate", rate, allow_zero=True)
     tol = v.positive("tol", tol)
-    top = rate if lam_max is None else v.real("lam_max", lam_max)
-    if rate >= 1.0 or top >= 1.0:
+    gap = 1.0 - rate if gap is None else v.real("gap", gap)
+    if rate >= 1.0 or gap <= 0.0:
         return math.inf
-    target = tol / (1.0 - top)
+    target = tol / gap
     if rate == 0.0 or target >= 1.0:
         return 1.0
     return float(max(1, math.ceil(math.log(target) / math.log(rate))))

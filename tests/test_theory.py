@@ -252,18 +252,18 @@ def test_predicted_fp_iters_matches_picard(rho, damping):
     tol = 1e-10
     got = db.fixed_point(X, A, B, tol=tol, damping=damping, max_iter=20_000).n_iter
     rate = np.max(np.abs(1 - damping + damping * lam))
-    pred = theory.predicted_fp_iters(rate, tol, lam_max=rho)
+    pred = theory.predicted_fp_iters(rate, tol, gap=1 - rho)
     assert abs(got - pred) <= 0.1 * pred + 3
 
 
 def test_predicted_fp_iters_edges():
     tol = 1e-10
     assert theory.predicted_fp_iters(1.0, tol) == math.inf
-    assert theory.predicted_fp_iters(0.5, tol, lam_max=1.0) == math.inf
+    assert theory.predicted_fp_iters(0.5, tol, gap=0.0) == math.inf
     assert theory.predicted_fp_iters(0.0, tol) == 1.0
     assert theory.predicted_fp_iters(0.5, 0.9) == 1.0  # tol / (1 - rho) >= 1
     assert theory.predicted_fp_iters(0.99, tol) == 1833  # docs/theory.md §3
-    assert theory.predicted_fp_iters(0.995, tol, lam_max=0.99) == 3675
+    assert theory.predicted_fp_iters(0.995, tol, gap=0.01) == 3675
     with pytest.raises(ValueError, match="tol"):
         theory.predicted_fp_iters(0.5, 0.0)
 
