@@ -94,6 +94,27 @@ def drift_bound(lr, L0, LK) -> float:
     return 2.0 * lr * (v.real("L0", L0) - v.real("LK", LK))
 
 
+def drift_gain_bounds(lr, smoothness) -> tuple[float, float]:
+    """Window of ``tr(Q_K - Q_0) / (lr (L_0 - L_K))`` under gradient descent.
+
+    ``(1 / (1 + beta lr / 2), 1 / (1 - beta lr / 2))`` with ``beta =
+    smoothness`` a bound on the Hessian norm along the path; both ends tend to
+    1 as ``lr -> 0`` with an ``O(beta lr)`` deviation. ``(nan, nan)`` when
+    ``beta lr >= 2``.
+
+    Notes
+    -----
+    docs/theory.md §5: each step adds ``lr^2 ||g_k||^2`` to the trace while the
+    loss drops by between ``lr (1 - beta lr / 2) ||g_k||^2`` and
+    ``lr (1 + beta lr / 2) ||g_k||^2``.
+    """
+    lr = v.positive("lr", lr)
+    x = 0.5 * lr * v.positive("smoothness", smoothness, allow_zero=True)
+    if x >= 1.0:
+        return math.nan, math.nan
+    return 1.0 / (1.0 + x), 1.0 / (1.0 - x)
+
+
 def _sigma_extremes(X) -> tuple[float, float]:
     X = v.as_matrix("X", X)
     ev = np.linalg.eigvalsh(X.T @ X / X.shape[0])
