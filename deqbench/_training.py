@@ -166,6 +166,11 @@ class Prepared:
     record_every: int
     spectral_every: int
     stop_loss: float
+    L_star: float = math.nan
+    """The caller's global minimum (``excess_loss = loss - L_star``)."""
+    excess_shift: float = 0.0
+    """Added to the kernels' ``excess_loss``: the sufficient-statistics step
+    computes ``L - Ls`` (``Ls`` the closed-form minimum) without cancellation."""
 
 
 def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max_iter,
@@ -216,15 +221,20 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
     Wstar, Sxx = _DUMMY2, _DUMMY2
     if L_star is not None:
         L_star = v.real("L_star", L_star)
+    kernel_Lstar, excess_shift = L_star, 0.0
     if model == "linear" or (model == "single_index" and act.is_identity):
         W, Ls = theory.least_squares(X, Y)
         if L_star is None:
             L_star = Ls
+        kernel_Lstar = L_star
         if use_ss:
+            # the sufficient-statistics step computes L = Ls + (L - Ls) without
+            # cancellation; the excess over the caller's L_star is shifted back
+            # afterwards (history_dict)
             Wstar, Sxx = W, X.T @ X / n
-            L_star = Ls
+            kernel_Lstar, excess_shift = Ls, Ls - L_star
     if L_star is None:
-        L_star = math.nan
+        L_star = kernel_Lstar = math.nan
     rec = record_every if record_every > 0 else 1
     if spectral_every == "auto":
         spectral_every = auto_spectral_every(m, d, n, use_ss, rec)
@@ -252,19 +262,24 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
             anderson_history=slots,
             neumann_terms=nk,
         ),
-        stats=_m.SuffStats(use=use_ss, Sxx=Sxx, W_star=Wstar, L_star=float(L_star)),
+        stats=_m.SuffStats(use=use_ss, Sxx=Sxx, W_star=Wstar, L_star=float(kernel_Lstar)),
         record_every=record_every,
         spectral_every=spectral_every,
         stop_loss=stop,
+        L_star=float(L_star),
+        excess_shift=excess_shift,
     )
 
 
-def history_dict(H, n_rec, keys=HISTORY_KEYS) -> dict:
-    """Columns of the kernel's history matrix as a dict of 1-D arrays."""
+def history_dict(H, n_rec, keys=HISTORY_KEYS, excess_shift=0.0) -> dict:
+    """Columns of the kernel's history matrix as a dict of 1-D arrays;
+    ``excess_shift`` is added to ``excess_loss`` (see :class:`Prepared`)."""
     out = {}
     for j, key in enumerate(keys):
         col = H[:n_rec, j].copy()
         out[key] = col.astype(np.int64) if key in _INT_KEYS else col
+    if excess_shift != 0.0:
+        out["excess_loss"] += excess_shift
     return out
 
 
@@ -311,8 +326,8 @@ def train(
         Forward solver (``direct``: LU of ``I - A``, linear fixed points only).
     grad_solver : str, optional
         Adjoint solver, default ``solver``; also ``"jfb"`` or ``"neumann"``
-        (series up to ``A^neumann_terms``), the inexact gradients of docs/theory.md
-        section 4.
+        (series up to ``A^neumann_terms``), the inexact gradients of
+        docs/theory.md §4.
     tol, max_iter, damping, anderson_history, anderson_ridge
         Per-solve options, as in :func:`~deqbench.fixed_point`.
     neumann_terms : int >= 0
@@ -327,7 +342,7 @@ def train(
         Stop with ``"converged"`` once the loss is ``<= stop_loss``.
     sufficient_stats : {"auto", True, False}
         The n-independent step of docs/theory.md §8 (linear model, exact
-        gradient). ``"auto"`` uses it when the section 8 cost model says it
+        gradient). ``"auto"`` uses it when the §8 cost model says it
         is cheaper than a per-sample step (:func:`step_flops`), which is
         almost always; then ``solver``, ``tol`` and ``warm_start`` are unused
         and ``fp_iters = adj_iters = 0``.
@@ -378,9 +393,9 @@ def train(
         A=run.A,
         B=run.B,
         status=STATUS[status],
-        history=history_dict(H, n_rec),
+        history=history_dict(H, n_rec, excess_shift=run.excess_shift),
         n_steps=int(last),
         sufficient_stats=bool(run.stats.use),
-        L_star=run.stats.L_star,
+        L_star=run.L_star,
         spectral_every=int(run.spectral_every),
     )

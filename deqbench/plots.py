@@ -8,11 +8,11 @@ their Parquet twins ``runs.parquet`` + ``histories.parquet``).
   ``q`` (docs/theory.md §7) dashed in the same colour;
 * ``invariant_drift.png`` - ``||Q_k - Q_0|| / ||Q_0||`` against step, and the
   final ``tr(Q_K - Q_0)`` against the step size next to the bound
-  ``2 lr (L_0 - L_K)`` (section 5);
+  ``2 lr (L_0 - L_K)`` (valid for ``lr <= 1 / beta``, §5);
 * ``scaling.png`` - time per step against each swept size (m, n, d) on log-log
   axes with fitted slopes;
 * ``iterations.png`` - fixed-point iterations against the spectral radius of
-  ``A``, with the prediction ``log(tol) / log(rho)`` (section 3).
+  ``A``, with the prediction ``ceil(log(tol / (1 - rho)) / log(rho))`` (§3).
 """
 
 from __future__ import annotations
@@ -251,8 +251,10 @@ def plot_iterations(rows, hists, keys, path) -> Path | None:
         tol = _num(have_rho[0].get("tol"))
         if 0 < tol < 1:
             grid = np.linspace(max(rho.min(), 1e-3), min(rho.max(), 0.999), 100)
-            ax.plot(grid, np.log(tol) / np.log(grid), "k--", lw=1,
-                    label=f"log(tol)/log(rho), tol={tol:g} (cold start)")
+            from .theory import predicted_fp_iters
+
+            ax.plot(grid, [predicted_fp_iters(r, tol) for r in grid], "k--", lw=1,
+                    label=f"log(tol/(1-rho))/log(rho), tol={tol:g} (cold start)")
         ax.set_xlabel("spectral radius of A (final)")
         ax.set_ylabel("iterations")
         ax.set_yscale("log")

@@ -3,8 +3,8 @@
 These are the formulas every training run is measured against: the conserved
 matrix ``Q``, its exact discrete drift under gradient descent, the drift
 bound, the PL constants and predicted per-step factors, the global minimum
-of the linear model, the empirical factor with the window rule of section 7,
-the predicted Picard iteration count and the conditioning bounds of section 6.
+of the linear model, the empirical factor with the window rule of §7,
+the predicted Picard iteration count and the conditioning bounds of §6.
 """
 
 from __future__ import annotations

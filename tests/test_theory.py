@@ -39,7 +39,7 @@ def test_invariant_matches_definition():
                                             ("single_index", "tanh"),
                                             ("single_index", "sigmoid")])
 def test_gd_invariant_step_is_exact(model, act):
-    """Any loss of W = C^{-1} B: the first-order term cancels (section 5)."""
+    """Any loss of W = C^{-1} B: the first-order term cancels (§5)."""
     rng, A, B, X = _point(1, 4, 3, 30)
     Y = rng.standard_normal(30) if model == "single_index" else rng.standard_normal((30, 4))
     lr = 0.3

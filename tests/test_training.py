@@ -216,7 +216,7 @@ def test_huge_step_fails_cleanly(model, act):
 
 def test_huge_step_with_exact_solves_self_stabilizes():
     """With the direct / sufficient-statistics step the linear DEQ does not blow up:
-    Q grows by lr^2 ||g||^2 (section 5), which shrinks the effective step on W.
+    Q grows by lr^2 ||g||^2 (§5), which shrinks the effective step on W.
     The parameters leave the Picard-convergent region (spectral radius > 1)."""
     X, Y, A0, B0 = _problem("linear", seed=4)
     r = db.train("linear", X, Y, A0, B0, lr=1e4, steps=50, sufficient_stats=True)
@@ -348,3 +348,21 @@ def test_bad_input(change, match):
     model = kw.pop("model")
     with pytest.raises(ValueError, match=match):
         db.train(model, **kw)
+
+
+def test_user_L_star_is_honoured_on_both_paths():
+    """The caller's L_star sets excess_loss = loss - L_star whichever path "auto" picks."""
+    X, Y, A0, B0 = _problem("linear", seed=4, n=40)
+    Ls = theory.global_min_loss("linear", X, Y)
+    for given in (None, 0.0, Ls + 0.125):
+        res = {ss: db.train("linear", X, Y, A0, B0, lr=0.05, steps=30, L_star=given,
+                            sufficient_stats=ss) for ss in (True, False)}
+        want = Ls if given is None else given
+        for r in res.values():
+            assert r.L_star == want
+            np.testing.assert_allclose(r.history["excess_loss"], r.history["loss"] - want,
+                                       rtol=1e-9, atol=1e-14)
+        fl = db.flow("linear", X, Y, A0, B0, t_end=0.5, L_star=given, sufficient_stats=True)
+        assert fl.L_star == want
+        np.testing.assert_allclose(fl.history["excess_loss"], fl.history["loss"] - want,
+                                   rtol=1e-9, atol=1e-14)
