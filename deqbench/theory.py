@@ -387,7 +387,7 @@ def rate_check(losses, L_star, predicted, steps=None) -> dict:
     pred = float(predicted)
     if math.isinf(pred):
         raise ValueError(f"predicted must be finite or NaN, got {predicted!r}")
-    ratio = emp / pred if pred > 0 else math.inf
+    ratio = emp / pred if pred > 0 else (math.nan if math.isnan(pred) else math.inf)
     violated = bool(np.isfinite(emp) and emp > pred + 1e-12)
     if math.isnan(pred):
         verdict = "not applicable"

@@ -93,17 +93,33 @@ def test_single_index_pl_inequality_holds(seed, m, d):
     assert np.sum(gA**2) + np.sum(gB**2) >= mu * L * (1 - 1e-9)
 
 
-def test_pl_constant_formulas():
-    rng, A, B, X = _point(3, 3, 4, 50)
-    Q = theory.invariant(A, B)
-    ev = np.linalg.eigvalsh(X.T @ X / 50)
-    q = np.linalg.eigvalsh(Q)[-1]
-    assert theory.pl_constant("linear", X, Q) == pytest.approx(2 * ev[0] / q)
-    u = np.array([1.0, 2.0, 0.5])
-    got = theory.pl_constant("single_index", X, Q, u=u, activation="leaky_relu(0.2)")
-    assert got == pytest.approx(2 * 0.2**4 * ev[0] ** 2 * np.sum(u**2) / (ev[-1] * q))
+@pytest.mark.parametrize("a", [-0.5, 0.0, 0.7])
+@pytest.mark.parametrize(("model", "act"), [("linear", "identity"),
+                                            ("single_index", "identity")])
+def test_pl_constant_is_attained(model, a, act):
+    """The PL inequality's constant is sharp where W = 0 (m = 1, b = 0): there
+    ||g||^2 = ||C^{-T} G_W||^2 = G_W^2 / (1 - a)^2 = (2 lmin / Q) (L - L*) exactly,
+    with X along Sigma's smallest eigenvector. A constant too large breaks the
+    property tests below, one too small breaks this."""
+    rng = np.random.default_rng(7)
+    n, d = 200, 3
+    X = rng.standard_normal((n, d)) @ np.diag([1.0, 2.0, 3.0])
+    lmin_vec = np.linalg.eigh(X.T @ X / n)[1][:, 0]
+    y = X @ lmin_vec  # W* along the slowest direction, L* = 0 (single_index: 1 row)
+    Y = y if model == "single_index" else y[:, None]
+    A, B = np.array([[a]]), np.zeros((1, d))
+    u = np.ones(1) if model == "single_index" else None
+    res = db.loss_and_grad(model, X, Y, A, B, solver="direct", u=u)
+    g2 = np.sum(res.grad_A**2) + np.sum(res.grad_B**2)
+    mu = theory.pl_constant(model, X, theory.invariant(A, B), u=u, activation=act)
+    if model == "linear":
+        assert g2 == pytest.approx(mu * res.loss, rel=1e-10)
+    else:  # the single-index constant is loose by lmin / lmax (gamma = Gamma = 1)
+        lmin, lmax = np.linalg.eigvalsh(X.T @ X / n)[[0, -1]]
+        assert g2 == pytest.approx(mu * res.loss * lmax / lmin, rel=1e-10)
     # outside the theorem (gamma = 0): no rate
-    assert theory.pl_constant("single_index", X, Q, activation="tanh") == 0.0
+    assert theory.pl_constant("single_index", X, theory.invariant(A, B),
+                              activation="tanh") == 0.0
 
 
 def _counterexample():
