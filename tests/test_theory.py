@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 import deqbench as db
 from deqbench import theory
 from tests import naive
-from tests.conftest import symmetric_with_radius
 
 
 def _point(seed, m, d, n, scale_A=0.5):
@@ -321,7 +320,8 @@ def test_conditioning_bounds_along_training():
         (lambda: theory.pl_constant("nonlinear", np.eye(2), np.eye(2)), "model"),
         (lambda: theory.pl_constant("linear", np.eye(2), np.zeros((2, 2))), "Q"),
         (lambda: theory.pl_constant("single_index", np.eye(2), np.eye(2), u=np.ones(3)), "u"),
-        (lambda: theory.predicted_factor("linear", np.eye(2), np.eye(2), 0.0, smoothness=1.0), "lr"),
+        (lambda: theory.predicted_factor("linear", np.eye(2), np.eye(2), 0.0, smoothness=1.0),
+         "lr"),
         (lambda: theory.predicted_factor("linear", np.eye(2), np.eye(2), 0.1, smoothness=-1.0),
          "smoothness"),
         (lambda: theory.empirical_factor(np.ones((2, 2)), 0.0), "losses"),

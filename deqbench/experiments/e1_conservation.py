@@ -64,8 +64,8 @@ def run(ctx) -> None:
     ctx.check("GD: Q_K - Q_0 positive semidefinite", "lambda_min(Q_K - Q_0) >= 0",
               f"min lambda_min / ||Q_0|| = {fmt(worst_psd)}", worst_psd >= -1e-12)
     for lr, g in gd.items():
-        beta = path_smoothness("linear", X, Y, A0, B0, lr=lr, steps=len(g["res"].history["loss"]) - 1,
-                               points=2)
+        steps = len(g["res"].history["loss"]) - 1
+        beta = path_smoothness("linear", X, Y, A0, B0, lr=lr, steps=steps, points=2)
         h = g["res"].history
         g["lr_beta"] = lr * beta
         g["gain"] = g["trace"] / (lr * (h["loss"][0] - h["loss"][-1]))

@@ -72,7 +72,8 @@ def run(ctx) -> None:
               "max over steps of ratio - bound: " + ", ".join(fmt(o["worst"], 3) for o in out)
               + " (steps judged " + ", ".join(str(o["judged"]) for o in out) + ")",
               all(o["ok"] and o["lr_beta"] <= 1.0 for o in out))
-    ctx.check(f"linear DEQ, GD lr = {FRACTION}/beta: fitted factor <= q = 1 - lr mu (1 - beta lr/2), "
+    ctx.check(f"linear DEQ, GD lr = {FRACTION}/beta: fitted factor <= q = "
+              "1 - lr mu (1 - beta lr/2), "
               "q not vacuous",
               "q = " + ", ".join(fmt(o["q"], 4) for o in out),
               "fitted " + ", ".join(fmt(o["emp"], 4) for o in out) + "; verdicts "

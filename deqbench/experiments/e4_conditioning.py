@@ -18,14 +18,11 @@ loss gets there.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import data, theory
 from .._training import train
 from ._common import fmt, pyplot, safe_lr
-
 
 EPS = 1e-2  # I - A_0 = EPS V in the near-singular case
 

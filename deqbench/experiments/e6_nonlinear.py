@@ -86,7 +86,8 @@ def run(ctx) -> None:
               ", ".join(fmt(w[0], 4) for w in win.values()),
               all(w[2] < 2.0 and w[1][0] - 1e-9 <= w[0] <= w[1][1] + 1e-9 for w in win.values()))
     # nonlinear: ||Q_K - Q_0|| at t = HORIZON approaches the flow's as lr decreases
-    far = {k: [abs(o[2][lr][1] - o[4]) for lr in lrs] for k, o in out.items() if k[0] == "nonlinear"}
+    far = {k: [abs(o[2][lr][1] - o[4]) for lr in lrs]
+           for k, o in out.items() if k[0] == "nonlinear"}
     ctx.check(f"nonlinear DEQ, GD at horizon t = {HORIZON:g}: the drift of Q does not vanish "
               "with lr; it approaches the flow's drift as lr decreases",
               "|drift_GD(lr) - drift_flow| decreasing in lr = " + ", ".join(map(fmt, lrs))
