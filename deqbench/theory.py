@@ -2,9 +2,11 @@
 
 These are the formulas every training run is measured against: the conserved
 matrix ``Q``, its exact discrete drift under gradient descent, the drift
-bound, the PL constants and predicted per-step factors, the global minimum
-of the linear model, the empirical factor with the window rule of §7,
-the predicted Picard iteration count and the conditioning bounds of §6.
+bound and the window of ``drift / (lr (L_0 - L_K))``, the PL constants, the
+measured smoothness ``beta`` and the per-step factors
+``1 - lr mu (1 - beta lr / 2)``, the global minimum of the linear model, the
+empirical factor with the window rule of §7 and its verdict, the predicted
+Picard iteration count and the conditioning bounds of §6.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .activations import Activation, get_activation
 __all__ = [
     "conditioning_bounds",
     "drift_bound",
+    "drift_gain_bounds",
     "empirical_factor",
     "gd_invariant_step",
     "global_min_loss",
@@ -29,6 +32,8 @@ __all__ = [
     "predicted_factor",
     "predicted_fp_iters",
     "rate_check",
+    "smoothness",
+    "step_factor_bounds",
 ]
 
 MODELS = ("linear", "single_index")
