@@ -334,6 +334,7 @@ def test_full_grid_imports():
 
     assert FULL or scaling.ScalingM is None  # not in the default suite
 
+
 def test_theory_tracks_hold_their_predictions():
     """Beyond their type: the theory tracks of the linear case meet the predictions they
     report against (docs/theory.md §3, §5, §7), so a broken formula shows here."""
