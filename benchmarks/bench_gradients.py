@@ -1,4 +1,4 @@
-"""Implicit (adjoint) gradients, exact and inexact (THEORY.md section 4).
+"""Implicit (adjoint) gradients, exact and inexact (docs/theory.md §4).
 
 Default suite: the exact adjoints (Picard, Anderson) of the linear and the
 nonlinear (tanh) model at ``m = 32``, ``n = N_AT[32]``; counts and errors of

@@ -1,4 +1,4 @@
-"""Memory of a training step as the iteration count grows (THEORY.md section 8).
+"""Memory of a training step as the iteration count grows (docs/theory.md §8).
 
 An exact implicit step stores no unrolled graph: its peak memory is
 ``O(n (m + d) + m^2 + m d)`` whatever the forward and adjoint iteration counts.

@@ -1,5 +1,5 @@
 """How cost grows with size: log grids in m and n, with fitted exponents
-(THEORY.md section 8: a Picard iteration costs ``2 m^2 n`` flops).
+(docs/theory.md §8: a Picard iteration costs ``2 m^2 n`` flops).
 
 ``time_*`` benchmarks give asv one point per size; ``Exponents`` re-times
 each whole grid in one process and reports the least-squares slope of
@@ -94,7 +94,7 @@ class ScalingN(Bench):
 @full_only
 class ScalingNSufficientStats(Bench):
     """Linear training with sufficient statistics against ``n`` (``m = d = 32``,
-    10 steps): the per-step cost does not depend on ``n`` (THEORY.md section 8);
+    10 steps): the per-step cost does not depend on ``n`` (docs/theory.md §8);
     the one-off ``X^T X / n`` is included in the time."""
 
     params = [N_GRID]

@@ -1,4 +1,4 @@
-"""One gradient-descent step and whole training runs per model (THEORY.md sections 5-8).
+"""One gradient-descent step and whole training runs per model (docs/theory.md §5-§8).
 
 ``GDStep`` uses the public ``loss_and_grad`` (one exact implicit step plus the
 parameter update); ``Train*`` use ``deqbench.train`` (whole loop compiled) and
@@ -199,7 +199,7 @@ class TrainIterations(Tracked):
 class TrainSufficientStats(Bench):
     """Linear model, ``steps = 20``: per-sample implicit steps against the
     sufficient-statistics step whose cost does not grow with ``n``
-    (THEORY.md section 8); ``m = d = 32``. Default suite: the sufficient-statistics
+    (docs/theory.md §8); ``m = d = 32``. Default suite: the sufficient-statistics
     path only (the per-sample path is ``Train``'s, and at ``n = 16384`` one run
     takes seconds)."""
 

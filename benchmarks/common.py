@@ -202,7 +202,7 @@ def problem(
 
     * linear: realizable linear teacher ``Y = X W*^T``.
     * single_index: realizable teacher ``y = sigma(theta* . x)``, default link
-      ``leaky_relu(0.2)`` (inside the theorem of THEORY.md section 7).
+      ``leaky_relu(0.2)`` (inside the theorem of docs/theory.md §7).
     * nonlinear: a realizable teacher DEQ (``deqbench.data.problem``), default ``phi = tanh``.
     """
     require_api()
@@ -233,7 +233,7 @@ def forward_problem(
 
 
 def dloss_dz(p: Problem, Z: np.ndarray) -> np.ndarray:
-    """``G = dL/dZ`` of the model loss at the fixed point ``Z`` (THEORY.md section 4)."""
+    """``G = dL/dZ`` of the model loss at the fixed point ``Z`` (docs/theory.md §4)."""
     if p.model == "single_index":
         act = db.get_activation(p.activation)
         s = Z @ p.u
@@ -243,13 +243,13 @@ def dloss_dz(p: Problem, Z: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------
-# predictions (THEORY.md sections 3 and 7) and measurement helpers
+# predictions (docs/theory.md §3 and §7) and measurement helpers
 # --------------------------------------------------------------------------
 
 
 def contraction_rate(A: np.ndarray, damping: float = 1.0, activation: str = "identity") -> float:
     """Rate at which damped Picard ``Z <- (1-b) Z + b phi(Z A^T + U)`` contracts
-    (THEORY.md section 3): for the linear map the spectral radius of
+    (docs/theory.md §3): for the linear map the spectral radius of
     ``(1 - b) I + b A`` (the asymptotic rate); for a nonlinear ``phi`` the bound
     ``(1 - b) + b Lip(phi) ||A||_2``."""
     if db.get_activation(activation).is_identity:

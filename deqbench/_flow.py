@@ -1,4 +1,4 @@
-"""Continuous-time gradient flow ``dP/dt = -grad L(P)`` (THEORY.md sections 5 and 7).
+"""Continuous-time gradient flow ``dP/dt = -grad L(P)`` (docs/theory.md §5 and §7).
 
 :func:`flow` integrates the flow with a compiled adaptive Dormand-Prince 5(4)
 method (:mod:`deqbench._kernels.flow`) and records the same history as
@@ -133,8 +133,8 @@ def flow(
 
     Notes
     -----
-    THEORY.md section 5 (``Q`` constant along the flow: its measured drift
-    is the integration error) and section 7 (``exp(-mu t)`` decay).
+    docs/theory.md §5 (``Q`` constant along the flow: its measured drift
+    is the integration error) and §7 (``exp(-mu t)`` decay).
     """
     t_end = v.positive("t_end", t_end)
     rtol = v.positive("rtol", rtol)
@@ -164,12 +164,12 @@ def flow(
         A=run.A,
         B=run.B,
         status=STATUS[status],
-        history=history_dict(H, n_rec, FLOW_HISTORY_KEYS),
+        history=history_dict(H, n_rec, FLOW_HISTORY_KEYS, run.excess_shift),
         t=float(t),
         n_steps=int(n_acc),
         n_rejected=int(n_rej),
         n_evals=int(n_ev),
         sufficient_stats=bool(run.stats.use),
-        L_star=run.stats.L_star,
+        L_star=run.L_star,
         spectral_every=int(run.spectral_every),
     )

@@ -1,4 +1,4 @@
-"""Implicit (adjoint) gradients and model losses (THEORY.md sections 2 and 4)."""
+"""Implicit (adjoint) gradients and model losses (docs/theory.md §2 and §4)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class GradResult:
     ----------
     grad_A : (m, m), grad_B : (m, d)
     adjoint : (n, m)
-        ``Mu = D * Lam`` (THEORY.md section 4); equals ``Lam`` for linear maps.
+        ``Mu = D * Lam`` (docs/theory.md §4); equals ``Lam`` for linear maps.
         Pass it back as ``adj0`` to warm-start the next adjoint solve.
     n_iter, residual, converged, status, history, method
         As in :class:`~deqbench.FixedPointResult`, for the adjoint equation.
@@ -117,7 +117,7 @@ def implicit_grad(
 
     Notes
     -----
-    THEORY.md section 4. Non-convergence of an exact method gives
+    docs/theory.md §4. Non-convergence of an exact method gives
     ``converged=False``.
     """
     from ._chunked import adjoint_blocks, resolve
@@ -262,7 +262,7 @@ def loss_and_grad(
     Parameters
     ----------
     model : {"linear", "single_index", "nonlinear"}
-        THEORY.md section 2. ``linear``: ``yhat = z``, ``Y`` is ``(n, m)``.
+        docs/theory.md §2. ``linear``: ``yhat = z``, ``Y`` is ``(n, m)``.
         ``single_index``: ``yhat = sigma(u . z)`` with the link ``sigma =
         activation`` and linear fixed point, ``Y`` is ``(n,)``. ``nonlinear``:
         ``z = phi(A z + B x)`` with ``phi = activation``, ``Y`` is ``(n, m)``.

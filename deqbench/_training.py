@@ -1,4 +1,4 @@
-"""Gradient descent on DEQ models, one compiled call per run (THEORY.md sections 5-8).
+"""Gradient descent on DEQ models, one compiled call per run (docs/theory.md §5-§8).
 
 :func:`train` validates its input, picks the per-sample or the
 sufficient-statistics path, and hands the whole loop to
@@ -96,7 +96,7 @@ class TrainResult:
     n_steps : int
         Gradient steps applied to reach ``A``, ``B``.
     sufficient_stats : bool
-        Whether the n-independent path of THEORY.md section 8 ran.
+        Whether the n-independent path of docs/theory.md §8 ran.
     L_star : float
         Global minimum used for ``excess_loss`` (NaN if unknown).
     spectral_every : int
@@ -117,7 +117,7 @@ class TrainResult:
 
 
 def step_flops(m: int, d: int, n: int, sufficient_stats: bool, iters: int = 2) -> float:
-    """Flops of one gradient step by the cost model of THEORY.md section 8.
+    """Flops of one gradient step by the cost model of docs/theory.md §8.
 
     Per sample: ``(K_f + K_b) 2 m^2 n + 2 m d n + 2 m n (m + d)`` with
     ``K_f = K_b = iters``; sufficient statistics: ``2 m^3 + 6 m^2 d + 2 m d^2``.
@@ -170,6 +170,11 @@ class Prepared:
     spectral_every: int
     stop_loss: float
     read_error: ReadError | None = None
+    L_star: float = math.nan
+    """The caller's global minimum (``excess_loss = loss - L_star``)."""
+    excess_shift: float = 0.0
+    """Added to the kernels' ``excess_loss``: the sufficient-statistics step
+    computes ``L - Ls`` (``Ls`` the closed-form minimum) without cancellation."""
 
 
 def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max_iter,
@@ -249,6 +254,7 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
     read_error = None
     if L_star is not None:
         L_star = v.real("L_star", L_star)
+    kernel_Lstar, excess_shift = L_star, 0.0
     if on_disk:
         try:
             stats = stream_stats(X, Y, chunk)
@@ -257,17 +263,24 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
         else:
             Wstar, Ls = stats.least_squares()
             Sxx = stats.Sxx
-            L_star = Ls
+            if L_star is None:
+                L_star = Ls
+            # as below: the kernel's excess is over Ls, shifted to the caller's L_star
+            kernel_Lstar, excess_shift = Ls, Ls - L_star
         X, Y = np.zeros((1, d)), np.zeros((1, m))
     elif model == "linear" or (model == "single_index" and act.is_identity):
         W, Ls = theory.least_squares(X, Y)
         if L_star is None:
             L_star = Ls
+        kernel_Lstar = L_star
         if use_ss:
+            # the sufficient-statistics step computes L = Ls + (L - Ls) without
+            # cancellation; the excess over the caller's L_star is shifted back
+            # afterwards (history_dict)
             Wstar, Sxx = W, X.T @ X / n
-            L_star = Ls
+            kernel_Lstar, excess_shift = Ls, Ls - L_star
     if L_star is None:
-        L_star = math.nan
+        L_star = kernel_Lstar = math.nan
     rec = record_every if record_every > 0 else 1
     if spectral_every == "auto":
         spectral_every = auto_spectral_every(m, d, n, use_ss, rec)
@@ -295,20 +308,25 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
             anderson_history=slots,
             neumann_terms=nk,
         ),
-        stats=_m.SuffStats(use=use_ss, Sxx=Sxx, W_star=Wstar, L_star=float(L_star)),
+        stats=_m.SuffStats(use=use_ss, Sxx=Sxx, W_star=Wstar, L_star=float(kernel_Lstar)),
         record_every=record_every,
         spectral_every=spectral_every,
         stop_loss=stop,
         read_error=read_error,
+        L_star=float(L_star),
+        excess_shift=excess_shift,
     )
 
 
-def history_dict(H, n_rec, keys=HISTORY_KEYS) -> dict:
-    """Columns of the kernel's history matrix as a dict of 1-D arrays."""
+def history_dict(H, n_rec, keys=HISTORY_KEYS, excess_shift=0.0) -> dict:
+    """Columns of the kernel's history matrix as a dict of 1-D arrays;
+    ``excess_shift`` is added to ``excess_loss`` (see :class:`Prepared`)."""
     out = {}
     for j, key in enumerate(keys):
         col = H[:n_rec, j].copy()
         out[key] = col.astype(np.int64) if key in _INT_KEYS else col
+    if excess_shift != 0.0:
+        out["excess_loss"] += excess_shift
     return out
 
 
@@ -344,7 +362,7 @@ def train(
     Parameters
     ----------
     model : {"linear", "single_index", "nonlinear"}
-        As in :func:`~deqbench.loss_and_grad` (THEORY.md section 2).
+        As in :func:`~deqbench.loss_and_grad` (docs/theory.md §2).
     X : (n, d), Y : (n, m) or (n,) for single_index
         Arrays; for ``model="linear"`` also ``np.memmap`` arrays or paths to
         float64 ``.npy`` files (data larger than memory): then the
@@ -362,8 +380,8 @@ def train(
         Forward solver (``direct``: LU of ``I - A``, linear fixed points only).
     grad_solver : str, optional
         Adjoint solver, default ``solver``; also ``"jfb"`` or ``"neumann"``
-        (series up to ``A^neumann_terms``), the inexact gradients of THEORY.md
-        section 4.
+        (series up to ``A^neumann_terms``), the inexact gradients of
+        docs/theory.md §4.
     tol, max_iter, damping, anderson_history, anderson_ridge
         Per-solve options, as in :func:`~deqbench.fixed_point`.
     neumann_terms : int >= 0
@@ -377,8 +395,8 @@ def train(
     stop_loss : float, optional
         Stop with ``"converged"`` once the loss is ``<= stop_loss``.
     sufficient_stats : {"auto", True, False}
-        The n-independent step of THEORY.md section 8 (linear model, exact
-        gradient). ``"auto"`` uses it when the section 8 cost model says it
+        The n-independent step of docs/theory.md §8 (linear model, exact
+        gradient). ``"auto"`` uses it when the §8 cost model says it
         is cheaper than a per-sample step (:func:`step_flops`), which is
         almost always; then ``solver``, ``tol`` and ``warm_start`` are unused
         and ``fp_iters = adj_iters = 0``.
@@ -405,7 +423,7 @@ def train(
 
     Notes
     -----
-    THEORY.md sections 5-8. The loop, the solves and the recording run in
+    docs/theory.md §5-§8. The loop, the solves and the recording run in
     one Numba call; all ``n``-sized buffers are allocated once. Failure never
     raises: see ``TrainResult.status``.
     """
@@ -442,9 +460,9 @@ def train(
         A=run.A,
         B=run.B,
         status=STATUS[status],
-        history=history_dict(H, n_rec),
+        history=history_dict(H, n_rec, excess_shift=run.excess_shift),
         n_steps=int(last),
         sufficient_stats=bool(run.stats.use),
-        L_star=run.stats.L_star,
+        L_star=run.L_star,
         spectral_every=int(run.spectral_every),
     )

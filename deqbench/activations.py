@@ -1,8 +1,9 @@
 """Activations (``phi`` of the nonlinear DEQ, ``sigma`` of the single-index link).
 
-An :class:`Activation` is a name plus, for leaky ReLU, a slope. Public functions
-accept an :class:`Activation` or a string: ``"tanh"``, ``"leaky_relu"`` (slope
-0.01) or ``"leaky_relu(0.2)"``. Inside kernels an activation is the integer
+An :class:`Activation` is a name plus, for leaky ReLU and the smooth leaky
+link ``a s + (1 - a) softplus(s)``, a slope ``a``. Public functions accept an
+:class:`Activation` or a string: ``"tanh"``, ``"leaky_relu"`` (slope 0.01),
+``"leaky_relu(0.2)"`` or ``"smooth_leaky(0.2)"``. Inside kernels an activation is the integer
 ``code`` and float ``param`` of :mod:`deqbench._kernels.activations`.
 """
 
@@ -27,10 +28,16 @@ CODES = {
     "softplus": _k.SOFTPLUS,
     "relu": _k.RELU,
     "gelu": _k.GELU,
+    "smooth_leaky": _k.SMOOTH_LEAKY,
 }
+SLOPED = ("leaky_relu", "smooth_leaky")
+# gelu'(s) = Phi(s) + s phi(s) has its extremes at s = +-sqrt(2), where it is
+# 1/2 (1 +- erf(1)) +- exp(-1) / sqrt(pi) (docs/theory.md §2)
+GELU_DERIVATIVE_MAX = 0.5 * (1.0 + math.erf(1.0)) + math.exp(-1.0) / math.sqrt(math.pi)
+GELU_DERIVATIVE_MIN = 1.0 - GELU_DERIVATIVE_MAX
 DEFAULT_SLOPE = 0.01
 
-_PATTERN = re.compile(r"^\s*leaky_relu\s*\(\s*([^)]*)\s*\)\s*$")
+_PATTERN = re.compile(r"^\s*(leaky_relu|smooth_leaky)\s*\(\s*([^)]*)\s*\)\s*$")
 
 
 @jit
@@ -46,9 +53,12 @@ class Activation:
     Parameters
     ----------
     name : str
-        One of ``identity, leaky_relu, tanh, sigmoid, softplus, relu, gelu``.
+        One of ``identity, leaky_relu, tanh, sigmoid, softplus, relu, gelu,
+        smooth_leaky``.
     slope : float
-        Negative-side slope of ``leaky_relu`` (must be in (0, 1]); ignored otherwise.
+        ``a`` in (0, 1]: the negative-side slope of ``leaky_relu``, and of
+        ``smooth_leaky`` ``a s + (1 - a) softplus(s)`` (derivative in
+        ``[a, 1]``); ignored otherwise.
     """
 
     name: str
@@ -57,8 +67,8 @@ class Activation:
     def __post_init__(self):
         if self.name not in CODES:
             raise ValueError(f"activation must be one of {sorted(CODES)}, got {self.name!r}")
-        if self.name == "leaky_relu" and not (0.0 < self.slope <= 1.0):
-            raise ValueError(f"leaky_relu slope must be in (0, 1], got {self.slope!r}")
+        if self.name in SLOPED and not (0.0 < self.slope <= 1.0):
+            raise ValueError(f"{self.name} slope must be in (0, 1], got {self.slope!r}")
 
     @property
     def code(self) -> int:
@@ -66,15 +76,16 @@ class Activation:
 
     @property
     def param(self) -> float:
-        return float(self.slope) if self.name == "leaky_relu" else 0.0
+        return float(self.slope) if self.name in SLOPED else 0.0
 
     @property
     def is_identity(self) -> bool:
         return self.name == "identity"
 
     def derivative_bounds(self) -> tuple[float, float]:
-        """``(gamma, Gamma)`` with ``gamma <= sigma' <= Gamma`` on the real line
-        (THEORY.md section 7); ``gamma = 0`` means outside the theorem."""
+        """``(gamma, Gamma)`` with ``gamma <= sigma' <= Gamma`` on the real line,
+        the exact infimum and supremum (docs/theory.md §2, §7); ``gamma <= 0``
+        means outside the rate theorems."""
         return {
             "identity": (1.0, 1.0),
             "leaky_relu": (self.param, 1.0),
@@ -82,7 +93,8 @@ class Activation:
             "sigmoid": (0.0, 0.25),
             "softplus": (0.0, 1.0),
             "relu": (0.0, 1.0),
-            "gelu": (-0.1700408, 1.1289530),
+            "gelu": (GELU_DERIVATIVE_MIN, GELU_DERIVATIVE_MAX),
+            "smooth_leaky": (self.param, 1.0),
         }[self.name]
 
     @property
@@ -104,7 +116,7 @@ class Activation:
         return self._eval(x, True)
 
     def __str__(self) -> str:
-        return f"leaky_relu({self.slope:g})" if self.name == "leaky_relu" else self.name
+        return f"{self.name}({self.slope:g})" if self.name in SLOPED else self.name
 
 
 def get_activation(spec, name: str = "activation") -> Activation:
@@ -115,16 +127,18 @@ def get_activation(spec, name: str = "activation") -> Activation:
         raise TypeError(f"{name} must be a string or Activation, got {spec!r}")
     match = _PATTERN.match(spec)
     if match:
+        kind = match.group(1)
         try:
-            slope = float(match.group(1))
+            slope = float(match.group(2))
         except ValueError:
-            raise ValueError(f"{name}: leaky_relu slope must be a number, got {spec!r}") from None
+            raise ValueError(f"{name}: {kind} slope must be a number, got {spec!r}") from None
         if not (math.isfinite(slope) and 0.0 < slope <= 1.0):
-            raise ValueError(f"{name}: leaky_relu slope must be in (0, 1], got {spec!r}")
-        return Activation("leaky_relu", slope)
+            raise ValueError(f"{name}: {kind} slope must be in (0, 1], got {spec!r}")
+        return Activation(kind, slope)
     key = spec.strip()
     if key not in CODES:
         raise ValueError(
-            f"{name} must be one of {sorted(CODES)} (or 'leaky_relu(slope)'), got {spec!r}"
+            f"{name} must be one of {sorted(CODES)} (or 'leaky_relu(slope)', "
+            f"'smooth_leaky(slope)'), got {spec!r}"
         )
     return Activation(key)

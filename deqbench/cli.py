@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("reproduce", help="run the validation experiments E1-E7",
-                       description="Run the validation experiments (THEORY.md sections 3-7) and "
+                       description="Run the validation experiments (docs/theory.md §3-§7) and "
                        "write runs.csv, histories.csv, PNG figures and summary.md (one row per "
                        "prediction: predicted, measured, holds).")
     s.add_argument("--quick", action="store_true",

@@ -1,4 +1,4 @@
-"""Seeded problem builders (THEORY.md sections 2 and 7).
+"""Seeded problem builders (docs/theory.md §2 and §7).
 
 Every builder takes ``seed`` (int or ``numpy.random.SeedSequence``) and is
 deterministic given it. Data rows are i.i.d. standard normal, so

@@ -5,14 +5,14 @@ their Parquet twins ``runs.parquet`` + ``histories.parquet``).
 
 * ``loss_curves.png`` - loss (excess loss where known) against step, log scale,
   with the theory envelope ``(L_0 - L*) q^k`` of the predicted per-step factor
-  ``q`` (THEORY.md section 7) dashed in the same colour;
+  ``q`` (docs/theory.md §7) dashed in the same colour;
 * ``invariant_drift.png`` - ``||Q_k - Q_0|| / ||Q_0||`` against step, and the
   final ``tr(Q_K - Q_0)`` against the step size next to the bound
-  ``2 lr (L_0 - L_K)`` (section 5);
+  ``2 lr (L_0 - L_K)`` (valid for ``lr <= 1 / beta``, §5);
 * ``scaling.png`` - time per step against each swept size (m, n, d) on log-log
   axes with fitted slopes;
 * ``iterations.png`` - fixed-point iterations against the spectral radius of
-  ``A``, with the prediction ``log(tol) / log(rho)`` (section 3).
+  ``A``, with the prediction ``ceil(log(tol / (1 - rho)) / log(rho))`` (§3).
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def plot_invariant_drift(rows, hists, keys, path) -> Path | None:
             ax.loglog(x[pos], y[pos], color=color, lw=1)
     ax.set_xlabel("step")
     ax.set_ylabel("||Q_k - Q_0||_F / ||Q_0||_F")
-    ax.set_title("invariant drift (THEORY.md section 5)")
+    ax.set_title("invariant drift (docs/theory.md §5)")
     ax = axes[1]
     if has_lr:
         ok = [r for r in rows if r.get("status") not in ("error", "diverged",
@@ -251,13 +251,15 @@ def plot_iterations(rows, hists, keys, path) -> Path | None:
         tol = _num(have_rho[0].get("tol"))
         if 0 < tol < 1:
             grid = np.linspace(max(rho.min(), 1e-3), min(rho.max(), 0.999), 100)
-            ax.plot(grid, np.log(tol) / np.log(grid), "k--", lw=1,
-                    label=f"log(tol)/log(rho), tol={tol:g} (cold start)")
+            from .theory import predicted_fp_iters
+
+            ax.plot(grid, [predicted_fp_iters(r, tol) for r in grid], "k--", lw=1,
+                    label=f"log(tol/(1-rho))/log(rho), tol={tol:g} (cold start)")
         ax.set_xlabel("spectral radius of A (final)")
         ax.set_ylabel("iterations")
         ax.set_yscale("log")
         ax.legend(fontsize=8)
-        ax.set_title("iterations against spectral radius (THEORY.md section 3)")
+        ax.set_title("iterations against spectral radius (docs/theory.md §3)")
     else:
         ax.axis("off")
     return _save(fig, path)

@@ -28,6 +28,8 @@ def act(name, x, slope=0.01):
         return np.maximum(x, 0.0)
     if name == "gelu":
         return 0.5 * x * (1.0 + _ERF(x / math.sqrt(2.0)))
+    if name == "smooth_leaky":
+        return slope * x + (1.0 - slope) * np.logaddexp(0.0, x)
     raise ValueError(name)
 
 

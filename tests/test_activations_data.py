@@ -6,25 +6,66 @@ import pytest
 import deqbench as db
 from tests import naive
 
-NAMES = ["identity", "leaky_relu", "tanh", "sigmoid", "softplus", "relu", "gelu"]
+NAMES = ["identity", "leaky_relu", "tanh", "sigmoid", "softplus", "relu", "gelu",
+         "smooth_leaky", "smooth_leaky(0.3)"]
 X = np.concatenate([np.linspace(-30, 30, 601), [-1e-3, 1e-3, 0.37, -2.2, 700.0, -700.0]])
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_activation_and_derivative(name):
     act = db.get_activation(name)
-    np.testing.assert_allclose(act(X), naive.act(name, X, act.slope), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(act(X), naive.act(act.name, X, act.slope), rtol=1e-12,
+                               atol=1e-300)
     smooth = np.abs(X) > 1e-2  # finite differences are not taken across kinks
     np.testing.assert_allclose(act.derivative(X)[smooth],
-                               naive.dact(name, X, act.slope)[smooth], rtol=1e-6, atol=1e-9)
+                               naive.dact(act.name, X, act.slope)[smooth], rtol=1e-6,
+                               atol=1e-9)
+
+
+# the exact extremes of the derivative on the real line: sup/inf of a dense grid
+# (and the finite-difference derivative of the NumPy reference) must equal the
+# stated bounds, not just lie inside them; where the extreme is only approached
+# at +-infinity the grid's ends come within 1e-7 of it
+GRID = np.linspace(-40.0, 40.0, 800_001)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_derivative_bounds_hold(name):
+def test_derivative_bounds_are_the_exact_range(name):
     act = db.get_activation(name)
     lo, hi = act.derivative_bounds()
-    d = act.derivative(np.linspace(-20, 20, 40001))
-    assert d.min() >= lo - 1e-7 and d.max() <= hi + 1e-7
+    d = act.derivative(GRID)
+    assert d.min() >= lo - 1e-12 and d.max() <= hi + 1e-12
+    assert d.min() == pytest.approx(lo, abs=1e-7) and d.max() == pytest.approx(hi, abs=1e-7)
+    if name not in ("leaky_relu", "relu"):  # kinks at 0
+        fd = naive.dact(act.name, GRID[::10], act.slope)
+        assert fd.min() == pytest.approx(lo, abs=1e-6) and fd.max() == pytest.approx(hi, abs=1e-6)
+
+
+def test_gelu_is_1129_lipschitz():
+    """docs/theory.md §2: extremes at s = -sqrt(2), sqrt(2)."""
+    act = db.get_activation("gelu")
+    lo, hi = act.derivative_bounds()
+    assert (round(lo, 6), round(hi, 6)) == (-0.128904, 1.128904)
+    np.testing.assert_allclose(act.derivative(np.array([-np.sqrt(2), np.sqrt(2)])), [lo, hi],
+                               rtol=1e-14)
+    assert act.lipschitz == pytest.approx(1.128904, abs=1e-6)
+
+
+def test_smooth_leaky_link():
+    act = db.get_activation("smooth_leaky(0.2)")
+    assert act.name == "smooth_leaky" and act.slope == 0.2 and str(act) == "smooth_leaky(0.2)"
+    assert act.derivative_bounds() == (0.2, 1.0)
+    assert db.get_activation("smooth_leaky").slope == 0.01
+    # tails: slope a on the left, 1 on the right, exactly; +-inf maps to +-inf, NaN stays NaN
+    x = np.array([-1e3, 1e3, np.inf, -np.inf, np.nan])
+    np.testing.assert_array_equal(act(x), [-200.0, 1e3, np.inf, -np.inf, np.nan])
+    np.testing.assert_array_equal(act.derivative(x), [0.2, 1.0, 1.0, 0.2, np.nan])
+    # a s + (1 - a) softplus(s) = a s + (1 - a) (relu(s) + log1p(exp(-|s|)))
+    s = np.linspace(-5, 5, 11)
+    np.testing.assert_allclose(act(s), 0.2 * s + 0.8 * np.log1p(np.exp(s)), rtol=1e-14)
+    for bad in ("smooth_leaky(0)", "smooth_leaky(1.5)", "smooth_leaky(x)"):
+        with pytest.raises(ValueError, match="smooth_leaky slope"):
+            db.get_activation(bad)
 
 
 def test_leaky_relu_slope_parsing():

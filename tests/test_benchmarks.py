@@ -333,3 +333,18 @@ def test_full_grid_imports():
     from benchmarks.common import FULL
 
     assert FULL or scaling.ScalingM is None  # not in the default suite
+
+
+def test_theory_tracks_hold_their_predictions():
+    """Beyond their type: the theory tracks of the linear case meet the predictions they
+    report against (docs/theory.md §3, §5, §7), so a broken formula shows here."""
+    from benchmarks import bench_theory
+    from deqbench import theory
+
+    s = bench_theory.summarize("linear")
+    lr = bench_theory.CASES["linear"][2]
+    assert 0 < s["lr_beta"] <= 1
+    assert 0 < s["rate_ratio"] <= 1
+    lo, hi = theory.drift_gain_bounds(lr, s["lr_beta"] / lr)
+    assert lo <= s["drift_over_lr_gain"] <= hi
+    assert 0.8 <= s["fp_iters_over_predicted"] <= 1.2

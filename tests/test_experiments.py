@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
 from deqbench import experiments
 from deqbench.cli import main
 from deqbench.experiments import e5_fixed_point, reproduce, run_experiment
-from deqbench.experiments._common import Check, thin
+from deqbench.experiments._common import Check, step_ratios_ok, thin
 from deqbench.plots import load_histories, load_runs, plot_dir
 from deqbench.sweep import read_csv
 
@@ -84,28 +82,46 @@ def test_summary_escapes_table_cells():
     assert row.count(" | ") == 4 and "\\|\\|x\\|\\|" in row
 
 
-def test_smoothness_matches_a_dense_hessian():
-    from deqbench import data, loss_and_grad
-    from deqbench.experiments.e7_step_size import smoothness
-
-    X, Y, _ = data.linear_teacher(64, 2, 1, noise=0.1, seed=0)
-    A, B = data.init_params(2, 1, scale_A=0.3, scale_B=1.0, seed=1)
-
-    def grad(P):
-        _, gA, gB, _ = loss_and_grad("linear", X, Y, P[:1].reshape(1, 1), P[1:].reshape(1, 2),
-                                     solver="direct")
-        return np.concatenate([gA.ravel(), gB.ravel()])
-
-    P = np.concatenate([A.ravel(), B.ravel()])
-    H = np.array([(grad(P + 1e-6 * e) - grad(P - 1e-6 * e)) / 2e-6 for e in np.eye(3)])
-    want = np.linalg.eigvalsh(0.5 * (H + H.T))[-1]
-    assert smoothness(X, Y, A, B, iters=200) == pytest.approx(want, rel=1e-4)
+def _verdicts(name, tmp_path):
+    return [c.verdict for c in run_experiment(name, True, tmp_path)["checks"]]
 
 
-def test_iteration_prediction_helpers():
-    assert e5_fixed_point.predicted(0.5, 1e-10) == math.ceil(math.log(1e-10) / math.log(0.5))
-    assert e5_fixed_point.predicted(1.0) == math.inf
-    assert e5_fixed_point.damped_rate([-1.5, 0.5], 2 / 3) == pytest.approx(2 / 3)
+@pytest.mark.parametrize(("name", "target", "wrong", "failing"), [
+    # the uncorrected Picard count log(tol)/log(rho): both count rows fail
+    ("E5", "predicted_fp_iters", lambda orig: lambda rate, tol, gap=None: orig(rate, tol, gap=1.0),
+     [0, 1]),
+    # a drift of 2 lr (L_0 - L_K) instead of lr (L_0 - L_K): the limit rows fail
+    ("E1", "drift_gain_bounds", lambda orig: lambda lr, b: tuple(2 * x for x in orig(lr, b)),
+     [2, 3]),
+    # a PL constant 10x too large: every per-step and envelope row fails
+    ("E2", "pl_constant", lambda orig: lambda *a, **k: 10 * orig(*a, **k), [0, 1, 2]),
+])
+def test_criteria_can_fail(tmp_path, monkeypatch, name, target, wrong, failing):
+    """Each row's criterion is a measurement against the theory: a wrong theory fails it."""
+    from deqbench import theory
+
+    assert all(_verdicts(name, tmp_path / "ok")[i] == "yes" for i in failing)
+    monkeypatch.setattr(theory, target, wrong(getattr(theory, target)))
+    got = _verdicts(name, tmp_path / "bad")
+    assert all(got[i] == "**NO**" for i in failing), got
+
+
+def test_step_ratio_judge():
+    e = 0.5 ** np.arange(40.0)
+    ok, worst, judged = step_ratios_ok(e, 1.0, np.full(39, 0.6))
+    assert ok and worst == pytest.approx(-0.1) and judged == 32  # 0.5^32 > 1e6 eps
+    assert not step_ratios_ok(e, 1.0, np.full(39, 0.45))[0]  # a step above its bound
+    bounds = np.full(39, 0.6)
+    bounds[5] = np.nan
+    assert not step_ratios_ok(e, 1.0, bounds)[0]  # NaN fails
+    assert not step_ratios_ok(e * 1e-20, 1.0, np.full(39, 0.6))[0]  # nothing judged fails
+    # below 1e6 eps L0 the per-sample excess is rounding: not judged
+    floor = np.maximum(e, 1e-11)
+    assert step_ratios_ok(floor, 1.0, np.full(39, 0.6))[0]  # ratio 1 at the floor
+
+
+def test_thin():
     idx = thin(10_000, 100)
     assert idx[0] == 0 and idx[-1] == 9_999 and len(idx) <= 102
     assert np.all(np.diff(idx) > 0)
+    assert e5_fixed_point.damped_rate([-1.5, 0.5], 2 / 3) == pytest.approx(2 / 3)

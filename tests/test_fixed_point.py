@@ -1,4 +1,4 @@
-"""Forward solves against dense solves, long Picard loops and THEORY.md section 3."""
+"""Forward solves against dense solves, long Picard loops and docs/theory.md §3."""
 
 import numpy as np
 import pytest
@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import deqbench as db
+from deqbench import theory
 from tests import naive
 from tests.conftest import small_problem, symmetric_with_radius
 
@@ -19,10 +20,12 @@ def test_linear_matches_dense_solve(rng, method):
     Zd = naive.linear_fixed_point(A, B, X)
     assert res.converged and res.status == "converged"
     assert res.residual <= TOL
-    # relative error <= cond(I - A) x relative residual; ||A||_2 = 0.7 so cond <= 1.7/0.3
-    err = np.linalg.norm(res.z - Zd) / np.linalg.norm(Zd)
-    assert err <= res.error_bound(0.7) * 2 + 1e-14
-    assert err <= 1e-9
+    # a-posteriori bound with the norm contraction ||A||_2 = 0.7 (docs/theory.md §3):
+    # ||z - z*|| <= residual ||F(z)|| / (1 - c)
+    Fz = res.z @ A.T + X @ B.T
+    err = np.linalg.norm(res.z - Zd)
+    assert err <= res.error_bound(0.7) * np.linalg.norm(Fz) * (1 + 1e-6) + 1e-300
+    assert err / np.linalg.norm(Zd) <= 1e-9
     assert res.residual == pytest.approx(naive.map_residual(A, B, X, res.z), rel=1e-6, abs=1e-15)
     assert res.history[-1] == res.residual and len(res.history) == res.n_iter + 1
 
@@ -35,8 +38,24 @@ def test_nonlinear_matches_long_picard(rng, name, method):
     Zr = naive.picard_loop(A, B, X, name)
     assert res.converged
     assert naive.map_residual(A, B, X, res.z, name) <= TOL * (1 + 1e-6)
-    # ||A||_2 = 0.6 and phi 1.13-Lipschitz at most: contraction <= 0.68
-    assert np.linalg.norm(res.z - Zr) <= res.error_bound(0.68) * np.linalg.norm(Zr) * 2 + 1e-14
+    # ||A||_2 = 0.6 and phi 1.129-Lipschitz at most: contraction c <= 0.678
+    c = db.get_activation(name).lipschitz * 0.6
+    Fz = naive.act(name, res.z @ A.T + X @ B.T, db.get_activation(name).slope)
+    assert np.linalg.norm(res.z - Zr) <= res.error_bound(c) * np.linalg.norm(Fz) * (1 + 1e-6)
+
+
+def test_error_bound_needs_a_norm_contraction():
+    """docs/theory.md §3: rho(A) = 0.9 but ||A||_2 ~ 50; residual / (1 - rho) is no bound."""
+    A = np.array([[0.9, 50.0], [0.0, -0.9]])
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    B = np.eye(2)
+    res = db.fixed_point(X, A, B, tol=1e-6)
+    Zs = naive.linear_fixed_point(A, B, X)
+    Fz = res.z @ A.T + X @ B.T
+    ratio = np.linalg.norm(res.z - Zs) / (res.error_bound(0.9) * np.linalg.norm(Fz))
+    assert res.converged and ratio > 10  # about 25
+    with pytest.raises(ValueError, match="norm contraction"):
+        res.error_bound(np.linalg.norm(A, 2))
 
 
 def test_methods_agree_and_anderson_is_faster_on_slow_map(rng):
@@ -58,9 +77,8 @@ def test_methods_agree_and_anderson_is_faster_on_slow_map(rng):
 @pytest.mark.parametrize("kind", ["orthogonal", "gaussian"])
 @pytest.mark.parametrize("rho", [0.3, 0.5, 0.8, 0.9, 0.95])
 def test_picard_iterations_match_prediction(rng, rho, kind):
-    """K ~ log(tol) / log(rho) (THEORY.md section 3). As rho -> 1 the relative
-    residual's denominator ||F(Z)|| ~ ||Z*|| grows like 1 / (1 - rho), which
-    saves about log(1 - rho) / log(rho) iterations: 10% + 3 holds up to 0.95."""
+    """K = ceil(log(tol / gap) / log(rho)), gap = min |1 - lambda(A)| (docs/theory.md §3):
+    the relative residual's denominator ||F(Z)|| ~ ||Z*|| grows like 1 / gap."""
     m, d, n = 24, 8, 200
     R = rng.standard_normal((m, m))
     if kind == "orthogonal":
@@ -70,7 +88,8 @@ def test_picard_iterations_match_prediction(rng, rho, kind):
     B = rng.standard_normal((m, d))
     X = rng.standard_normal((n, d))
     res = db.fixed_point(X, A, B, tol=TOL)
-    predicted = np.log(TOL) / np.log(rho)
+    gap = np.min(np.abs(1 - np.linalg.eigvals(A)))
+    predicted = theory.predicted_fp_iters(rho, TOL, gap=gap)
     assert abs(res.n_iter - predicted) <= 0.1 * predicted + 3
 
 
@@ -89,7 +108,8 @@ def test_damping_converges_where_picard_diverges(rng):
     damped = db.fixed_point(X, A, B, tol=TOL, damping=0.5)
     assert damped.converged
     # damped iteration matrix 1 - 0.5 (1 - lam): radius max(|1 - 1.25|, |1 - 0.25|) = 0.75
-    assert abs(damped.n_iter - np.log(TOL) / np.log(0.75)) <= 0.1 * 80 + 3
+    predicted = theory.predicted_fp_iters(0.75, TOL, gap=0.5)  # gap: eigenvalue 0.5
+    assert abs(damped.n_iter - predicted) <= 0.1 * predicted + 3
     np.testing.assert_allclose(damped.z, naive.linear_fixed_point(A, B, X), rtol=0, atol=1e-8)
 
 

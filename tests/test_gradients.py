@@ -1,5 +1,5 @@
 """Implicit gradients against the dense adjoint solve and central finite
-differences (THEORY.md section 4), for the three models."""
+differences (docs/theory.md §4), for the three models."""
 
 import numpy as np
 import pytest

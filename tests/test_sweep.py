@@ -253,6 +253,7 @@ sufficient_stats = [true, false]
     rows = read_csv(tmp_path / "runs.csv")
     for r in rows:
         assert r["status"] == "max_steps" and r["L_star"] > 0
+        assert 0 < r["lr_beta"] <= 1 and r["rate_verdict"] == "holds"
         assert 0 < r["empirical_factor"] <= r["predicted_factor"] < 1
         assert r["factor_ratio"] == r["empirical_factor"] / r["predicted_factor"]
         assert r["final_invariant_drift"] > 0 and r["train_s"] > 0

@@ -12,7 +12,7 @@ to the kernel instead of staying in the heap between the two calls.
 
 "Arrays the step must hold" beyond its inputs ``X, Y, A, B``: ``U = X B^T``,
 ``Z``, ``G = dL/dZ``, the adjoint ``Lam`` (each ``n x m``) and the gradients
-``(m x m) + (m x d)`` (THEORY.md section 8: ``O(n (m + d) + m^2 + m d)``).
+``(m x m) + (m x d)`` (docs/theory.md §8: ``O(n (m + d) + m^2 + m d)``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Seeded problems, the shared result type and the flop counts (THEORY.md section 8)."""
+"""Seeded problems, the shared result type and the flop counts (docs/theory.md §8)."""
 
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ def reference_linear(p: Problem):
     return Z, Lam.T @ Z, Lam.T @ p.X
 
 
-# ---- flop counts (THEORY.md section 8) -------------------------------------------------
+# ---- flop counts (docs/theory.md §8) -------------------------------------------------
 
 
 def flops_map(p: Problem) -> float:

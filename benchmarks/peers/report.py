@@ -196,7 +196,7 @@ order.
   the O(m^2 + md) parameter update is left out. n = {n}, d = m; W1/W2: linear
   DEQ with spectral radius rho(A) = 0.5; W4: `z = tanh(A z + B x)`, m = 256,
   `||A||_2 = 0.9`.
-- GFLOP/s from the cost model (docs/theory.md) with each peer's own evaluation counts
+- GFLOP/s from docs/theory.md §8 with each peer's own evaluation counts
   (deqbench's where a peer does not report one); "numpy matmul" is
   `np.matmul((n, m), (m, m), out=)` timed in the same rounds.
 - "numpy direct" (one LU of I - A, SciPy getrf/getrs) is the exact answer by a

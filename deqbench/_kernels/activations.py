@@ -1,7 +1,8 @@
 """Elementwise activations and derivatives, dispatched on an integer code.
 
 Codes are shared with :mod:`deqbench.activations`; ``param`` is the slope of
-leaky ReLU and ignored by the others. ``MASK`` is not an activation: the
+leaky ReLU and of the smooth leaky link ``a x + (1 - a) softplus(x)``, and
+ignored by the others. ``MASK`` is not an activation: the
 "map" ``v -> D * v`` with a fixed array ``D`` turns the nonlinear adjoint
 equation into the same ``Z = h(Z M + U)`` form as the forward solve.
 """
@@ -20,6 +21,7 @@ SIGMOID = 3
 SOFTPLUS = 4
 RELU = 5
 GELU = 6
+SMOOTH_LEAKY = 7
 MASK = -1
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -42,6 +44,12 @@ def act(code, param, x):
         return x if x > 0.0 else 0.0
     if code == GELU:
         return 0.5 * x * (1.0 + math.erf(x * _INV_SQRT2))
+    if code == SMOOTH_LEAKY:
+        # a x + (1 - a) softplus(x), split at 0 so that no term is inf - inf at +-inf
+        # (fast-math may distribute (1 - a) x into x - a x)
+        if x >= 0.0:
+            return x + (1.0 - param) * vm.softplus(-x)
+        return param * x + (1.0 - param) * vm.softplus(x)
     return math.nan
 
 
@@ -54,9 +62,13 @@ def dact(code, param, x):
     if code == TANH:
         t = vm.tanh(x)
         return 1.0 - t * t
-    if code == SIGMOID or code == SOFTPLUS:
-        s = vm.sigmoid(x)  # softplus' = sigmoid
-        return s * (1.0 - s) if code == SIGMOID else s
+    if code == SIGMOID or code == SOFTPLUS or code == SMOOTH_LEAKY:
+        s = vm.sigmoid(x)  # softplus' = sigmoid; smooth leaky' = a + (1 - a) sigmoid
+        if code == SIGMOID:
+            return s * (1.0 - s)
+        if code == SMOOTH_LEAKY:
+            return param + (1.0 - param) * s
+        return s
     if code == RELU:
         return 1.0 if x > 0.0 else 0.0
     if code == GELU:

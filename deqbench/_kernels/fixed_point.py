@@ -4,7 +4,7 @@ One form serves the forward solve and the adjoint solve:
 
 * forward:  ``M = A^T``, ``U = X B^T``, ``h = phi`` (activation code);
 * adjoint:  ``M = A``, ``U = G``, ``h = D * .`` (``MASK``; identity when linear),
-  solved for ``Mu = D * Lam`` (THEORY.md section 4).
+  solved for ``Mu = D * Lam`` (docs/theory.md §4).
 
 Every solver works in place on ``Z`` (initial guess in, answer out), takes its
 work buffers from the caller, allocates nothing in its loop and returns

@@ -1,4 +1,4 @@
-"""Adjoint set-up, parameter gradients and model losses (THEORY.md sections 2 and 4).
+"""Adjoint set-up, parameter gradients and model losses (docs/theory.md §2 and §4).
 
 Each kernel streams its arrays once per step; element passes go parallel
 only from ``PASS_PARALLEL_MIN`` elements on, gemm + pass kernels work in row

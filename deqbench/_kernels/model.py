@@ -202,7 +202,7 @@ def _invert_c(A, Ci):
 
 @jit
 def frobenius_q0(A0, B0):
-    """``||Q_0||_F`` with ``Q_0 = (I - A0)(I - A0)^T + B0 B0^T`` (THEORY.md section 5)."""
+    """``||Q_0||_F`` with ``Q_0 = (I - A0)(I - A0)^T + B0 B0^T`` (docs/theory.md §5)."""
     m = A0.shape[0]
     C = -A0
     for i in range(m):

@@ -2,7 +2,7 @@
 
 Each experiment is a module with ``run(ctx)`` that trains, measures, records
 runs and histories into a :class:`~._common.Context`, adds one
-:class:`~._common.Check` per prediction of THEORY.md, and saves its figure.
+:class:`~._common.Check` per prediction of docs/theory.md, and saves its figure.
 :func:`reproduce` runs them, then writes into ``out``:
 
 * ``runs.csv`` - one row per run (experiment, label, status, parameters, metrics);
@@ -213,7 +213,7 @@ def summary_markdown(results: list[dict], *, quick: bool, elapsed: float, worker
         "",
         f"**{n_ok} predictions hold, {n_bad} do not, "
         f"{sum(c.holds is None for c in checks)} reported without a prediction.** "
-        "Sections refer to THEORY.md.",
+        "Sections (§N) refer to docs/theory.md.",
         "",
         "| exp | prediction | predicted | measured | holds |",
         "|---|---|---|---|---|",

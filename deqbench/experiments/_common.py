@@ -16,7 +16,7 @@ ROOT_SEED = 20251121
 
 @dataclass
 class Check:
-    """One row of summary.md: a prediction of THEORY.md next to its measurement.
+    """One row of summary.md: a prediction of docs/theory.md next to its measurement.
 
     ``holds`` is True / False, or None for quantities the theory does not
     predict (reported only).
@@ -124,3 +124,56 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def path_smoothness(model, X, Y, A0, B0, *, lr, steps, points=4, **train_kw) -> float:
+    """Largest Hessian norm (:func:`deqbench.theory.smoothness`) at ``points + 1``
+    parameters along the GD path ``A0, B0 -> step steps`` (re-run to each
+    checkpoint): the measured ``beta`` of docs/theory.md §7. An estimate from
+    samples of the path, not a bound between them."""
+    from .. import theory
+    from .._training import train
+
+    act = train_kw.get("activation", "identity")
+    u = train_kw.get("u")
+    beta = theory.smoothness(model, X, Y, A0, B0, u=u, activation=act)
+    for k in np.unique(np.linspace(0, steps, points + 1).round().astype(int))[1:]:
+        r = train(model, X, Y, A0, B0, lr=lr, steps=int(k), record_every=None, **train_kw)
+        beta = max(beta, theory.smoothness(model, X, Y, r.A, r.B, u=u, activation=act))
+    return beta
+
+
+def step_ratios_ok(excess, L0, bounds) -> tuple[bool, float, int]:
+    """Whether every step's ``excess[k+1] / excess[k] <= bounds[k]``, up to the rounding
+    of ``L - L*`` (``8 eps L0`` on each excess), where both excesses are above
+    ``1e6 eps L0``; a NaN bound or ratio fails. Returns ``(ok, worst ratio - bound,
+    steps judged)``."""
+    eps = np.finfo(float).eps
+    e = np.asarray(excess, dtype=float)
+    b = np.asarray(bounds, dtype=float)[: e.size - 1]
+    ratio = e[1:] / e[:-1]
+    judged = (e[:-1] > 1e6 * eps * L0) & (e[1:] > 1e6 * eps * L0)
+    if not judged.any():
+        return False, math.nan, 0
+    gap = ratio[judged] - b[judged]
+    slack = 1e-12 + 8.0 * eps * L0 * (1.0 / e[1:][judged] + ratio[judged] / e[:-1][judged])
+    if not np.all(np.isfinite(gap)):
+        return False, math.nan, int(judged.sum())
+    return bool(np.all(gap <= slack)), float(np.max(gap)), int(judged.sum())
+
+
+def safe_lr(model, X, Y, A0, B0, *, fraction, steps, **train_kw) -> tuple[float, float]:
+    """``lr = fraction / beta`` with ``beta`` the path smoothness of the run with
+    that ``lr`` (:func:`path_smoothness`; the Hessian grows along the path, so
+    ``beta`` is re-measured until it settles within 10%). Returns ``(lr, beta)``."""
+    from .. import theory
+
+    beta = theory.smoothness(model, X, Y, A0, B0, u=train_kw.get("u"),
+                             activation=train_kw.get("activation", "identity"))
+    for _ in range(4):
+        new = path_smoothness(model, X, Y, A0, B0, lr=fraction / beta, steps=steps, points=2,
+                              **train_kw)
+        if new <= 1.1 * beta:
+            break
+        beta = new
+    return fraction / beta, beta

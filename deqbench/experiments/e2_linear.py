@@ -1,9 +1,12 @@
-"""E2: linear convergence of the linear DEQ (THEORY.md section 7).
+"""E2: linear convergence of the linear DEQ (docs/theory.md §7).
 
-Gradient descent on the squared loss, several ``(m, d)``: the excess loss
-``L_k - L*`` (``L*``: least squares over all ``W``) stays below the predicted
-envelope ``(L_0 - L*) q^k`` with ``q = 1 - lr mu``, ``mu = 2 lmin / (lambda_max(Q_0)
-+ 2 lr (L_0 - L*))``; the fitted per-step factor is below ``q``. Gradient flow:
+Gradient descent on the squared loss, several ``(m, d)``, with ``lr beta``
+reported (``beta``: the Hessian norm measured along the path). At EVERY step the
+factor ``(L_{k+1} - L*) / (L_k - L*)`` (``L*``: least squares over all ``W``)
+is below the rigorous ``1 - lr mu_k (1 - beta lr / 2)``, ``mu_k = 2 lmin /
+(lambda_max(Q_0) + tr(Q_k - Q_0))``; ``lr beta > 1`` fails the check. The
+whole-run factor ``q`` (with ``lambda_max(Q_k) <= q_0 + 2 lr (L_0 - L*)``) is
+compared with the fitted one; a vacuous ``q`` (``1 - q < 1e-3``) fails. Gradient flow:
 ``L(t) - L* <= (L(0) - L*) exp(-mu t)`` with ``mu = 2 lmin / lambda_max(Q_0)``.
 """
 
@@ -14,9 +17,10 @@ import numpy as np
 from .. import data, theory
 from .._flow import flow
 from .._training import train
-from ._common import fmt, pyplot
+from ._common import fmt, path_smoothness, pyplot, safe_lr, step_ratios_ok
 
 FLOOR = 1e3 * np.finfo(float).eps
+FRACTION = 0.5  # lr = FRACTION / beta, beta measured along the path
 
 
 def envelope_ok(excess, L0, start, factor, steps) -> tuple[bool, float]:
@@ -33,33 +37,48 @@ def envelope_ok(excess, L0, start, factor, steps) -> tuple[bool, float]:
 def run(ctx) -> None:
     sizes = [(2, 4), (8, 8), (16, 32)] if ctx.quick else [(2, 4), (8, 8), (32, 32), (64, 128)]
     n = 512 if ctx.quick else 4096
-    lr, steps = 0.05, 600
+    steps = 600
     out = []
     for i, (m, d) in enumerate(sizes):
         X, Y, _ = data.linear_teacher(n, d, m, noise=0.1, seed=ctx.seed(i, 0))
         A0, B0 = data.init_params(d, m, scale_A=0.5, scale_B=1.0, seed=ctx.seed(i, 1))
+        lr, _ = safe_lr("linear", X, Y, A0, B0, fraction=FRACTION, steps=steps)
         res = train("linear", X, Y, A0, B0, lr=lr, steps=steps, record_every=1)
         h = res.history
         Ls = res.L_star
         L0 = float(h["loss"][0])
         Q0 = theory.invariant(A0, B0)
-        q = theory.predicted_factor("linear", X, Q0, lr, L0=L0, L_star=Ls)
-        emp = theory.empirical_factor(h["loss"], Ls, h["step"])
-        ok, worst = envelope_ok(h["excess_loss"], L0, L0 - Ls, q, h["step"])
-        out.append((m, d, h, q, emp, ok, worst, L0 - Ls))
+        beta = path_smoothness("linear", X, Y, A0, B0, lr=lr, steps=steps)
+        q = theory.predicted_factor("linear", X, Q0, lr, smoothness=beta, L0=L0, L_star=Ls)
+        check = theory.rate_check(h["loss"], Ls, q, h["step"])
+        bounds = theory.step_factor_bounds("linear", X, Q0, lr, h["drift_trace"][:-1],
+                                           smoothness=beta)
+        ok, worst, judged = step_ratios_ok(h["excess_loss"], L0, bounds)
+        out.append(dict(m=m, d=d, h=h, lr=lr, q=q, emp=check["empirical"], verdict=check["verdict"],
+                        ok=ok, worst=worst, judged=judged, gap=L0 - Ls, lr_beta=lr * beta))
         ctx.record(f"gd m={m} d={d}", {"model": "linear", "m": m, "d": d, "n": n, "lr": lr,
                                        "steps": steps},
                    status=res.status,
-                   metrics={"predicted_factor": q, "empirical_factor": emp,
-                            "envelope_worst_ratio": worst, "L_star": Ls, "loss0": L0,
+                   metrics={"predicted_factor": q, "empirical_factor": check["empirical"],
+                            "rate_verdict": check["verdict"], "lr_beta": lr * beta,
+                            "worst_step_ratio_minus_bound": worst, "steps_judged": judged,
+                            "L_star": Ls, "loss0": L0,
                             "final_excess_loss": float(h["excess_loss"][-1])},
                    history=h)
-    ctx.check(f"linear DEQ, GD lr={lr}: L_k - L* <= (L_0 - L*) q^k, q = 1 - lr mu (sec. 7), "
-              "(m, d) = " + ", ".join(f"({m}, {d})" for m, d, *_ in out),
-              "q = " + ", ".join(fmt(o[3], 4) for o in out),
-              "fitted " + ", ".join(fmt(o[4], 4) for o in out) + "; max excess/envelope "
-              + fmt(max(o[6] for o in out), 2),
-              all(o[5] and o[4] <= o[3] for o in out))
+    ctx.check(f"linear DEQ, GD lr = {FRACTION}/beta: every step's (L_k+1 - L*)/(L_k - L*) <= "
+              "1 - lr mu_k (1 - beta lr/2) (§7), (m, d) = "
+              + ", ".join(f"({o['m']}, {o['d']})" for o in out),
+              "lr beta = " + ", ".join(fmt(o["lr_beta"], 3) for o in out) + " (<= 1)",
+              "max over steps of ratio - bound: " + ", ".join(fmt(o["worst"], 3) for o in out)
+              + " (steps judged " + ", ".join(str(o["judged"]) for o in out) + ")",
+              all(o["ok"] and o["lr_beta"] <= 1.0 for o in out))
+    ctx.check(f"linear DEQ, GD lr = {FRACTION}/beta: fitted factor <= q = "
+              "1 - lr mu (1 - beta lr/2), "
+              "q not vacuous",
+              "q = " + ", ".join(fmt(o["q"], 4) for o in out),
+              "fitted " + ", ".join(fmt(o["emp"], 4) for o in out) + "; verdicts "
+              + ", ".join(o["verdict"] for o in out),
+              all(o["verdict"] == "holds" for o in out))
 
     # gradient flow: exp(-mu t)
     m = mf = sizes[1][0]
@@ -88,12 +107,13 @@ def run(ctx) -> None:
     # figure
     plt = pyplot()
     fig, axes = plt.subplots(1, len(out) + 1, figsize=(4.2 * (len(out) + 1), 4))
-    for ax, (m, d, h, q, emp, _, _, gap) in zip(axes, out, strict=False):
+    for ax, o in zip(axes, out, strict=False):
+        m, d, h, q, emp, gap = o["m"], o["d"], o["h"], o["q"], o["emp"], o["gap"]
         k = h["step"]
         ax.semilogy(k, h["excess_loss"], label=f"GD, fitted {emp:.4f}")
         ax.semilogy(k, gap * q ** k.astype(float), "k--", label=f"envelope q={q:.4f}")
         ax.set_ylim(max(FLOOR * float(h["loss"][0]) / 10, 1e-18), gap * 3)
-        ax.set_title(f"E2 linear m={m}, d={d}, lr={lr}")
+        ax.set_title(f"E2 linear m={m}, d={d}, lr={o['lr']:.3g}")
         ax.set_xlabel("step")
         ax.set_ylabel("L_k - L*")
         ax.legend(fontsize=8)

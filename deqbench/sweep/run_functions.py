@@ -28,7 +28,7 @@ def _activation(value):
     except (TypeError, ValueError):
         raise ValueError(
             "must be one of identity, leaky_relu, leaky_relu(slope), tanh, sigmoid, "
-            f"softplus, relu, gelu; got {value!r}"
+            f"softplus, relu, gelu, smooth_leaky, smooth_leaky(slope); got {value!r}"
         ) from None
 
 
@@ -132,7 +132,7 @@ def run_train(params: dict, seed: np.random.SeedSequence) -> dict:
     """Default run function: one compiled training run with :func:`deqbench.train`.
 
     Returns the final metrics, the theory's predicted per-step factor next to
-    the empirical one (THEORY.md section 7), and the run's history. For
+    the empirical one (docs/theory.md §7), and the run's history. For
     noise-free ``single_index`` and ``nonlinear`` runs the teacher is
     realizable and ``L* = 0``.
     """
@@ -157,7 +157,7 @@ def run_train(params: dict, seed: np.random.SeedSequence) -> dict:
     metrics["time_per_step_s"] = elapsed / max(res.n_steps, 1)
     metrics["sufficient_stats"] = bool(res.sufficient_stats)
     metrics["L_star"] = float(res.L_star)
-    metrics.update(_rate_metrics(params, X, A0, B0, hist, res.L_star))
+    metrics.update(_rate_metrics(params, X, Y, A0, B0, res.A, res.B, hist, res.L_star))
     return {"status": str(res.status), "metrics": metrics, "history": hist}
 
 
@@ -180,22 +180,37 @@ def summarize_history(hist: Mapping) -> dict:
     return out
 
 
-def _rate_metrics(params, X, A0, B0, hist, L_star) -> dict:
-    """Predicted and empirical per-step factors (THEORY.md section 7), where defined."""
+def _rate_metrics(params, X, Y, A0, B0, A, B, hist, L_star) -> dict:
+    """Predicted and empirical per-step factors (docs/theory.md §7), where defined.
+
+    The smoothness ``beta`` is the larger Hessian norm at the first and the
+    last parameters of the run (:func:`deqbench.theory.smoothness`); the
+    columns are ``predicted_factor``, ``empirical_factor``, ``factor_ratio``,
+    ``lr_beta`` and ``rate_verdict`` (:func:`deqbench.theory.rate_check`;
+    for leaky ReLU, whose loss is not globally smooth, marked local).
+    """
     from .. import theory
 
-    out = {"predicted_factor": math.nan, "empirical_factor": math.nan, "factor_ratio": math.nan}
+    out = {"predicted_factor": math.nan, "empirical_factor": math.nan, "factor_ratio": math.nan,
+           "lr_beta": math.nan, "rate_verdict": "not applicable"}
     model = params["model"]
     loss = np.asarray(hist.get("loss", ()), dtype=float)
     if model == "nonlinear" or not math.isfinite(L_star) or loss.size < 3:
         return out
-    Q0 = theory.invariant(A0, B0)
-    out["predicted_factor"] = theory.predicted_factor(
-        model, X, Q0, params["lr"], L0=float(loss[0]), L_star=L_star,
-        activation=params["activation"] if model == "single_index" else "identity")
-    out["empirical_factor"] = theory.empirical_factor(loss, L_star, hist["step"])
-    if out["predicted_factor"] > 0:
-        out["factor_ratio"] = out["empirical_factor"] / out["predicted_factor"]
+    act = params["activation"] if model == "single_index" else "identity"
+    beta = max(theory.smoothness(model, X, Y, P, R, activation=act) for P, R in ((A0, B0), (A, B)))
+    out["lr_beta"] = params["lr"] * beta
+    pred = theory.predicted_factor(model, X, theory.invariant(A0, B0), params["lr"],
+                                   smoothness=beta, L0=float(loss[0]), L_star=L_star,
+                                   activation=act)
+    check = theory.rate_check(loss, L_star, pred, hist["step"])
+    out["predicted_factor"] = check["predicted"]
+    out["empirical_factor"] = check["empirical"]
+    out["rate_verdict"] = check["verdict"]
+    if act.startswith("leaky_relu"):  # not globally smooth (docs/theory.md §2)
+        out["rate_verdict"] += " (local: leaky_relu has a kink)"
+    if pred > 0:
+        out["factor_ratio"] = check["empirical"] / pred
     return out
 
 
