@@ -1,5 +1,5 @@
 """Computations over row blocks of the data (issue 11): the sufficient
-statistics of the linear model in one streaming pass (THEORY.md section 8),
+statistics of the linear model in one streaming pass (docs/theory.md §8),
 and the forward solve, adjoint solve and loss of every model block by block.
 
 Samples are independent (each ``z_i`` solves its own fixed point), so a block
