@@ -101,10 +101,15 @@ echo "gate: --bench '$bench', --factor $FACTOR"
 mkdir -p .asv/gate
 conf=.asv/gate/asv.conf.json
 "$python" - "$conf" <<'EOF'
-import json, sys
+import json, os, sys
 from asv import util
 d = util.load_json("asv.conf.json", js_comments=True)
-d.update(results_dir=".asv/gate/results", html_dir=".asv/gate/html")
+# asv resolves relative paths against the configuration's own folder: make them absolute
+root = os.getcwd()
+for key in ("repo", "benchmark_dir", "env_dir"):
+    d[key] = os.path.join(root, d.get(key, "."))
+d.update(results_dir=os.path.join(root, ".asv/gate/results"),
+         html_dir=os.path.join(root, ".asv/gate/html"))
 json.dump(d, open(sys.argv[1], "w"), indent=2)
 EOF
 

@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     )
     status = 0
     found = False
+    ran = False  # both commits have results, even if the selection holds no count
     for machine in machines:
         try:
             a = _values(conf, machine, base, benchmarks)
@@ -110,6 +111,7 @@ def main(argv=None) -> int:
         except Exception as exc:  # asv: no results of this commit on this machine
             print(f"gate_counts: {machine}: {exc}")
             continue
+        ran |= _has_results(conf, machine, base) and _has_results(conf, machine, head)
         if not a or not b:
             continue
         found = True
@@ -125,9 +127,24 @@ def main(argv=None) -> int:
             print("COUNTS ROSE: a change in a count is a regression as real as a slowdown.")
             status = 1
     if not found:
+        if ran:
+            print("gate_counts: the benchmarks run hold no exact counts: nothing to compare")
+            return 0
         print("gate_counts: cannot compare: no results of both commits")
         return 2
     return status
+
+
+def _has_results(conf, machine: str, commit: str) -> bool:
+    """Whether asv stored any result of ``commit`` on ``machine``."""
+    from asv import results  # noqa: PLC0415
+
+    prefix = commit[: getattr(conf, "hash_length", 8)]
+    try:
+        return any(True for _ in results.iter_results_for_machine_and_hash(
+            conf.results_dir, machine, prefix))
+    except Exception:  # noqa: BLE001 - asv raises when nothing was stored
+        return False
 
 
 if __name__ == "__main__":
