@@ -1,5 +1,6 @@
 """Pure numba kernels on C-contiguous float64 arrays and scalars.
 
-Nothing here validates input: the public modules (``deqbench.fixed_point``,
-``deqbench.gradients``, ``deqbench.training``) do that and then call in.
+Nothing here validates input: the public calls (``deqbench._fixed_point``,
+``deqbench._gradients``, ``deqbench._training``, ``deqbench._flow``) do that
+and then call in.
 """

@@ -141,18 +141,19 @@ def relative(dd, ff):
 
 
 @jit
-def stopping(dd, ff, k, r0, tol, max_iter, hist):
+def stopping(dd, ff, k, r0, res, tol, max_iter, hist):
     """The one stopping rule of Picard and Anderson, after map evaluation ``k``.
 
     ``dd = ||F(Z_k) - Z_k||^2``, ``ff = ||F(Z_k)||^2``; ``r0`` is the first
-    absolute residual (negative before the first call). Records
-    ``hist[k]``; returns ``(status, residual, r0)`` with status ``RUNNING``
+    absolute residual (negative before the first call), ``res`` the last
+    finite relative residual. Records ``hist[k]``; returns ``(status, res, r0)``
+    (``res`` kept when this evaluation is not finite) with status ``RUNNING``
     while the iteration should go on, else ``CONVERGED`` (relative residual
     ``<= tol``), ``DIVERGED`` (non-finite, or the absolute residual above
     ``GROWTH`` times the first) or ``MAX_ITER`` (``k == max_iter``).
     """
     if not (np.isfinite(dd) and np.isfinite(ff)):
-        return DIVERGED, np.inf, r0
+        return DIVERGED, res, r0
     res = relative(dd, ff)
     hist[k] = res
     if r0 < 0.0:
@@ -176,9 +177,7 @@ def picard(Z, M, U, code, param, D, T, tol, max_iter, beta, hist):
     k = 0
     while True:
         dd, ff = evaluate(cur, M, U, code, param, D, nxt, beta)
-        status, r, r0 = stopping(dd, ff, k, r0, tol, max_iter, hist)
-        if status != DIVERGED or np.isfinite(r):
-            res = r
+        status, res, r0 = stopping(dd, ff, k, r0, res, tol, max_iter, hist)
         if status != RUNNING:
             break
         cur, nxt = nxt, cur
@@ -265,9 +264,7 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
     while True:
         s = k % kmax
         dd, ff = anderson_eval(Z, M, U, code, param, D, Fh[s], Gh[s])
-        status, r, r0 = stopping(dd, ff, k, r0, tol, max_iter, hist)
-        if status != DIVERGED or np.isfinite(r):
-            res = r
+        status, res, r0 = stopping(dd, ff, k, r0, res, tol, max_iter, hist)
         if status != RUNNING:
             break
         slots = min(k + 1, kmax)
