@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import statistics
 import time
 import warnings
 from dataclasses import dataclass
@@ -416,29 +417,42 @@ def _per_call(fn, min_time: float) -> float:
             return dt / k
 
 
-def cost_ratio(fn, refs, *, rounds: int = 5, min_time: float = 0.02) -> float:
-    """``t(fn) / sum(count * t(ref) for ref, count in refs)``, each time the best
-    of ``rounds`` samples taken alternately in this process (so the machine's
-    speed at the moment cancels out of the ratio). ``refs``: ``[(callable,
-    count), ...]``, the numpy matmuls the cost model says ``fn`` performs."""
+def cost_ratio(fn, refs, *, rounds: int = 9, min_time: float = 0.03) -> float:
+    """``t(fn) / sum(count * t(ref) for ref, count in refs)``: the median over
+    ``rounds`` of the ratio of ``fn`` and its references timed back to back in
+    this process, so the machine's speed at the moment cancels out of each
+    ratio and one slow round cannot move the result (the best-of-rounds of each
+    time separately moved 10-20% between processes in a quiet A/A run).
+    ``refs``: ``[(callable, count), ...]``, the numpy matmuls the cost model
+    says ``fn`` performs."""
     fn()
     for ref, _ in refs:
         ref()
-    best_fn = math.inf
-    best_ref = [math.inf] * len(refs)
+    ratios = []
     for _ in range(rounds):
-        best_fn = min(best_fn, _per_call(fn, min_time))
-        for i, (ref, _) in enumerate(refs):
-            best_ref[i] = min(best_ref[i], _per_call(ref, min_time / 4))
-    return best_fn / sum(t * count for t, (_, count) in zip(best_ref, refs, strict=True))
+        t_fn = _per_call(fn, min_time)
+        t_ref = sum(count * _per_call(ref, min_time / 4) for ref, count in refs)
+        ratios.append(t_fn / t_ref)
+    return statistics.median(ratios)
+
+
+def _aligned(a: np.ndarray, align: int = 64) -> np.ndarray:
+    """A C-contiguous copy of ``a`` whose data starts on an ``align``-byte
+    boundary (numpy's own allocations are only 16-byte aligned, and BLAS
+    speed at small shapes depends on it: one place for every process)."""
+    a = np.asarray(a, dtype=np.float64)
+    raw = np.empty(a.nbytes + align, dtype=np.uint8)
+    start = -raw.ctypes.data % align
+    out = raw[start:start + a.nbytes].view(np.float64).reshape(a.shape)
+    out[...] = a
+    return out
 
 
 def matmul(P: np.ndarray, Q: np.ndarray):
     """A call of ``out <- P @ Q`` by numpy into a preallocated ``out`` (the
-    reference of :func:`cost_ratio`)."""
-    P = np.ascontiguousarray(P)
-    Q = np.ascontiguousarray(Q)
-    out = np.empty((P.shape[0], Q.shape[1]))
+    reference of :func:`cost_ratio`), every operand 64-byte aligned."""
+    P, Q = _aligned(P), _aligned(Q)
+    out = _aligned(np.empty((P.shape[0], Q.shape[1])))
     return lambda: np.dot(P, Q, out)
 
 

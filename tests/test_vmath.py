@@ -76,7 +76,7 @@ def test_derivatives_match_closed_forms(name):
 
 
 @pytest.mark.parametrize("code", [ka.IDENTITY, ka.TANH, ka.SIGMOID, ka.SOFTPLUS, ka.GELU,
-                                  ka.LEAKY_RELU, ka.MASK])
+                                  ka.LEAKY_RELU, ka.RELU, ka.SMOOTH_LEAKY, ka.MASK])
 def test_row_kernels_agree_with_scalar_dispatch(code):
     """``h_row``/``dh_row`` (SIMD loops) against ``act``/``dact`` (scalar dispatch)."""
     from numba import njit
@@ -95,8 +95,12 @@ def test_row_kernels_agree_with_scalar_dispatch(code):
         return a, b, ra, rb
 
     rng = np.random.default_rng(code + 10)
-    t, u, d = rng.standard_normal(37) * 5, rng.standard_normal(37), rng.uniform(0, 1, 37)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e300, -1e300, 5e-324, -5e-324])
+    t = np.concatenate([rng.standard_normal(37) * 5, special])
+    u = np.concatenate([rng.standard_normal(37), np.zeros(special.size)])
+    d = rng.uniform(0, 1, t.size)
     a, b, ra, rb = rows(code, t, u, d)
     np.testing.assert_allclose(a, ra, rtol=1e-15, atol=1e-300)
+    np.testing.assert_array_equal(np.signbit(a[a == 0]), np.signbit(ra[ra == 0]))
     if code != ka.MASK:
         np.testing.assert_allclose(b, rb, rtol=1e-15, atol=1e-300)
