@@ -78,7 +78,7 @@ def dact(code, param, x):
 
 @jit(inline="always")
 def h_row(code, param, t, u, d):
-    """``t <- h(t + u)`` along one row: ``h = act(code)``, or ``d * .`` for
+    """``t <- h(t + u)`` along a row (or a flat block of rows): ``h = act(code)``, or ``d * .`` for
     ``MASK``. The SIMD activations get a loop each, so LLVM vectorises them
     (a loop over the generic :func:`act` dispatch stays scalar: a leaky-ReLU
     solve took 1.8x a tanh solve through it, asv FixedPointMetrics.track_efficiency
@@ -121,8 +121,8 @@ def h_row(code, param, t, u, d):
 
 @jit(inline="always")
 def dh_row(code, param, t, u):
-    """``t <- phi'(t + u)`` along one row; as in :func:`h_row`, each activation
-    but gelu (no SIMD erf) gets a loop of its own."""
+    """``t <- phi'(t + u)`` along a row (or a flat block of rows); as in
+    :func:`h_row`, each activation but gelu (no SIMD erf) gets a loop of its own."""
     m = t.shape[0]
     if code == TANH:
         for j in range(m):

@@ -39,6 +39,15 @@ MAX_ROWS = 1024
 PASS_PARALLEL_MIN = 1 << 14
 
 
+@jit(inline="always")
+def flat(a):
+    """A C-contiguous block of rows as one 1-D view: element passes run as one
+    flat loop per block, not a loop per row (at m = 16 the per-row loop set-up
+    cost more than the arithmetic: an evaluation of 256 x 16 rows took 11 us,
+    the gemm in it 3 us; 4.6 us flat)."""
+    return a.reshape(a.size)
+
+
 @jit
 def block_rows(n, width):
     """Rows per block for arrays of ``width`` float64 columns."""

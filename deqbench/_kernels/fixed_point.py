@@ -19,7 +19,7 @@ import numpy as np
 
 from .._jit import jit, prange, twins
 from .activations import MASK, h_row
-from .blocks import PASS_PARALLEL_MIN, block_rows, gemm_rows
+from .blocks import PASS_PARALLEL_MIN, block_rows, flat, gemm_rows
 
 CONVERGED = 0
 MAX_ITER = 1
@@ -31,12 +31,12 @@ _TINY = 1e-300
 
 
 @jit(inline="always")
-def _finish(Z, U, code, param, D, T, i, beta):
-    """Row ``i`` of ``T`` holds ``Z M``: ``T <- Z + beta (h(Z M + U) - Z)``;
-    return the row's ``(||h - Z||^2, ||h||^2)``."""
-    t = T[i]
-    z = Z[i]
-    h_row(code, param, t, U[i], D[i] if code == MASK else t)
+def _finish(Z, U, code, param, D, T, i0, i1, beta):
+    """Rows ``i0:i1`` of ``T`` hold ``Z M``: ``T <- Z + beta (h(Z M + U) - Z)``;
+    return the block's ``(||h - Z||^2, ||h||^2)`` (one flat loop, see :func:`~.blocks.flat`)."""
+    t = flat(T[i0:i1])
+    z = flat(Z[i0:i1])
+    h_row(code, param, t, flat(U[i0:i1]), flat(D[i0:i1]) if code == MASK else t)
     dd = 0.0
     ff = 0.0
     for j in range(t.shape[0]):
@@ -49,12 +49,12 @@ def _finish(Z, U, code, param, D, T, i, beta):
 
 
 @jit(inline="always")
-def _finish_anderson(Z, U, code, param, D, Fs, Gs, i):
-    """Row ``i`` of ``Fs`` holds ``Z M``: ``Fs <- h(Z M + U)``, ``Gs <- Fs - Z``."""
-    f = Fs[i]
-    g = Gs[i]
-    z = Z[i]
-    h_row(code, param, f, U[i], D[i] if code == MASK else f)
+def _finish_anderson(Z, U, code, param, D, Fs, Gs, i0, i1):
+    """Rows ``i0:i1`` of ``Fs`` hold ``Z M``: ``Fs <- h(Z M + U)``, ``Gs <- Fs - Z``."""
+    f = flat(Fs[i0:i1])
+    g = flat(Gs[i0:i1])
+    z = flat(Z[i0:i1])
+    h_row(code, param, f, flat(U[i0:i1]), flat(D[i0:i1]) if code == MASK else f)
     dd = 0.0
     ff = 0.0
     for j in range(f.shape[0]):
@@ -74,14 +74,9 @@ def _evaluate(Z, M, U, code, param, D, T, beta, rows):
         i0 = b * rows
         i1 = min(i0 + rows, n)
         np.dot(Z[i0:i1], M, T[i0:i1])
-        db = 0.0
-        fb = 0.0
-        for i in range(i0, i1):
-            a, c = _finish(Z, U, code, param, D, T, i, beta)
-            db += a
-            fb += c
-        dd += db
-        ff += fb
+        a, c = _finish(Z, U, code, param, D, T, i0, i1, beta)
+        dd += a
+        ff += c
     return dd, ff
 
 
@@ -93,14 +88,9 @@ def _anderson_eval(Z, M, U, code, param, D, Fs, Gs, rows):
         i0 = b * rows
         i1 = min(i0 + rows, n)
         np.dot(Z[i0:i1], M, Fs[i0:i1])
-        db = 0.0
-        fb = 0.0
-        for i in range(i0, i1):
-            a, c = _finish_anderson(Z, U, code, param, D, Fs, Gs, i)
-            db += a
-            fb += c
-        dd += db
-        ff += fb
+        a, c = _finish_anderson(Z, U, code, param, D, Fs, Gs, i0, i1)
+        dd += a
+        ff += c
     return dd, ff
 
 
@@ -217,26 +207,42 @@ def _small_spd_solve(H, k, b, L):
     return True
 
 
-def _dot(P, Q):
-    n, m = P.shape
+def _dot(P, Q, rows):
+    n = P.shape[0]
     s = 0.0
-    for i in prange(n):
-        for j in range(m):
-            s += P[i, j] * Q[i, j]
+    for b in prange((n + rows - 1) // rows):
+        i0 = b * rows
+        i1 = min(i0 + rows, n)
+        p = flat(P[i0:i1])
+        q = flat(Q[i0:i1])
+        sb = 0.0
+        for j in range(p.shape[0]):
+            sb += p[j] * q[j]
+        s += sb
     return s
 
 
-def _anderson_mix(Z, Fh, Gh, alpha, slots, beta):
-    """``Z <- sum_j alpha_j (F_j - (1 - beta) G_j)``; return ``||Z||^2``."""
-    n, m = Z.shape
+def _anderson_mix(Z, Fh, Gh, alpha, slots, beta, rows):
+    """``Z <- sum_p alpha_p (F_p - (1 - beta) G_p)``; return ``||Z||^2``. Block by
+    block, one slot at a time, so every inner loop is a flat vectorised axpy."""
+    n = Z.shape[0]
     zz = 0.0
-    for i in prange(n):
-        for j in range(m):
-            s = 0.0
-            for p in range(slots):
-                s += alpha[p] * (Fh[p, i, j] - (1.0 - beta) * Gh[p, i, j])
-            Z[i, j] = s
-            zz += s * s
+    for b in prange((n + rows - 1) // rows):
+        i0 = b * rows
+        i1 = min(i0 + rows, n)
+        z = flat(Z[i0:i1])
+        z[:] = 0.0
+        for p in range(slots):
+            a = alpha[p]
+            c = a * (1.0 - beta)
+            f = flat(Fh[p, i0:i1])
+            g = flat(Gh[p, i0:i1])
+            for j in range(z.shape[0]):
+                z[j] += a * f[j] - c * g[j]
+        zb = 0.0
+        for j in range(z.shape[0]):
+            zb += z[j] * z[j]
+        zz += zb
     return zz
 
 
@@ -255,6 +261,7 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
     """
     kmax = Fh.shape[0]
     par = Z.size >= PASS_PARALLEL_MIN
+    rows = block_rows(Z.shape[0], Z.shape[1])
     H = work[:kmax, :]
     L = work[kmax : 2 * kmax, :]
     w = work[2 * kmax]
@@ -271,7 +278,7 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
         GG[s, s] = dd
         for p in range(slots):
             if p != s:
-                g = _dot_p(Gh[s], Gh[p]) if par else _dot_s(Gh[s], Gh[p])
+                g = _dot_p(Gh[s], Gh[p], rows) if par else _dot_s(Gh[s], Gh[p], rows)
                 GG[s, p] = g
                 GG[p, s] = g
         hmax = 0.0
@@ -297,9 +304,9 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
         for p in range(slots):
             w[p] /= total
         if par:
-            zz = _anderson_mix_p(Z, Fh, Gh, w, slots, beta)
+            zz = _anderson_mix_p(Z, Fh, Gh, w, slots, beta, rows)
         else:
-            zz = _anderson_mix_s(Z, Fh, Gh, w, slots, beta)
+            zz = _anderson_mix_s(Z, Fh, Gh, w, slots, beta, rows)
         if not np.isfinite(zz):
             # restore the last finite iterate: X_s = F_s - G_s
             Z[:, :] = Fh[s]

@@ -11,7 +11,7 @@ import numpy as np
 
 from .._jit import jit, prange, twins
 from .activations import act, dact, dh_row
-from .blocks import PASS_PARALLEL_MIN, block_rows
+from .blocks import PASS_PARALLEL_MIN, block_rows, flat
 
 
 def _preactivation_derivative(Z, AT, U, code, param, D, rows):
@@ -20,8 +20,7 @@ def _preactivation_derivative(Z, AT, U, code, param, D, rows):
         i0 = b * rows
         i1 = min(i0 + rows, n)
         np.dot(Z[i0:i1], AT, D[i0:i1])
-        for i in range(i0, i1):
-            dh_row(code, param, D[i], U[i])
+        dh_row(code, param, flat(D[i0:i1]), flat(U[i0:i1]))
 
 
 _preactivation_derivative_s, _preactivation_derivative_p = twins(_preactivation_derivative)
@@ -36,15 +35,22 @@ def preactivation_derivative(Z, AT, U, code, param, D):
     return _preactivation_derivative_s(Z, AT, U, code, param, D, rows)
 
 
-def _residual_loss(Z, Y, G):
-    n, m = Z.shape
+def _residual_loss(Z, Y, G, rows):
+    n = Z.shape[0]
     inv_n = 1.0 / n
     total = 0.0
-    for i in prange(n):
-        for j in range(m):
-            r = Z[i, j] - Y[i, j]
-            G[i, j] = r * inv_n
-            total += r * r
+    for b in prange((n + rows - 1) // rows):
+        i0 = b * rows
+        i1 = min(i0 + rows, n)
+        z = flat(Z[i0:i1])
+        y = flat(Y[i0:i1])
+        g = flat(G[i0:i1])
+        tb = 0.0
+        for j in range(z.shape[0]):
+            r = z[j] - y[j]
+            g[j] = r * inv_n
+            tb += r * r
+        total += tb
     return 0.5 * total * inv_n
 
 
@@ -54,9 +60,10 @@ _residual_loss_s, _residual_loss_p = twins(_residual_loss)
 @jit
 def residual_loss(Z, Y, G):
     """Squared loss ``||Z - Y||^2 / 2n``; ``G <- (Z - Y) / n``."""
+    rows = block_rows(Z.shape[0], Z.shape[1])
     if Z.size >= PASS_PARALLEL_MIN:
-        return _residual_loss_p(Z, Y, G)
-    return _residual_loss_s(Z, Y, G)
+        return _residual_loss_p(Z, Y, G, rows)
+    return _residual_loss_s(Z, Y, G, rows)
 
 
 def _single_index_loss(Z, y, u, code, param, G):
