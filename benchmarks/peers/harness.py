@@ -190,6 +190,7 @@ def machine() -> dict:
     info["threads"] = {
         "numba": numba.get_num_threads(),
         "env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
+        "cpus_bound": len(os.sched_getaffinity(0)),
     }
     from deqbench._platform import vector_isa
 

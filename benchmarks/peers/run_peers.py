@@ -42,10 +42,20 @@ def pin_threads(threads: int, argv) -> None:
     """Re-run this command with every library pinned to ``threads`` threads.
 
     The limits must be in the environment before NumPy, numba, PyTorch or
-    JAX load their thread pools, so the process replaces itself once.
+    JAX load their thread pools, so the process replaces itself once. The
+    process is also bound to ``threads`` CPUs (inherited through ``exec``):
+    XLA's CPU runtime ignores the thread flags below for its own pool, and
+    jaxopt under them used 1.93 CPU seconds per wall second at m = 256 (so
+    the first one-thread table compared deqbench on one core with jaxopt on
+    two); bound to one CPU it used 1.00.
     """
     if os.environ.get("DEQBENCH_PEERS_THREADS") == str(threads):
         return
+    cpus = sorted(os.sched_getaffinity(0))
+    if threads > len(cpus):
+        raise SystemExit(f"run_peers: --threads {threads} exceeds the {len(cpus)} CPUs "
+                         "this process may run on")
+    os.sched_setaffinity(0, cpus[:threads])
     env = dict(os.environ)
     for key in THREAD_ENV[:-2]:
         env[key] = str(threads)
