@@ -126,7 +126,7 @@ def solve(M, U, code, param, D, Z, *, method, opts: SolverOptions):
     Shared by the forward and adjoint solves. Returns ``(n_iter, residual,
     status_code, history)``.
     """
-    hist = np.full(opts.max_iter + 1, np.nan)
+    hist = np.empty(opts.max_iter + 1)  # the kernels write every entry they report
     if method == "picard":
         T = np.empty_like(Z)
         k, res, status = _fp.picard(Z, M, U, code, param, D, T, opts.tol, opts.max_iter,

@@ -16,23 +16,38 @@ from contextlib import contextmanager
 
 __all__ = ["blas_single_threaded", "single_threaded_blas"]
 
-_CONTROLLER = None
+_BLAS = None
 
 
-def _controller():
-    global _CONTROLLER
-    if _CONTROLLER is None:
+def _blas_libraries() -> list:
+    """threadpoolctl's controllers of the BLAS libraries loaded at the first call."""
+    global _BLAS
+    if _BLAS is None:
         from threadpoolctl import ThreadpoolController
 
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER
+        _BLAS = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _BLAS
 
 
 @contextmanager
 def single_threaded_blas():
-    """Limit every loaded BLAS library to one thread inside the block (~15 us)."""
-    with _controller().limit(limits=1, user_api="blas"):
+    """Limit every loaded BLAS library to one thread inside the block.
+
+    Talks to the libraries' controllers directly (about 3 us a call) rather
+    than through ``ThreadpoolController.limit`` (12-16 us: it re-reads every
+    library's state), and only touches libraries not already at one thread.
+    Libraries loaded after deqbench's first call are not seen."""
+    libs = _blas_libraries()
+    old = [lib.get_num_threads() for lib in libs]
+    for lib, k in zip(libs, old, strict=True):
+        if k != 1:
+            lib.set_num_threads(1)
+    try:
         yield
+    finally:
+        for lib, k in zip(libs, old, strict=True):
+            if k != 1:
+                lib.set_num_threads(k)
 
 
 def blas_single_threaded(fn):

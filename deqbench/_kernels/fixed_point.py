@@ -136,13 +136,15 @@ def stopping(dd, ff, k, r0, res, tol, max_iter, hist):
 
     ``dd = ||F(Z_k) - Z_k||^2``, ``ff = ||F(Z_k)||^2``; ``r0`` is the first
     absolute residual (negative before the first call), ``res`` the last
-    finite relative residual. Records ``hist[k]``; returns ``(status, res, r0)``
-    (``res`` kept when this evaluation is not finite) with status ``RUNNING``
+    finite relative residual. Records ``hist[k]`` (NaN when not finite);
+    returns ``(status, res, r0)`` (``res`` kept when this evaluation is not
+    finite) with status ``RUNNING``
     while the iteration should go on, else ``CONVERGED`` (relative residual
     ``<= tol``), ``DIVERGED`` (non-finite, or the absolute residual above
     ``GROWTH`` times the first) or ``MAX_ITER`` (``k == max_iter``).
     """
     if not (np.isfinite(dd) and np.isfinite(ff)):
+        hist[k] = np.nan
         return DIVERGED, res, r0
     res = relative(dd, ff)
     hist[k] = res
