@@ -97,9 +97,14 @@ def tanh(x):
     z = t * t
     num = (-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z - 1.61468768441708447952e3
     den = ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z
-    small = t + t * z * num / (den + 4.84406305325125486048e3)
-    big = 1.0 - 2.0 / (exp(2.0 * t) + 1.0)
-    y = math.copysign(small if t < 0.625 else big, x)
+    # both branches are a + b / c: select a, b, c first, so each lane divides once
+    # (a vdivpd is the costliest instruction here; two per element made tanh
+    # cost about 1.5x sigmoid)
+    small = t < 0.625
+    a = t if small else 1.0
+    b = t * z * num if small else -2.0
+    c = den + 4.84406305325125486048e3 if small else exp(2.0 * t) + 1.0
+    y = math.copysign(a + b / c, x)
     return x if x != x else y
 
 
