@@ -64,10 +64,11 @@ def test_anderson_twins(arrays, twin, code):
     Fh, Gh = np.stack([Fs, Z]), np.stack([Gs, U])
     alpha = np.array([0.7, 0.3])
     out = np.empty_like(Z)
-    zz = getattr(fp, f"_anderson_mix_{twin}")(out, Fh, Gh, alpha, 2, 0.5, ROWS)
-    want = sum(a * (f - 0.5 * gg) for a, f, gg in zip(alpha, Fh, Gh, strict=True))
-    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-14)
-    assert zz == pytest.approx(np.sum(want**2), rel=1e-12)
+    for beta in (0.5, 1.0):  # damped, and undamped (which skips the residuals)
+        zz = getattr(fp, f"_anderson_mix_{twin}")(out, Fh, Gh, alpha, 2, beta, ROWS)
+        want = sum(a * (f - (1 - beta) * gg) for a, f, gg in zip(alpha, Fh, Gh, strict=True))
+        np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-14)
+        assert zz == pytest.approx(np.sum(want**2), rel=1e-12)
 
 
 @pytest.mark.parametrize("twin", TWINS)

@@ -238,9 +238,13 @@ def _anderson_mix(Z, Fh, Gh, alpha, slots, beta, rows):
             a = alpha[p]
             c = a * (1.0 - beta)
             f = flat(Fh[p, i0:i1])
-            g = flat(Gh[p, i0:i1])
-            for j in range(z.shape[0]):
-                z[j] += a * f[j] - c * g[j]
+            if beta == 1.0:  # undamped (the default): the residuals are not read
+                for j in range(z.shape[0]):
+                    z[j] += a * f[j]
+            else:
+                g = flat(Gh[p, i0:i1])
+                for j in range(z.shape[0]):
+                    z[j] += a * f[j] - c * g[j]
         zb = 0.0
         for j in range(z.shape[0]):
             zb += z[j] * z[j]
