@@ -103,11 +103,9 @@ def cmd_sweep(args) -> int:
                     scheduler=args.scheduler, progress=not args.no_progress,
                     retry_failed=args.retry_failed, retries=args.retries, force=args.force,
                     connect_timeout=args.connect_timeout, format=args.format)
-    retried = f", {res.retried} restarted after a worker died" if res.retried else ""
-    ext = "parquet" if res.format == "parquet" else "csv"
-    print(f"{res.ok} ok, {res.failed} failed, {res.skipped} already done, {res.lost} lost"
-          f"{retried} in {res.elapsed_s:.1f} s; tables: {out / ('runs.' + ext)}, "
-          f"{out / ('histories.' + ext)}", file=sys.stderr)
+    ext = res.format  # "parquet" or "csv": the tables' suffix
+    print(f"{res.summary()}; tables: {out / ('runs.' + ext)}, {out / ('histories.' + ext)}",
+          file=sys.stderr)
     if args.plot:
         from .plots import plot_dir
 
@@ -135,8 +133,9 @@ def _print_status(path) -> int:
     st = sweep_status(path)
     total = "?" if st["runs"] is None else st["runs"]
     failed = sum(n for k, n in st["by_status"].items() if k in FAILED)
+    lost = f"{st['lost']} lost (their worker died; they run again), " if st["lost"] else ""
     print(f"{path}: sweep {st['name']!r}, {total} runs: {st['done']} done "
-          f"({st['done'] - failed} finished, {failed} failed), "
+          f"({st['done'] - failed} finished, {failed} failed), {lost}"
           f"{'?' if st['remaining'] is None else st['remaining']} remaining"
           + (f", {st['damaged']} damaged record(s) to re-run" if st["damaged"] else ""))
     if st["by_status"]:
@@ -199,8 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", help="run a resumable parameter sweep from a TOML grid",
                        description="Run the Cartesian product of a TOML grid (see README, "
-                       "'Experiments'). Finished runs stream to DIR/runs/ and DIR/histories/ "
-                       "and are consolidated into DIR/runs.csv and DIR/histories.csv; "
+                       "'Experiments'). Finished runs are committed to DIR in batches and "
+                       "compacted into DIR/runs.parquet and DIR/histories.parquet (or, with "
+                       "--format csv, DIR/runs.csv and DIR/histories.csv); "
                        "re-running the same command skips finished runs. DIR is locked while "
                        "a sweep runs and remembers its grid.")
     s.add_argument("grid", nargs="?", default=None, help="grid file (TOML)")
@@ -218,29 +218,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true",
                    help="validate the grid and print the number of runs")
     s.add_argument("--retries", type=_nonnegative_int, default=2,
-                   help="start a run whose worker process died again this many times, then "
-                   "record it 'crashed' (default: %(default)s)")
+                   help="start a run whose worker process died (stored 'lost' meanwhile) again "
+                   "this many times, then record it 'crashed' (default: %(default)s)")
     s.add_argument("--force", action="store_true",
                    help="add the runs to a directory that holds a different grid")
     s.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="seconds to reach --scheduler (default: %(default)s)")
-    s.add_argument("--format", choices=("csv", "parquet"), default=None,
-                   help="store: per-run files and runs.csv/histories.csv, or Parquet "
-                   "(runs.parquet/histories.parquet, needs pyarrow) (default: the "
-                   "directory's, else csv)")
+    s.add_argument("--format", choices=("parquet", "csv"), default=None,
+                   help="store: Parquet (runs.parquet/histories.parquet) or CSV (per-run "
+                   "files and runs.csv/histories.csv) (default: the directory's, else "
+                   "parquet)")
     s.add_argument("--status", default=None, metavar="DIR",
-                   help="print what sweep directory DIR holds (done, failed, remaining, who "
-                   "is running it) without touching it, and exit")
+                   help="print what sweep directory DIR holds (done, failed, lost, remaining, "
+                   "who is running it) without touching it, and exit")
     s.add_argument("--yes", action="store_true",
                    help="start a grid of more than 100000 runs without asking")
     s.add_argument("--plot", action="store_true", help="write figures when done")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (there is none when stderr is not a terminal)")
     s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("plot", help="figures from a sweep or reproduce directory",
                        description="Loss curves with theory envelopes, invariant drift, "
                        "log-log scaling with fitted slopes and iteration counts, from DIR/"
-                       "runs.csv and DIR/histories.csv.")
+                       "runs.parquet and DIR/histories.parquet, or their CSV twins.")
     s.add_argument("dir", help="sweep or reproduce output directory")
     s.add_argument("--out", default=None, help="figure directory (default: DIR/figures)")
     s.set_defaults(func=cmd_plot)

@@ -282,7 +282,7 @@ def plot_dir(path, out=None) -> list[Path]:
 
     Parameters
     ----------
-    path : directory holding ``runs.csv`` (and ``histories.csv``)
+    path : directory holding ``runs.parquet`` or ``runs.csv`` (and the histories)
     out : figure directory, default ``path/figures``
     """
     path = Path(path)

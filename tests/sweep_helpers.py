@@ -33,3 +33,24 @@ def crash(params, seed):
     if params.get("hang"):
         time.sleep(60)
     return draw(params, seed)
+
+
+def scripted(params, seed):
+    """The run with ``a = 0`` follows ``params['plan']``: its attempt k (counted by marker
+    files in ``params['dir']``) does the k-th word, or the last one once the plan runs out:
+    ``kill`` (SIGKILL its worker), ``hang`` (sleep a minute) or ``ok``; then :func:`draw`."""
+    import os
+    import signal
+    from pathlib import Path
+
+    if params["a"] == 0:
+        marks = Path(params["dir"])
+        k = len(list(marks.glob("attempt-*")))
+        (marks / f"attempt-{k}").touch()
+        plan = params["plan"].split()
+        step = plan[min(k, len(plan) - 1)]
+        if step == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step == "hang":
+            time.sleep(60)
+    return draw(params, seed)

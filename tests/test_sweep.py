@@ -164,7 +164,7 @@ def test_examples_are_valid():
 
 def test_failing_run_is_recorded_and_sweep_goes_on(tmp_path):
     g = parse_grid(helper_grid(4, failures=True))
-    res = run_sweep(g, tmp_path, executor="serial", progress=False)
+    res = run_sweep(g, tmp_path, executor="serial", progress=False, format="csv")
     assert (res.ok, res.failed, res.lost) == (4, 4, 0)
     rows = read_csv(tmp_path / "runs.csv")
     assert len(rows) == 8
@@ -180,7 +180,7 @@ def test_failing_run_is_recorded_and_sweep_goes_on(tmp_path):
 
 def test_run_values_come_from_the_spawned_seed(tmp_path):
     g = parse_grid(helper_grid(2, replicates=2))
-    run_sweep(g, tmp_path, executor="serial", progress=False)
+    run_sweep(g, tmp_path, executor="serial", progress=False, format="csv")
     rows = {r["run_id"]: r for r in read_csv(tmp_path / "runs.csv")}
     for s in g.specs:
         x = np.random.default_rng(np.random.SeedSequence(3).spawn(2)[s.replicate])
@@ -189,17 +189,18 @@ def test_run_values_come_from_the_spawned_seed(tmp_path):
 
 def test_resume_runs_only_what_is_missing(tmp_path):
     g = parse_grid(helper_grid(3, failures=True))
-    first = run_sweep(g, tmp_path, executor="serial", progress=False)
+    first = run_sweep(g, tmp_path, executor="serial", progress=False, format="csv")
     assert first.skipped == 0 and first.ok + first.failed == 6
     victim = g.specs[2].run_id
     (tmp_path / "runs" / f"{victim}.json").unlink()
     before = stable(read_csv(tmp_path / "runs.csv"))
-    again = run_sweep(g, tmp_path, executor="serial", progress=False)
+    again = run_sweep(g, tmp_path, executor="serial", progress=False, format="csv")
     assert (again.skipped, again.ok + again.failed) == (5, 1)
     assert stable(read_csv(tmp_path / "runs.csv")) == before
-    nothing = run_sweep(g, tmp_path, executor="serial", progress=False)
+    nothing = run_sweep(g, tmp_path, executor="serial", progress=False, format="csv")
     assert nothing.skipped == 6 and nothing.ok + nothing.failed == 0
-    retried = run_sweep(g, tmp_path, executor="serial", progress=False, retry_failed=True)
+    retried = run_sweep(g, tmp_path, executor="serial", progress=False, retry_failed=True,
+                        format="csv")
     assert (retried.skipped, retried.failed) == (3, 3)
 
 
@@ -208,14 +209,14 @@ def test_leftover_temporary_files_are_removed(tmp_path):
     (tmp_path / "runs").mkdir()
     junk = tmp_path / "runs" / ".abc.json.123.tmp"
     junk.write_text('{"run_id": "trunc')
-    run_sweep(g, tmp_path, executor="serial", progress=False)
+    run_sweep(g, tmp_path, executor="serial", progress=False, format="csv")
     assert not junk.exists()
 
 
 def test_local_pool_equals_serial_for_gd_runs(tmp_path):
     g = parse_grid(GD_GRID)
-    run_sweep(g, tmp_path / "serial", executor="serial", progress=False)
-    run_sweep(g, tmp_path / "local", executor="local", workers=2, progress=False)
+    run_sweep(g, tmp_path / "serial", executor="serial", progress=False, format="csv")
+    run_sweep(g, tmp_path / "local", executor="local", workers=2, progress=False, format="csv")
     a = stable(read_csv(tmp_path / "serial" / "runs.csv"))
     b = stable(read_csv(tmp_path / "local" / "runs.csv"))
     assert a == b
@@ -228,9 +229,10 @@ def test_local_pool_equals_serial_for_gd_runs(tmp_path):
 def test_unpicklable_run_function_is_refused_up_front(tmp_path):
     g = parse_grid(helper_grid(1))
     with pytest.raises(ValueError, match="run_fn must be picklable"):
-        run_sweep(g, tmp_path / "x", executor="local", run_fn=lambda p, s: {}, progress=False)
+        run_sweep(g, tmp_path / "x", executor="local", run_fn=lambda p, s: {}, progress=False,
+                  format="csv")
     assert not (tmp_path / "x").exists()
-    res = run_sweep(g, tmp_path / "y", executor="serial", progress=False,
+    res = run_sweep(g, tmp_path / "y", executor="serial", progress=False, format="csv",
                     run_fn=lambda p, s: {"metrics": {"v": p["a"]}})
     assert res.ok == 1 and read_csv(tmp_path / "y" / "runs.csv")[0]["v"] == 0
 
@@ -248,7 +250,7 @@ noise = 0.1
 lr = [0.02, 0.05]
 sufficient_stats = [true, false]
 """)
-    res = run_sweep(g, tmp_path, executor="serial", progress=False)
+    res = run_sweep(g, tmp_path, executor="serial", progress=False, format="csv")
     assert (res.ok, res.failed) == (4, 0)
     rows = read_csv(tmp_path / "runs.csv")
     for r in rows:
@@ -266,16 +268,25 @@ sufficient_stats = [true, false]
     assert len(hist) == 4 * 151
 
 
-def test_progress_line_counts():
-    buf = io.StringIO()
-    bar = sweep.Progress(10, skipped=2, stream=buf, interval=0.0)
-    bar.update(False)
-    bar.update(True)
-    line = bar.line()
-    assert "4/10" in line and "ok 1" in line and "failed 1" in line and "left 6" in line
-    assert "ETA" in line
-    bar.close()
-    assert buf.getvalue().count("\n") >= 3
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_counts_and_is_silent_off_a_terminal():
+    for stream, shown in ((io.StringIO(), False), (_Terminal(), True)):
+        bar = sweep.Progress(10, skipped=2, stream=stream)
+        bar.update(False)
+        bar.update(True)
+        bar.lose()
+        bar.skip()
+        bar.close()
+        assert bar.shown is shown and (bar.ok, bar.failed, bar.lost, bar.skipped) == (1, 1, 1, 3)
+        text = stream.getvalue()
+        if shown:
+            assert "5/10" in text and "ok 1 failed 1 lost 1" in text, text
+        else:
+            assert text == ""
 
 
 def test_atomic_write_replaces(tmp_path):
@@ -309,7 +320,7 @@ def test_sigkill_part_way_then_resume(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get(
         "PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "deqbench.cli", "sweep", str(grid), "--out", str(out),
-           "--workers", "2", "--no-progress"]
+           "--workers", "2", "--format", "csv"]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -357,8 +368,8 @@ def test_dask_local_cluster_gives_the_same_rows(tmp_path, monkeypatch):
                                                                                  "")]))
     g = parse_grid(GD_GRID)
     h = parse_grid(helper_grid(2, failures=True))
-    run_sweep(g, tmp_path / "local", executor="serial", progress=False)
-    res = run_sweep(g, tmp_path / "dask", executor="dask", workers=2, progress=False)
+    run_sweep(g, tmp_path / "local", executor="serial", progress=False, format="csv")
+    res = run_sweep(g, tmp_path / "dask", executor="dask", workers=2, progress=False, format="csv")
     assert res.complete and res.ok + res.failed == len(g)
     a = stable(read_csv(tmp_path / "local" / "runs.csv"))
     b = stable(read_csv(tmp_path / "dask" / "runs.csv"))
@@ -366,7 +377,8 @@ def test_dask_local_cluster_gives_the_same_rows(tmp_path, monkeypatch):
     assert (tmp_path / "local" / "histories.csv").read_text() == (
         tmp_path / "dask" / "histories.csv").read_text()
     # a worker exception is recorded and the sweep goes on
-    res = run_sweep(h, tmp_path / "dask-fail", executor="dask", workers=2, progress=False)
+    res = run_sweep(h, tmp_path / "dask-fail", executor="dask", workers=2, progress=False,
+                    format="csv")
     assert (res.ok, res.failed, res.lost) == (2, 2, 0)
     errs = [r["error"] for r in read_csv(tmp_path / "dask-fail" / "runs.csv")
             if r["status"] == "error"]

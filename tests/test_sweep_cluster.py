@@ -81,7 +81,7 @@ def test_sweep_on_a_real_cluster_survives_a_killed_worker(tmp_path):
         sweep = subprocess.Popen(
             [sys.executable, "-m", "deqbench.cli", "sweep", str(grid), "--out", str(out),
              "--executor", "dask", "--scheduler", address, "--connect-timeout", "60",
-             "--no-progress"], env=env, start_new_session=True,
+             "--format", "csv"], env=env, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         procs.append(sweep)
 
@@ -104,7 +104,7 @@ def test_sweep_on_a_real_cluster_survives_a_killed_worker(tmp_path):
             p.wait(timeout=30)
 
     serial = tmp_path / "serial"
-    run_sweep(load_grid(grid), serial, executor="serial", progress=False)
+    run_sweep(load_grid(grid), serial, executor="serial", progress=False, format="csv")
     rows = read_csv(out / "runs.csv")
     assert sorted(r["run_id"] for r in rows) == sorted(s.run_id for s in load_grid(grid).specs)
 

@@ -73,9 +73,10 @@ def one_line(err: str) -> str:
 
 def test_a_run_that_kills_its_worker_costs_only_itself(tmp_path):
     g = parse_grid(crash_grid(3, crash=(False, True)))
-    res = run_sweep(g, tmp_path, executor="local", workers=2, retries=1, progress=False)
+    res = run_sweep(g, tmp_path, executor="local", workers=2, retries=1, progress=False,
+                    format="csv")
     # before: the first dead worker broke the pool and every later run was lost
-    assert (res.ok, res.failed, res.lost, res.retried) == (3, 3, 0, 3)
+    assert (res.ok, res.failed, res.crashed, res.lost, res.retried) == (3, 0, 3, 0, 3)
     assert res.complete
     rows = read_csv(tmp_path / "runs.csv")
     assert sorted(r["run_id"] for r in rows) == sorted(s.run_id for s in g.specs)
@@ -86,11 +87,62 @@ def test_a_run_that_kills_its_worker_costs_only_itself(tmp_path):
         else:
             assert r["status"] == "ok" and r["attempts"] == 1
     # crashed is a failure: stored (a resume does not loop on it), re-run on request
-    again = run_sweep(g, tmp_path, executor="local", workers=2, retries=0, progress=False)
+    again = run_sweep(g, tmp_path, executor="local", workers=2, retries=0, progress=False,
+                      format="csv")
     assert (again.skipped, again.ok + again.failed) == (6, 0)
     retried = run_sweep(g, tmp_path, executor="local", workers=2, retries=0,
-                        retry_failed=True, progress=False)
-    assert (retried.skipped, retried.failed, retried.retried) == (3, 3, 0)
+                        retry_failed=True, progress=False, format="csv")
+    assert (retried.skipped, retried.crashed, retried.retried) == (3, 3, 0)
+
+
+def test_a_lost_run_is_stored_lost_until_it_runs_again_then_crashed(tmp_path, capsys):
+    pq = pytest.importorskip("pyarrow.parquet")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f"""
+[sweep]
+run = "sweep_helpers:scripted"
+seed = 1
+[fixed]
+dir = "{marks}"
+plan = "kill hang kill"
+[grid]
+a = [0, 1, 2]
+""")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "deqbench.cli", "sweep", str(grid), "--out", str(out),
+           "--workers", "1"]  # the default store: Parquet
+    proc = subprocess.Popen(cmd, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (marks / "attempt-1").exists() and time.monotonic() < deadline \
+                and proc.poll() is None:
+            time.sleep(0.05)
+        assert (marks / "attempt-1").exists(), "the lost run was not started again"
+        # its worker died, and its restart hangs: the store says lost, --status shows it
+        st = sweep_status(out)
+        assert (st["lost"], st["by_status"].get("lost")) == (1, 1), st
+        assert st["remaining"] == 3 - st["done"] >= 2  # a lost run is not done
+        assert main(["sweep", "--status", str(out)]) == 0
+        assert "1 lost (their worker died; they run again)" in capsys.readouterr().out
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the client, while the restart hangs
+        proc.communicate()
+    # a resume runs the lost run again, counting on from its stored attempts: the third
+    # attempt exceeds --retries 1, so it is crashed (without the count it would run 4 times)
+    r = subprocess.run([*cmd, "--retries", "1"], env=ENV, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "1 crashed, 0 lost" in r.stderr
+    assert len(list(marks.glob("attempt-*"))) == 3
+    rows = {r["a"]: r for r in pq.read_table(out / "runs.parquet").to_pylist()}
+    assert len(rows) == 3 and sweep_status(out)["lost"] == 0
+    assert (rows[0]["status"], rows[0]["attempts"]) == ("crashed", 2)
+    assert "SIGKILL, 2 times" in rows[0]["error"]
+    assert rows[1]["status"] == rows[2]["status"] == "ok"
 
 
 def test_sigkill_of_a_pool_worker_from_outside_loses_one_run(tmp_path):
@@ -99,7 +151,7 @@ def test_sigkill_of_a_pool_worker_from_outside_loses_one_run(tmp_path):
     grid.write_text(crash_grid(n, sleep=0.3))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "deqbench.cli", "sweep", str(grid), "--out",
-                             str(out), "--workers", "2", "--no-progress"], env=ENV,
+                             str(out), "--workers", "2", "--format", "csv"], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         victim = None
@@ -126,7 +178,7 @@ def test_sigkill_of_a_pool_worker_from_outside_loses_one_run(tmp_path):
 def test_timeout_kills_a_hanging_run_and_the_sweep_goes_on(tmp_path):
     g = parse_grid(crash_grid(2, hang=(False, True), timeout=2.0))
     assert g.timeout == 2.0
-    res = run_sweep(g, tmp_path, executor="local", workers=2, progress=False)
+    res = run_sweep(g, tmp_path, executor="local", workers=2, progress=False, format="csv")
     assert (res.ok, res.failed) == (2, 2)
     rows = read_csv(tmp_path / "runs.csv")
     hung = [r for r in rows if r["hang"] == "True"]
@@ -187,7 +239,7 @@ def test_kill_9_of_the_main_process_leaves_no_orphans(tmp_path):
     grid.write_text(crash_grid(40, sleep=0.2))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "deqbench.cli", "sweep", str(grid), "--out",
-                             str(out), "--workers", "2", "--no-progress"], env=ENV,
+                             str(out), "--workers", "2", "--format", "csv"], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kids: set[int] = set()
     try:
@@ -238,7 +290,7 @@ def test_a_second_process_on_a_locked_directory_gets_one_line_and_touches_nothin
         with pytest.raises(SweepError, match="in use by another sweep"):
             Store(out)
     # released: the next sweep runs, and removes the dead writer's leftovers
-    res = run_sweep(load_grid(grid), out, executor="serial", progress=False)
+    res = run_sweep(load_grid(grid), out, executor="serial", progress=False, format="csv")
     assert res.ok == 2 and not mine.exists()
     assert sweep_status(out)["holder"] is None
 
@@ -255,7 +307,7 @@ def test_a_different_grid_is_refused_unless_forced(tmp_path, capsys):
     changed.write_text(crash_grid(4).replace("seed = 1", "seed = 2"))
     out = tmp_path / "out"
     assert main(["sweep", str(first), "--out", str(out), "--executor", "serial",
-                 "--no-progress"]) == 0
+                 "--no-progress", "--format", "csv"]) == 0
     meta = json.loads((out / "sweep.json").read_text())
     assert meta["grid_hash"] == load_grid(first).hash and meta["runs"] == 4
     capsys.readouterr()
@@ -358,7 +410,7 @@ def test_runs_csv_grows_by_appending_then_is_consolidated(tmp_path):
 
 def _sweep(grid, out, *extra):
     return main(["sweep", str(grid), "--out", str(out), "--executor", "serial",
-                 "--no-progress", *extra])
+                 "--no-progress", "--format", "csv", *extra])
 
 
 def test_out_naming_a_file_is_one_line(tmp_path, capsys):
@@ -412,7 +464,7 @@ def test_damaged_records_and_missing_histories_are_run_again(tmp_path, capsys):
     assert _sweep(grid, out) == 0
     err = capsys.readouterr().err
     assert "5 damaged or incomplete record(s) removed" in err
-    assert "5 ok, 0 failed, 1 already done" in err
+    assert "5 ok, 0 failed, 0 crashed, 0 lost, 1 already done" in err
     assert read_csv(out / "histories.csv") == full
     assert len(read_csv(out / "runs.csv")) == 6
 
@@ -423,7 +475,7 @@ def test_bad_or_unreachable_scheduler_is_one_line(tmp_path, capsys):
     grid.write_text(crash_grid(1))
     for address in ("notaurl", "tcp://127.0.0.1:9"):
         rc = main(["sweep", str(grid), "--out", str(tmp_path / "out"), "--executor", "dask",
-                   "--scheduler", address, "--connect-timeout", "2", "--no-progress"])
+                   "--scheduler", address, "--connect-timeout", "2", "--format", "csv"])
         assert rc == 1
         line = one_line(capsys.readouterr().err.split("\n", 1)[1])
         assert f"--scheduler '{address}': cannot connect within 2 s" in line
@@ -456,7 +508,7 @@ def test_full_disk_stops_with_one_line_and_keeps_every_finished_run(tmp_path, ca
     monkeypatch.setattr(Store, "write", real_write)
     monkeypatch.setattr(Store, "write_tables", real_tables)
     assert _sweep(grid, out) == 0
-    assert "3 ok, 0 failed, 3 already done" in capsys.readouterr().err
+    assert "3 ok, 0 failed, 0 crashed, 0 lost, 3 already done" in capsys.readouterr().err
 
 
 def test_status_reads_without_touching(tmp_path, capsys):
@@ -481,7 +533,7 @@ def test_ctrl_c_stops_the_sweep_keeps_what_finished_and_its_workers(tmp_path):
     grid.write_text(crash_grid(40, sleep=0.2))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "deqbench.cli", "sweep", str(grid), "--out",
-                             str(out), "--workers", "2", "--no-progress"], env=ENV,
+                             str(out), "--workers", "2", "--format", "csv"], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     kids: set[int] = set()
     try:

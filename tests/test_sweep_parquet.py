@@ -1,4 +1,4 @@
-"""The Parquet store (``--format parquet``): same runs as the CSV store, batches, resume."""
+"""The Parquet store (the default format): same runs as the CSV store, batches, resume."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ def same_values(parquet_row: dict, csv_row: dict) -> bool:
 
 def test_parquet_store_holds_the_csv_store_rows(tmp_path):
     g = parse_grid(GRID)
-    run_sweep(g, tmp_path / "csv", executor="serial", progress=False)
-    res = run_sweep(g, tmp_path / "pq", executor="serial", progress=False, format="parquet")
+    run_sweep(g, tmp_path / "csv", executor="serial", progress=False, format="csv")
+    res = run_sweep(g, tmp_path / "pq", executor="serial", progress=False)  # the default
     assert (res.ok, res.failed, res.format) == (6, 6, "parquet")
     got = rows_of(tmp_path / "pq" / "runs.parquet")
     want = {r["run_id"]: r for r in read_csv(tmp_path / "csv" / "runs.csv")}

@@ -12,20 +12,20 @@ A sweep is the Cartesian product of the lists in a TOML grid file (see
 * is executed by a *run function* ``fn(params, seed_sequence) -> dict`` in a
   worker (local process pool, or Dask), with numba and BLAS pinned to one
   thread per worker;
-* is written to disk as soon as it finishes, atomically (temporary file, then
-  ``os.replace``): ``DIR/runs/<run_id>.json`` and ``DIR/histories/<run_id>.csv``
-  are the per-run records; ``DIR/runs.csv`` (one row per run) and
-  ``DIR/histories.csv`` (long table: one row per run and recorded step) are
-  consolidated from them. A killed sweep leaves only complete files, and
-  re-running it skips every run that has an intact record. With
-  ``format="parquet"`` runs are committed in batches of Parquet parts and
-  compacted into ``DIR/runs.parquet`` and ``DIR/histories.parquet``
-  (:mod:`.parquet`).
+* is stored atomically (temporary file, then ``os.replace``), in one of two
+  formats. ``parquet`` (the default, :mod:`.parquet`): finished runs are
+  committed in batches of Parquet parts, compacted at the end into
+  ``DIR/runs.parquet`` (one row per run) and ``DIR/histories.parquet`` (long
+  table: one row per run and recorded step). ``csv`` (:mod:`.store`):
+  ``DIR/runs/<run_id>.json`` and ``DIR/histories/<run_id>.csv`` per run,
+  consolidated into ``DIR/runs.csv`` and ``DIR/histories.csv``. A killed
+  sweep leaves only complete files, and re-running it skips every run that
+  has an intact record.
 
 A run function that raises, or reports a non-``ok`` status, is recorded with
-its status and error message; a run whose worker process dies is started
-again (``retries``), then recorded ``crashed``; a run past the grid's
-``timeout`` is recorded ``timeout``; the sweep goes on.
+its status and error message; a run whose worker process dies is stored
+``lost`` and started again (``retries``), then recorded ``crashed``; a run
+past the grid's ``timeout`` is recorded ``timeout``; the sweep goes on.
 
 Modules: :mod:`.grid` (grid files, lazy runs, hashes), :mod:`.run_functions`
 (``train``, ``gd``), :mod:`.store` (the directory: lock, records, tables),
@@ -40,6 +40,7 @@ from .runner import Progress, SweepResult, run_sweep
 from .store import (
     FAILED,
     HIST_CSV,
+    LOST,
     RUNS_CSV,
     Store,
     SweepError,
@@ -53,6 +54,7 @@ __all__ = [
     "EXECUTORS",
     "FAILED",
     "HIST_CSV",
+    "LOST",
     "PIN_ENV",
     "RUNS_CSV",
     "TRAIN_PARAMS",

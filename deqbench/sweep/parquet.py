@@ -1,4 +1,4 @@
-"""The columnar store: runs and histories in Parquet (``--format parquet``; needs pyarrow).
+"""The columnar store, the default: runs and histories in Parquet (pyarrow, imported lazily).
 
 While a sweep runs, finished runs are buffered and committed in batches: every
 flush writes one history part and then one runs part
@@ -38,8 +38,8 @@ def _pa():
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
     except ImportError:
-        raise SweepError("--format parquet needs pyarrow: pip install 'deqbench[parquet]' "
-                         "(or use --format csv)") from None
+        raise SweepError("the Parquet store needs pyarrow, a dependency of deqbench: "
+                         "pip install pyarrow (or use --format csv)") from None
     return pa, pc, pq
 
 
@@ -156,8 +156,9 @@ class ParquetStore(Store):
         return tables
 
     def records(self) -> dict[str, dict]:
-        """The latest stored row of every run: ``run_id, status, index, _seq`` (read once)."""
-        cols = ["run_id", "status", "index", "_seq"]
+        """The latest stored row of every run: ``run_id, status, index, attempts, _seq``
+        (read once)."""
+        cols = ["run_id", "status", "index", "attempts", "_seq"]
         tables = self._runs_tables(cols)
         if not tables:
             return {}

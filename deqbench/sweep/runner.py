@@ -2,16 +2,16 @@
 
 See :func:`run_sweep`. The directory is locked for the whole sweep; its grid
 hash must match the grid's (unless ``force``); stored records are read once,
-at the start; lost runs (a dead worker) are retried up to ``retries`` times,
-then stored as ``crashed``; finished runs are appended to ``runs.csv`` in
-batches, and the tables are consolidated when the sweep ends (normally,
-by an error, or by Ctrl-C).
+at the start; a run lost to a dead worker is stored ``lost`` while it waits
+to start again, up to ``retries`` times, then stored ``crashed``; finished
+runs are committed in batches (one flush every ``table_interval`` seconds),
+and the tables are consolidated when the sweep ends (normally, by an error,
+or by Ctrl-C).
 """
 
 from __future__ import annotations
 
 import collections
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -21,91 +21,80 @@ from pathlib import Path
 from .._platform import versions
 from .executors import EXECUTORS, Feed, failure_record, iter_runs
 from .grid import Grid
-from .store import FAILED, Store, SweepError, stored_format
+from .store import FAILED, LOST, Store, SweepError, stored_format
 
 FORMATS = ("csv", "parquet")
 
 __all__ = ["Progress", "SweepResult", "run_sweep"]
 
 
-def _hms(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "--:--"
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
 class Progress:
-    """A one-line progress bar on stderr: done, failed, remaining, elapsed, ETA.
+    """The progress bar of a sweep on stderr (tqdm): runs stored out of the grid's, with
+    ok, failed and lost counts, rate and ETA.
 
-    On a terminal the line is redrawn in place; otherwise a line is printed at
-    most every ``interval`` seconds and at the end.
+    Drawn only when ``stream`` is a terminal (tqdm's ``disable=None``): a log
+    file or a pipe gets no bar, only the messages of :meth:`write`.
     """
 
-    def __init__(self, total: int, skipped: int = 0, *, stream=None, enabled: bool = True,
-                 interval: float = 5.0, width: int = 24):
+    def __init__(self, total: int, skipped: int = 0, *, stream=None, enabled: bool = True):
+        from tqdm import tqdm
+
         self.total, self.skipped = total, skipped
-        self.done = self.failed = 0
+        self.ok = self.failed = self.lost = 0
         self.stream = sys.stderr if stream is None else stream
-        self.enabled = enabled
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval, self.width = interval, width
-        self.t0 = time.monotonic()
-        self._last = -math.inf
+        self._bar = tqdm(total=total, initial=skipped, file=self.stream, unit="run",
+                         disable=None if enabled else True, dynamic_ncols=True,
+                         mininterval=0.5, smoothing=0.05)
+        #: whether a bar is drawn (enabled, on a terminal)
+        self.shown = not self._bar.disable
+        self._postfix()
 
-    def line(self) -> str:
-        finished = self.done + self.failed
-        todo = self.total - self.skipped
-        left = todo - finished
-        elapsed = time.monotonic() - self.t0
-        eta = elapsed / finished * left if finished else math.nan
-        frac = (self.skipped + finished) / self.total if self.total else 1.0
-        fill = int(round(frac * self.width))
-        bar = "#" * fill + "-" * (self.width - fill)
-        skip = f" ({self.skipped} skipped)" if self.skipped else ""
-        return (f"[{bar}] {self.skipped + finished}/{self.total}{skip} "
-                f"ok {self.done} failed {self.failed} left {left} "
-                f"elapsed {_hms(elapsed)} ETA {_hms(eta)}")
+    def _postfix(self) -> None:
+        if self.shown:
+            lost = f" lost {self.lost}" if self.lost else ""
+            self._bar.set_postfix_str(f"ok {self.ok} failed {self.failed}{lost}", refresh=False)
 
-    def update(self, failed: bool, *, force: bool = False) -> None:
+    def skip(self, n: int = 1) -> None:
+        """``n`` runs found stored once the sweep had started (a reordered grid)."""
+        self.skipped += n
+        self._bar.update(n)
+
+    def update(self, failed: bool) -> None:
+        """One run stored, failed or not."""
         if failed:
             self.failed += 1
         else:
-            self.done += 1
-        self.draw(force=force)
+            self.ok += 1
+        self._postfix()
+        self._bar.update(1)
 
-    def draw(self, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if self.tty:
-            self.stream.write("\r" + self.line())
-        elif force or now - self._last >= self.interval:
-            self.stream.write(self.line() + "\n")
+    def lose(self) -> None:
+        """One run lost to a dead worker (it runs again, or is stored ``crashed``)."""
+        self.lost += 1
+        self._postfix()
+        self._bar.refresh()
+
+    def write(self, message: str) -> None:
+        """A message line on the stream, above the bar when there is one."""
+        if self.shown:
+            self._bar.write(message, file=self.stream)
         else:
-            return
-        self._last = now
-        self.stream.flush()
+            print(message, file=self.stream, flush=True)
 
     def close(self) -> None:
-        if not self.enabled:
-            return
-        if self.tty:
-            self.stream.write("\r" + self.line() + "\n")
-        else:
-            self.stream.write(self.line() + "\n")
-        self.stream.flush()
+        self._bar.close()
 
 
 @dataclass
 class SweepResult:
     """Counts of a finished (or interrupted) sweep.
 
-    ``failed`` includes runs stored as ``crashed`` (their worker died
-    ``retries + 1`` times) and ``timeout``; ``retried`` counts runs lost to a
-    dead worker and started again; ``lost`` counts runs left without a record.
+    ``ok`` and ``failed`` count the runs this call stored whose run function
+    returned (``failed``: a failure status such as ``error``, ``diverged`` or
+    ``timeout``); ``crashed`` the runs whose worker died ``retries + 1``
+    times; ``lost`` the runs left without a result (never started, or stored
+    ``lost`` with a restart pending: the next resume runs them); ``retried``
+    how often a run was started again after its worker died.
     """
 
     out: Path
@@ -117,11 +106,18 @@ class SweepResult:
     elapsed_s: float
     retried: int = 0
     damaged: int = 0
-    format: str = "csv"
+    format: str = "parquet"
+    crashed: int = 0
 
     @property
     def complete(self) -> bool:
         return self.lost == 0
+
+    def summary(self) -> str:
+        """One line: ok, failed, crashed, lost and skipped counts, and the time taken."""
+        retried = f", {self.retried} restarted after a worker died" if self.retried else ""
+        return (f"{self.ok} ok, {self.failed} failed, {self.crashed} crashed, {self.lost} lost, "
+                f"{self.skipped} already done{retried} in {self.elapsed_s:.1f} s")
 
 
 def _check_run_fn(run_fn, executor: str) -> None:
@@ -198,8 +194,8 @@ def run_sweep(
         (csv) or committed as one Parquet part (parquet; a SIGKILL loses at
         most this much work); the tables are consolidated at the end.
     retries : int
-        How often a run lost to a dead worker is started again before it is
-        stored as ``crashed``.
+        How often a run lost to a dead worker (stored ``lost`` meanwhile) is
+        started again before it is stored as ``crashed``.
     force : bool
         Accept a directory that holds the runs of a different grid (the tables
         then hold both).
@@ -208,7 +204,7 @@ def run_sweep(
     format : {"csv", "parquet"}, optional
         The store: per-run JSON/CSV files consolidated into ``runs.csv`` and
         ``histories.csv``, or Parquet parts compacted into ``runs.parquet`` and
-        ``histories.parquet`` (needs pyarrow). Default: the directory's, else csv.
+        ``histories.parquet``. Default: the directory's, else parquet.
 
     Raises
     ------
@@ -246,7 +242,7 @@ def _open_store(out: Path, format: str | None) -> Store:
     if format is not None and had is not None and format != had:
         raise SweepError(f"{out}: holds a {had} store, not {format}; use --format {had} or "
                          "another --out")
-    if (format or had) == "parquet":
+    if (format or had or "parquet") == "parquet":
         from .parquet import ParquetStore
 
         return ParquetStore(out)
@@ -259,7 +255,8 @@ def _run(grid, store, *, executor, workers, scheduler, progress, retry_failed, r
     specs = grid.specs
 
     def done(rec) -> bool:
-        return not (retry_failed and rec.get("status") in FAILED)
+        status = rec.get("status")
+        return status != LOST and not (retry_failed and status in FAILED)
 
     counted = set()  # stored runs of this grid found by their index: known before starting
     for rid, rec in records.items():
@@ -267,10 +264,14 @@ def _run(grid, store, *, executor, workers, scheduler, progress, retry_failed, r
         if isinstance(i, int) and 0 <= i < len(specs) and done(rec) \
                 and specs[i].run_id == rid:
             counted.add(rid)
+    # a run stored lost (its worker died, then the sweep stopped) keeps its count of attempts
+    attempts = collections.Counter({rid: int(rec.get("attempts") or 0)
+                                    for rid, rec in records.items()
+                                    if rec.get("status") == LOST})
     bar = Progress(len(grid), len(counted), stream=stream, enabled=progress)
     if store.damaged:
-        print(f"{len(store.damaged)} damaged or incomplete record(s) removed; those runs run "
-              "again", file=bar.stream)
+        bar.write(f"{len(store.damaged)} damaged or incomplete record(s) removed; those runs "
+                  "run again")
     skipped = 0
 
     def todo():
@@ -280,37 +281,43 @@ def _run(grid, store, *, executor, workers, scheduler, progress, retry_failed, r
             if rec is not None and done(rec):
                 skipped += 1
                 if spec.run_id not in counted:  # stored at another index (reordered grid)
-                    bar.skipped += 1
+                    bar.skip()
             else:
                 yield spec
 
     feed = Feed(todo())
     t0 = time.monotonic()
-    ok = failed = retried = 0
-    attempts: collections.Counter = collections.Counter()
+    ok = failed = crashed = retried = 0
     last_flush = time.monotonic()
     stop: SweepError | None = None
-    bar.draw(force=True)
     events = iter_runs(feed, executor, workers=workers, scheduler=scheduler, run_fn=run_fn,
                        timeout=grid.timeout, connect_timeout=connect_timeout)
     try:
         for spec, rec, reason in events:
             rid = spec.run_id
-            if rec is None:
+            if rec is None:  # its worker died
                 attempts[rid] += 1
                 if attempts[rid] <= retries:
                     retried += 1
-                    print(f"\nrun {rid} lost ({reason}); starting it again "
-                          f"({attempts[rid]}/{retries})", file=bar.stream)
+                    rec = failure_record(spec, LOST, f"{reason}; starting it again "
+                                         f"({attempts[rid]}/{retries})")
+                    rec["attempts"] = attempts[rid]
+                    records[rid] = store.write(rec)
+                    store.flush()  # seen by --status now, and kept if this process dies
+                    last_flush = time.monotonic()
+                    bar.lose()
+                    bar.write(f"run {rid} lost ({reason}); starting it again "
+                              f"({attempts[rid]}/{retries})")
                     feed.again(spec)
                     continue
                 rec = failure_record(spec, "crashed", f"{reason}, {attempts[rid]} times")
             rec["attempts"] = attempts[rid] + (rec["status"] != "crashed")
             records[rid] = slim = store.write(rec)
-            bad = slim["status"] in FAILED
-            failed += bad
-            ok += not bad
-            bar.update(bad)
+            status = slim["status"]
+            crashed += status == "crashed"
+            failed += status in FAILED and status != "crashed"
+            ok += status not in FAILED
+            bar.update(status in FAILED)
             if time.monotonic() - last_flush >= table_interval:
                 store.flush()
                 last_flush = time.monotonic()
@@ -330,6 +337,7 @@ def _run(grid, store, *, executor, workers, scheduler, progress, retry_failed, r
         bar.close()
     if stop is not None:
         raise stop
-    lost = len(grid) - skipped - ok - failed
+    lost = len(grid) - skipped - ok - failed - crashed
     return SweepResult(store.out, len(grid), skipped, ok, failed, lost,
-                       time.monotonic() - t0, retried, len(store.damaged), store.format)
+                       time.monotonic() - t0, retried, len(store.damaged), store.format,
+                       crashed)

@@ -22,8 +22,8 @@ import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["SweepError", "Store", "atomic_write", "read_csv", "stored_format", "sweep_status",
-           "to_csv"]
+__all__ = ["FAILED", "LOST", "SweepError", "Store", "atomic_write", "read_csv", "stored_format",
+           "sweep_status", "to_csv"]
 
 RUNS_DIR = "runs"
 HIST_DIR = "histories"
@@ -34,7 +34,10 @@ HIST_PQ = "histories.parquet"
 META = "sweep.json"
 LOCK = ".lock"
 #: Statuses that ``--retry-failed`` re-runs.
-FAILED = ("error", "diverged", "fixed_point_failed", "lost", "crashed", "timeout")
+FAILED = ("error", "diverged", "fixed_point_failed", "crashed", "timeout")
+#: The status of a run lost to a dead worker while it waits to run again (not a result:
+#: a resume runs it again, counting its attempts on).
+LOST = "lost"
 #: Columns of ``runs.csv`` before the parameters, and after the metrics.
 HEAD = ("run_id", "status", "error", "replicate", "seed")
 TAIL = ("time_s", "n_warnings", "warning", "host", "pid", "finished_at", "attempts")
@@ -404,9 +407,11 @@ def sweep_status(out) -> dict:
     """What a sweep directory holds, read without writing or locking anything.
 
     Returns ``name``, ``runs`` (the grid's size, from ``sweep.json``; None if
-    unknown), ``done`` (stored records), ``by_status`` (counts), ``damaged``
-    (records that would be re-run), ``remaining`` and ``holder`` (who holds
-    the lock now: ``"pid P on host H"``, or None).
+    unknown), ``done`` (runs stored with a result), ``lost`` (runs stored
+    ``lost``: their worker died and a restart is pending; counted in
+    ``remaining``), ``by_status`` (counts), ``damaged`` (records that would be
+    re-run), ``remaining`` and ``holder`` (who holds the lock now:
+    ``"pid P on host H"``, or None).
     """
     import fcntl
 
@@ -426,7 +431,8 @@ def sweep_status(out) -> dict:
             damaged += 1
             continue
         by_status[rec["status"]] = by_status.get(rec["status"], 0) + 1
-    done = sum(by_status.values())
+    lost = by_status.get(LOST, 0)
+    done = sum(by_status.values()) - lost
     holder = None
     lock = out / LOCK
     if lock.exists():
@@ -439,6 +445,6 @@ def sweep_status(out) -> dict:
         finally:
             os.close(fd)
     total = meta.get("runs")
-    return {"name": meta.get("name"), "runs": total, "done": done, "by_status": by_status,
-            "damaged": damaged, "remaining": None if total is None else max(total - done, 0),
-            "holder": holder}
+    return {"name": meta.get("name"), "runs": total, "done": done, "lost": lost,
+            "by_status": by_status, "damaged": damaged,
+            "remaining": None if total is None else max(total - done, 0), "holder": holder}
