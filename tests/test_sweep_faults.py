@@ -191,6 +191,20 @@ def test_timeout_kills_a_hanging_run_and_the_sweep_goes_on(tmp_path):
         parse_grid(crash_grid(1, timeout=-1))
 
 
+def test_timeout_on_dask_kills_a_hanging_run(tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    monkeypatch.setenv("PYTHONPATH", ENV["PYTHONPATH"])  # workers import sweep_helpers
+    g = parse_grid(crash_grid(2, hang=(False, True), timeout=2.0))
+    res = run_sweep(g, tmp_path, executor="dask", workers=2, progress=False)
+    # before: the hanging runs held their Dask workers for a minute and were stored ok
+    assert (res.ok, res.failed, res.lost) == (2, 2, 0)
+    rows = pytest.importorskip("pyarrow.parquet").read_table(
+        tmp_path / "runs.parquet").to_pylist()
+    hung = [r for r in rows if r["hang"]]
+    assert len(hung) == 2 and {r["status"] for r in hung} == {"timeout"}
+    assert all("timeout of 2 s" in r["error"] for r in hung)
+
+
 def test_local_pool_holds_one_run_per_worker():
     pulled = []
 
@@ -205,6 +219,39 @@ def test_local_pool_holds_one_run_per_worker():
         assert len(pulled) <= 3  # not 20: one run per worker, and one waiting
     finally:
         events.close()
+
+
+def test_feed_sizes_batches_from_the_cost_of_a_run():
+    feed = Feed(range(1000), target_s=0.2, max_batch=64)
+    assert feed.take() == [0]  # no run measured yet
+    feed.observe(0.01)
+    assert feed.take() == list(range(1, 21))  # 20 runs of 10 ms
+    feed.observe(0.01 + 10 * 0.5)  # moving average 0.51 s: one run per task
+    assert len(feed.take()) == 1
+    feed.mean_s = 0.0
+    assert len(feed.take()) == 64  # bounded
+    feed.again("restart")
+    assert feed.take() == ["restart"]  # alone, before new runs
+
+
+def test_a_dead_worker_costs_one_run_of_its_batch_and_a_timeout_one():
+    g = parse_grid(crash_grid(4, crash=(False, True), hang=(False, True)))
+    by = {(s.params["a"], s.params["crash"], s.params["hang"]): s for s in g.specs}
+    # in one batch: two plain runs, a run that kills its worker, a plain run, a run that
+    # hangs, a plain run
+    specs = [by[0, False, False], by[1, False, False], by[0, True, False],
+             by[2, False, False], by[0, False, True], by[3, False, False]]
+    kinds = ["ok", "ok", "crash", "ok", "hang", "ok"]
+    feed = Feed(specs)
+    feed.observe(0.001)  # short runs: one batch holds them all
+    events = list(iter_local(feed, 1, timeout=2.0))
+    got = {s.run_id: (rec["status"] if rec else "lost", rec and rec["pid"])
+           for s, rec, _ in events}
+    assert len(events) == len(got) == 6  # each run once
+    assert [got[s.run_id][0] for s in specs] == [
+        {"ok": "ok", "crash": "lost", "hang": "timeout"}[k] for k in kinds]
+    pids = [got[s.run_id][1] for s in specs]
+    assert pids[0] == pids[1] and pids[3] not in (pids[0], None)  # batch, then a new worker
 
 
 # ---------------------------------------------------------------------------

@@ -1,22 +1,31 @@
 """Where runs execute: in this process, a local pool of worker processes, or Dask.
 
 Every executor pulls runs from a :class:`Feed` only when it has room (a bounded
-number in flight) and yields one event per finished run: ``(spec, record,
-None)``, or ``(spec, None, reason)`` when the run was *lost* (its worker
-process died, or Dask gave up on it). The runner decides what to do with a
-lost run (retry, or record it ``crashed``).
+number in flight), in batches sized from the measured cost of a run (several
+short runs per task, about 0.2 s of work), and yields one event per finished
+run: ``(spec, record, None)``, or ``(spec, None, reason)`` when the run was
+*lost* (its worker process died, or Dask gave up on it). The runner decides
+what to do with a lost run (retry, or record it ``crashed``). A worker's
+death never costs more than its batch: the local pool learns each run's
+record as it finishes, so only the run that was running is lost and the
+unstarted rest goes back to the feed; a lost Dask batch goes back one run per
+task.
 
 The local pool is built here rather than on ``concurrent.futures``: a
 ``ProcessPoolExecutor`` breaks for good when one worker dies, while this pool
 replaces the dead worker, reports only the run it held, and kills a run that
-exceeds its ``timeout``. Workers die with their parent (``PR_SET_PDEATHSIG``
-on Linux, and a thread that watches the parent pid everywhere).
+exceeds its ``timeout`` (on Dask, a grid with a ``timeout`` runs each task's
+batch in such a pool of one process). Workers die with their parent
+(``PR_SET_PDEATHSIG`` on Linux, and a thread that watches the parent pid
+everywhere).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
+import math
 import os
 import signal
 import socket
@@ -34,7 +43,8 @@ from .._platform import default_workers, versions
 from .grid import RunSpec, resolve_run
 from .store import SweepError
 
-__all__ = ["Feed", "execute", "iter_dask", "iter_local", "iter_serial", "pin_threads"]
+__all__ = ["Feed", "execute", "execute_batch", "iter_dask", "iter_local", "iter_serial",
+           "pin_threads"]
 
 EXECUTORS = ("local", "dask", "serial")
 PIN_ENV = {
@@ -161,18 +171,46 @@ def _history_lists(history: Mapping) -> dict:
 
 
 class Feed:
-    """The runs still to start: retries first, then the (lazy) runs of the grid."""
+    """The runs still to start, in batches (several short runs per task).
 
-    def __init__(self, specs):
+    Runs handed back by :meth:`again` (a restart, or the unstarted runs of a
+    batch whose worker died) come first, one per batch; then the (lazy) runs
+    of the grid, as many per batch as make about ``target_s`` seconds of work
+    at the mean time of the runs finished so far (:meth:`observe`): one
+    before any has finished, at most ``max_batch``.
+    """
+
+    def __init__(self, specs, *, target_s: float = 0.2, max_batch: int = 64):
         self._specs = iter(specs)
         self._again: collections.deque = collections.deque()
+        self.target_s, self.max_batch = target_s, max_batch
+        self.mean_s: float | None = None  # moving average of a run's time
 
     def again(self, spec: RunSpec) -> None:
-        """Start ``spec`` again before any new run."""
+        """Start ``spec`` again (on its own) before any new run."""
         self._again.append(spec)
 
+    def observe(self, time_s: float) -> None:
+        """A run took ``time_s`` seconds (an exponential moving average, weight 0.1:
+        the first runs' compilation fades out)."""
+        t = max(float(time_s), 0.0)
+        self.mean_s = t if self.mean_s is None else 0.9 * self.mean_s + 0.1 * t
+
+    def batch_size(self) -> int:
+        if self.mean_s is None:
+            return 1
+        if self.mean_s * self.max_batch <= self.target_s:
+            return self.max_batch
+        return max(1, min(self.max_batch, math.ceil(self.target_s / self.mean_s)))
+
+    def take(self) -> list[RunSpec]:
+        """The next batch to start; ``[]`` when there is none now (a restart may come later)."""
+        if self._again:
+            return [self._again.popleft()]
+        return list(itertools.islice(self._specs, self.batch_size()))
+
     def next(self) -> RunSpec | None:
-        """The next run to start, or None when there is none now (a retry may come later)."""
+        """The next single run to start, or None when there is none now."""
         if self._again:
             return self._again.popleft()
         return next(self._specs, None)
@@ -237,19 +275,21 @@ def die_with_parent(parent: int) -> None:
 
 
 def _worker_main(conn, run_fn, parent: int) -> None:
-    """A local pool process: receive a spec, send back its record, until told to stop."""
+    """A local pool process: receive a batch of specs, send back each run's record as it
+    finishes, until told to stop."""
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     init_worker()
     conn.send(_READY)  # imports done: a run's timeout starts when it is handed over
     while True:
         try:
-            spec = conn.recv()
+            batch = conn.recv()
         except (EOFError, OSError):
             return
-        if spec is None:
+        if batch is None:
             return
-        conn.send(execute(spec, run_fn))
+        for spec in batch:
+            conn.send(execute(spec, run_fn))
 
 
 _READY = "ready"
@@ -264,16 +304,27 @@ class _Worker:
             self.proc.start()
         child.close()
         self.ready = False
-        self.spec: RunSpec | None = None
-        self.started = 0.0
+        self.specs: collections.deque = collections.deque()  # its batch, not yet reported
+        self.started = 0.0  # when the run now running (specs[0]) started
 
-    def give(self, spec: RunSpec) -> bool:
+    def give(self, batch: list[RunSpec]) -> bool:
         try:
-            self.conn.send(spec)
+            self.conn.send(batch)
         except OSError:  # died while idle
             return False
-        self.spec, self.started = spec, time.monotonic()
+        self.specs.extend(batch)
+        self.started = time.monotonic()
         return True
+
+    def receive(self) -> tuple[list, bool]:
+        """The records sent so far, and whether the pipe is closed (the process died)."""
+        got = []
+        try:
+            while len(got) < len(self.specs) and self.conn.poll():
+                got.append(self.conn.recv())
+        except (EOFError, OSError):
+            return got, True
+        return got, False
 
     def death(self) -> str:
         self.proc.join(timeout=5)
@@ -293,13 +344,14 @@ class _Worker:
 
 
 def iter_local(feed: Feed, workers: int, run_fn=None, timeout: float | None = None):
-    """Runs in ``workers`` spawned processes, one run per process at a time.
+    """Runs in ``workers`` spawned processes, one batch (:meth:`Feed.take`) per process
+    at a time; each run's record comes back as it finishes.
 
-    A worker that dies costs the run it held (yielded as lost) and is
-    replaced; a run past ``timeout`` seconds (counted from when a started
-    worker takes it) has its worker killed and is yielded with status
-    ``timeout``. At most one run beyond those in the workers is taken from
-    ``feed``.
+    A worker that dies costs the run it was running (yielded as lost; the
+    unstarted rest of its batch goes back to ``feed``) and is replaced; a run
+    past ``timeout`` seconds (counted from when a started worker begins it)
+    has its worker killed and is yielded with status ``timeout``. At most one
+    batch beyond those in the workers is taken from ``feed``.
     """
     import multiprocessing as mp
     from multiprocessing.connection import wait
@@ -317,65 +369,79 @@ def iter_local(feed: Feed, workers: int, run_fn=None, timeout: float | None = No
         pool[i].kill()
         pool[i] = _Worker(ctx, run_fn)
 
+    def replace(i: int) -> RunSpec:
+        """Kill worker ``i`` and start another; its running run, the rest back to ``feed``."""
+        w = pool[i]
+        w.kill()
+        pool[i] = _Worker(ctx, run_fn)
+        spec = w.specs.popleft()
+        for rest in w.specs:
+            feed.again(rest)
+        return spec
+
     try:
         pool = [_Worker(ctx, run_fn) for _ in range(workers)]
-        pending = None
+        pending: list[RunSpec] = []
         while True:
-            if pending is None:
-                pending = feed.next()
-            for i, w in enumerate(pool):  # hand runs to started, idle workers
-                if pending is None:
+            if not pending:
+                pending = feed.take()
+            for i, w in enumerate(pool):  # hand batches to started, idle workers
+                if not pending:
                     break
-                if w.ready and w.spec is None:
+                if w.ready and not w.specs:
                     if w.give(pending):
-                        pending = feed.next()
-                    else:  # died while idle: not the run's fault
+                        pending = feed.take()
+                    else:  # died while idle: not the runs' fault
                         replace_early(i)
-            if pending is None and all(w.spec is None for w in pool):
+            if not pending and all(not w.specs for w in pool):
                 return
-            watch = [w for w in pool if w.spec is not None or not w.ready]
+            watch = [w for w in pool if w.specs or not w.ready]
             wait_s = None
-            if timeout is not None and any(w.spec is not None for w in watch):
+            if timeout is not None and any(w.specs for w in watch):
                 now = time.monotonic()
-                wait_s = max(0.0, min(w.started + timeout - now for w in watch
-                                      if w.spec is not None))
+                wait_s = max(0.0, min(w.started + timeout - now for w in watch if w.specs))
             ready = wait([x for w in watch for x in (w.conn, w.proc.sentinel)], timeout=wait_s)
             for i, w in enumerate(pool):
-                if w.spec is None and w.ready:
-                    continue
-                msg = None
-                if w.conn in ready or w.proc.sentinel in ready:
-                    with contextlib.suppress(EOFError, OSError):
-                        if w.conn.poll():
-                            msg = w.conn.recv()
                 if not w.ready:  # starting up
-                    if msg == _READY:
-                        w.ready = True
-                    elif w.proc.sentinel in ready or w.conn in ready:
-                        replace_early(i)
+                    if w.conn in ready or w.proc.sentinel in ready:
+                        msg = None
+                        with contextlib.suppress(EOFError, OSError):
+                            if w.conn.poll():
+                                msg = w.conn.recv()
+                        if msg == _READY:
+                            w.ready = True
+                        else:
+                            replace_early(i)
                     continue
-                spec = w.spec
-                if msg is not None:
-                    w.spec = None
-                    yield spec, msg, None
-                elif w.conn in ready or w.proc.sentinel in ready:
+                if not w.specs:
+                    continue
+                exited = w.proc.sentinel in ready
+                # (the records a worker sent before it died are still in the pipe)
+                got, closed = w.receive() if exited or w.conn in ready else ([], False)
+                for rec in got:
+                    spec = w.specs.popleft()
+                    w.started = time.monotonic()
+                    feed.observe(rec.get("time_s", 0.0))
+                    yield spec, rec, None
+                if w.specs and (closed or exited):
                     reason = w.death()
+                    yield replace(i), None, reason
+                elif exited:  # died with nothing left to run
                     w.kill()
                     pool[i] = _Worker(ctx, run_fn)
-                    yield spec, None, reason
-                elif timeout is not None and time.monotonic() - w.started >= timeout:
-                    w.kill()
-                    pool[i] = _Worker(ctx, run_fn)
+                elif w.specs and timeout is not None and \
+                        (elapsed := time.monotonic() - w.started) >= timeout:
+                    spec = replace(i)
                     yield spec, failure_record(
                         spec, "timeout", f"killed after the grid's timeout of {timeout:g} s",
-                        time_s=time.monotonic() - w.started), None
+                        time_s=elapsed), None
     finally:
         for w in pool:
             with contextlib.suppress(OSError):
-                if w.spec is None and w.proc.is_alive():
+                if not w.specs and w.proc.is_alive():
                     w.conn.send(None)
         for w in pool:
-            w.proc.join(timeout=1 if w.spec is None else 0)
+            w.proc.join(timeout=1 if not w.specs else 0)
             w.kill()
 
 
@@ -384,9 +450,12 @@ def iter_local(feed: Feed, workers: int, run_fn=None, timeout: float | None = No
 # ---------------------------------------------------------------------------
 
 
-def connect_dask(workers: int | None, scheduler: str | None, connect_timeout: float = 10.0):
+def connect_dask(workers: int | None, scheduler: str | None, connect_timeout: float = 10.0,
+                 isolate: bool = False):
     """A ``distributed.Client``: to ``scheduler``, or to a new local cluster of
-    ``workers`` single-threaded processes. Checks package versions on every worker."""
+    ``workers`` single-threaded processes. Checks package versions on every worker, and
+    with ``isolate`` (runs in child processes: a grid's ``timeout``) that every worker
+    may start processes."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -400,11 +469,18 @@ def connect_dask(workers: int | None, scheduler: str | None, connect_timeout: fl
             raise SweepError(f"--scheduler {scheduler!r}: cannot connect within "
                              f"{connect_timeout:g} s ({_one_line(exc, 160)})") from None
     else:
-        cluster = LocalCluster(n_workers=workers or default_workers(), threads_per_worker=1,
-                               processes=True, dashboard_address=None, env=dict(PIN_ENV))
+        import dask
+
+        # a daemonic worker process may not start the child processes of ``isolate``
+        with dask.config.set({"distributed.worker.daemon": not isolate}):
+            cluster = LocalCluster(n_workers=workers or default_workers(),
+                                   threads_per_worker=1, processes=True,
+                                   dashboard_address=None, env=dict(PIN_ENV))
         client = Client(cluster)
     try:
         check_versions(client, timeout=60 if not scheduler else max(connect_timeout, 10))
+        if isolate:
+            check_can_fork(client)
     except BaseException:
         close_dask(client)
         raise
@@ -416,6 +492,23 @@ def close_dask(client) -> None:
     client.close()
     if cluster is not None:
         cluster.close()
+
+
+def _daemonic() -> bool:
+    import multiprocessing as mp
+
+    return bool(mp.current_process().daemon)
+
+
+def check_can_fork(client) -> None:
+    """Raise SweepError naming the Dask workers that may not start processes (daemonic:
+    started by a nanny with the default ``distributed.worker.daemon: true``)."""
+    bad = sorted(w for w, daemonic in client.run(_daemonic).items() if daemonic)
+    if bad:
+        raise SweepError(
+            f"the grid's timeout runs each task in a child process, and Dask workers "
+            f"{', '.join(bad)} may not start one: start them with 'dask worker --no-nanny' "
+            "or the config distributed.worker.daemon: false, or drop the timeout")
 
 
 def check_versions(client, timeout: float = 60) -> None:
@@ -436,37 +529,67 @@ def check_versions(client, timeout: float = 60) -> None:
         raise SweepError("package versions differ on Dask workers: " + "; ".join(bad))
 
 
+def execute_batch(specs: list[RunSpec], run_fn=None, timeout: float | None = None) -> list:
+    """A Dask task: run ``specs``, return ``(record, None)`` or ``(None, reason)`` per run.
+
+    Without ``timeout`` the runs execute in the worker's thread. With it they
+    execute in a child process of the worker (:func:`iter_local`, one process,
+    started for this task), which is killed when a run exceeds ``timeout``
+    (the record says ``timeout``) and replaced when it dies (that run is lost,
+    the others go on).
+    """
+    if timeout is None:
+        return [(execute(spec, run_fn), None) for spec in specs]
+    out = {}
+    for spec, rec, reason in iter_local(Feed(specs), 1, run_fn, timeout):
+        out[spec.run_id] = (rec, reason)
+    return [out[spec.run_id] for spec in specs]
+
+
 def iter_dask(feed: Feed, workers: int | None, scheduler: str | None, run_fn=None,
-              connect_timeout: float = 10.0, in_flight: int | None = None):
-    """Runs on a Dask cluster, at most ``in_flight`` submitted at a time (default:
-    twice the cluster's threads). A run whose worker dies (``KilledWorker``) is lost."""
+              connect_timeout: float = 10.0, in_flight: int | None = None,
+              timeout: float | None = None):
+    """Runs on a Dask cluster in batches (:meth:`Feed.take`, one task each), at most
+    ``in_flight`` tasks submitted at a time (default: twice the cluster's threads).
+
+    A task whose worker dies (``KilledWorker`` and friends) costs its batch:
+    a batch of one run is yielded as lost; the runs of a larger batch go back
+    to ``feed`` one by one (which of them killed the worker is not known, so
+    none is counted as lost). ``timeout``: see :func:`execute_batch`.
+    """
     from distributed import as_completed
 
-    client = connect_dask(workers, scheduler, connect_timeout)
+    client = connect_dask(workers, scheduler, connect_timeout, isolate=timeout is not None)
     futs: dict = {}
-    attempt = collections.Counter()
+    tasks = itertools.count()
     try:
         limit = in_flight or max(2, 2 * sum(client.nthreads().values()))
         pending = as_completed()
 
         def submit():
-            while len(futs) < limit and (spec := feed.next()) is not None:
-                attempt[spec.run_id] += 1
-                f = client.submit(execute, spec, run_fn, pure=False,
-                                  key=f"deqbench-run-{spec.run_id}-{attempt[spec.run_id]}")
-                futs[f] = spec
+            while len(futs) < limit and (batch := feed.take()):
+                f = client.submit(execute_batch, batch, run_fn, timeout, pure=False,
+                                  key=f"deqbench-runs-{batch[0].run_id}-{next(tasks)}")
+                futs[f] = batch
                 pending.add(f)
 
         submit()
         while futs:
             fut = next(pending)
-            spec = futs.pop(fut)
+            batch = futs.pop(fut)
             try:
-                rec = fut.result()
+                results = fut.result()
             except Exception as exc:  # KilledWorker and friends: lost, not failed
-                yield spec, None, f"{type(exc).__name__}: {_one_line(exc, 200)}"
+                if len(batch) == 1:
+                    yield batch[0], None, f"{type(exc).__name__}: {_one_line(exc, 200)}"
+                else:
+                    for spec in batch:
+                        feed.again(spec)
             else:
-                yield spec, rec, None
+                for spec, (rec, reason) in zip(batch, results, strict=True):
+                    if rec is not None:
+                        feed.observe(rec.get("time_s", 0.0))
+                    yield spec, rec, reason
             fut.release()
             submit()
     finally:
@@ -482,4 +605,4 @@ def iter_runs(feed: Feed, executor: str, *, workers=None, scheduler=None, run_fn
         return iter_serial(feed, run_fn)
     if executor == "local":
         return iter_local(feed, workers or default_workers(), run_fn, timeout)
-    return iter_dask(feed, workers, scheduler, run_fn, connect_timeout)
+    return iter_dask(feed, workers, scheduler, run_fn, connect_timeout, timeout=timeout)

@@ -273,7 +273,7 @@ def load_grid(path) -> Grid:
         run = "train"        # "train" (default), "gd" or "package.module:function"
         seed = 0             # sweep seed (int >= 0), default 0
         replicates = 2       # seeds per grid point, default 1
-        timeout = 600        # optional: seconds a run may take (local executor)
+        timeout = 600        # optional: seconds a run may take (local and Dask)
 
         [fixed]              # parameters shared by every run
         model = "linear"
