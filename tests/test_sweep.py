@@ -289,6 +289,21 @@ def test_progress_bar_counts_and_is_silent_off_a_terminal():
             assert text == ""
 
 
+def test_csv_store_syncs_per_batch_not_per_run(tmp_path, monkeypatch):
+    from deqbench.sweep import store
+
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(store, "_syncfs", lambda fd: (calls.append("syncfs"), True)[1])
+    g = parse_grid(helper_grid(20))
+    res = run_sweep(g, tmp_path, executor="serial", progress=False, format="csv",
+                    table_interval=3600.0)
+    assert res.ok == 20 and len(read_csv(tmp_path / "runs.csv")) == 20
+    # sweep.json, one sync of the batch, runs.csv and histories.csv; before: 2 per run
+    assert calls == ["fsync", "syncfs", "fsync", "fsync"], calls
+
+
 def test_atomic_write_replaces(tmp_path):
     p = tmp_path / "x.csv"
     sweep.atomic_write(p, "a\n1\n")

@@ -4,9 +4,12 @@
 ``DIR/histories/<run_id>.csv`` are the per-run records; ``DIR/runs.csv`` (one
 row per run) and ``DIR/histories.csv`` (long table: one row per run and
 recorded step) are consolidated from them when a sweep ends; while it runs,
-rows are appended to ``runs.csv`` in batches. ``DIR/sweep.json`` describes the
-grid (with its hash); ``DIR/.lock`` is held (``flock``) by the one process
-that may write the directory and names its pid and host.
+rows are appended to ``runs.csv`` in batches. The per-run files replace their
+names atomically (a killed sweep leaves a run stored or not) and reach the disk
+in batches, one sync per flush (:meth:`Store.flush`). All tables are written
+with Python's ``csv`` module. ``DIR/sweep.json`` describes the grid (with its
+hash); ``DIR/.lock`` is held (``flock``) by the one process that may write
+the directory and names its pid and host.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import functools
 import io
 import json
 import os
@@ -53,11 +57,14 @@ class SweepError(RuntimeError):
 
 
 @contextlib.contextmanager
-def _atomic_open(path: Path):
+def _atomic_open(path: Path, sync: bool = True):
     """A text file that replaces ``path`` when the block ends without error.
 
     The temporary file carries this host's name, the pid and a random token, so
-    that no two writers ever share one; it is removed if the block fails.
+    that no two writers ever share one; it is removed if the block fails. The
+    replacement is atomic against a kill of this process in any case; with
+    ``sync`` the data is also on disk (``fsync``) before it replaces ``path``
+    (a power cut then leaves the old file or the new one, never a torn one).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}."
@@ -65,8 +72,9 @@ def _atomic_open(path: Path):
     try:
         with open(tmp, "w", newline="") as fh:
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):
@@ -200,6 +208,7 @@ class Store:
         self.stored = 0  # runs committed to disk by this process
         self._pending: list[dict] = []
         self._live_columns: list[str] | None = None
+        self._unsynced: list[Path] = []  # per-run files written since the last sync
 
     format = "csv"
 
@@ -253,6 +262,9 @@ class Store:
     def write(self, record: dict) -> dict:
         """Store one finished run (history first, then the record: the commit point).
 
+        Each file replaces its name atomically, so a kill of this process
+        leaves the run stored or not; the files reach the disk at the next
+        :meth:`flush` (one sync per batch, not two ``fsync`` per run).
         Returns the record without its history, as stored.
         """
         rid = record["run_id"]
@@ -260,27 +272,55 @@ class Store:
         if hist:
             cols = ["run_id", *hist]
             n = len(next(iter(hist.values())))
-            with _atomic_open(self.hist / f"{rid}.csv") as fh:
+            with _atomic_open(self.hist / f"{rid}.csv", sync=False) as fh:
                 _write_rows(fh, ({"run_id": rid, **{k: hist[k][i] for k in hist}}
                                  for i in range(n)), cols)
         else:
             (self.hist / f"{rid}.csv").unlink(missing_ok=True)
         slim = {k: v for k, v in record.items() if k != "history"}
         slim["history_rows"] = len(next(iter(hist.values()))) if hist else 0
-        atomic_write(self.runs / f"{rid}.json", json.dumps(slim, default=str))
+        with _atomic_open(self.runs / f"{rid}.json", sync=False) as fh:
+            fh.write(json.dumps(slim, default=str))
         self.stored += 1
+        self._unsynced += [self.hist / f"{rid}.csv", self.runs / f"{rid}.json"]
         self._pending.append(slim)
         return slim
 
     def flush(self) -> None:
-        """Called every few seconds while a sweep runs: append the new runs to ``runs.csv``."""
+        """Called every few seconds while a sweep runs: the runs written since the last
+        flush reach the disk, and are appended to ``runs.csv``."""
+        self.sync()
         batch, self._pending = self._pending, []
         self.append_runs(batch)
 
     def finish(self, records: Mapping[str, dict]) -> None:
         """Called when a sweep ends: consolidate the tables."""
+        self.sync()
         self._pending = []
         self.write_tables(records)
+
+    def sync(self) -> None:
+        """Put the per-run files written since the last call on disk: one ``syncfs`` of
+        the directory's file system (Linux), else an ``fsync`` of each of those files and
+        of their folders."""
+        if not self._unsynced:
+            return
+        paths, self._unsynced = self._unsynced, []
+        fd = os.open(self.out, os.O_RDONLY)
+        try:
+            if _syncfs(fd):
+                return
+        finally:
+            os.close(fd)
+        for p in paths:
+            with contextlib.suppress(FileNotFoundError), open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+        for d in self._dirs():
+            dfd = os.open(d, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
 
     def forget(self, run_id: str) -> None:
         (self.runs / f"{run_id}.json").unlink(missing_ok=True)
@@ -347,6 +387,23 @@ class Store:
                         where = [names.index(c) if c in names else None for c in cols]
                         w.writerows([row[i] if i is not None else "" for i in where]
                                     for row in reader)
+
+
+@functools.cache
+def _libc_syncfs():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+def _syncfs(fd: int) -> bool:
+    """``syncfs(fd)`` where the C library has it (Linux); False when it does not."""
+    syncfs = _libc_syncfs()
+    return syncfs is not None and syncfs(fd) == 0
 
 
 def _cut_partial_line(path: Path, block: int = 4096) -> None:
