@@ -398,3 +398,12 @@ def test_dask_local_cluster_gives_the_same_rows(tmp_path, monkeypatch):
     errs = [r["error"] for r in read_csv(tmp_path / "dask-fail" / "runs.csv")
             if r["status"] == "error"]
     assert len(errs) == 2 and all("boom" in e for e in errs)
+
+
+def test_bookkeeping_command_runs_once(capsys):
+    from benchmarks.sweep_bookkeeping import main
+
+    assert main(["--runs", "40", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "40 of 40 runs ok (parquet, 1 workers)" in out
+    assert "ms CPU per run" in out and "MiB" in out
