@@ -151,7 +151,8 @@ def step_ratios_ok(excess, L0, bounds) -> tuple[bool, float, int]:
     eps = np.finfo(float).eps
     e = np.asarray(excess, dtype=float)
     b = np.asarray(bounds, dtype=float)[: e.size - 1]
-    ratio = e[1:] / e[:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):  # zero excess: not judged below
+        ratio = e[1:] / e[:-1]
     judged = (e[:-1] > 1e6 * eps * L0) & (e[1:] > 1e6 * eps * L0)
     if not judged.any():
         return False, math.nan, 0
@@ -177,3 +178,26 @@ def safe_lr(model, X, Y, A0, B0, *, fraction, steps, **train_kw) -> tuple[float,
             break
         beta = new
     return fraction / beta, beta
+
+
+def sigma_min_lower(lambda_min_Q0: float, w_hat_norm: float, excess, l_min: float) -> np.ndarray:
+    """The lower bound of docs/theory.md §6 on ``sigma_min(I - A)`` from the history:
+    ``sqrt(lambda_min(Q_0) / (1 + (||W_hat|| + sqrt(2 (L - L*) / l_min))^2))``
+    (``||W - W_hat||^2 <= 2 (L - L*) / l_min`` for the squared loss)."""
+    w = w_hat_norm + np.sqrt(2.0 * np.maximum(np.asarray(excess, dtype=float), 0.0) / l_min)
+    return np.sqrt(lambda_min_Q0 / (1.0 + w**2))
+
+
+def envelope_ok(excess, t, mu: float, *, rtol: float = 1e-6) -> tuple[bool, float]:
+    """Whether ``excess(t) <= excess(0) exp(-mu t)`` (docs/theory.md §7) wherever the
+    envelope is above ``1e6 eps excess(0)`` (below, rounding decides), after ``t = 0``
+    (where the ratio is 1 by construction); a NaN fails.
+    Returns ``(ok, worst ratio excess / envelope)``."""
+    e = np.asarray(excess, dtype=float)
+    env = e[0] * np.exp(-mu * np.asarray(t, dtype=float))
+    judged = (env > 1e6 * np.finfo(float).eps * e[0]) & (np.asarray(t) > 0)  # 1 at t = 0
+    ratio = e[judged] / env[judged]
+    if not judged.any() or not np.all(np.isfinite(ratio)):
+        return False, math.nan
+    worst = float(np.max(ratio))
+    return worst <= 1.0 + rtol, worst

@@ -23,7 +23,7 @@ import numpy as np
 from .. import data, theory
 from .._flow import flow
 from .._training import train
-from ._common import fmt, pyplot, safe_lr
+from ._common import fmt, path_smoothness, pyplot, safe_lr, sigma_min_lower
 
 EPS = 1e-2  # I - A_0 = EPS V in the near-singular case
 
@@ -45,7 +45,7 @@ def run(ctx) -> None:
         "near-singular": (np.eye(m) - EPS * V,
                           EPS * rng.standard_normal((m, d)) / np.sqrt(d)),
     }
-    lrs = {}
+    lrs, lr_beta = {}, {}
     for scale_A, (A0, B0) in inits.items():
         lrs[scale_A] = lr if scale_A != "near-singular" else safe_lr(
             "linear", X, Y, A0, B0, fraction=0.5, steps=steps)[0]
@@ -55,14 +55,17 @@ def run(ctx) -> None:
                     spectral_every=1)
         h = res.history
         upper = np.sqrt(q_ev[-1] + np.maximum(h["drift_trace"], 0.0))
-        w_bound = w_hat + np.sqrt(2.0 * np.maximum(h["excess_loss"], 0.0) / lmin)
-        lower = np.sqrt(q_ev[0] / (1.0 + w_bound**2))
+        lower = sigma_min_lower(q_ev[0], w_hat, h["excess_loss"], lmin)
         WK = np.linalg.solve(np.eye(m) - res.A, res.B)
         lo_K, up_K = theory.conditioning_bounds(theory.invariant(res.A, res.B), WK)
         s = np.linalg.svd(np.eye(m) - res.A, compute_uv=False)
         ok = bool(np.all(h["sigma_max"] <= upper * (1 + 1e-12))
                   and np.all(h["sigma_min"] >= lower * (1 - 1e-12))
                   and lo_K <= s[-1] * (1 + 1e-12) and s[0] <= up_K * (1 + 1e-12))
+        # the bounds need no step-size condition (Q_k - Q_0 is PSD for any lr): lr beta
+        # is reported, not required
+        lr_beta[scale_A] = lrs[scale_A] * path_smoothness(
+            "linear", X, Y, A0, B0, lr=lrs[scale_A], steps=steps, points=2)
         out[scale_A] = (h, upper, lower, ok, (lo_K, s[-1], s[0], up_K), q_ev[0], res.status)
         ctx.record(f"conditioning scale_A={scale_A}",
                    {"model": "linear", "m": m, "d": d, "n": n, "lr": lrs[scale_A],
@@ -73,13 +76,15 @@ def run(ctx) -> None:
                             "min_lower_bound": float(np.min(lower)),
                             "max_sigma_max": float(np.max(h["sigma_max"])),
                             "max_upper_bound": float(np.max(upper)),
-                            "final_cond": float(s[0] / s[-1])},
+                            "final_cond": float(s[0] / s[-1]),
+                            "lr_beta": lr_beta[scale_A]},
                    history={"step": h["step"], "sigma_min": h["sigma_min"],
                             "sigma_max": h["sigma_max"], "lower_bound": lower,
                             "upper_bound": upper, "excess_loss": h["excess_loss"]})
     regular = [out[0.0], out[0.9]]
     ctx.check(f"sigma(I - A_k) within the invariant's bounds at every step (§6), linear "
-              f"m=d={m}, ||A_0|| = 0 and 0.9, lr = {lr}",
+              f"m=d={m}, ||A_0|| = 0 and 0.9, lr = {lr} (lr beta {fmt(lr_beta[0.0], 3)}, "
+              f"{fmt(lr_beta[0.9], 3)}; the bounds hold for any lr)",
               "lower_k <= sigma_min, sigma_max <= upper_k; min lower bound "
               + ", ".join(fmt(np.min(o[2])) for o in regular),
               "min sigma_min " + ", ".join(fmt(np.min(o[0]["sigma_min"])) for o in regular)
@@ -91,8 +96,7 @@ def run(ctx) -> None:
     q_ev = np.linalg.eigvalsh(theory.invariant(A0, B0))
     fr = flow("linear", X, Y, A0, B0, t_end=40.0, rtol=1e-9, atol=1e-12, spectral_every=1)
     hf = fr.history
-    w_f = w_hat + np.sqrt(2.0 * np.maximum(hf["excess_loss"], 0.0) / lmin)
-    lower_f = np.sqrt(q_ev[0] / (1.0 + w_f**2))
+    lower_f = sigma_min_lower(q_ev[0], w_hat, hf["excess_loss"], lmin)
     upper_f = np.sqrt(q_ev[-1]) * (1 + 1e-7)  # Q(t) = Q_0 up to the integration error
     ok_f = bool(np.all(hf["sigma_min"] >= lower_f * (1 - 1e-7))
                 and np.all(hf["sigma_max"] <= upper_f))
