@@ -15,6 +15,11 @@ Every value is phrased so that LOWER IS BETTER:
   for linear and single_index; the nonlinear model has no conservation law and
   its drift is reported, not judged).
 
+``Initialization``, ``Recovery`` and ``InexactGradients`` track the claims of
+E8-E10 of ``deqbench reproduce`` (docs/theory.md §9-§11) at the quick size: each value
+is a measured quantity over its bound (above 1: the prediction failed) or, for the
+inexact gradients, the measured first-order drift and rate (no bound).
+
 Each class trains once per parameter set in ``setup_cache`` and the tracks read
 the stored history.
 """
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import grid, problem, strict, theory, training
+from .common import Tracked, grid, problem, strict, theory, training
 
 #: case -> (model, activation, lr, steps); the first two are inside the theorem. The
 #: step sizes give lr beta ~ 0.5 (beta: the Hessian norm along the run, measured at
@@ -147,3 +152,97 @@ class Convergence:
         return cache[case]["invariant_drift"]
 
     track_invariant_drift.unit = "relative"
+
+
+def experiment_rows(name: str) -> dict:
+    """``{label: row}`` of one ``deqbench reproduce`` experiment at its quick size
+    (``NotImplementedError`` on commits without it: asv skips)."""
+    import tempfile
+
+    theory()  # skips on commits before deqbench.theory
+    try:
+        from deqbench.experiments import EXPERIMENTS, run_experiment  # noqa: PLC0415
+    except ImportError as exc:
+        raise NotImplementedError(f"deqbench.experiments is not available: {exc}") from None
+    if name not in EXPERIMENTS:
+        raise NotImplementedError(f"{name} is not an experiment of this commit")
+    with tempfile.TemporaryDirectory() as tmp:
+        res = run_experiment(name, True, tmp)
+    if res["error"]:
+        raise RuntimeError(f"{name}: {res['error']}")
+    return {r["label"]: r for r in res["rows"]}
+
+
+class Initialization(Tracked):
+    """E8 (docs/theory.md §9): the initialization condition, ``lambda_min(Q_0)`` from
+    about 1 down to a near-singular ``I - A_0`` (quick size). Lower is better; above 1
+    (the ratios) or above 0.25 (the exponent error) the prediction failed."""
+
+    params = [["quick"]]
+    param_names = ["size"]
+    tracks = {"beta_bound_over_measured": "ratio", "steps_over_predicted": "ratio",
+              "steps_exponent_error": "exponent", "flow_envelope_ratio": "ratio",
+              "sigma_min_bound_over_measured": "ratio"}
+
+    def setup_cache(self):
+        return self.sweep()
+
+    def measure(self, size):
+        rows = experiment_rows("E8").values()
+        gd = [r for r in rows if r["label"].endswith(" GD")]
+        fl = [r for r in rows if r["label"].endswith(" flow")]
+        slope, _ = theory().loglog_fit([r["lambda_min_Q0"] for r in gd],
+                                       [r["steps"] for r in gd])
+        return {
+            "beta_bound_over_measured": max(r["beta_lower_bound"] / r["beta0"] for r in gd),
+            "steps_over_predicted": max(r["steps"] / r["predicted_steps"] for r in gd),
+            "steps_exponent_error": abs(slope + 1.0),
+            "flow_envelope_ratio": max(r["envelope_worst_ratio"] for r in fl),
+            "sigma_min_bound_over_measured": max(1.0 / r["min_sigma_min_over_lower"]
+                                                 for r in fl),
+        }
+
+
+class Recovery(Tracked):
+    """E9 (docs/theory.md §10): single-index teacher recovery ``w = W^T u -> theta`` and
+    the noisy identity link (``w -> w_LS``); ratios above 1 break the bound."""
+
+    params = [["quick"]]
+    param_names = ["size"]
+    tracks = {"recovery_ratio": "ratio", "noisy_recovery_ratio": "ratio",
+              "index_error": "norm"}
+
+    def setup_cache(self):
+        return self.sweep()
+
+    def measure(self, size):
+        rows = experiment_rows("E9")
+        real = [rows["single_index identity"], rows["single_index smooth_leaky(0.5)"]]
+        return {
+            "recovery_ratio": max(r["max_recovery_ratio"] for r in real),
+            "noisy_recovery_ratio": rows["single_index identity noisy"]["max_recovery_ratio"],
+            "index_error": max(r["index_error"] for r in real),
+        }
+
+
+class InexactGradients(Tracked):
+    """E10 (docs/theory.md §11): first-order drift of ``Q`` (relative to
+    ``lr^2 sum ||d_k||^2``; 0 to rounding for exact gradients) and fitted per-step
+    factor over the exact one, per adjoint."""
+
+    params = [["exact", "jfb", "neumann(1)", "neumann(4)"]]
+    param_names = ["grad_solver"]
+    tracks = {"first_order_drift": "relative", "factor_over_exact": "ratio"}
+
+    def setup_cache(self):
+        try:
+            rows = experiment_rows("E10")
+        except NotImplementedError:
+            return {}  # setup raises NotImplementedError: asv skips
+        exact = rows["linear grad_solver=exact"]["fitted_factor"]
+        out = {}
+        for k in self.params[0]:
+            r = rows[f"linear grad_solver={k}"]
+            out[(k,)] = {"first_order_drift": r["drift_identity_gap"],
+                         "factor_over_exact": r["fitted_factor"] / exact}
+        return out

@@ -5,10 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deqbench import experiments
+from deqbench import experiments, theory
 from deqbench.cli import main
-from deqbench.experiments import e5_fixed_point, reproduce, run_experiment
-from deqbench.experiments._common import Check, step_ratios_ok, thin
+from deqbench.experiments import (
+    e5_fixed_point,
+    e9_recovery,
+    e10_inexact,
+    reproduce,
+    run_experiment,
+)
+from deqbench.experiments._common import (
+    Check,
+    envelope_ok,
+    sigma_min_lower,
+    step_ratios_ok,
+    thin,
+)
 from deqbench.plots import load_histories, load_runs, plot_dir
 from deqbench.sweep import read_csv
 
@@ -125,3 +137,120 @@ def test_thin():
     assert idx[0] == 0 and idx[-1] == 9_999 and len(idx) <= 102
     assert np.all(np.diff(idx) > 0)
     assert e5_fixed_point.damped_rate([-1.5, 0.5], 2 / 3) == pytest.approx(2 / 3)
+
+
+# --------------------------------------------------------------------------
+# E8-E10 (docs/theory.md §9-§11): the quick run above holds every row; here each
+# criterion is shown to fail on a wrong input.
+# --------------------------------------------------------------------------
+
+def _rows_of(summary_text, name):
+    return [line for line in summary_text.splitlines() if line.startswith(f"| {name} |")]
+
+
+def test_new_experiments_rows(quick):
+    _, summary = quick
+    text = summary.read_text()
+    verdicts = {name: [line.rsplit("|", 2)[-2].strip() for line in _rows_of(text, name)]
+                for name in ("E8", "E9", "E10")}
+    assert verdicts == {"E8": ["yes", "yes", "reported", "yes", "yes"],
+                        "E9": ["yes", "yes", "reported"],
+                        "E10": ["yes", "yes", "reported"]}, verdicts
+
+
+def test_envelope_judge():
+    t = np.linspace(0.0, 5.0, 60)
+    e = 2.0 * np.exp(-1.5 * t)
+    assert envelope_ok(e, t, 1.0)[0] and envelope_ok(e, t, 1.5)[0]
+    ok, worst = envelope_ok(e, t, 2.0)  # the envelope decays faster than the loss
+    assert not ok and worst == pytest.approx(np.exp(2.5))
+    e[7] = np.nan
+    assert not envelope_ok(e, t, 1.0)[0]  # NaN fails
+
+
+def test_sigma_min_lower_is_the_bound_of_section_6():
+    rng = np.random.default_rng(3)
+    m, d, n = 5, 4, 200
+    X = rng.standard_normal((n, d))
+    Y = X @ rng.standard_normal((m, d)).T + 0.1 * rng.standard_normal((n, m))
+    W_hat, L_star = theory.least_squares(X, Y)
+    lmin = float(np.linalg.eigvalsh(X.T @ X / n)[0])
+    for _ in range(20):
+        C = np.eye(m) + 0.3 * rng.standard_normal((m, m))
+        W = W_hat + rng.standard_normal((m, d))
+        B = C @ W
+        excess = float(np.sum((X @ W.T - Y) ** 2) / (2 * n)) - L_star
+        qmin = float(np.linalg.eigvalsh(theory.invariant(np.eye(m) - C, B))[0])
+        smin = np.linalg.svd(C, compute_uv=False)[-1]
+        low = sigma_min_lower(qmin, np.linalg.norm(W_hat, 2), excess, lmin)
+        assert low <= smin * (1 + 1e-12)
+    # tight where W is large along C's smallest singular direction (C = diag(0.5, 2),
+    # W = diag(3, 0): lambda_min(Q) = 2.5, bound 0.5 = sigma_min): a 4x lambda_min breaks it
+    C, W = np.diag([0.5, 2.0]), np.diag([3.0, 0.0])
+    q = np.linalg.eigvalsh(theory.invariant(np.eye(2) - C, C @ W))[0]
+    assert sigma_min_lower(q, 3.0, 0.0, 1.0) <= 0.5 * (1 + 1e-12)
+    assert sigma_min_lower(4 * q, 3.0, 0.0, 1.0) > 0.5
+
+
+def test_recovery_bound_and_judge():
+    rng = np.random.default_rng(4)
+    n, d = 300, 4
+    X = rng.standard_normal((n, d))
+    S = X.T @ X / n
+    ev, vec = np.linalg.eigh(S)
+    theta = rng.standard_normal(d)
+    # identity link: L = (w - theta)^T S (w - theta) / 2, tight along the l_min eigenvector
+    path = [(theta + s * vec[:, 0], 0.5 * s * s * ev[0]) for s in (1.0, 0.3, 0.1)]
+    path.insert(0, (theta + 2 * vec[:, 1], 0.5 * 4 * ev[1]))
+    r = e9_recovery.recovery_ratios(path, theta, 0.0, 1.0, ev[0])
+    assert e9_recovery.ratios_ok(r) and np.nanmax(r) == pytest.approx(1.0)
+    assert not e9_recovery.ratios_ok(e9_recovery.recovery_ratios(path, theta, 0.0, 1.1, ev[0]))
+    assert not e9_recovery.ratios_ok([0.5, np.nan, np.nan])  # fewer than 2 judged
+    A, B = 0.1 * np.eye(3), rng.standard_normal((3, d))
+    u = np.ones(3) / np.sqrt(3)
+    assert np.allclose(e9_recovery.index_vector(A, B, u), B.T @ u / 0.9)
+
+
+def test_drift_identity_gap():
+    g = np.array([3.0, 2.0, 1.0, 0.5])
+    lr = 0.1
+    exact = np.cumsum(np.r_[0.0, lr**2 * g[:-1] ** 2])
+    assert e10_inexact.drift_identity_gap(exact, g, lr) == pytest.approx(0.0, abs=1e-15)
+    assert e10_inexact.drift_identity_gap(exact * 1.5, g, lr) == pytest.approx(0.5)
+
+
+def test_e8_criteria_fail_on_wrong_theory(tmp_path, monkeypatch):
+    """A halved Hessian, a 10x PL constant and a 2x sigma_min bound each fail their row."""
+    from deqbench import theory as th
+    from deqbench.experiments import e8_initialization
+
+    smooth, pl = th.smoothness, th.pl_constant
+    monkeypatch.setattr(th, "smoothness", lambda *a, **k: 0.5 * smooth(*a, **k))
+    monkeypatch.setattr(th, "pl_constant", lambda *a, **k: 10.0 * pl(*a, **k))
+    lower = e8_initialization.sigma_min_lower
+    monkeypatch.setattr(e8_initialization, "sigma_min_lower", lambda *a: 2.0 * lower(*a))
+    got = _verdicts("E8", tmp_path)
+    assert [got[i] for i in (0, 3, 4)] == ["**NO**"] * 3, got
+
+
+def test_e10_exact_row_fails_on_wrong_window(tmp_path, monkeypatch):
+    from deqbench import theory as th
+
+    window = th.drift_gain_bounds
+    monkeypatch.setattr(th, "drift_gain_bounds", lambda lr, b: tuple(2 * x for x in window(lr, b)))
+    assert _verdicts("E10", tmp_path)[0] == "**NO**"
+
+
+def test_inexact_conservation_criterion_fails_without_the_w_structure():
+    """E10's judged row (docs/theory.md §11): JFB keeps tr(Q_K - Q_0) = lr^2 sum ||d||^2 on
+    the linear DEQ; the same criterion fails on the nonlinear DEQ, which has no law."""
+    from deqbench import data, train
+
+    X, Y, _ = data.linear_teacher(64, 3, 3, seed=1)
+    A, B = data.init_params(3, 3, scale_A=0.3, scale_B=1.0, seed=2)
+    gaps = {}
+    for model in ("linear", "nonlinear"):
+        h = train(model, X, Y, A, B, lr=0.05, steps=50, grad_solver="jfb",
+                  activation="identity" if model == "linear" else "tanh").history
+        gaps[model] = e10_inexact.drift_identity_gap(h["drift_trace"], h["grad_norm"], 0.05)
+    assert gaps["linear"] <= 1e-8 < 1e-3 < gaps["nonlinear"], gaps

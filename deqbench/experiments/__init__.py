@@ -1,4 +1,4 @@
-"""``deqbench reproduce``: the validation experiments E1-E7 and their summary.
+"""``deqbench reproduce``: the validation experiments E1-E10 and their summary.
 
 Each experiment is a module with ``run(ctx)`` that trains, measures, records
 runs and histories into a :class:`~._common.Context`, adds one
@@ -37,6 +37,9 @@ EXPERIMENTS = {
     "E5": ("e5_fixed_point", "fixed-point iterations vs spectral radius"),
     "E6": ("e6_nonlinear", "nonlinear DEQ: drift of Q"),
     "E7": ("e7_step_size", "step size: where linear convergence stops"),
+    "E8": ("e8_initialization", "initialization: lambda_min(Q_0) down to near-singular I - A_0"),
+    "E9": ("e9_recovery", "single-index: teacher recovery and noisy targets"),
+    "E10": ("e10_inexact", "inexact gradients (JFB, Neumann): rate and drift of Q"),
 }
 
 __all__ = ["EXPERIMENTS", "reproduce", "run_experiment"]
@@ -93,6 +96,8 @@ def _warm_up() -> None:
             train("linear", X, Y, A, B, lr=0.01, steps=2, sufficient_stats=ss)
             flow("linear", X, Y, A, B, t_end=0.01, sufficient_stats=ss)
         train("single_index", X, np.tanh(X[:, 0]), A, B, lr=0.01, steps=2, activation="tanh")
+        for gs in ("jfb", "neumann"):
+            train("linear", X, Y, A, B, lr=0.01, steps=2, grad_solver=gs, sufficient_stats=False)
 
 
 def reproduce(out="results/reproduce", *, quick: bool = False, only=None, workers=None,
@@ -106,7 +111,7 @@ def reproduce(out="results/reproduce", *, quick: bool = False, only=None, worker
         Small sizes (the README's main-job command: under 3 minutes on 2 cores,
         most of it numba compiling on the first run).
     only : list of str, optional
-        Experiment names (``"E1"`` ... ``"E7"``); default all.
+        Experiment names (``"E1"`` ... ``"E10"``); default all.
     workers : int, optional
         Processes; default 1 (in this process).
     progress : bool
