@@ -191,8 +191,9 @@ class Initialization(Tracked):
         rows = experiment_rows("E8").values()
         gd = [r for r in rows if r["label"].endswith(" GD")]
         fl = [r for r in rows if r["label"].endswith(" flow")]
-        slope, _ = theory().loglog_fit([r["lambda_min_Q0"] for r in gd],
-                                       [r["steps"] for r in gd])
+        small = [r for r in gd if r["eps"] < 1.0]  # as E8: where the B-block dominates beta
+        slope, _ = theory().loglog_fit([r["lambda_min_Q0"] for r in small],
+                                       [r["steps"] for r in small])
         return {
             "beta_bound_over_measured": max(r["beta_lower_bound"] / r["beta0"] for r in gd),
             "steps_over_predicted": max(r["steps"] / r["predicted_steps"] for r in gd),

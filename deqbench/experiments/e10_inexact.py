@@ -3,7 +3,7 @@
 Linear DEQ, one problem, one step ``lr = 0.5 / beta`` (``beta`` along the exact
 path), the same per-sample gradient path for every adjoint:
 
-* exact (Picard adjoint): each step adds exactly ``lr^2 ||g_k||^2`` to ``tr(Q)``,
+* exact (LU of I - A, forward and adjoint): each step adds exactly ``lr^2 ||g_k||^2`` to ``tr(Q)``,
   so ``tr(Q_K - Q_0) = lr^2 sum_k ||g_k||^2`` to rounding and
   ``tr(Q_K - Q_0) / (lr (L_0 - L_K))`` lies in the window of §5 (the drift is
   at the discretization level, ``O(lr)``); the run converges at the GD factor.
@@ -25,7 +25,7 @@ from .._training import train
 from ._common import fmt, path_smoothness, pyplot, safe_lr
 
 METHODS = {
-    "exact": dict(grad_solver="picard"),
+    "exact": dict(grad_solver="direct"),
     "jfb": dict(grad_solver="jfb"),
     "neumann(1)": dict(grad_solver="neumann", neumann_terms=1),
     "neumann(4)": dict(grad_solver="neumann", neumann_terms=4),
@@ -45,7 +45,7 @@ def run(ctx) -> None:
     X, Y, _ = data.linear_teacher(n, d, m, noise=0.1, seed=ctx.seed(0, 0))
     A0, B0 = data.init_params(d, m, scale_A=0.5, scale_B=1.0, seed=ctx.seed(0, 1))
     L_star = theory.global_min_loss("linear", X, Y)
-    kw = dict(sufficient_stats=False, L_star=L_star)
+    kw = dict(sufficient_stats=False, solver="direct", L_star=L_star)
     lr, _ = safe_lr("linear", X, Y, A0, B0, fraction=0.5, steps=steps, **kw)
     out = {}
     for name, opts in METHODS.items():

@@ -84,7 +84,7 @@ def run(ctx) -> None:
             target, L_star = theory.least_squares(X, y)
         else:
             L_star, target = math.nan, theta
-        kw = dict(activation=act, u=u, sufficient_stats=False,
+        kw = dict(activation=act, u=u, sufficient_stats=False, solver="direct",
                   L_star=None if math.isnan(L_star) else L_star)
         lr, _ = safe_lr("single_index", X, y, A0, B0, fraction=0.5, steps=steps, **kw)
         res = train("single_index", X, y, A0, B0, lr=lr, steps=steps, record_every=1, **kw)
