@@ -58,7 +58,8 @@ def run(ctx) -> None:
         # lr beta for every link (docs/theory.md §7: the GD factor needs lr beta <= 1;
         # for the links outside the theorem it is reported only)
         beta = path_smoothness("single_index", X, y, A0, B0, lr=lr, steps=steps,
-                               activation=act, points=4 if act in SMOOTH else 2, **kw)
+                               activation=act, points=4 if act in SMOOTH else 2,
+                               solver="direct", **kw)  # the same path to 1e-10, cheaper
         row["lr_beta"] = lr * beta
         if act in SMOOTH:
             q = theory.predicted_factor("single_index", X, Q0, lr, smoothness=beta, L0=L0,
