@@ -223,3 +223,80 @@ class TrainSufficientStats(Bench):
             **self.p.model_kwargs(),
             **self.kw,
         )
+
+
+def _certificate_counts(p, *, lr, steps):
+    """Train ``p`` on the sufficient-statistics path with the compiled loop and
+    return ``(evaluations, counts)``: the certificate's tallies
+    (``deqbench._kernels.model.CERT_*``); NotImplementedError on commits
+    without the certificate."""
+    try:
+        from deqbench._kernels import model as _m  # noqa: PLC0415
+        from deqbench._kernels import training as _k  # noqa: PLC0415
+        from deqbench._training import prepare  # noqa: PLC0415
+
+        _m.CERT_COUNTS, _k.gd_start  # noqa: B018
+    except (ImportError, AttributeError) as exc:
+        raise NotImplementedError(f"no solvability certificate: {exc}") from exc
+    run = prepare(p.model, p.X, p.Y, p.A, p.B, u=None, activation="identity", solver="picard",
+                  grad_solver=None, tol=TOL, max_iter=10_000, damping=1.0, neumann_terms=0,
+                  anderson_history=5, anderson_ridge=1e-10, sufficient_stats=True, L_star=None,
+                  record_every=None, stop_loss=None, spectral_every="auto")
+    H = np.full((2, _m.NCOL), np.nan)
+    schedule = _k.Schedule(lr=lr, steps=steps, stop_loss=-1.0, divergence_factor=1e4,
+                           warm_start=True, record_every=steps + 1,
+                           spectral_every=run.spectral_every)
+    state = _k.gd_start(run.model, run.A, run.B, run.solve, run.stats, schedule, H)
+    status, last, _ = _k.gd_run(run.model, run.A, run.B, run.solve, run.stats, schedule, state,
+                                steps + 1)
+    if status != _m.MAX_STEPS:
+        raise RuntimeError(f"certificate benchmark run failed: status={status}")
+    return last + 1, state.sw.counts.copy()
+
+
+class CertificateCost(Tracked):
+    """What certifying Picard's fixed point costs on the sufficient-statistics
+    path (docs/theory.md §3, certificate), per step of a 200-step run at
+    ``m = d = 32``, counted, not timed:
+
+    * ``bound_products_per_step``: O(m^2) passes (the norm bound, and each
+      Collatz-Wielandt product ``|M| s``), exact;
+    * ``eig_solves_per_step``: eigenvalue solves (the expensive fallback), exact;
+    * ``work_fraction``: the certificate's flops over the step's (docs/theory.md
+      §8 step plus the ``2 m^3`` inverse of ``I - A``), an eigenvalue solve
+      counted as ``SPECTRAL_FLOPS / 2`` ``m^3`` gemm flops (the measured cost
+      model of ``deqbench._training``).
+
+    ``scale_A`` of the initialization: 0.5 (the suite's problems), 0.95
+    (close to the boundary, where the cheap bounds must work harder).
+    """
+
+    params = [[0.5, 0.95]]
+    param_names = ["scale_A"]
+    tracks = {
+        "bound_products_per_step": "evaluations",
+        "eig_solves_per_step": "evaluations",
+        "work_fraction": "certificate flops / step flops",
+    }
+    steps = 200
+    m = 32
+
+    def setup_cache(self):
+        return self.sweep()
+
+    def measure(self, scale_A):
+        from deqbench._kernels import model as _m  # noqa: PLC0415
+        from deqbench._training import SPECTRAL_FLOPS, step_flops  # noqa: PLC0415
+
+        m = self.m
+        p = problem("linear", m, 1024, rho=scale_A)
+        evals, counts = _certificate_counts(p, lr=LR["linear"], steps=self.steps)
+        passes = int(counts[:3].sum()) + int(counts[_m.CERT_MATVECS])
+        eigs = int(counts[_m.CERT_BY_EIG])
+        flops = 2.0 * m * m * passes + 0.5 * SPECTRAL_FLOPS * m**3 * eigs
+        step = step_flops(m, m, 1024, True) + 2.0 * m**3
+        return {
+            "bound_products_per_step": passes / evals,
+            "eig_solves_per_step": eigs / evals,
+            "work_fraction": flops / (evals * step),
+        }

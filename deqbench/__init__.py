@@ -6,7 +6,8 @@ first, then parameters:
 * :func:`fixed_point` ``(X, A, B)`` - forward solve ``Z = phi(Z A^T + X B^T)``
 * :func:`implicit_grad` ``(X, A, B, Z, G)`` - adjoint gradients through a fixed point
 * :func:`loss_and_grad` ``(model, X, Y, A, B)`` - loss and exact gradient of the three models
-* :func:`train` ``(model, X, Y, A0, B0)`` - gradient descent in one compiled call
+* :func:`train` ``(model, X, Y, A0, B0)`` - gradient descent, compiled (Ctrl-C raises
+  :class:`TrainInterrupted`, which keeps the finished steps)
 * :func:`flow` ``(model, X, Y, A0, B0)`` - gradient flow (adaptive Dormand-Prince)
 * :class:`ConvergenceWarning` - the warning of every solver that misses its tolerance
 * :mod:`deqbench.theory` - the predictions of the theory
@@ -20,7 +21,7 @@ from . import data, theory
 from ._fixed_point import FixedPointResult, fixed_point
 from ._flow import FlowResult, flow
 from ._gradients import GradResult, LossAndGrad, implicit_grad, loss_and_grad
-from ._training import DIVERGENCE_FACTOR, TrainResult, train
+from ._training import DIVERGENCE_FACTOR, TrainInterrupted, TrainResult, train
 from ._warnings import ConvergenceWarning
 from .activations import Activation, get_activation
 
@@ -34,6 +35,7 @@ __all__ = [
     "FlowResult",
     "GradResult",
     "LossAndGrad",
+    "TrainInterrupted",
     "TrainResult",
     "data",
     "fixed_point",

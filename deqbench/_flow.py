@@ -20,8 +20,11 @@ from ._threads import single_threaded_blas
 from ._training import (
     DIVERGENCE_FACTOR,
     HISTORY_KEYS,
+    FAILED_STATUSES,
     STATUS,
     history_dict,
+    history_rows,
+    initial_failure,
     prepare,
     warn_status,
 )
@@ -44,7 +47,9 @@ class FlowResult:
         ``"finished"`` (``t_end`` reached), ``"converged"`` (loss <=
         ``stop_loss``), ``"max_steps"``, ``"diverged"`` (loss above
         ``DIVERGENCE_FACTOR * L_0``), ``"fixed_point_failed"`` (the step size
-        collapsed because solves kept failing) or ``"step_too_small"``.
+        collapsed because solves kept failing; on the sufficient-statistics
+        path, because ``solver`` was not certified to solve the fixed point
+        beyond that point, docs/theory.md §3) or ``"step_too_small"``.
     history : dict of 1-D arrays
         The keys of :func:`deqbench.train` plus ``t``; ``step`` counts
         accepted steps.
@@ -152,18 +157,22 @@ def flow(
     rec = run.record_every
     if rec == 0:
         rec = max_steps + 1
-    H = np.full((max_steps // rec + 2, _m.NCOL_FLOW), np.nan)
+    H = np.full((history_rows(max_steps, record_every, rec, _m.NCOL_FLOW, "max_steps"),
+                 _m.NCOL_FLOW), np.nan)
     integ = _kf.Integration(t_end=t_end, rtol=rtol, atol=atol, h0=h0, max_steps=max_steps,
                             stop_loss=run.stop_loss, divergence_factor=DIVERGENCE_FACTOR,
                             record_every=rec, spectral_every=run.spectral_every)
     with single_threaded_blas():
         status, t, n_acc, n_rej, n_ev, n_rec = _kf.dopri(run.model, run.A, run.B, run.solve,
                                                          run.stats, integ, H)
-    warn_status("flow", STATUS[status], int(n_acc))
+    status = STATUS[status]
+    failed_at_start = status in FAILED_STATUSES and n_rec == 0
+    reason = initial_failure(run.A, run.solve, status) if failed_at_start else ""
+    warn_status("flow", status, int(n_acc), reason)
     return FlowResult(
         A=run.A,
         B=run.B,
-        status=STATUS[status],
+        status=status,
         history=history_dict(H, n_rec, FLOW_HISTORY_KEYS, run.excess_shift),
         t=float(t),
         n_steps=int(n_acc),

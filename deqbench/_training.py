@@ -10,6 +10,7 @@ conditioning of ``I - A``, iteration counts, the excess loss.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +27,15 @@ from ._threads import single_threaded_blas
 from ._warnings import warn
 from .activations import Activation, get_activation
 
-__all__ = ["DIVERGENCE_FACTOR", "HISTORY_KEYS", "TrainResult", "auto_spectral_every", "train"]
+__all__ = [
+    "DIVERGENCE_FACTOR",
+    "HISTORY_KEYS",
+    "MAX_HISTORY_BYTES",
+    "TrainInterrupted",
+    "TrainResult",
+    "auto_spectral_every",
+    "train",
+]
 
 SOLVERS = ("picard", "anderson", "direct")
 STATUS = {
@@ -53,6 +62,12 @@ HISTORY_KEYS = (
 _INT_KEYS = ("step", "fp_iters", "adj_iters")
 DIVERGENCE_FACTOR = 1e4
 """A run is ``"diverged"`` once its loss exceeds ``DIVERGENCE_FACTOR * L_0``."""
+MAX_HISTORY_BYTES = 2**30
+"""Largest history :func:`train` and :func:`deqbench.flow` allocate (1 GiB);
+a longer one is refused with an error naming ``record_every``."""
+SLICE_SECONDS = 0.2
+""":func:`train` runs its compiled loop in slices of about this many seconds
+and checks for Ctrl-C between them."""
 SPECTRAL_BUDGET = 0.05
 """Auto ``spectral_every`` keeps the matrix quantities below this fraction of a step."""
 SPECTRAL_FLOPS = 500.0
@@ -85,9 +100,13 @@ class TrainResult:
     status : str
         ``"converged"`` (loss <= ``stop_loss``), ``"max_steps"``,
         ``"diverged"`` (non-finite loss, gradient or parameters, or loss above
-        ``DIVERGENCE_FACTOR * L_0``), ``"fixed_point_failed"`` (a forward or
-        adjoint solve did not reach ``tol`` in ``max_iter`` iterations) or
-        ``"read_error"`` (data on disk could not be read; ``A0``, ``B0`` returned).
+        ``DIVERGENCE_FACTOR * L_0``), ``"fixed_point_failed"`` (``I - A`` is
+        singular, or a forward or adjoint solve did not reach ``tol`` in
+        ``max_iter`` iterations; on the sufficient-statistics path: the
+        requested solver is not certified to solve it, docs/theory.md §3),
+        ``"read_error"`` (data on disk could not be read; ``A0``, ``B0``
+        returned) or ``"interrupted"`` (Ctrl-C; only on
+        :attr:`TrainInterrupted.result`).
     history : dict of 1-D arrays
         One entry per recorded step, keys ``HISTORY_KEYS``; the last entry is
         the step of ``A``, ``B``. ``invariant_drift``, ``sigma_min``,
@@ -114,6 +133,21 @@ class TrainResult:
     @property
     def converged(self) -> bool:
         return self.status == "converged"
+
+
+class TrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped :func:`train`; what finished is in :attr:`result`.
+
+    A :class:`KeyboardInterrupt`, so a script stops as Python scripts do on
+    Ctrl-C (and ``except KeyboardInterrupt`` catches it); ``result`` is the
+    :class:`TrainResult` of the steps completed, status ``"interrupted"``,
+    ``A``, ``B`` those of its last recorded step.
+    """
+
+    def __init__(self, result: TrainResult):
+        super().__init__(f"train interrupted after {result.n_steps} steps "
+                         "(the finished steps are in .result)")
+        self.result = result
 
 
 def step_flops(m: int, d: int, n: int, sufficient_stats: bool, iters: int = 2) -> float:
@@ -147,11 +181,65 @@ FAILED_STATUSES = ("diverged", "fixed_point_failed", "step_too_small", "read_err
 """Run statuses that come with a :class:`~deqbench.ConvergenceWarning`."""
 
 
-def warn_status(what: str, status: str, n_steps: int) -> None:
-    """The :class:`~deqbench.ConvergenceWarning` of a failed run (nothing otherwise)."""
-    if status in FAILED_STATUSES:
+def warn_status(what: str, status: str, n_steps: int, reason: str = "") -> None:
+    """The :class:`~deqbench.ConvergenceWarning` of a failed run (nothing
+    otherwise); ``reason`` (from :func:`initial_failure`) says why the first
+    step failed."""
+    if status not in FAILED_STATUSES:
+        return
+    if reason:
+        warn(f"{what} stopped with status={status!r} before its first step: {reason}; "
+             "returning A0, B0", stacklevel=3)
+    else:
         warn(f"{what} stopped with status={status!r} after {n_steps} steps; returning the "
              "last parameters whose loss and gradient were computed", stacklevel=3)
+
+
+def initial_failure(A0: np.ndarray, solve: _m.Solve, status: str) -> str:
+    """Why a run with ``status`` could not evaluate its initial parameters, in
+    words: ``I - A0`` singular (the fixed point does not exist or is not
+    unique), a spectral radius that the requested iterative solver cannot
+    converge from (docs/theory.md §3), a solve that ran out of ``max_iter``,
+    or a loss or gradient that is not finite."""
+    m = A0.shape[0]
+    C = np.eye(m) - A0
+    with np.errstate(all="ignore"):
+        cond = np.linalg.cond(C, 1)
+    if not np.isfinite(cond) or cond * np.finfo(C.dtype).eps >= 1.0:
+        return (f"I - A0 is singular (1-norm condition number {cond:.3g}): the fixed point "
+                "z = A0 z + B0 x does not exist or is not unique")
+    if status != "fixed_point_failed":
+        return "the loss or its gradient at A0, B0 is not finite"
+    names = {code: name for name, code in _SOLVER_CODE.items()}
+    for code in dict.fromkeys((solve.forward, solve.adjoint)):
+        if code not in (_m.PICARD, _m.ANDERSON):
+            continue
+        M = (1.0 - solve.damping) * np.eye(m) + solve.damping * A0
+        rho = float(np.max(np.abs(np.linalg.eigvals(M))))
+        if rho > 1.0 - _m.CERT_MARGIN and not (code == _m.ANDERSON
+                                                 and solve.anderson_history >= m):
+            return (f"the {names[code]} iteration matrix (1 - damping) I + damping A0 has "
+                    f"spectral radius {rho:.6g} >= 1, so {names[code]!r} cannot solve the "
+                    "fixed point (solver='direct' can)")
+    return (f"a solve at A0 did not reach tol={solve.tol:g} within max_iter={solve.max_iter} "
+            "iterations")
+
+
+def history_rows(steps: int, record_every: int | None, rec: int, ncol: int,
+                 steps_name: str = "steps") -> int:
+    """Rows of the history of ``steps`` steps recorded every ``rec`` (the
+    cadence; ``record_every`` is the caller's value); ``ValueError`` naming
+    both when it would exceed :data:`MAX_HISTORY_BYTES`."""
+    rows = steps // rec + 2
+    need = rows * ncol * np.dtype(np.float64).itemsize
+    if need > MAX_HISTORY_BYTES:
+        least = math.ceil(steps / (MAX_HISTORY_BYTES // (ncol * 8) - 2))
+        raise ValueError(
+            f"{steps_name}={steps} with record_every={record_every} would record {rows} "
+            f"history rows ({need / 2**30:.3g} GiB, more than the {MAX_HISTORY_BYTES >> 30} "
+            f"GiB limit); pass record_every >= {least} or record_every=None (first and last "
+            "step only)")
+    return rows
 
 
 @dataclass(frozen=True)
@@ -414,18 +502,35 @@ def train(
     -------
     TrainResult
 
+    Raises
+    ------
+    ValueError
+        Bad input, or a history above :data:`MAX_HISTORY_BYTES` (``steps``
+        over ``record_every``; the error says which ``record_every`` fits).
+    TrainInterrupted
+        On Ctrl-C (SIGINT), within about :data:`SLICE_SECONDS` plus one
+        step; a :class:`KeyboardInterrupt` whose ``result`` holds the steps
+        that finished (status ``"interrupted"``).
+
     Warns
     -----
     ConvergenceWarning
         When the status is ``"diverged"``, ``"fixed_point_failed"`` or
         ``"read_error"`` (a block of ``X``/``Y`` on disk could not be read:
-        no step is taken, ``A``, ``B`` are ``A0``, ``B0``).
+        no step is taken, ``A``, ``B`` are ``A0``, ``B0``). When the initial
+        parameters themselves fail (``I - A0`` singular, or a spectral
+        radius the solver cannot converge from), the history is empty and
+        the warning says why.
 
     Notes
     -----
-    docs/theory.md §5-§8. The loop, the solves and the recording run in
-    one Numba call; all ``n``-sized buffers are allocated once. Failure never
-    raises: see ``TrainResult.status``.
+    docs/theory.md §3, §5-§8. The loop, the solves and the recording run in
+    compiled slices of about :data:`SLICE_SECONDS` (Python only checks for
+    Ctrl-C between them); all ``n``-sized buffers are allocated once. On the
+    sufficient-statistics path every step certifies that the requested
+    solver can solve the fixed point (docs/theory.md §3), so the status does
+    not depend on the path. Numerical failure never raises: see
+    ``TrainResult.status``.
     """
     run = prepare(
         model, X, Y, A0, B0, u=u, activation=activation, solver=solver,
@@ -449,17 +554,46 @@ def train(
     rec = run.record_every
     if rec == 0:  # first and last only
         rec = steps + 1
-    H = np.full((steps // rec + 2, _m.NCOL), np.nan)
+    H = np.full((history_rows(steps, record_every, rec, _m.NCOL), _m.NCOL), np.nan)
     schedule = _k.Schedule(lr=lr, steps=steps, stop_loss=run.stop_loss,
                            divergence_factor=DIVERGENCE_FACTOR, warm_start=bool(warm_start),
                            record_every=rec, spectral_every=run.spectral_every)
     with single_threaded_blas():
-        status, last, n_rec = _k.gd(run.model, run.A, run.B, run.solve, run.stats, schedule, H)
-    warn_status("train", STATUS[status], int(last))
+        state = _k.gd_start(run.model, run.A, run.B, run.solve, run.stats, schedule, H)
+        try:
+            status, last, n_rec = _run_slices(run, schedule, state)
+        except KeyboardInterrupt:
+            last, n_rec = _k.gd_stop(state, run.A, run.B)
+            raise TrainInterrupted(_result(run, "interrupted", H, n_rec, last)) from None
+    status = STATUS[status]
+    reason = initial_failure(run.A, run.solve, status) if status in FAILED_STATUSES and n_rec == 0 else ""
+    warn_status("train", status, int(last), reason)
+    return _result(run, status, H, n_rec, last)
+
+
+def _run_slices(run: Prepared, schedule, state):
+    """:func:`deqbench._kernels.training.gd_run` in slices of about
+    :data:`SLICE_SECONDS` (the first of one step, then sized by the last
+    slice's time per step, growing at most 16x), so that a KeyboardInterrupt
+    raised between slices stops the run within about a slice."""
+    n = 1
+    while True:
+        k0 = int(state.ints[0])
+        t0 = time.perf_counter()
+        status, last, n_rec = _k.gd_run(run.model, run.A, run.B, run.solve, run.stats,
+                                        schedule, state, k0 + n)
+        if status != _k.RUNNING:
+            return status, last, n_rec
+        dt = time.perf_counter() - t0
+        done = int(state.ints[0]) - k0
+        n = max(1, min(16 * n, int(done * SLICE_SECONDS / dt) if dt > 0.0 else 16 * n))
+
+
+def _result(run: Prepared, status: str, H, n_rec, last) -> TrainResult:
     return TrainResult(
         A=run.A,
         B=run.B,
-        status=STATUS[status],
+        status=status,
         history=history_dict(H, n_rec, excess_shift=run.excess_shift),
         n_steps=int(last),
         sufficient_stats=bool(run.stats.use),

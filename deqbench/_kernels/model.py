@@ -63,6 +63,19 @@ FIXED_POINT_FAILED = 3
 FINISHED = 4  # flow: t_end reached
 STEP_TOO_SMALL = 5  # flow: step size underflow
 
+# certificate of the sufficient-statistics path (:func:`certify`)
+CERT_MARGIN = 1e-6
+"""Certified: the iteration matrix's spectral radius is at most ``1 - CERT_MARGIN``."""
+CERT_SWEEPS = 2
+"""Collatz-Wielandt sweeps (products ``|M| s``) per certificate before the eigenvalue solve."""
+# SuffWork.counts: certificates decided by the norm bound, by the Collatz-Wielandt
+# bound, by an eigenvalue solve; products |M| s computed
+CERT_BY_NORM = 0
+CERT_BY_PERRON = 1
+CERT_BY_EIG = 2
+CERT_MATVECS = 3
+CERT_COUNTS = 4
+
 # history columns
 H_STEP = 0
 H_LOSS = 1
@@ -100,8 +113,9 @@ SuffStats = namedtuple("SuffStats", ["use", "Sxx", "W_star", "L_star"])
 SampleWork = namedtuple("SampleWork", ["AT", "BT", "Ci", "U", "Z", "Mu", "G", "D", "T", "Fh",
                                        "Gh", "GG", "work", "hist"])
 
-#: Buffers of :func:`suffstats_eval`.
-SuffWork = namedtuple("SuffWork", ["Ci", "W", "DW", "P"])
+#: Buffers of :func:`suffstats_eval`; ``s``, ``t``, ``Mc`` and ``counts`` are
+#: those of :func:`certify` (``s`` is the Perron vector kept between steps).
+SuffWork = namedtuple("SuffWork", ["Ci", "W", "DW", "P", "s", "t", "Mc", "counts"])
 
 #: Buffers of :func:`record_heavy`.
 SpectralWork = namedtuple("SpectralWork", ["Pm", "Rt", "S", "acpy", "wr", "wi", "dummy"])
@@ -142,7 +156,9 @@ def workspaces(model, m, solve, stats):
         hist_len = max(solve.max_iter, solve.neumann_terms + 1) + 2
         ws = sample_workspace(n, m, d, model.kind == NONLINEAR, solve.anderson_history,
                               hist_len)
-    sw = SuffWork(np.empty((m, m)), np.empty((m, d)), np.empty((m, d)), np.empty((m, d)))
+    sw = SuffWork(np.empty((m, m)), np.empty((m, d)), np.empty((m, d)), np.empty((m, d)),
+                  np.ones(m, model.X.dtype), np.empty(m, model.X.dtype),
+                  np.empty((m, m), np.complex128), np.zeros(CERT_COUNTS, np.int64))
     return ws, sw
 
 
@@ -185,10 +201,24 @@ def all_finite(P):
 
 
 @jit
+def _norm1(P):
+    """``||P||_1`` (largest column sum of absolute values)."""
+    best = 0.0
+    for j in range(P.shape[1]):
+        c = 0.0
+        for i in range(P.shape[0]):
+            c += abs(P[i, j])
+        best = max(best, c)
+    return best
+
+
+@jit
 def _invert_c(A, Ci):
-    """``Ci <- (I - A)^{-1}``; False if singular or non-finite."""
+    """``Ci <- (I - A)^{-1}``; False if ``I - A`` is singular to working precision
+    (LAPACK's pivot test, or ``||C||_1 ||C^{-1}||_1 >= 1/eps``) or ``Ci`` is not
+    finite. Both gradient paths invert through here (docs/theory.md §3)."""
     m = A.shape[0]
-    C = np.empty((m, m))
+    C = np.empty_like(A)
     for i in range(m):
         for j in range(m):
             C[i, j] = -A[i, j]
@@ -197,7 +227,9 @@ def _invert_c(A, Ci):
         Ci[:, :] = np.linalg.inv(C)
     except Exception:  # singular to machine precision
         return False
-    return all_finite(Ci)
+    if not all_finite(Ci):
+        return False
+    return _norm1(C) * _norm1(Ci) * np.finfo(A.dtype).eps < 1.0
 
 
 @jit
@@ -366,17 +398,137 @@ def sample_eval(model, A, B, solve, warm, ws, gA, gB):
 
 
 @jit
-def suffstats_eval(A, B, stats, sw, gA, gB):
+def _iteration_entry(A, beta, i, j):
+    """Entry ``(i, j)`` of the damped iteration matrix ``(1 - beta) I + beta A``."""
+    v = beta * A[i, j]
+    if i == j:
+        v += 1.0 - beta
+    return v
+
+
+@jit
+def _norm_bound(A, beta):
+    """``min(||M||_1, ||M||_inf, ||M||_F)`` of ``M = (1 - beta) I + beta A``, each
+    an upper bound on ``rho(M)``: one O(m^2) pass."""
+    m = A.shape[0]
+    row_max = 0.0
+    col_max = 0.0
+    fro = 0.0
+    for i in range(m):
+        r = 0.0
+        c = 0.0
+        for j in range(m):
+            v = _iteration_entry(A, beta, i, j)
+            r += abs(v)
+            fro += v * v
+            c += abs(_iteration_entry(A, beta, j, i))
+        row_max = max(row_max, r)
+        col_max = max(col_max, c)
+    return min(row_max, col_max, np.sqrt(fro))
+
+
+@jit
+def _perron_bound(A, beta, s, t, sweeps, limit, counts):
+    """Collatz-Wielandt upper bound on ``rho(|M|) >= rho(M)``, O(m^2) per sweep.
+
+    For the non-negative ``|M|`` and any positive ``s``,
+    ``rho(|M|) <= max_i (|M| s)_i / s_i``; each sweep evaluates that bound and
+    moves ``s`` one power-iteration step towards the Perron vector of ``|M|``.
+    ``s`` is kept by the caller between calls (warm start along a trajectory)
+    and stays positive. Returns the smallest bound of the sweeps (the first
+    one ``<= limit``, without further sweeps).
+    """
+    m = A.shape[0]
+    best = np.inf
+    for _ in range(sweeps):
+        counts[CERT_MATVECS] += 1
+        ratio = 0.0
+        top = 0.0
+        for i in range(m):
+            acc = 0.0
+            for j in range(m):
+                acc += abs(_iteration_entry(A, beta, i, j)) * s[j]
+            t[i] = acc
+            ratio = max(ratio, acc / s[i])
+            top = max(top, acc)
+        best = min(best, ratio)
+        if best <= limit or not (top > 0.0 and np.isfinite(top)):
+            break
+        for i in range(m):  # normalise; the floor keeps s positive (a valid bound)
+            s[i] = max(t[i] / top, 1e-30)
+    return best
+
+
+@jit
+def _eig_radius(A, beta, Mc):
+    """``rho((1 - beta) I + beta A)`` by an eigenvalue solve (LAPACK xgeev on a
+    complex copy: numba's real ``eigvals`` refuses complex eigenvalues); NaN if
+    it fails."""
+    m = A.shape[0]
+    for i in range(m):
+        for j in range(m):
+            Mc[i, j] = _iteration_entry(A, beta, i, j)
+    try:
+        ev = np.linalg.eigvals(Mc)
+    except Exception:
+        return np.nan
+    rho = 0.0
+    for z in ev:
+        rho = max(rho, abs(z))
+    return rho
+
+
+@jit
+def certify(A, solver, solve, sw):
+    """Whether ``solver`` (PICARD, ANDERSON, DIRECT) provably solves the fixed
+    point at ``A`` (docs/theory.md §3, certificate); ``I - A`` is already
+    known to be invertible (:func:`_invert_c`).
+
+    Picard with damping ``beta``, and Anderson with fewer history slots than
+    ``m``: the spectral radius of ``M = (1 - beta) I + beta A`` must be at
+    most ``1 - CERT_MARGIN``. Tried in order of cost until one decides: the
+    norm bound ``min(||M||_1, ||M||_inf, ||M||_F)`` and the Collatz-Wielandt bound
+    on ``|M|`` (both upper bounds, O(m^2); they can only certify), then an
+    eigenvalue solve, which decides either way. Direct, and Anderson with
+    ``m`` or more slots (GMRES on ``I - A``, finite termination): invertible
+    ``I - A`` suffices. ``sw.counts`` tallies which test decided.
+    """
+    m = A.shape[0]
+    if solver == DIRECT or (solver == ANDERSON and solve.anderson_history >= m):
+        return True
+    limit = 1.0 - CERT_MARGIN
+    beta = solve.damping
+    counts = sw.counts
+    if _norm_bound(A, beta) <= limit:
+        counts[CERT_BY_NORM] += 1
+        return True
+    if _perron_bound(A, beta, sw.s, sw.t, CERT_SWEEPS, limit, counts) <= limit:
+        counts[CERT_BY_PERRON] += 1
+        return True
+    counts[CERT_BY_EIG] += 1
+    return _eig_radius(A, beta, sw.Mc) <= limit
+
+
+@jit
+def suffstats_eval(A, B, stats, solve, sw, gA, gB):
     """Linear model, squared loss, cost independent of ``n`` (docs/theory.md, cost model).
 
     ``W = C^{-1} B``, ``G_W = (W - W*) Sigma_xx`` (= ``W Sigma_xx - Sigma_yx``
     because ``W* Sigma_xx = Sigma_yx``), ``grad_B = C^{-T} G_W``,
     ``grad_A = grad_B W^T``; ``L - L* = <G_W, W - W*> / 2`` is computed without
     cancellation. Returns ``(loss, excess, outcome)``.
+
+    ``FP_FAILED`` where the per-sample path could not solve: ``I - A``
+    singular, or the requested forward or adjoint solver not certified by
+    :func:`certify` (so both paths end with the same status).
     """
     Ci, W, DW, P = sw.Ci, sw.W, sw.DW, sw.P
     if not _invert_c(A, Ci):
-        return np.nan, np.nan, NONFINITE
+        return np.nan, np.nan, FP_FAILED
+    if not certify(A, solve.forward, solve, sw):
+        return np.nan, np.nan, FP_FAILED
+    if solve.adjoint != solve.forward and not certify(A, solve.adjoint, solve, sw):
+        return np.nan, np.nan, FP_FAILED
     np.dot(Ci, B, W)
     m, d = W.shape
     for i in range(m):
@@ -402,7 +554,7 @@ def loss_and_grad(model, A, B, solve, stats, warm, ws, sw, gA, gB):
     kf = 0
     kb = 0
     if stats.use:
-        loss, excess, outcome = suffstats_eval(A, B, stats, sw, gA, gB)
+        loss, excess, outcome = suffstats_eval(A, B, stats, solve, sw, gA, gB)
     else:
         loss, kf, kb, outcome = sample_eval(model, A, B, solve, warm, ws, gA, gB)
         excess = loss - stats.L_star
