@@ -19,8 +19,8 @@ from ._kernels import model as _m
 from ._threads import single_threaded_blas
 from ._training import (
     DIVERGENCE_FACTOR,
-    HISTORY_KEYS,
     FAILED_STATUSES,
+    HISTORY_KEYS,
     STATUS,
     history_dict,
     history_rows,

@@ -566,7 +566,8 @@ def train(
             last, n_rec = _k.gd_stop(state, run.A, run.B)
             raise TrainInterrupted(_result(run, "interrupted", H, n_rec, last)) from None
     status = STATUS[status]
-    reason = initial_failure(run.A, run.solve, status) if status in FAILED_STATUSES and n_rec == 0 else ""
+    failed_at_start = status in FAILED_STATUSES and n_rec == 0
+    reason = initial_failure(run.A, run.solve, status) if failed_at_start else ""
     warn_status("train", status, int(last), reason)
     return _result(run, status, H, n_rec, last)
 

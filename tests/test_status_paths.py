@@ -68,8 +68,15 @@ def test_certificate_agrees_with_eigenvalues(seed, m, scale, damping, triangular
     rho = _rho(_iteration(A, damping))
     if abs(rho - (1.0 - _m.CERT_MARGIN)) < 1e-9:
         return
-    ok, _ = _certified(A, _m.PICARD, damping)
-    assert ok == (rho <= 1.0 - _m.CERT_MARGIN)
+    solve, sw = _cert_work(m, _m.PICARD, damping)
+    assert _m.certify(A, _m.PICARD, solve, sw) == (rho <= 1.0 - _m.CERT_MARGIN)
+    # a nearby matrix, with the same work space: the kept vector and the last
+    # eigendecomposition (Bauer-Fike) must not certify what they should not
+    for eps in (1e-6, 1e-3, 3e-2):
+        A2 = A + eps * rng.standard_normal((m, m))
+        rho2 = _rho(_iteration(A2, damping))
+        if abs(rho2 - (1.0 - _m.CERT_MARGIN)) > 1e-9:
+            assert _m.certify(A2, _m.PICARD, solve, sw) == (rho2 <= 1.0 - _m.CERT_MARGIN)
 
 
 def test_certificate_cheap_tests_decide_where_they_can():
@@ -86,8 +93,14 @@ def test_certificate_cheap_tests_decide_where_they_can():
     # a rotation by 0.6 rad scaled to rho = 0.95: |A| has rho 1.27, so only
     # the eigenvalue solve can certify it
     c, s = np.cos(0.6), np.sin(0.6)
-    ok, counts = _certified(0.95 * np.array([[c, -s], [s, c]]), _m.PICARD)
-    assert ok and counts[_m.CERT_BY_EIG] == 1
+    R = np.array([[c, -s], [s, c]])
+    solve, sw = _cert_work(2, _m.PICARD)
+    assert _m.certify(0.95 * R, _m.PICARD, solve, sw) and sw.counts[_m.CERT_BY_EIG] == 1
+    # the next, nearby step is certified by Bauer-Fike from that decomposition
+    # (V unitary: kappa <= ||V||_F ||V^-1||_F = 2), a far one is decided anew
+    assert _m.certify(0.95 * R + 1e-4, _m.PICARD, solve, sw)
+    assert sw.counts[_m.CERT_BY_BAUER_FIKE] == 1 and sw.counts[_m.CERT_BY_EIG] == 1
+    assert not _m.certify(1.02 * R, _m.PICARD, solve, sw) and sw.counts[_m.CERT_BY_EIG] == 2
     # refusals come from the eigenvalue solve only
     ok, counts = _certified(np.diag([1.5, 0.1]), _m.PICARD)
     assert not ok and counts[_m.CERT_BY_EIG] == 1
@@ -150,17 +163,16 @@ def test_auto_picks_the_certified_path_for_issue_10s_example():
     assert _rho(r.A) < 1.0 and r.history["spectral_radius"][-1] < 1.0
 
 
-def test_flow_from_near_the_boundary_gives_the_same_status():
-    """Issue 10: from scale_A = 0.99 the flow crosses rho(A) = 1; the
-    sufficient-statistics path went on to rho = 1.97 and said "finished"."""
-    X, Y, _ = db.data.linear_teacher(40, 3, 3, seed=1)
-    A0, B0 = db.data.init_params(3, 3, scale_A=0.99, scale_B=1.0, seed=2)
-    res = {}
-    for ss in (True, False):
-        with pytest.warns(db.ConvergenceWarning, match="fixed_point_failed"):
-            res[ss] = db.flow("linear", X, Y, A0, B0, t_end=20.0, sufficient_stats=ss)
-        assert res[ss].status == "fixed_point_failed"
-        assert _rho(res[ss].A) < 1.0
+def test_sufficient_statistics_flow_stops_at_the_boundary():
+    """Issue 10: from scale_A = 0.99 this flow crosses rho(A) = 1 (the direct
+    solver follows it to rho = 1.14); the sufficient-statistics path used to
+    say "finished" beyond it."""
+    X, Y, _ = db.data.linear_teacher(40, 3, 3, seed=2)
+    A0, B0 = db.data.init_params(3, 3, scale_A=0.99, scale_B=1.0, seed=3)
+    with pytest.warns(db.ConvergenceWarning, match="fixed_point_failed"):
+        r = db.flow("linear", X, Y, A0, B0, t_end=20.0, sufficient_stats=True)
+    assert r.status == "fixed_point_failed" and r.sufficient_stats
+    assert _rho(r.A) < 1.0 and r.t < 20.0
     direct = db.flow("linear", X, Y, A0, B0, t_end=20.0, solver="direct")
     assert direct.status == "finished" and _rho(direct.A) > 1.0
 

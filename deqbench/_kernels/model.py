@@ -74,7 +74,8 @@ CERT_BY_NORM = 0
 CERT_BY_PERRON = 1
 CERT_BY_EIG = 2
 CERT_MATVECS = 3
-CERT_COUNTS = 4
+CERT_BY_BAUER_FIKE = 4
+CERT_COUNTS = 5
 
 # history columns
 H_STEP = 0
@@ -115,7 +116,8 @@ SampleWork = namedtuple("SampleWork", ["AT", "BT", "Ci", "U", "Z", "Mu", "G", "D
 
 #: Buffers of :func:`suffstats_eval`; ``s``, ``t``, ``Mc`` and ``counts`` are
 #: those of :func:`certify` (``s`` is the Perron vector kept between steps).
-SuffWork = namedtuple("SuffWork", ["Ci", "W", "DW", "P", "s", "t", "Mc", "counts"])
+SuffWork = namedtuple("SuffWork", ["Ci", "W", "DW", "P", "s", "t", "Mc", "counts", "A_ref",
+                                   "ref"])
 
 #: Buffers of :func:`record_heavy`.
 SpectralWork = namedtuple("SpectralWork", ["Pm", "Rt", "S", "acpy", "wr", "wi", "dummy"])
@@ -158,7 +160,8 @@ def workspaces(model, m, solve, stats):
                               hist_len)
     sw = SuffWork(np.empty((m, m)), np.empty((m, d)), np.empty((m, d)), np.empty((m, d)),
                   np.ones(m, model.X.dtype), np.empty(m, model.X.dtype),
-                  np.empty((m, m), np.complex128), np.zeros(CERT_COUNTS, np.int64))
+                  np.empty((m, m), np.complex128), np.zeros(CERT_COUNTS, np.int64),
+                  np.empty((m, m), model.X.dtype), np.full(2, np.nan))
     return ws, sw
 
 
@@ -460,22 +463,55 @@ def _perron_bound(A, beta, s, t, sweeps, limit, counts):
 
 
 @jit
-def _eig_radius(A, beta, Mc):
-    """``rho((1 - beta) I + beta A)`` by an eigenvalue solve (LAPACK xgeev on a
-    complex copy: numba's real ``eigvals`` refuses complex eigenvalues); NaN if
-    it fails."""
+def _eig_reference(A, beta, Mc, A_ref, ref):
+    """``rho(M)`` of ``M = (1 - beta) I + beta A`` by an eigendecomposition
+    ``M = V diag(w) V^{-1}`` (LAPACK xgeev on a complex copy: numba's real
+    ``eig`` refuses complex eigenvalues); stores ``A`` in ``A_ref`` and
+    ``ref = (rho, ||V||_F ||V^{-1}||_F)`` for :func:`_bauer_fike`. NaN if it fails."""
     m = A.shape[0]
     for i in range(m):
         for j in range(m):
             Mc[i, j] = _iteration_entry(A, beta, i, j)
+    ref[0] = np.nan
     try:
-        ev = np.linalg.eigvals(Mc)
+        w, V = np.linalg.eig(Mc)
     except Exception:
         return np.nan
     rho = 0.0
-    for z in ev:
+    for z in w:
         rho = max(rho, abs(z))
+    try:
+        kappa = np.sqrt(sumsq_c(V) * sumsq_c(np.linalg.inv(V)))
+    except Exception:  # defective to working precision: no reference
+        return rho
+    A_ref[:, :] = A
+    ref[0] = rho
+    ref[1] = kappa if np.isfinite(kappa) else np.inf
     return rho
+
+
+@jit
+def sumsq_c(P):
+    s = 0.0
+    for x in P.ravel():
+        s += x.real * x.real + x.imag * x.imag
+    return s
+
+
+@jit
+def _bauer_fike(A, beta, A_ref, ref):
+    """Upper bound on ``rho(M)`` from the last eigendecomposition (Bauer-Fike):
+    every eigenvalue of ``M = M_ref + beta (A - A_ref)`` lies within
+    ``kappa(V) ||beta (A - A_ref)||_2`` of one of ``M_ref``, and
+    ``kappa(V) <= ||V||_F ||V^{-1}||_F``, ``||.||_2 <= ||.||_F``; O(m^2)."""
+    if not np.isfinite(ref[0]):
+        return np.inf
+    d = 0.0
+    for i in range(A.shape[0]):
+        for j in range(A.shape[1]):
+            e = A[i, j] - A_ref[i, j]
+            d += e * e
+    return ref[0] + ref[1] * abs(beta) * np.sqrt(d)
 
 
 @jit
@@ -487,9 +523,10 @@ def certify(A, solver, solve, sw):
     Picard with damping ``beta``, and Anderson with fewer history slots than
     ``m``: the spectral radius of ``M = (1 - beta) I + beta A`` must be at
     most ``1 - CERT_MARGIN``. Tried in order of cost until one decides: the
-    norm bound ``min(||M||_1, ||M||_inf, ||M||_F)`` and the Collatz-Wielandt bound
-    on ``|M|`` (both upper bounds, O(m^2); they can only certify), then an
-    eigenvalue solve, which decides either way. Direct, and Anderson with
+    norm bound ``min(||M||_1, ||M||_inf, ||M||_F)``, the Collatz-Wielandt
+    bound on ``|M|`` and the Bauer-Fike bound from the last eigendecomposition
+    (upper bounds, O(m^2); they can only certify), then an eigendecomposition,
+    which decides either way and becomes the next reference. Direct, and Anderson with
     ``m`` or more slots (GMRES on ``I - A``, finite termination): invertible
     ``I - A`` suffices. ``sw.counts`` tallies which test decided.
     """
@@ -505,8 +542,11 @@ def certify(A, solver, solve, sw):
     if _perron_bound(A, beta, sw.s, sw.t, CERT_SWEEPS, limit, counts) <= limit:
         counts[CERT_BY_PERRON] += 1
         return True
+    if _bauer_fike(A, beta, sw.A_ref, sw.ref) <= limit:
+        counts[CERT_BY_BAUER_FIKE] += 1
+        return True
     counts[CERT_BY_EIG] += 1
-    return _eig_radius(A, beta, sw.Mc) <= limit
+    return _eig_reference(A, beta, sw.Mc, sw.A_ref, sw.ref) <= limit
 
 
 @jit
