@@ -26,6 +26,8 @@ import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from .._training import FAILED_STATUSES
+
 __all__ = ["FAILED", "LOST", "SweepError", "Store", "atomic_write", "read_csv", "stored_format",
            "sweep_status", "to_csv"]
 
@@ -37,8 +39,9 @@ RUNS_PQ = "runs.parquet"
 HIST_PQ = "histories.parquet"
 META = "sweep.json"
 LOCK = ".lock"
-#: Statuses that ``--retry-failed`` re-runs.
-FAILED = ("error", "diverged", "fixed_point_failed", "crashed", "timeout")
+#: Statuses that ``--retry-failed`` re-runs: the sweep's own, and every failed
+#: status of ``train`` (one list, in ``deqbench._training``).
+FAILED = ("error", "crashed", "timeout", *FAILED_STATUSES)
 #: The status of a run lost to a dead worker while it waits to run again (not a result:
 #: a resume runs it again, counting its attempts on).
 LOST = "lost"
