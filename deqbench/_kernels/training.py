@@ -65,8 +65,8 @@ def gd(model, A, B, solve, stats, schedule, H):
     row = rec.row
     Ap = A.copy()
     Bp = B.copy()
-    gA = np.zeros((m, m))
-    gB = np.zeros((m, d))
+    gA = np.zeros((m, m), A.dtype)
+    gB = np.zeros((m, d), A.dtype)
     nrec = 0
     good_recorded = False
     status = MAX_STEPS
