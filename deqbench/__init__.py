@@ -10,6 +10,8 @@ first, then parameters:
   :class:`TrainInterrupted`, which keeps the finished steps)
 * :func:`flow` ``(model, X, Y, A0, B0)`` - gradient flow (adaptive Dormand-Prince)
 * :class:`ConvergenceWarning` - the warning of every solver that misses its tolerance
+* :class:`PrecisionWarning`, :func:`tol_floor` - a tolerance below the dtype's reach
+  (every call computes in the dtype of its arrays, float32 or float64)
 * :mod:`deqbench.theory` - the predictions of the theory
 * :mod:`deqbench.data` - seeded problem builders
 * :class:`Activation` - activations usable inside jitted code
@@ -18,11 +20,11 @@ Implementations live in private modules (``deqbench._fixed_point``, ...).
 """
 
 from . import data, theory
-from ._fixed_point import FixedPointResult, fixed_point
+from ._fixed_point import FixedPointResult, fixed_point, tol_floor
 from ._flow import FlowResult, flow
 from ._gradients import GradResult, LossAndGrad, implicit_grad, loss_and_grad
 from ._training import DIVERGENCE_FACTOR, TrainInterrupted, TrainResult, train
-from ._warnings import ConvergenceWarning
+from ._warnings import ConvergenceWarning, PrecisionWarning
 from .activations import Activation, get_activation
 
 __version__ = "0.1.0"
@@ -35,6 +37,7 @@ __all__ = [
     "FlowResult",
     "GradResult",
     "LossAndGrad",
+    "PrecisionWarning",
     "TrainInterrupted",
     "TrainResult",
     "data",
@@ -44,5 +47,6 @@ __all__ = [
     "implicit_grad",
     "loss_and_grad",
     "theory",
+    "tol_floor",
     "train",
 ]

@@ -26,13 +26,16 @@ class PairwiseSum:
 
     After ``k`` additions the rounding error of the total grows like
     ``log2(k)`` ulps instead of ``k`` for a plain running sum, with at most
-    ``log2(k) + 1`` partial sums held.
+    ``log2(k) + 1`` partial sums held. The partial sums are float64 whatever the
+    dtype of the terms (float32 block gradients are summed in float64 on purpose;
+    the callers round the total back to the data's dtype).
     """
 
     def __init__(self):
         self._stack: list[tuple[int, np.ndarray]] = []
 
     def add(self, a: np.ndarray) -> None:
+        a = np.asarray(a, dtype=np.float64)
         size = 1
         while self._stack and self._stack[-1][0] == size:
             a = self._stack.pop()[1] + a
@@ -72,11 +75,14 @@ def sufficient_stats(X: BlockSource, Y: BlockSource, chunk: int) -> SufficientSt
     """One pass over ``X``, ``Y`` in blocks of ``chunk`` rows (next block read ahead).
 
     Each block's ``X_b^T X_b``, ``Y_b^T X_b`` and ``||Y_b||^2`` is one BLAS call
-    (threaded), and the block sums are combined by :class:`PairwiseSum`.
+    (threaded), and the block sums are combined by :class:`PairwiseSum`. The
+    statistics are float64 whatever the data's dtype: float32 blocks are
+    converted (one block at a time) before their products.
     Raises :class:`~deqbench._source.ReadError` if a block cannot be read.
     """
     sxx, syx, yy = PairwiseSum(), PairwiseSum(), PairwiseSum()
     for _, _, (Xb, Yb) in blocks([X, Y], chunk):
+        Xb, Yb = Xb.astype(np.float64, copy=False), Yb.astype(np.float64, copy=False)
         sxx.add(Xb.T @ Xb)
         syx.add(Yb.T @ Xb)
         yy.add(np.array([np.vdot(Yb, Yb)]))
@@ -106,7 +112,7 @@ def resolve(X, B, chunk, anderson_history):
     if chunk is None and not is_out_of_core(X):
         return None, None
     m, d = B.shape
-    src = open_source("X", X, shape=(None, d))
+    src = open_source("X", X, shape=(None, d), dtype=B.dtype)
     chunk = check_chunk("auto" if chunk is None else chunk, src.n,
                         row_floats(d, m, anderson_history))
     return src, chunk
@@ -161,7 +167,7 @@ def forward_blocks(Xs, A, B, act, method, opts, z0, chunk, what="fixed_point"):
     from ._fixed_point import FixedPointResult, forward
 
     n, m = Xs.n, A.shape[0]
-    Z = np.zeros((n, m)) if z0 is None else z0.copy()
+    Z = np.zeros((n, m), A.dtype) if z0 is None else z0.copy()
     bl = _Blocks(chunk)
     try:
         for s, e, (Xb,) in blocks([Xs], chunk):
@@ -183,7 +189,7 @@ def adjoint_blocks(Xs, A, B, Z, G, act, method, opts, adj0, nk, chunk):
     from ._gradients import GradResult, _adjoint
 
     n, m = Z.shape
-    Mu = np.zeros((n, m)) if adj0 is None else adj0.copy()
+    Mu = np.zeros((n, m), A.dtype) if adj0 is None else adj0.copy()
     gA, gB = PairwiseSum(), PairwiseSum()
     bl = _Blocks(chunk)
     try:
@@ -197,12 +203,12 @@ def adjoint_blocks(Xs, A, B, Z, G, act, method, opts, adj0, nk, chunk):
     except ReadError as exc:
         warn(f"implicit_grad: {exc}; the gradients are NaN", stacklevel=3)
         k, res, status, hist, stats = bl.read_error()
-        nan = np.full((m, m), np.nan), np.full(B.shape, np.nan)
+        nan = np.full((m, m), np.nan, A.dtype), np.full(B.shape, np.nan, A.dtype)
         return GradResult(*nan, Mu, k, res, False, status, hist, method, stats)
     k, res, status, hist, stats = bl.summary()
     _warn_blocks(f"implicit_grad(method={method!r})", bl, status, res, opts.tol)
-    return GradResult(gA.total(), gB.total(), Mu, k, res, status in ("converged", "truncated"),
-                      status, hist, method, stats)
+    return GradResult(gA.total().astype(A.dtype), gB.total().astype(A.dtype), Mu, k, res,
+                      status in ("converged", "truncated"), status, hist, method, stats)
 
 
 def loss_and_grad_blocks(model, Xs, Ys, A, B, u, act, phi, solver, grad_solver, opts, z0,
@@ -223,7 +229,7 @@ def loss_and_grad_blocks(model, Xs, Ys, A, B, u, act, phi, solver, grad_solver, 
             w = (e - s) / n
             f = _quiet(forward, Xb, A, B, phi, solver, opts, None if z0 is None else z0[s:e])
             fb.add(f.n_iter, f.residual, f.status, f.history)
-            G = np.empty((e - s, m))
+            G = np.empty((e - s, m), A.dtype)
             if model == "single_index":
                 lb = _g.single_index_loss(f.z, Yb, u, act.code, act.param, G)
             else:
@@ -239,13 +245,15 @@ def loss_and_grad_blocks(model, Xs, Ys, A, B, u, act, phi, solver, grad_solver, 
         warn(f"loss_and_grad: {exc}; the loss and gradients are NaN", stacklevel=3)
         fk, _, _, _, fs = fb.read_error()
         ak, _, _, _, as_ = ab.read_error()
-        return LossAndGrad(np.nan, np.full((m, m), np.nan), np.full(B.shape, np.nan), fk, ak,
+        return LossAndGrad(np.nan, np.full((m, m), np.nan, A.dtype),
+                           np.full(B.shape, np.nan, A.dtype), fk, ak,
                            np.inf, np.inf, "read_error", "read_error", False, None, None, fs,
                            as_)
     fk, fres, fstatus, _, fs = fb.summary()
     ak, ares, astatus, _, as_ = ab.summary()
     _warn_blocks(f"loss_and_grad(solver={solver!r})", fb, fstatus, fres, opts.tol)
     _warn_blocks(f"loss_and_grad(grad_solver={grad_solver!r})", ab, astatus, ares, opts.tol)
-    return LossAndGrad(float(loss.total()[0]), gA.total(), gB.total(), fk, ak, fres, ares,
+    return LossAndGrad(float(loss.total()[0]), gA.total().astype(A.dtype),
+                       gB.total().astype(A.dtype), fk, ak, fres, ares,
                        fstatus, astatus, fstatus == "converged"
                        and astatus in ("converged", "truncated"), None, None, fs, as_)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -12,14 +13,34 @@ from ._kernels import fixed_point as _fp
 from ._kernels.activations import IDENTITY
 from ._kernels.blocks import gemm_rows
 from ._threads import blas_single_threaded
-from ._warnings import warn
+from ._warnings import PrecisionWarning, warn
 from .activations import Activation, get_activation
 
-__all__ = ["BlockStats", "FixedPointResult", "SolverOptions", "fixed_point"]
+__all__ = ["BlockStats", "FixedPointResult", "SolverOptions", "fixed_point", "tol_floor"]
 
 METHODS = ("picard", "anderson", "direct")
 STATUS = {_fp.CONVERGED: "converged", _fp.MAX_ITER: "max_iter", _fp.DIVERGED: "diverged"}
-_DUMMY = np.zeros((1, 1))
+DEFAULT_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
+"""``tol=None`` per dtype: 1e-10 in float64, 1e-5 (84 eps) in float32."""
+TOL_FLOOR_EPS = 8.0
+"""The floor of a solve tolerance, in units of the dtype's eps (see :func:`tol_floor`)."""
+
+
+def tol_floor(dtype) -> float:
+    """The smallest ``tol`` a solve in ``dtype`` can be expected to meet:
+    ``TOL_FLOOR_EPS * eps`` (9.5e-7 in float32, 1.8e-15 in float64).
+
+    A relative residual ``||F(Z) - Z|| / ||F(Z)||`` evaluated in floating point
+    carries rounding of a few eps (one gemm, one activation per entry), so a
+    smaller ``tol`` is met by chance or never (docs/theory.md §3).
+    """
+    return TOL_FLOOR_EPS * float(np.finfo(dtype).eps)
+
+
+def dummy(dtype) -> np.ndarray:
+    """A (1, 1) placeholder for the unused ``D`` of a kernel, in the kernel's dtype
+    (numba specialises on it; one dtype per call keeps one specialisation)."""
+    return np.zeros((1, 1), dtype)
 
 
 @dataclass(frozen=True)
@@ -109,10 +130,29 @@ class SolverOptions(NamedTuple):
     anderson_ridge: float
 
 
-def check_options(tol, max_iter, damping, anderson_history, anderson_ridge) -> SolverOptions:
-    """Validate the solver options shared by every public solver call."""
+def check_options(tol, max_iter, damping, anderson_history, anderson_ridge, dtype,
+                  default_tol=None) -> SolverOptions:
+    """Validate the solver options shared by every public solver call.
+
+    ``tol=None`` is ``default_tol`` in float64 (:data:`DEFAULT_TOL` when None; never
+    below the floor) and ``DEFAULT_TOL`` in float32; a ``tol`` below
+    :func:`tol_floor` of ``dtype`` warns (:class:`~deqbench.PrecisionWarning`)
+    and is used as given.
+    """
+    dtype = np.dtype(dtype)
+    floor = tol_floor(dtype)
+    if tol is None:  # a default never goes below the floor
+        tol = DEFAULT_TOL[dtype]
+        if default_tol is not None and dtype == np.float64:
+            tol = max(default_tol, floor)
+    tol = v.positive("tol", tol)
+    if tol < floor:
+        warnings.warn(f"tol={tol:.3g} is below the floor {floor:.3g} of {dtype} "
+                      f"({TOL_FLOOR_EPS:g} x eps = {TOL_FLOOR_EPS:g} x "
+                      f"{np.finfo(dtype).eps:.3g}): the solves may stop at max_iter; use "
+                      f"tol >= {floor:.3g} or float64 data", PrecisionWarning, stacklevel=4)
     return SolverOptions(
-        tol=v.positive("tol", tol),
+        tol=tol,
         max_iter=v.integer("max_iter", max_iter, minimum=1),
         damping=v.unit_interval("damping", damping),
         anderson_history=v.integer("anderson_history", anderson_history, minimum=1),
@@ -134,8 +174,8 @@ def solve(M, U, code, param, D, Z, *, method, opts: SolverOptions):
     else:
         mh = opts.anderson_history
         n, m = Z.shape
-        Fh = np.empty((mh, n, m))
-        Gh = np.empty((mh, n, m))
+        Fh = np.empty((mh, n, m), Z.dtype)
+        Gh = np.empty((mh, n, m), Z.dtype)
         GG = np.zeros((mh, mh))
         work = np.zeros((2 * mh + 1, mh))
         k, res, status = _fp.anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, opts.tol,
@@ -153,21 +193,23 @@ def warn_failure(what: str, status: str, n_iter: int, residual: float, tol: floa
 
 def check_model(X, A, B, names=("A", "B")):
     """Validate ``X (n, d)``, ``A (m, m)``, ``B (m, d)``; return ``(X, A, B)`` as
-    float64 C-contiguous arrays (not copies where they already are). ``names``
-    are the caller's names for ``A`` and ``B`` in error messages."""
+    C-contiguous arrays of one dtype, float32 or float64 (not copies where they
+    already are). ``names`` are the caller's names for ``A`` and ``B`` in error
+    messages."""
     A, B = check_params(A, B, names)
-    X = v.as_matrix("X", X, shape=(None, B.shape[1]))
+    X = v.as_matrix("X", X, shape=(None, B.shape[1]), dtype=A.dtype, ref=names[0])
     return X, A, B
 
 
 def check_params(A, B, names=("A", "B")):
-    """The parameter half of :func:`check_model`: ``A (m, m)``, ``B (m, d)``."""
+    """The parameter half of :func:`check_model`: ``A (m, m)``, ``B (m, d)``, of one
+    dtype; ``A``'s dtype is then the dtype of the call (every other array must match)."""
     a, b = names
     A = v.as_matrix(a, A)
     m = A.shape[0]
     if A.shape[1] != m:
         raise ValueError(f"{a} must be square (m, m), got shape {A.shape}")
-    return A, v.as_matrix(b, B, shape=(m, None))
+    return A, v.as_matrix(b, B, shape=(m, None), dtype=A.dtype, ref=a)
 
 
 @blas_single_threaded
@@ -178,7 +220,7 @@ def fixed_point(
     *,
     activation: str | Activation = "identity",
     method: str = "picard",
-    tol: float = 1e-10,
+    tol: float | None = None,
     max_iter: int = 10_000,
     damping: float = 1.0,
     z0=None,
@@ -191,8 +233,10 @@ def fixed_point(
     Parameters
     ----------
     X : (n, d), A : (m, m), B : (m, d) arrays of floats
-        Data, then parameters (the order of every deqbench call). ``X`` may
-        also be an ``np.memmap`` or the path of a float64 ``.npy`` file
+        Data, then parameters (the order of every deqbench call), all float32
+        or all float64: the computation runs in that dtype (other real floats
+        are converted to float64; a mix is a ``TypeError``). ``X`` may
+        also be an ``np.memmap`` or the path of a ``.npy`` file
         (read in row blocks, see ``chunk``).
     activation : str or Activation
         ``phi``; ``"identity"`` gives the linear DEQ.
@@ -200,8 +244,10 @@ def fixed_point(
         ``"picard"``: damped iteration ``Z <- (1 - damping) Z + damping F(Z)``.
         ``"anderson"``: Anderson acceleration (``anderson_history``,
         ``anderson_ridge``). ``"direct"``: exact LU solve, linear only.
-    tol : float
-        Stop when ``||F(Z) - Z||_F / ||F(Z)||_F <= tol``.
+    tol : float, optional
+        Stop when ``||F(Z) - Z||_F / ||F(Z)||_F <= tol``. Default 1e-10 in
+        float64, 1e-5 in float32; below :func:`tol_floor` (``8 eps``: 9.5e-7
+        in float32) a :class:`~deqbench.PrecisionWarning` names the floor.
     max_iter : int
     damping : float in (0, 1]
     z0 : (n, m) array, optional
@@ -239,16 +285,18 @@ def fixed_point(
     A, B = check_params(A, B)
     act = get_activation(activation)
     v.choice("method", method, METHODS)
-    opts = check_options(tol, max_iter, damping, anderson_history, anderson_ridge)
+    opts = check_options(tol, max_iter, damping, anderson_history, anderson_ridge, A.dtype)
     Xs, chunk = resolve(X, B, chunk, opts.anderson_history)
     if Xs is None:
-        X = v.as_matrix("X", X, shape=(None, B.shape[1]))
+        X = v.as_matrix("X", X, shape=(None, B.shape[1]), dtype=A.dtype)
+        if z0 is not None:
+            z0 = v.as_matrix("z0", z0, shape=(X.shape[0], A.shape[0]), dtype=A.dtype)
         return forward(X, A, B, act, method, opts, z0)
     if method == "direct" and not act.is_identity:
         raise ValueError(f"method='direct' solves linear maps only, got activation={str(act)!r}"
                          " (use 'picard' or 'anderson')")
     if z0 is not None:
-        z0 = v.as_matrix("z0", z0, shape=(Xs.n, A.shape[0]))
+        z0 = v.as_matrix("z0", z0, shape=(Xs.n, A.shape[0]), dtype=A.dtype)
     return forward_blocks(Xs, A, B, act, method, opts, z0, chunk)
 
 
@@ -265,8 +313,8 @@ def forward(X, A, B, act, method, opts: SolverOptions, z0) -> FixedPointResult:
         Z, res, status = direct(np.eye(m) - A, U, np.ascontiguousarray(A.T), opts.tol,
                                 "fixed_point")
         return FixedPointResult(Z, 0, res, status == "converged", status, np.array([res]), method)
-    Z = np.zeros((n, m)) if z0 is None else v.as_matrix("z0", z0, shape=(n, m)).copy()
-    k, res, code, hist = solve(np.ascontiguousarray(A.T), U, act.code, act.param, _DUMMY, Z,
+    Z = np.zeros((n, m), X.dtype) if z0 is None else z0.copy()
+    k, res, code, hist = solve(np.ascontiguousarray(A.T), U, act.code, act.param, dummy(Z.dtype), Z,
                                method=method, opts=opts)
     status = STATUS[code]
     if code != _fp.CONVERGED:
@@ -276,7 +324,7 @@ def forward(X, A, B, act, method, opts: SolverOptions, z0) -> FixedPointResult:
 
 def input_term(X, B):
     """``U = X B^T`` by row blocks (overflow becomes a status downstream)."""
-    U = np.empty((X.shape[0], B.shape[0]))
+    U = np.empty((X.shape[0], B.shape[0]), X.dtype)
     gemm_rows(X, np.ascontiguousarray(B.T), U)
     return U
 
@@ -291,7 +339,9 @@ def map_residual(Z, M, U, code, param, D) -> float:
 def direct(C, U, M, tol, what):
     """Exact linear solve ``Z = U C^{-T}`` checked by its residual for ``Z = Z M + U``.
 
-    A singular or ill-conditioned ``C`` is a status (with a warning), not an exception.
+    ``C`` is float64 whatever the dtype of ``U`` (the inverse is formed in float64,
+    then rounded to U's dtype for the gemm). A singular or ill-conditioned ``C`` is a
+    status (with a warning), not an exception.
     """
     Z = np.zeros_like(U)
     try:
@@ -304,7 +354,7 @@ def direct(C, U, M, tol, what):
         Z[:] = 0.0
         res = np.inf
     else:
-        res = map_residual(Z, M, U, IDENTITY, 0.0, _DUMMY)
+        res = map_residual(Z, M, U, IDENTITY, 0.0, dummy(Z.dtype))
     if res <= tol:
         return Z, res, "converged"
     status = "diverged" if not np.isfinite(res) else "inaccurate"

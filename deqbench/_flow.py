@@ -115,8 +115,9 @@ def flow(
         Forward and adjoint solver (exact gradients only); solves are
         warm-started from the previous evaluation.
     tol : float, optional
-        Solve tolerance; default ``min(1e-10, 1e-3 rtol)`` so that solve
-        error stays below the integration error.
+        Solve tolerance; default ``min(1e-10, 1e-3 rtol)`` in float64 so that
+        solve error stays below the integration error, 1e-5 in float32 (the
+        dtype of ``X``, ``Y``, ``A0``, ``B0``; choose ``rtol`` accordingly).
     max_steps : int
         Cap on accepted steps.
     record_every, stop_loss, sufficient_stats, L_star, spectral_every
@@ -144,12 +145,12 @@ def flow(
     t_end = v.positive("t_end", t_end)
     rtol = v.positive("rtol", rtol)
     atol = v.positive("atol", atol)
-    tol = min(1e-10, 1e-3 * rtol) if tol is None else tol
     max_steps = v.integer("max_steps", max_steps, minimum=1)
     h0 = 0.0 if h0 is None else v.positive("h0", h0)
     run = prepare(
         model, X, Y, A0, B0, u=u, activation=activation, solver=solver, grad_solver=None,
         tol=tol, max_iter=max_iter, damping=damping, neumann_terms=0,
+        default_tol=min(1e-10, 1e-3 * rtol),
         anderson_history=anderson_history, anderson_ridge=anderson_ridge,
         sufficient_stats=sufficient_stats, L_star=L_star, record_every=record_every,
         stop_loss=stop_loss, spectral_every=spectral_every, grad_methods=EXACT_GRAD,

@@ -15,6 +15,7 @@ from ._fixed_point import (
     check_options,
     check_params,
     direct,
+    dummy,
     forward,
     input_term,
     solve,
@@ -31,7 +32,6 @@ __all__ = ["GradResult", "LossAndGrad", "implicit_grad", "loss_and_grad"]
 
 GRAD_METHODS = ("picard", "anderson", "direct", "jfb", "neumann")
 MODELS = ("linear", "single_index", "nonlinear")
-_DUMMY = np.zeros((1, 1))
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def implicit_grad(
     *,
     activation: str | Activation = "identity",
     method: str = "picard",
-    tol: float = 1e-10,
+    tol: float | None = None,
     max_iter: int = 10_000,
     damping: float = 1.0,
     adj0=None,
@@ -92,6 +92,7 @@ def implicit_grad(
     Parameters
     ----------
     X, A, B : as in :func:`~deqbench.fixed_point`
+        (all arrays of the call share one dtype, float32 or float64)
     Z : (n, m)
         The fixed point (from :func:`~deqbench.fixed_point`).
     G : (n, m)
@@ -125,13 +126,15 @@ def implicit_grad(
     A, B = check_params(A, B)
     act = get_activation(activation)
     v.choice("method", method, GRAD_METHODS)
-    opts = check_options(tol, max_iter, damping, anderson_history, anderson_ridge)
+    opts = check_options(tol, max_iter, damping, anderson_history, anderson_ridge, A.dtype)
     Xs, chunk = resolve(X, B, chunk, opts.anderson_history)
     if Xs is None:
-        X = v.as_matrix("X", X, shape=(None, B.shape[1]))
+        X = v.as_matrix("X", X, shape=(None, B.shape[1]), dtype=A.dtype)
     n, m = (X.shape[0] if Xs is None else Xs.n), A.shape[0]
-    Z = v.as_matrix("Z", Z, shape=(n, m))
-    G = v.as_matrix("G", G, shape=(n, m))
+    Z = v.as_matrix("Z", Z, shape=(n, m), dtype=A.dtype)
+    G = v.as_matrix("G", G, shape=(n, m), dtype=A.dtype)
+    if adj0 is not None:
+        adj0 = v.as_matrix("adj0", adj0, shape=(n, m), dtype=A.dtype)
     nk = _neumann_terms(method, neumann_terms)
     if method == "direct" and not act.is_identity:
         raise ValueError(
@@ -139,8 +142,6 @@ def implicit_grad(
         )
     if Xs is None:
         return _adjoint(X, A, B, Z, G, act, method, opts, adj0, nk)
-    if adj0 is not None:
-        adj0 = v.as_matrix("adj0", adj0, shape=(n, m))
     return adjoint_blocks(Xs, A, B, Z, G, act, method, opts, adj0, nk, chunk)
 
 
@@ -152,31 +153,32 @@ def _neumann_terms(method, neumann_terms) -> int:
 
 
 def _adjoint(X, A, B, Z, G, act, method, opts: SolverOptions, adj0, nk):
+    """:func:`implicit_grad` on validated arguments of one dtype (``adj0`` too)."""
     n, m = Z.shape
     if act.is_identity:
-        code, D = IDENTITY, _DUMMY
+        code, D = IDENTITY, dummy(Z.dtype)
     else:
-        code, D = MASK, np.empty((n, m))
+        code, D = MASK, np.empty((n, m), Z.dtype)
         U = input_term(X, B)
         _g.preactivation_derivative(Z, np.ascontiguousarray(A.T), U, act.code, act.param, D)
     if method == "direct":
         Mu, res, status = direct(np.eye(m) - A.T, G, A, opts.tol, "implicit_grad")
         hist, n_iter = np.array([res]), 0
     elif method in ("jfb", "neumann"):
-        Mu = np.zeros((n, m))
+        Mu = np.zeros((n, m), Z.dtype)
         hist = np.full(nk + 2, np.nan)
         n_iter, res, code_ = _fp.picard(Mu, A, G, code, act.param, D, np.empty_like(Mu),
                                         0.0, nk + 1, 1.0, hist)
         status = "truncated" if code_ != _fp.DIVERGED else "diverged"
         hist = hist[: n_iter + 1]
     else:
-        Mu = np.zeros((n, m)) if adj0 is None else v.as_matrix("adj0", adj0, shape=(n, m)).copy()
+        Mu = np.zeros((n, m), Z.dtype) if adj0 is None else adj0.copy()
         n_iter, res, code_, hist = solve(A, G, code, act.param, D, Mu, method=method, opts=opts)
         status = STATUS[code_]
         if code_ != _fp.CONVERGED:
             warn_failure(f"implicit_grad(method={method!r})", status, n_iter, res, opts.tol)
-    grad_A = np.empty((m, m))
-    grad_B = np.empty((m, X.shape[1]))
+    grad_A = np.empty((m, m), Z.dtype)
+    grad_B = np.empty((m, X.shape[1]), Z.dtype)
     gemm_tn(Mu, Z, grad_A)
     gemm_tn(Mu, X, grad_B)
     converged = status in ("converged", "truncated")
@@ -247,7 +249,7 @@ def loss_and_grad(
     activation: str | Activation = "identity",
     solver: str = "picard",
     grad_solver: str | None = None,
-    tol: float = 1e-10,
+    tol: float | None = None,
     max_iter: int = 10_000,
     damping: float = 1.0,
     z0=None,
@@ -267,9 +269,9 @@ def loss_and_grad(
         activation`` and linear fixed point, ``Y`` is ``(n,)``. ``nonlinear``:
         ``z = phi(A z + B x)`` with ``phi = activation``, ``Y`` is ``(n, m)``.
     X : (n, d), Y : (n, m) or (n,)
-        Data and targets: arrays, ``np.memmap`` arrays or paths of float64
-        ``.npy`` files (read in row blocks, the next one while the current one
-        computes).
+        Data and targets: arrays, ``np.memmap`` arrays or paths of float32 or
+        float64 ``.npy`` files, of the dtype of ``A``, ``B`` (read in row blocks, the
+        next one while the current one computes).
     A : (m, m), B : (m, d)
         Parameters.
     u : (m,) array, optional
@@ -314,29 +316,30 @@ def loss_and_grad(
     grad_solver = solver if grad_solver is None else grad_solver
     v.choice("solver", solver, METHODS)
     v.choice("grad_solver", grad_solver, GRAD_METHODS)
-    opts = check_options(tol, max_iter, damping, anderson_history, anderson_ridge)
+    opts = check_options(tol, max_iter, damping, anderson_history, anderson_ridge, A.dtype)
     nk = _neumann_terms(grad_solver, neumann_terms)
     if chunk is None and is_out_of_core(Y):
         chunk = "auto"
     Xs, chunk = resolve(X, B, chunk, opts.anderson_history)
     if Xs is None:
-        X = v.as_matrix("X", X, shape=(None, B.shape[1]))
+        X = v.as_matrix("X", X, shape=(None, B.shape[1]), dtype=A.dtype)
     n = X.shape[0] if Xs is None else Xs.n
+    z0 = None if z0 is None else v.as_matrix("z0", z0, shape=(n, m), dtype=A.dtype)
+    adj0 = None if adj0 is None else v.as_matrix("adj0", adj0, shape=(n, m), dtype=A.dtype)
     phi = act if model == "nonlinear" else get_activation("identity")
     if grad_solver == "direct" and not phi.is_identity:
         raise ValueError("grad_solver='direct' solves linear maps only (model='nonlinear')")
     if Xs is not None:
         single = model == "single_index"
-        Ys = open_source("Y", Y, ndim=1 if single else 2, shape=(n,) if single else (n, m))
-        u = check_readout(model, u, m)
-        z0 = None if z0 is None else v.as_matrix("z0", z0, shape=(n, m))
-        adj0 = None if adj0 is None else v.as_matrix("adj0", adj0, shape=(n, m))
+        Ys = open_source("Y", Y, ndim=1 if single else 2, shape=(n,) if single else (n, m),
+                         dtype=A.dtype)
+        u = check_readout(model, u, m, A.dtype)
         return loss_and_grad_blocks(model, Xs, Ys, A, B, u, act, phi, solver, grad_solver, opts,
                                     z0, adj0, nk, chunk)
-    Y, u = check_targets(model, Y, u, n, m)
+    Y, u = check_targets(model, Y, u, n, m, A.dtype)
     fwd = forward(X, A, B, phi, solver, opts, z0)
     Z = fwd.z
-    G = np.empty((n, m))
+    G = np.empty((n, m), Z.dtype)
     if model == "single_index":
         loss = _g.single_index_loss(Z, Y, u, act.code, act.param, G)
     else:
@@ -358,15 +361,17 @@ def loss_and_grad(
     )
 
 
-def check_targets(model, Y, u, n, m):
-    """Validate targets (and ``u``) for ``model``; return float64 ``(Y, u)``."""
+def check_targets(model, Y, u, n, m, dtype, ref="A"):
+    """Validate targets (and ``u``) for ``model``; return ``(Y, u)`` in ``dtype``
+    (the dtype of the parameter ``ref``)."""
     if model == "single_index":
-        return v.as_matrix("Y", Y, ndim=1, shape=(n,)), check_readout(model, u, m)
-    check_readout(model, u, m)
-    return v.as_matrix("Y", Y, shape=(n, m)), None
+        return (v.as_matrix("Y", Y, ndim=1, shape=(n,), dtype=dtype, ref=ref),
+                check_readout(model, u, m, dtype, ref))
+    check_readout(model, u, m, dtype, ref)
+    return v.as_matrix("Y", Y, shape=(n, m), dtype=dtype, ref=ref), None
 
 
-def check_readout(model, u, m):
+def check_readout(model, u, m, dtype, ref="A"):
     """The read-out ``u`` of single_index (default ``(1, ..., 1) / sqrt(m)``);
     None for the other models, where passing one is an error."""
     if model != "single_index":
@@ -374,5 +379,5 @@ def check_readout(model, u, m):
             raise ValueError(f"u is only used by model='single_index', got model={model!r}")
         return None
     if u is None:
-        return np.full(m, 1.0 / np.sqrt(m))
-    return v.as_matrix("u", u, ndim=1, shape=(m,))
+        return np.full(m, 1.0 / np.sqrt(m), dtype)
+    return v.as_matrix("u", u, ndim=1, shape=(m,), dtype=dtype, ref=ref)

@@ -43,14 +43,16 @@ class ReadError(OSError):
 class BlockSource:
     """One validated array, readable by row blocks.
 
-    ``read(start, stop)`` returns rows ``start:stop`` as a C-contiguous float64
-    array: a view for in-memory data, a fresh array for on-disk data (whose
-    values are checked to be finite as they are read).
+    ``read(start, stop)`` returns rows ``start:stop`` as a C-contiguous array of
+    ``dtype`` (float32 or float64): a view for in-memory data, a fresh array for
+    on-disk data (whose values are checked to be finite as they are read).
     """
 
-    def __init__(self, name: str, shape: tuple, array=None, path=None, offset: int = 0):
+    def __init__(self, name: str, shape: tuple, array=None, path=None, offset: int = 0,
+                 dtype=np.float64):
         self.name, self.shape, self.array, self.path, self.offset = (
             name, tuple(shape), array, path, offset)
+        self.dtype = np.dtype(dtype)
 
     @property
     def n(self) -> int:
@@ -64,9 +66,9 @@ class BlockSource:
         if self.in_memory:
             return self.array[start:stop]
         if self.path is None:  # np.memmap
-            out = np.array(self.array[start:stop], dtype=np.float64, order="C")
+            out = np.array(self.array[start:stop], dtype=self.dtype, order="C")
         else:
-            out = np.empty((stop - start,) + self.shape[1:])
+            out = np.empty((stop - start,) + self.shape[1:], self.dtype)
             row_bytes = out[:1].nbytes if out.size else 0
             with open(self.path, "rb") as f:
                 f.seek(self.offset + start * row_bytes)
@@ -88,39 +90,44 @@ def is_out_of_core(x) -> bool:
     return isinstance(x, (str, os.PathLike, np.memmap))
 
 
-def open_source(name: str, x, *, ndim: int = 2, shape=None) -> BlockSource:
+def open_source(name: str, x, *, ndim: int = 2, shape=None, dtype=None,
+                ref: str = "A") -> BlockSource:
     """Validate ``x`` (array, ``np.memmap`` or ``.npy`` path) as the argument ``name``.
 
-    In-memory arrays follow :func:`deqbench._validate.as_matrix` (converted to
-    float64, checked finite). On-disk data must already be float64 and
-    C-ordered (float32 is not supported yet); its finiteness is checked block
-    by block as it is read. ``shape`` may hold ``None`` for free axes.
+    In-memory arrays follow :func:`deqbench._validate.as_matrix` (float32 kept,
+    other floats converted to float64, checked finite). On-disk data must be
+    float32 or float64 and C-ordered (it is read as it is, not converted); its
+    finiteness is checked block by block as it is read. With ``dtype`` given
+    (that of the parameter ``ref``), ``x`` must have it: a ``TypeError`` names
+    both otherwise. ``shape`` may hold ``None`` for free axes.
     """
     if isinstance(x, BlockSource):
         v.check_shape(name, x.shape, ndim=ndim, shape=shape)
+        if dtype is not None:
+            v.same_dtype(name, x.dtype, ref, dtype)
         return x
     if isinstance(x, (str, os.PathLike)):
-        return _open_npy(name, Path(x), ndim, shape)
+        return _open_npy(name, Path(x), ndim, shape, dtype, ref)
     if isinstance(x, np.memmap):
-        _check_dtype(name, x.dtype, "np.memmap")
+        _check_dtype(name, x.dtype, "np.memmap", dtype, ref)
         v.check_shape(name, x.shape, ndim=ndim, shape=shape)
         if not x.flags.c_contiguous:
             raise ValueError(f"{name} must be a C-contiguous memmap (row blocks), got a "
                              "non-contiguous one")
-        return BlockSource(name, x.shape, array=x)
-    a = v.as_matrix(name, x, ndim=ndim, shape=shape)
-    return BlockSource(name, a.shape, array=a)
+        return BlockSource(name, x.shape, array=x, dtype=x.dtype)
+    a = v.as_matrix(name, x, ndim=ndim, shape=shape, dtype=dtype, ref=ref)
+    return BlockSource(name, a.shape, array=a, dtype=a.dtype)
 
 
-def _check_dtype(name, dtype, what):
-    if dtype == np.float32:
-        raise TypeError(f"{name}: float32 {what} data is not supported yet (deqbench computes "
-                        "in float64); write the data as float64")
-    if dtype != np.float64:
-        raise TypeError(f"{name} must hold float64 data, got dtype {dtype} ({what})")
+def _check_dtype(name, dtype, what, want, ref):
+    if dtype not in v.DTYPES:
+        raise TypeError(f"{name} must hold float32 or float64 data, got dtype {dtype} ({what}; "
+                        "on-disk data is read as it is, not converted)")
+    if want is not None:
+        v.same_dtype(f"{name} ({what})", dtype, ref, want)
 
 
-def _open_npy(name, path: Path, ndim, shape) -> BlockSource:
+def _open_npy(name, path: Path, ndim, shape, want, ref) -> BlockSource:
     fmt = np.lib.format
     if not path.is_file():
         raise FileNotFoundError(f"{name}: no such file {str(path)!r}")
@@ -135,7 +142,7 @@ def _open_npy(name, path: Path, ndim, shape) -> BlockSource:
         except ValueError as e:
             raise ValueError(f"{name}: {str(path)!r} is not a readable .npy file ({e})") from None
         offset = f.tell()
-    _check_dtype(name, dtype, ".npy")
+    _check_dtype(name, dtype, ".npy", want, ref)
     if fortran and len(got) > 1:
         raise ValueError(f"{name}: {str(path)!r} is Fortran-ordered; row blocks need C order "
                          "(save np.ascontiguousarray(X))")
@@ -145,7 +152,7 @@ def _open_npy(name, path: Path, ndim, shape) -> BlockSource:
     if size < want:
         raise ValueError(f"{name}: {str(path)!r} is truncated: {size} bytes, its header "
                          f"(shape {tuple(got)}, {dtype}) needs {want}")
-    return BlockSource(name, got, path=path, offset=offset)
+    return BlockSource(name, got, path=path, offset=offset, dtype=dtype)
 
 
 def check_chunk(chunk, n: int, row_floats: int) -> int:

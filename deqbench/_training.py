@@ -72,9 +72,16 @@ SPECTRAL_BUDGET = 0.05
 """Auto ``spectral_every`` keeps the matrix quantities below this fraction of a step."""
 SPECTRAL_FLOPS = 500.0
 """Cost of the SVD + eigenvalue solve of an ``m x m`` matrix in gemm-flop equivalents,
-per ``m^3``: values-only ``dgesdd`` + ``dgeev`` run far below gemm speed (measured
-about 700 at m = 256 and more at m = 64 on a 2-core machine; see
-:func:`auto_spectral_every`)."""
+per ``m^3``, up to ``m = SPECTRAL_M0``: values-only ``dgesdd`` + ``dgeev`` run far below
+gemm speed at small ``m`` (measured about 700 at m = 256 and more at m = 64 on a 2-core
+machine; see :func:`spectral_flops`)."""
+SPECTRAL_M0 = 256
+SPECTRAL_FLOPS_MIN = 30.0
+"""The per-``m^3`` constant for wide matrices: LAPACK's blocked reductions approach
+gemm speed as ``m`` grows. Estimate for m = 4096: ``eigvals`` about 10 s and the
+values-only SVD about half of that, against about 1.5 s for one ``2 m^3`` gemm on the
+same 2-core machine: about 20 gemm-flop equivalents per ``m^3``; 30 keeps a margin.
+To be re-measured with ``python -m benchmarks.calibrate`` (not timed by this rule)."""
 
 _MODEL_CODE = {"linear": _m.LINEAR, "single_index": _m.SINGLE_INDEX, "nonlinear": _m.NONLINEAR}
 _SOLVER_CODE = {
@@ -84,8 +91,6 @@ _SOLVER_CODE = {
     "jfb": _m.JFB,
     "neumann": _m.NEUMANN,
 }
-_DUMMY2 = np.zeros((1, 1))
-_DUMMY1 = np.zeros(1)
 
 
 @dataclass(frozen=True)
@@ -161,18 +166,26 @@ def step_flops(m: int, d: int, n: int, sufficient_stats: bool, iters: int = 2) -
     return 2 * iters * 2.0 * m * m * n + 2.0 * m * d * n + 2.0 * m * n * (m + d)
 
 
+def spectral_flops(m: int) -> float:
+    """Gemm-flop equivalents per ``m^3`` of the SVD + eigenvalue solve of an ``m x m``
+    matrix: ``SPECTRAL_FLOPS`` up to ``SPECTRAL_M0``, then falling as ``1 / m`` (the
+    ``O(m^2)`` parts and the unblocked panels weigh less as ``m`` grows) to
+    ``SPECTRAL_FLOPS_MIN``, reached at ``m = 4267``: 31 at m = 4096."""
+    return max(SPECTRAL_FLOPS_MIN, SPECTRAL_FLOPS * min(1.0, SPECTRAL_M0 / m))
+
+
 def auto_spectral_every(m: int, d: int, n: int, sufficient_stats: bool, record_every: int) -> int:
     """The documented rule for the default ``spectral_every``.
 
     The matrix quantities of a recorded step cost about
-    ``2 m^2 (m + d) + SPECTRAL_FLOPS m^3`` flops (one gemm for ``Q - Q_0``, an
+    ``2 m^2 (m + d) + spectral_flops(m) m^3`` flops (one gemm for ``Q - Q_0``, an
     SVD and a non-symmetric eigenvalue solve); they are computed every
     ``k`` steps with the smallest ``k`` (a multiple of ``record_every``) that
     keeps them below ``SPECTRAL_BUDGET`` (5%) of the cost of the steps in
     between, estimated by :func:`step_flops` with only 2 forward and 2
     adjoint iterations (a well warm-started step; real steps cost more).
     """
-    heavy = 2.0 * m * m * (m + d) + SPECTRAL_FLOPS * m**3
+    heavy = 2.0 * m * m * (m + d) + spectral_flops(m) * m**3
     k = max(1, math.ceil(heavy / (SPECTRAL_BUDGET * step_flops(m, d, n, sufficient_stats))))
     return record_every * math.ceil(k / record_every)
 
@@ -268,7 +281,7 @@ class Prepared:
 def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max_iter,
             damping, neumann_terms, anderson_history, anderson_ridge, sufficient_stats,
             L_star, record_every, stop_loss, spectral_every, grad_methods=GRAD_METHODS,
-            chunk=None, caller="flow"):
+            chunk=None, caller="flow", default_tol=None):
     """Validate the arguments shared by :func:`train` and :func:`deqbench.flow`
     and build the kernels' named tuples. The parameters are copied (the loops
     update them in place).
@@ -286,28 +299,30 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
             raise ValueError("X or Y on disk needs model='linear' (the sufficient-statistics "
                              f"path streams the data once), got model={model!r}")
         A0, B0 = check_params(A0, B0, names=("A0", "B0"))
-        X = open_source("X", X, shape=(None, B0.shape[1]))
+        X = open_source("X", X, shape=(None, B0.shape[1]), dtype=A0.dtype, ref="A0")
     else:
         if chunk is not None:
             raise ValueError(f"chunk applies to X or Y on disk only, got chunk={chunk!r} with "
                              "in-memory data")
         X, A0, B0 = check_model(X, A0, B0, names=("A0", "B0"))
     A0, B0 = A0.copy(), B0.copy()
+    dtype = A0.dtype
     n, d = X.shape
     m = A0.shape[0]
     act = get_activation(activation)
     if model == "linear" and not act.is_identity:
         raise ValueError(f"activation must be 'identity' for model='linear', got {str(act)!r}")
     if on_disk:
-        u = check_readout(model, u, m)
-        Y = open_source("Y", Y, shape=(n, m))
+        u = check_readout(model, u, m, dtype, "A0")
+        Y = open_source("Y", Y, shape=(n, m), dtype=dtype, ref="A0")
         chunk = check_chunk("auto" if chunk is None else chunk, n, d + m)
     else:
-        Y, u = check_targets(model, Y, u, n, m)
+        Y, u = check_targets(model, Y, u, n, m, dtype, "A0")
     v.choice("solver", solver, SOLVERS)
     grad_solver = solver if grad_solver is None else grad_solver
     v.choice("grad_solver", grad_solver, grad_methods)
-    opts = check_options(tol, max_iter, damping, anderson_history, anderson_ridge)
+    opts = check_options(tol, max_iter, damping, anderson_history, anderson_ridge, dtype,
+                         default_tol)
     nk = _neumann_terms(grad_solver, neumann_terms)
     slots = opts.anderson_history if "anderson" in (solver, grad_solver) else 0
     if model == "nonlinear" and "direct" in (solver, grad_solver):
@@ -338,7 +353,8 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
                          "training streams no data yet), got "
                          f"sufficient_stats={sufficient_stats!r}")
     # global minimum (and W* for the sufficient-statistics path)
-    Wstar, Sxx = _DUMMY2, _DUMMY2
+    dummy1, dummy2 = np.zeros(1, dtype), np.zeros((1, 1), dtype)
+    Wstar, Sxx = dummy2, dummy2
     read_error = None
     if L_star is not None:
         L_star = v.real("L_star", L_star)
@@ -350,12 +366,12 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
             read_error = exc
         else:
             Wstar, Ls = stats.least_squares()
-            Sxx = stats.Sxx
+            Wstar, Sxx = Wstar.astype(dtype), stats.Sxx.astype(dtype)
             if L_star is None:
                 L_star = Ls
             # as below: the kernel's excess is over Ls, shifted to the caller's L_star
             kernel_Lstar, excess_shift = Ls, Ls - L_star
-        X, Y = np.zeros((1, d)), np.zeros((1, m))
+        X, Y = np.zeros((1, d), dtype), np.zeros((1, m), dtype)
     elif model == "linear" or (model == "single_index" and act.is_identity):
         W, Ls = theory.least_squares(X, Y)
         if L_star is None:
@@ -365,7 +381,9 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
             # the sufficient-statistics step computes L = Ls + (L - Ls) without
             # cancellation; the excess over the caller's L_star is shifted back
             # afterwards (history_dict)
-            Wstar, Sxx = W, X.T @ X / n
+            # statistics in float64 (least_squares converts), then rounded to the dtype
+            X64 = X.astype(np.float64, copy=False)
+            Wstar, Sxx = W.astype(dtype), (X64.T @ X64 / n).astype(dtype)
             kernel_Lstar, excess_shift = Ls, Ls - L_star
     if L_star is None:
         L_star = kernel_Lstar = math.nan
@@ -378,9 +396,9 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
         model=_m.Model(
             kind=_MODEL_CODE[model],
             X=X,
-            Y=_DUMMY2 if model == "single_index" else Y,
-            y=Y if model == "single_index" else _DUMMY1,
-            u=_DUMMY1 if u is None else u,
+            Y=dummy2 if model == "single_index" else Y,
+            y=Y if model == "single_index" else dummy1,
+            u=dummy1 if u is None else u,
             code=act.code,
             param=act.param,
         ),
@@ -431,7 +449,7 @@ def train(
     activation: str | Activation = "identity",
     solver: str = "picard",
     grad_solver: str | None = None,
-    tol: float = 1e-10,
+    tol: float | None = None,
     record_every: int | None = 1,
     warm_start: bool = True,
     stop_loss: float | None = None,
@@ -453,13 +471,15 @@ def train(
         As in :func:`~deqbench.loss_and_grad` (docs/theory.md §2).
     X : (n, d), Y : (n, m) or (n,) for single_index
         Arrays; for ``model="linear"`` also ``np.memmap`` arrays or paths to
-        float64 ``.npy`` files (data larger than memory): then the
+        float32 or float64 ``.npy`` files (data larger than memory): then the
         sufficient-statistics path runs after one streaming pass over the
         files (blocks of ``chunk`` rows, the next one read ahead), and ``L*``
         comes from the statistics (see
         :meth:`deqbench._chunked.SufficientStats.least_squares`).
     A0 : (m, m), B0 : (m, d)
-        Initial parameters (not modified).
+        Initial parameters (not modified). ``X``, ``Y``, ``A0``, ``B0`` share
+        one dtype, float32 or float64, which the run and ``A``, ``B`` keep
+        (a mix is a ``TypeError``); the history is float64.
     lr : float > 0
     steps : int >= 1
     u, activation
@@ -471,7 +491,8 @@ def train(
         (series up to ``A^neumann_terms``), the inexact gradients of
         docs/theory.md §4.
     tol, max_iter, damping, anderson_history, anderson_ridge
-        Per-solve options, as in :func:`~deqbench.fixed_point`.
+        Per-solve options, as in :func:`~deqbench.fixed_point` (``tol=None``:
+        1e-10 in float64, 1e-5 in float32).
     neumann_terms : int >= 0
         As in :func:`~deqbench.implicit_grad`.
     record_every : int or None

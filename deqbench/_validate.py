@@ -14,25 +14,60 @@ def _describe(x) -> str:
     return r if len(r) <= 60 else r[:57] + "..."
 
 
-def as_matrix(name: str, x, *, ndim: int = 2, shape=None, allow_empty: bool = False) -> np.ndarray:
-    """Return ``x`` as a C-contiguous float64 array after checking it.
+#: The dtypes deqbench computes in. float32 data stays float32; every other real
+#: floating dtype (float16, long double) is converted to float64, as before float32
+#: support; integer, boolean, complex and object arrays are rejected.
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-    Integer, boolean, complex and object arrays are a ``TypeError`` (no silent
-    casts of data that is probably wrong); real floating arrays of any precision
-    are converted to float64. ``shape`` may hold ``None`` for free axes.
-    """
-    a = np.asarray(x)
-    if a.dtype.kind != "f":
+
+def compute_dtype(name: str, dtype) -> np.dtype:
+    """The dtype an array of ``dtype`` is computed in (float32 or float64), or a
+    ``TypeError`` naming ``name`` for non-floating data."""
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
         raise TypeError(
-            f"{name} must be a real floating-point array, got dtype {a.dtype} "
+            f"{name} must be a real floating-point array, got dtype {dtype} "
             "(cast explicitly, e.g. np.asarray(x, dtype=np.float64))"
         )
+    return dtype if dtype == np.float32 else np.dtype(np.float64)
+
+
+def same_dtype(name: str, got, ref: str, want) -> None:
+    """``TypeError`` unless ``got == want``: every array of a call shares one dtype."""
+    if np.dtype(got) != np.dtype(want):
+        raise TypeError(
+            f"{name} has dtype {np.dtype(got)} but {ref} has dtype {np.dtype(want)}: "
+            "pass every array of a call in one dtype, float32 or float64 (no silent "
+            "mixing; convert with .astype)"
+        )
+
+
+def as_matrix(name: str, x, *, ndim: int = 2, shape=None, allow_empty: bool = False,
+              dtype=None, ref: str = "A") -> np.ndarray:
+    """Return ``x`` as a C-contiguous float32 or float64 array after checking it.
+
+    Integer, boolean, complex and object arrays are a ``TypeError`` (no silent
+    casts of data that is probably wrong); float32 stays float32, other real
+    floating arrays are converted to float64 (:data:`DTYPES`). With ``dtype``
+    given, ``x`` must compute in that dtype (the dtype of the argument ``ref``),
+    else a ``TypeError`` names both. ``shape`` may hold ``None`` for free axes.
+    """
+    a = np.asarray(x)
+    dt = compute_dtype(name, a.dtype)
+    if dtype is not None:
+        same_dtype(name, dt, ref, dtype)
     check_shape(name, a.shape, ndim=ndim, shape=shape, allow_empty=allow_empty)
-    a = np.ascontiguousarray(a, dtype=np.float64)
+    a = np.ascontiguousarray(a, dtype=dt)
     if not np.isfinite(a).all():
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
         raise ValueError(f"{name} must be finite, got {bad} non-finite entries (NaN or Inf)")
     return a
+
+
+def as_float64(name: str, x, **kw) -> np.ndarray:
+    """:func:`as_matrix` converted to float64: the diagnostics of
+    :mod:`deqbench.theory` compute in float64 whatever the data's dtype."""
+    return as_matrix(name, x, **kw).astype(np.float64, copy=False)
 
 
 def check_shape(name: str, got: tuple, *, ndim: int, shape=None, allow_empty: bool = False):

@@ -1,10 +1,11 @@
-"""The warning class every deqbench solver uses."""
+"""The warning classes of deqbench: failed solves and runs, and tolerances
+below the reach of the data's dtype."""
 
 from __future__ import annotations
 
 import warnings
 
-__all__ = ["ConvergenceWarning"]
+__all__ = ["ConvergenceWarning", "PrecisionWarning"]
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -19,6 +20,12 @@ class ConvergenceWarning(RuntimeWarning):
     ``warnings.simplefilter("ignore", deqbench.ConvergenceWarning)``, to treat
     failure as data (sweeps and experiments do).
     """
+
+
+class PrecisionWarning(UserWarning):
+    """A tolerance below what the data's dtype can resolve (``tol`` under
+    :func:`deqbench.tol_floor`, e.g. ``tol < 9.5e-7`` in float32). Issued before
+    any work; the call then runs with the tolerance as given."""
 
 
 def warn(message: str, stacklevel: int = 3) -> None:

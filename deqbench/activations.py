@@ -103,7 +103,9 @@ class Activation:
         return max(abs(lo), abs(hi))
 
     def _eval(self, x, derivative: bool) -> np.ndarray:
-        a = np.ascontiguousarray(x, dtype=np.float64)
+        """Float32 in, float32 out (the kernels' float32 path); anything else in float64."""
+        dtype = np.float32 if np.asarray(x).dtype == np.float32 else np.float64
+        a = np.ascontiguousarray(x, dtype=dtype)
         flat = a.reshape(-1)
         out = np.empty_like(flat)
         _apply(self.code, self.param, flat, out, derivative)

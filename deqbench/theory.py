@@ -41,7 +41,7 @@ FLOOR = 1e3  # the window of empirical_factor stays above FLOOR * eps * L_0
 
 
 def _square(name, Q):
-    Q = v.as_matrix(name, Q)
+    Q = v.as_float64(name, Q)
     if Q.shape[0] != Q.shape[1]:
         raise ValueError(f"{name} must be square, got shape {Q.shape}")
     return Q
@@ -65,7 +65,7 @@ def invariant(A, B) -> np.ndarray:
     ``||row_i(I - A)||^2 + ||row_i(B)||^2 = Q_ii``.
     """
     A = _square("A", A)
-    B = v.as_matrix("B", B, shape=(A.shape[0], None))
+    B = v.as_float64("B", B, shape=(A.shape[0], None))
     C = np.eye(A.shape[0]) - A
     return C @ C.T + B @ B.T
 
@@ -81,8 +81,8 @@ def gd_invariant_step(Q, grad_A, grad_B, lr) -> np.ndarray:
     """
     Q = _square("Q", Q)
     m = Q.shape[0]
-    gA = v.as_matrix("grad_A", grad_A, shape=(m, m))
-    gB = v.as_matrix("grad_B", grad_B, shape=(m, None))
+    gA = v.as_float64("grad_A", grad_A, shape=(m, m))
+    gB = v.as_float64("grad_B", grad_B, shape=(m, None))
     lr = v.positive("lr", lr)
     return Q + lr * lr * (gA @ gA.T + gB @ gB.T)
 
@@ -121,7 +121,7 @@ def drift_gain_bounds(lr, smoothness) -> tuple[float, float]:
 
 
 def _sigma_extremes(X) -> tuple[float, float]:
-    X = v.as_matrix("X", X)
+    X = v.as_float64("X", X)
     ev = np.linalg.eigvalsh(X.T @ X / X.shape[0])
     return float(max(ev[0], 0.0)), float(ev[-1])
 
@@ -165,7 +165,7 @@ def pl_constant(model: str, X, Q, *, u=None, activation: str | Activation = "ide
     if u is None:
         uu = 1.0
     else:
-        uu = float(np.sum(v.as_matrix("u", u, ndim=1, shape=(m,)) ** 2))
+        uu = float(np.sum(v.as_float64("u", u, ndim=1, shape=(m,)) ** 2))
     gamma, Gamma = get_activation(activation).derivative_bounds()
     if gamma <= 0.0 or lmax <= 0.0:
         return 0.0
@@ -254,7 +254,7 @@ def smoothness(model: str, X, Y, A, B, *, u=None, activation: str | Activation =
     from ._gradients import loss_and_grad
 
     A = _square("A", A)
-    B = v.as_matrix("B", B, shape=(A.shape[0], None))
+    B = v.as_float64("B", B, shape=(A.shape[0], None))
     m, d = B.shape
     solver = "picard" if model == "nonlinear" else "direct"
     kw = dict(u=u, activation=activation, solver=solver, tol=1e-13, max_iter=100_000)
@@ -262,9 +262,9 @@ def smoothness(model: str, X, Y, A, B, *, u=None, activation: str | Activation =
     h = 1e-5 * max(1.0, float(np.max(np.abs(p0))))
 
     if model == "linear":  # sufficient statistics (§8): n-independent gradients
-        X = v.as_matrix("X", X, shape=(None, d))
+        X = v.as_float64("X", X, shape=(None, d))
         Sxx = X.T @ X / X.shape[0]
-        Syx = v.as_matrix("Y", Y, shape=(X.shape[0], m)).T @ X / X.shape[0]
+        Syx = v.as_float64("Y", Y, shape=(X.shape[0], m)).T @ X / X.shape[0]
 
     def grad(p):
         Ap, Bp = p[: m * m].reshape(m, m), p[m * m:].reshape(m, d)
@@ -299,7 +299,7 @@ def least_squares(X, Y) -> tuple[np.ndarray, float]:
     ``Y`` may be ``(n, m)`` (``W*`` is ``(m, d)``) or ``(n,)`` (``W*`` is ``(d,)``).
     ``L*`` is the mean of the squared residuals (no cancellation).
     """
-    X = v.as_matrix("X", X)
+    X = v.as_float64("X", X)
     Y = np.asarray(Y, dtype=np.float64)
     sol = np.linalg.lstsq(X, Y, rcond=None)[0]
     r = X @ sol - Y
@@ -320,17 +320,17 @@ def global_min_loss(model: str, X, Y, *, activation: str | Activation = "identit
     docs/theory.md §7.
     """
     v.choice("model", model, MODELS)
-    X = v.as_matrix("X", X)
+    X = v.as_float64("X", X)
     n = X.shape[0]
     if model == "linear":
-        Y = v.as_matrix("Y", Y, shape=(n, None))
+        Y = v.as_float64("Y", Y, shape=(n, None))
     else:
         if not get_activation(activation).is_identity:
             raise ValueError(
                 f"global_min_loss has no closed form for single_index with activation="
                 f"{str(get_activation(activation))!r}; pass L_star (0 for a realizable teacher)"
             )
-        Y = v.as_matrix("Y", Y, ndim=1, shape=(n,))
+        Y = v.as_float64("Y", Y, ndim=1, shape=(n,))
     return least_squares(X, Y)[1]
 
 
@@ -458,7 +458,7 @@ def conditioning_bounds(Q, W) -> tuple[float, float]:
     docs/theory.md §6, from ``B = C W`` so ``Q = C (I + W W^T) C^T``.
     """
     Q = _square("Q", Q)
-    W = v.as_matrix("W", W, shape=(Q.shape[0], None))
+    W = v.as_float64("W", W, shape=(Q.shape[0], None))
     ev = np.linalg.eigvalsh(0.5 * (Q + Q.T))
     w2 = np.linalg.norm(W, 2) ** 2
     return float(math.sqrt(max(ev[0], 0.0) / (1.0 + w2))), float(math.sqrt(max(ev[-1], 0.0)))

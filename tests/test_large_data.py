@@ -91,11 +91,14 @@ def test_sources_agree_and_blocks_cover_rows(tmp_path, rng):
 def test_source_bad_input_is_named_before_any_work(tmp_path, rng):
     X = rng.standard_normal((20, 3))
     op = _source.open_source
-    with pytest.raises(TypeError, match="X: float32 .npy data is not supported yet"):
-        op("X", _npy(tmp_path, "f32.npy", X.astype(np.float32)))
-    with pytest.raises(TypeError, match="X: float32 np.memmap data is not supported yet"):
-        op("X", np.load(_npy(tmp_path, "f32b.npy", X.astype(np.float32)), mmap_mode="r"))
-    with pytest.raises(TypeError, match="X must hold float64 data, got dtype int64"):
+    want = np.float64
+    with pytest.raises(TypeError, match=r"X \(.npy\) has dtype float32 but A has dtype float64"):
+        op("X", _npy(tmp_path, "f32.npy", X.astype(np.float32)), dtype=want)
+    with pytest.raises(TypeError, match=r"X \(np.memmap\) has dtype float32 but A0 has dtype "
+                       "float64"):
+        op("X", np.load(_npy(tmp_path, "f32b.npy", X.astype(np.float32)), mmap_mode="r"),
+           dtype=want, ref="A0")
+    with pytest.raises(TypeError, match="X must hold float32 or float64 data, got dtype int64"):
         op("X", _npy(tmp_path, "i.npy", np.arange(6).reshape(3, 2)))
     p = _npy(tmp_path, "t.npy", X)
     p.write_bytes(p.read_bytes()[:-9])

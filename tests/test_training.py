@@ -300,6 +300,9 @@ def test_auto_spectral_every_rule():
     assert 1 <= big < small
     k = auto_spectral_every(64, 64, 100, True, 3)
     assert k > 3 and k % 3 == 0
+    # wide: LAPACK nears gemm speed, the constant falls as 1/m (500 would give 720)
+    assert auto_spectral_every(4096, 4096, 4096, False, 1) == 51
+    assert auto_spectral_every(4096, 4096, 4096, True, 1) == 71
 
 
 def test_stop_loss_converges():

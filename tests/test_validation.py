@@ -1,5 +1,7 @@
 """Bad input gets a ValueError/TypeError naming the argument, the value and the rule."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -52,10 +54,46 @@ def test_integer_or_complex_arrays(prob, dtype):
         db.fixed_point(X, A.astype(dtype), B)
 
 
-def test_float32_is_converted(prob):
+def test_float32_stays_float32_other_floats_become_float64(prob):
     A, B, X = prob
-    r32 = db.fixed_point(X.astype(np.float32), A.astype(np.float32), B.astype(np.float32))
-    assert r32.z.dtype == np.float64 and r32.converged
+    f32 = [a.astype(np.float32) for a in (X, A, B)]
+    r32 = db.fixed_point(*f32, tol=1e-6)
+    assert r32.z.dtype == np.float32 and r32.converged
+    r16 = db.fixed_point(X.astype(np.float16), A, B)
+    assert r16.z.dtype == np.float64 and r16.converged
+
+
+def test_dtype_mix_names_the_arguments_before_any_work(prob):
+    A, B, X = prob
+    A32, B32, X32 = (a.astype(np.float32) for a in (A, B, X))
+    with pytest.raises(TypeError, match="X has dtype float32 but A has dtype float64"):
+        db.fixed_point(X32, A, B)
+    with pytest.raises(TypeError, match="B has dtype float64 but A has dtype float32"):
+        db.fixed_point(X32, A32, B)
+    Z = np.zeros((X.shape[0], 4))
+    with pytest.raises(TypeError, match="G has dtype float64 but A has dtype float32"):
+        db.implicit_grad(X32, A32, B32, Z.astype(np.float32), Z)
+    with pytest.raises(TypeError, match="z0 has dtype float64 but A has dtype float32"):
+        db.loss_and_grad("linear", X32, Z.astype(np.float32), A32, B32, z0=Z)
+    with pytest.raises(TypeError, match="Y has dtype float64 but A0 has dtype float32"):
+        db.train("linear", X32, Z, A32, B32, lr=0.1, steps=1)
+    with pytest.raises(TypeError, match="u has dtype float64 but A has dtype float32"):
+        db.loss_and_grad("single_index", X32, Z[:, 0].astype(np.float32), A32, B32,
+                         u=np.ones(4))
+
+
+def test_tol_below_the_dtype_floor_warns_with_the_floor(prob):
+    A, B, X = prob
+    f32 = [a.astype(np.float32) for a in (X, A, B)]
+    assert db.tol_floor(np.float32) == pytest.approx(8 * 2.0**-23)
+    with warnings.catch_warnings():  # the solves may also miss such a tol
+        warnings.simplefilter("ignore", db.ConvergenceWarning)
+        with pytest.warns(db.PrecisionWarning, match=r"tol=1e-07 is below the floor 9.54e-07 "
+                          "of float32"):
+            db.fixed_point(*f32, tol=1e-7, max_iter=50)
+        with pytest.warns(db.PrecisionWarning, match="floor 1.78e-15 of float64"):
+            db.fixed_point(X, A, B, tol=1e-15, max_iter=50)
+    assert db.fixed_point(*f32).converged  # the float32 default 1e-5 is above the floor
 
 
 @pytest.mark.parametrize(

@@ -104,3 +104,48 @@ def test_row_kernels_agree_with_scalar_dispatch(code):
     np.testing.assert_array_equal(np.signbit(a[a == 0]), np.signbit(ra[ra == 0]))
     if code != ka.MASK:
         np.testing.assert_allclose(b, rb, rtol=1e-15, atol=1e-300)
+
+
+# float32: evaluated in float64 and rounded (see _kernels/vmath.py): within 1 float32 ulp
+# of the float64 NumPy reference rounded to float32, on a dense float32 grid with tails,
+# subnormals (underflow), signed zeros, infinities and NaN.
+GRID32 = np.concatenate([
+    np.linspace(-120.0, 120.0, 480_001),
+    np.linspace(-20.0, 20.0, 400_001),
+    np.geomspace(1e-45, 1.0, 4001),
+    -np.geomspace(1e-45, 1.0, 4001),
+    [0.0, -0.0, 0.625, -0.625, 88.7, -88.7, 103.9, -103.9, 3e38, -3e38],
+]).astype(np.float32)
+ACTS32 = {"tanh": np.tanh, "sigmoid": special.expit, "softplus": lambda x: np.logaddexp(0.0, x),
+          "leaky_relu": lambda x: np.where(x >= 0, x, 0.01 * x)}
+
+
+def _ulps32(got, want):
+    assert got.dtype == np.float32 and want.dtype == np.float32
+    scale = np.spacing(np.maximum(np.abs(want), np.finfo(np.float32).tiny))
+    return np.abs(got.astype(np.float64) - want) / scale
+
+
+@pytest.mark.parametrize("name", list(ACTS32))
+def test_float32_within_one_ulp_on_dense_grid(name):
+    from numba import njit
+
+    @njit
+    def row(code, t):  # the SIMD row loop the solvers run (float32 in place)
+        out = t.copy()
+        ka.h_row(code, 0.01, out, np.zeros_like(t), out)
+        return out
+
+    act = db.get_activation(name)
+    with np.errstate(all="ignore"):
+        want = ACTS32[name](GRID32.astype(np.float64)).astype(np.float32)
+    for got in (act(GRID32), row(act.code, GRID32)):
+        fin = np.isfinite(want)
+        u = _ulps32(got[fin], want[fin])
+        assert u.max() <= 1, f"{name}: {u.max()} ulp at x = {GRID32[fin][np.argmax(u)]!r}"
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    with np.errstate(all="ignore"):
+        want = ACTS32[name](SPECIAL).astype(np.float32)
+    got = act(SPECIAL.astype(np.float32))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)])

@@ -1,4 +1,4 @@
-"""Pure numba kernels on C-contiguous float64 arrays and scalars.
+"""Pure numba kernels on C-contiguous float32 or float64 arrays (one dtype per call) and scalars.
 
 Nothing here validates input: the public calls (``deqbench._fixed_point``,
 ``deqbench._gradients``, ``deqbench._training``, ``deqbench._flow``) do that

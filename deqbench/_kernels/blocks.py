@@ -50,7 +50,8 @@ def flat(a):
 
 @jit
 def block_rows(n, width):
-    """Rows per block for arrays of ``width`` float64 columns."""
+    """Rows per block for arrays of ``width`` float64 columns (float32 blocks
+    get the same rows: half the bytes, well inside the calibrated range)."""
     r = BLOCK_BYTES // (8 * max(width, 1))
     r = max(MIN_ROWS, min(MAX_ROWS, r))
     return min(r, max(n, 1))
@@ -111,7 +112,7 @@ def gemm_tn(P, Q, out):
         np.dot(P.T, Q, out)
         return
     chunk = (n + parts - 1) // parts
-    work = np.empty((parts, m, k))
+    work = np.empty((parts, m, k), out.dtype)
     _gemm_tn_p(P, Q, work, chunk)
     out[:, :] = work[0]
     for c in range(1, parts):

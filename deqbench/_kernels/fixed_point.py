@@ -8,7 +8,9 @@ One form serves the forward solve and the adjoint solve:
 
 Every solver works in place on ``Z`` (initial guess in, answer out), takes its
 work buffers from the caller, allocates nothing in its loop and returns
-``(n_iter, residual, status)``. ``hist[k]`` is the relative residual
+``(n_iter, residual, status)``. Arrays are float32 or float64 (one dtype per
+call, numba compiles one specialisation each); the squared norms behind the
+residual are accumulated in float64 whatever the dtype. ``hist[k]`` is the relative residual
 ``||h(Z_k M + U) - Z_k||_F / ||h(Z_k M + U)||_F`` of iterate ``k``; the
 returned ``Z`` is the iterate whose residual is reported.
 """
@@ -325,6 +327,10 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
 
 @jit
 def direct_linear(C, U, Z):
-    """Exact linear fixed point ``Z = U C^{-T}``: ``C^{-1}`` by LU (``m^3``), then
-    one gemm by row blocks (``2 m^2 n``, as the training loop's direct step)."""
-    gemm_rows(U, np.linalg.inv(C).T, Z)
+    """Exact linear fixed point ``Z = U C^{-T}``: ``C^{-1}`` by LU (``m^3``, in
+    ``C``'s dtype, float64 from the callers), rounded to ``U``'s dtype, then one
+    gemm by row blocks (``2 m^2 n``, as the training loop's direct step)."""
+    m = C.shape[0]
+    CiT = np.empty((m, m), U.dtype)
+    CiT[:, :] = np.linalg.inv(C).T
+    gemm_rows(U, CiT, Z)

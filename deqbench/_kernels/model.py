@@ -133,41 +133,50 @@ Recorder = namedtuple("Recorder", ["H", "row", "good", "A0", "B0", "q0_norm", "s
 
 
 @jit
-def sample_workspace(n, m, d, nonlinear, anderson_slots, hist_len):
-    """:data:`SampleWork` for ``n`` samples, allocated once per run."""
+def sample_workspace(proto, n, m, d, nonlinear, anderson_slots, hist_len):
+    """:data:`SampleWork` for ``n`` samples, allocated once per run; arrays of
+    samples and parameters in the dtype of the array ``proto`` (the data),
+    Anderson's Gram matrix, its solve and the residual history in float64."""
+    dt = proto.dtype
     k = max(anderson_slots, 1)
     if anderson_slots > 0:
-        Fh = np.empty((k, n, m))
-        Gh = np.empty((k, n, m))
+        Fh = np.empty((k, n, m), dt)
+        Gh = np.empty((k, n, m), dt)
     else:
-        Fh = np.empty((1, 1, 1))
-        Gh = np.empty((1, 1, 1))
-    return SampleWork(np.empty((m, m)), np.empty((d, m)), np.empty((m, m)), np.empty((n, m)),
-                      np.zeros((n, m)), np.zeros((n, m)), np.empty((n, m)),
-                      np.empty((n, m)) if nonlinear else np.empty((1, 1)), np.empty((n, m)),
-                      Fh, Gh, np.zeros((k, k)), np.zeros((2 * k + 1, k)), np.empty(hist_len))
+        Fh = np.empty((1, 1, 1), dt)
+        Gh = np.empty((1, 1, 1), dt)
+    return SampleWork(np.empty((m, m), dt), np.empty((d, m), dt), np.empty((m, m), dt),
+                      np.empty((n, m), dt), np.zeros((n, m), dt), np.zeros((n, m), dt),
+                      np.empty((n, m), dt),
+                      np.empty((n, m), dt) if nonlinear else np.empty((1, 1), dt),
+                      np.empty((n, m), dt), Fh, Gh, np.zeros((k, k)), np.zeros((2 * k + 1, k)),
+                      np.empty(hist_len))
 
 
 @jit
 def workspaces(model, m, solve, stats):
-    """The per-sample and sufficient-statistics buffers of a run."""
+    """The per-sample and sufficient-statistics buffers of a run, in the data's dtype."""
     n, d = model.X.shape
+    dt = model.X.dtype
     if stats.use:
-        ws = sample_workspace(1, m, d, False, 0, 1)
+        ws = sample_workspace(model.X, 1, m, d, False, 0, 1)
     else:
         hist_len = max(solve.max_iter, solve.neumann_terms + 1) + 2
-        ws = sample_workspace(n, m, d, model.kind == NONLINEAR, solve.anderson_history,
+        ws = sample_workspace(model.X, n, m, d, model.kind == NONLINEAR, solve.anderson_history,
                               hist_len)
-    sw = SuffWork(np.empty((m, m)), np.empty((m, d)), np.empty((m, d)), np.empty((m, d)),
-                  np.ones(m, model.X.dtype), np.empty(m, model.X.dtype),
+    sw = SuffWork(np.empty((m, m), dt), np.empty((m, d), dt), np.empty((m, d), dt),
+                  np.empty((m, d), dt), np.ones(m, dt), np.empty(m, dt),
                   np.empty((m, m), np.complex128), np.zeros(CERT_COUNTS, np.int64),
-                  np.empty((m, m), model.X.dtype), np.full(2, np.nan))
+                  np.empty((m, m), dt), np.full(2, np.nan))
     return ws, sw
 
 
 @jit
 def recorder(H, A0, B0, record_every, spectral_every):
-    """:data:`Recorder` for a run starting at ``(A0, B0)`` (copied)."""
+    """:data:`Recorder` for a run starting at ``(A0, B0)`` (copied). The spectral
+    buffers are float64 whatever the parameters' dtype: the drift, the SVD and
+    the eigenvalues are diagnostics, computed in float64 on purpose (and
+    numba's LAPACK bindings here are float64 ones)."""
     m, d = B0.shape
     sp = SpectralWork(np.empty((m, m + d)), np.empty((m + d, m)), np.empty((m, m)),
                       np.empty((m, m)), np.empty(m), np.empty(m), np.empty(1))
@@ -181,7 +190,7 @@ def recorder(H, A0, B0, record_every, spectral_every):
 
 @jit
 def sumsq(P):
-    s = 0.0
+    s = 0.0  # float64 accumulator for float32 arrays too
     for x in P.ravel():
         s += x * x
     return s
@@ -217,11 +226,13 @@ def _norm1(P):
 
 @jit
 def _invert_c(A, Ci):
-    """``Ci <- (I - A)^{-1}``; False if ``I - A`` is singular to working precision
-    (LAPACK's pivot test, or ``||C||_1 ||C^{-1}||_1 >= 1/eps``) or ``Ci`` is not
-    finite. Both gradient paths invert through here (docs/theory.md §3)."""
+    """``Ci <- (I - A)^{-1}``, formed in float64 and rounded to ``Ci``'s dtype;
+    False if ``I - A`` is singular to working precision (LAPACK's pivot test,
+    or ``||C||_1 ||C^{-1}||_1 >= 1/eps`` with the eps of ``A``'s dtype) or
+    ``Ci`` is not finite. Both gradient paths invert through here
+    (docs/theory.md §3)."""
     m = A.shape[0]
-    C = np.empty_like(A)
+    C = np.empty((m, m))
     for i in range(m):
         for j in range(m):
             C[i, j] = -A[i, j]

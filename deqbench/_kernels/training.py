@@ -72,7 +72,7 @@ def gd_start(model, A, B, solve, stats, schedule, H):
     rec = recorder(H, A, B, schedule.record_every, schedule.spectral_every)
     ints = np.zeros(5, np.int64)
     ints[_STATUS] = RUNNING
-    L0 = np.full(1, np.nan, A.dtype)
+    L0 = np.full(1, np.nan)  # the loss is accumulated in float64 whatever the dtype
     return GDState(ws, sw, rec, A.copy(), B.copy(), np.zeros_like(A), np.zeros_like(B), ints,
                    L0)
 
