@@ -316,6 +316,65 @@ def test_gate_dry_runs():
     assert "+15% of each pass" in res.stderr
 
 
+ASV_TABLES = """\
+| Change | Before [f971fdff] | After [8c342919] | Ratio | Benchmark (Parameter) |
+|---|---|---|---|---|
+| - | 4 | 3 | 0.9 | bench_fixed_point.FixedPointMetrics.track_efficiency('anderson', 'tanh', 32)|
+| Change | Before [f971fdff] | After [8c342919] | Ratio | Benchmark (Parameter) |
+|---|---|---|---|---|
+| + | 12ms | 15ms | 1.2 | bench_fixed_point.FixedPoint.time_fixed_point('picard', 'identity', 32) |
+| ! | 1.0±0ms | failed | n/a | bench_training.Train.time_train('linear', True) |
+|  | 1.0±0ms | 1.0±0ms | 1.00 | bench_training.Train.time_train('nonlinear', True) |
+
+SOME BENCHMARKS HAVE CHANGED SIGNIFICANTLY.
+"""
+
+
+def test_gate_confirm_reads_asv_tables(tmp_path):
+    """The confirming step re-runs exactly the cases asv flagged, each alone."""
+    import re
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gate_confirm
+    finally:
+        sys.path.pop(0)
+    rows = gate_confirm.flagged(ASV_TABLES)
+    assert [m for m, _ in rows] == ["-", "+", "!"]
+    (tmp_path / "out.txt").write_text(ASV_TABLES)
+    assert _main_output(gate_confirm.main, ["--count", str(tmp_path / "out.txt")]) == "1 1 1"
+    regexes = _main_output(gate_confirm.main, [str(tmp_path / "out.txt")]).splitlines()
+    assert len(regexes) == 3
+    # asv matches --bench against "name(param, ...)" (asv.benchmarks.Benchmarks)
+    picard = "bench_fixed_point.FixedPoint.time_fixed_point('picard', 'identity', 32)"
+    others = [picard.replace("32", "320"), picard.replace("picard", "damped"),
+              "bench_training.Train.time_train('nonlinear', True)"]
+    assert [r for r in regexes if re.search(r, picard)] == [regexes[1]]
+    assert not any(re.search(r, o) for r in regexes for o in others)
+    assert gate_confirm.flagged("BENCHMARKS NOT SIGNIFICANTLY CHANGED.\n") == []
+
+
+def _main_output(main, argv):
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(argv) == 0
+    return buf.getvalue().strip()
+
+
+def test_gate_dry_run_confirms_and_skips_peakmem():
+    res = _gate("--dry-run", "HEAD", "HEAD")
+    assert res.returncode == 0, res.stderr
+    assert "-a rounds=8" in res.stdout
+    import re
+
+    bench = re.search(r"--bench '([^']+)'", res.stdout).group(1)
+    assert re.search(bench, "bench_memory.TrainMemory.track_train_peak_increase(10)")
+    assert not re.search(bench, "bench_memory.TrainMemory.peakmem_train(10)")
+
+
 def test_full_grid_imports():
     """Under DEQBENCH_FULL=1 the full-only classes exist and the grids grow."""
     import os

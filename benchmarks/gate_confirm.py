@@ -1,0 +1,78 @@
+"""The confirming half of the gate: which cases ``asv continuous`` flagged.
+
+On a shared (cloud) machine the speed of the CPU itself drifts, with nothing
+to see inside the VM: measured here with ``benchmarks/noise_probe.py`` (2-core
+AMD EPYC, quiet: other processes 1.0% of the machine, steal 0.1%), the CPU
+time of one unchanged solve drifted from 6.6 to 8.7 ms per call within one
+minute of one process (medians of windows of 20 samples), and 12 fresh
+processes in a row gave medians from 6.95 to 8.67 ms. asv interleaves the two
+commits by rounds, and a round of the suite takes minutes, so BASE's and
+HEAD's samples of one case can be minutes apart, and a slow stretch moves all
+the cases it covers the same way (the A/A run of f971fdf listed 7 cases, all
+faster on the no-op commit). asv's Mann-Whitney U test treats the samples as
+independent, which these are not. The gate therefore re-runs every flagged
+case, alone, in a fresh interleaved run with twice the processes: BASE and
+HEAD then alternate every few seconds, and a real change shows in both runs
+while a slow stretch of the machine does not come back for the same case in
+the same direction.
+
+This module reads the tables that ``asv continuous --split`` printed and
+prints one ``--bench`` regex per flagged case (anchored, parameters
+included, which asv matches against ``name(param, ...)``); ``gate.sh``
+passes them to the confirming run.
+
+Usage (``benchmarks/gate.sh`` calls it)::
+
+    python benchmarks/gate_confirm.py ASV_OUTPUT_FILE    # regexes, one per line
+    python benchmarks/gate_confirm.py --count FILE       # "WORSE BETTER FAILED"
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+#: asv's marks in the Change column: worse, better, failed in one commit only
+MARKS = ("+", "-", "!")
+
+
+def flagged(text: str) -> list[tuple[str, str]]:
+    """``(mark, benchmark)`` of every row of asv's compare tables whose Change
+    column holds a mark of :data:`MARKS`, in the order printed."""
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("|"):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) >= 5 and cells[0] in MARKS and cells[-1]:
+            rows.append((cells[0], cells[-1]))
+    return rows
+
+
+def bench_regex(name: str) -> str:
+    """An anchored ``--bench`` regex that selects exactly the case ``name``
+    (``module.Class.method(param, ...)`` as asv prints it)."""
+    return "^" + re.escape(name) + "$"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python benchmarks/gate_confirm.py",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("output", help="a file holding the output of asv continuous/compare --split")
+    p.add_argument("--count", action="store_true",
+                   help="print the numbers of worse, better and failed cases instead")
+    args = p.parse_args(argv)
+    with open(args.output, encoding="utf-8", errors="replace") as fh:
+        rows = flagged(fh.read())
+    if args.count:
+        print(*(sum(m == mark for m, _ in rows) for mark in MARKS))
+    else:
+        for name in dict.fromkeys(name for _, name in rows):
+            print(bench_regex(name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
