@@ -12,6 +12,7 @@ from deqbench.sweep import SweepError, execute, parse_grid, read_csv, run_sweep,
 
 pq = pytest.importorskip("pyarrow.parquet")
 
+from deqbench.sweep import parquet  # noqa: E402
 from deqbench.sweep.parquet import ParquetStore  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -46,10 +47,13 @@ def same_values(parquet_row: dict, csv_row: dict) -> bool:
     return True
 
 
-def test_parquet_store_holds_the_csv_store_rows(tmp_path):
+def test_parquet_store_holds_the_csv_store_rows(tmp_path, monkeypatch):
     g = parse_grid(GRID)
     run_sweep(g, tmp_path / "csv", executor="serial", progress=False, format="csv")
-    res = run_sweep(g, tmp_path / "pq", executor="serial", progress=False)  # the default
+    # one part per run, and the compaction's external sort in buckets of about 4 rows
+    monkeypatch.setattr(parquet, "SORT_ROWS", 4)
+    res = run_sweep(g, tmp_path / "pq", executor="serial", progress=False,  # the default
+                    table_interval=0.0)
     assert (res.ok, res.failed, res.format) == (6, 6, "parquet")
     got = rows_of(tmp_path / "pq" / "runs.parquet")
     want = {r["run_id"]: r for r in read_csv(tmp_path / "csv" / "runs.csv")}
@@ -148,3 +152,82 @@ def test_a_column_that_changes_type_between_flushes_becomes_text(tmp_path):
     t = pq.read_table(tmp_path / "runs.parquet")
     assert t.column("v").to_pylist() == ["1.5", "n/a", "1.5"]
     assert t.column("a").to_pylist() == [0, 1, 2]  # the others keep their type
+
+
+def _noop_record(spec, rows: int) -> dict:
+    rec = execute(spec, run_fn=_noop)
+    rec["history"] = {"step": list(range(rows)), "loss": [1.0 / (i + 1) for i in range(rows)]}
+    return rec
+
+
+def _noop(params, seed):
+    return {"metrics": {"v": 1.0}}
+
+
+def _compaction_peak(tmp_path, n: int, rows: int = 21, every: int = 500) -> int:
+    """Peak memory (bytes, Python objects + Arrow buffers) of compacting ``n`` runs stored
+    in parts of ``every`` runs."""
+    import tracemalloc
+
+    import pyarrow as pa
+
+    g = parse_grid(f"[sweep]\nrun = \"sweep_helpers:draw\"\n[grid]\na = {list(range(n))}\n")
+    store = ParquetStore(tmp_path / str(n))
+    try:
+        for i, spec in enumerate(g.specs):
+            store.write(_noop_record(spec, rows))
+            if i % every == every - 1:
+                store.flush()
+        pool = pa.proxy_memory_pool(pa.default_memory_pool())
+        old = pa.default_memory_pool()
+        pa.set_memory_pool(pool)
+        tracemalloc.start()
+        try:
+            store.finish({})
+            py = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            pa.set_memory_pool(old)
+        assert len(pq.read_table(tmp_path / str(n) / "histories.parquet")) == n * rows
+        return py + pool.max_memory()
+    finally:
+        store.close()
+
+
+def test_compaction_memory_does_not_grow_with_the_history_rows(tmp_path, monkeypatch):
+    # the histories are merged in buckets of SORT_ROWS rows: memory grows with the runs
+    # table only (a few hundred bytes a run), not with their 21 history rows (before: the
+    # whole histories table, several copies and a Python string per row: ~6 KB a run)
+    monkeypatch.setattr(parquet, "SORT_ROWS", 4096)
+    small, large = _compaction_peak(tmp_path, 1000), _compaction_peak(tmp_path, 4000)
+    per_run = (large - small) / 3000
+    assert per_run < 1000, (small, large, per_run)  # measured: ~180; one bucket: ~2700
+
+
+def test_a_compaction_killed_before_its_runs_table_counts_each_history_once(tmp_path,
+                                                                             monkeypatch):
+    g = parse_grid(GRID)
+    with ParquetStore(tmp_path) as store:
+        for s in list(g.specs)[:4]:
+            store.write(execute(s))
+        store.finish({})  # compacted: flush 1
+    real = parquet._write
+
+    def killed(table, path):  # histories.parquet written, then the process dies
+        if path.name == "runs.parquet":
+            raise KeyboardInterrupt
+        real(table, path)
+
+    monkeypatch.setattr(parquet, "_write", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(g, tmp_path, executor="serial", progress=False)
+    monkeypatch.setattr(parquet, "_write", real)
+    res = run_sweep(g, tmp_path, executor="serial", progress=False)
+    assert res.skipped == 12 and not list((tmp_path / "parts").iterdir())
+    rows = pq.read_table(tmp_path / "runs.parquet").to_pylist()
+    assert sorted(r["run_id"] for r in rows) == sorted(s.run_id for s in g.specs)
+    assert sorted({r["_seq"] for r in rows}) == [1, 2]  # numbered on after a compaction
+    hist = pq.read_table(tmp_path / "histories.parquet").drop_columns(["_seq"]).to_pylist()
+    assert len(hist) == 6 * 3  # before: the rows of flush 2 twice
+    run_sweep(g, tmp_path / "csv", executor="serial", progress=False, format="csv")
+    assert hist == read_csv(tmp_path / "csv" / "histories.csv")  # and in grid order

@@ -19,16 +19,17 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 
-from .store import HEAD, HIST_PQ, RUNS_PQ, TAIL, Store, SweepError, _flat
+from .store import HEAD, HIST_PQ, RUNS_PQ, TAIL, Store, SweepError, _flat, _slim, temporary_name
 
 __all__ = ["ParquetStore", "read_parquet_status"]
 
 PARTS = "parts"
+#: History rows sorted in memory at once when the parts are compacted (a bucket of the
+#: external sort in :meth:`ParquetStore._merge_histories`).
+SORT_ROWS = 1 << 18
 _PART = re.compile(r"^(runs|hist)-(\d+)\.parquet$")
 
 
@@ -61,37 +62,61 @@ def _table(rows: list[dict], columns: list[str]):
     return pa.table({c: _column([r.get(c) for r in rows]) for c in columns})
 
 
-def _concat(tables: list):
-    """One table from parts whose schemas differ (missing columns are null; a column that
-    is a number in one part and text in another becomes text)."""
+def _unified(schemas: list):
+    """One schema for tables whose schemas differ: columns in order of first appearance,
+    numbers widened; a column that is a number in one table and text in another is text."""
     pa, _, _ = _pa()
-    tables = [t for t in tables if t is not None]
     try:
-        return pa.concat_tables(tables, promote_options="permissive")
+        return pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowTypeError, pa.ArrowInvalid):
         kinds: dict[str, set] = {}
-        for t in tables:
-            for f in t.schema:
+        for schema in schemas:
+            for f in schema:
                 kinds.setdefault(f.name, set()).add(str(f.type))
         text = {c for c, k in kinds.items() if len(k - {"null"}) > 1}
-        tables = [t.cast(pa.schema([(f.name, pa.string()) if f.name in text else f
-                                    for f in t.schema])) for t in tables]
-        return pa.concat_tables(tables, promote_options="permissive")
+        return pa.unify_schemas([pa.schema([(f.name, pa.string()) if f.name in text else f
+                                            for f in schema]) for schema in schemas],
+                                promote_options="permissive")
 
 
-def _write(table, path: Path) -> None:
-    """Write ``table`` to ``path`` atomically (temporary file named for this process)."""
-    _, _, pq = _pa()
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}."
-                         f"{secrets.token_hex(4)}.tmp")
+def _conform(table, schema):
+    """``table`` with the columns and types of ``schema`` (missing columns are null)."""
+    pa, _, _ = _pa()
+    n = len(table)
+    names = set(table.column_names)
+    return pa.Table.from_arrays(
+        [table.column(f.name).cast(f.type) if f.name in names else pa.nulls(n, f.type)
+         for f in schema], schema=schema)
+
+
+def _concat(tables: list):
+    """One table from parts whose schemas differ (see :func:`_unified`)."""
+    pa, _, _ = _pa()
+    tables = [t for t in tables if t is not None]
+    schema = _unified([t.schema for t in tables])
+    return pa.concat_tables([_conform(t, schema) for t in tables])
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path):
+    """A temporary path (named for this process) that replaces ``path``, synced, when the
+    block ends without error; removed otherwise."""
+    tmp = temporary_name(path)
     try:
-        pq.write_table(table, tmp)
+        yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def _write(table, path: Path) -> None:
+    """Write ``table`` to ``path`` atomically."""
+    _, _, pq = _pa()
+    with _atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def _latest(table) -> list[int]:
@@ -116,8 +141,15 @@ class ParquetStore(Store):
         _pa()  # fail early, with the install hint
         self.parts = Path(out) / PARTS
         super().__init__(out)
-        self._seq = 1 + max((int(m.group(2)) for p in self.parts.iterdir()
-                             if (m := _PART.match(p.name))), default=0)
+        # flushes are numbered on from the last one stored, also across compactions (a
+        # run's latest row is the one of its highest ``_seq``)
+        last = max((int(m.group(2)) for p in self.parts.iterdir()
+                    if (m := _PART.match(p.name))), default=0)
+        if (self.out / RUNS_PQ).exists():
+            with contextlib.suppress(Exception):  # unreadable: reported by records()
+                last = max(last, _pa()[1].max(self._read(self.out / RUNS_PQ, ["_seq"])
+                                              .column("_seq")).as_py() or 0)
+        self._seq = last + 1
 
     def _dirs(self):
         return (self.parts,)
@@ -130,7 +162,7 @@ class ParquetStore(Store):
 
     def _read(self, path: Path, columns=None):
         _, _, pq = _pa()
-        return pq.read_table(path, columns=columns)
+        return pq.read_table(path, columns=columns, use_threads=False)
 
     def _runs_tables(self, columns=None) -> list:
         """The compacted runs table and every intact runs part; a damaged part (unreadable,
@@ -172,7 +204,7 @@ class ParquetStore(Store):
         """Buffer one finished run until the next :meth:`flush`; returns what
         :meth:`records` gives for it (the rest stays on disk only)."""
         self._pending.append(record)
-        return {k: record.get(k) for k in ("run_id", "status", "index")}
+        return _slim(record)
 
     def flush(self) -> None:
         """Commit the buffered runs: one history part, then one runs part."""
@@ -180,15 +212,23 @@ class ParquetStore(Store):
         if not batch:
             return
         seq, self._seq = self._seq, self._seq + 1
-        hrows, hcols = [], {"run_id": None, "_seq": None}
+        hcols: dict[str, list] = {"run_id": [], "_seq": []}  # built column by column
+        total = 0
         for r in batch:
             h = r.get("history") or {}
-            hcols.update(dict.fromkeys(h))
             n = len(next(iter(h.values()))) if h else 0
-            hrows.extend({"run_id": r["run_id"], "_seq": seq, **{k: h[k][i] for k in h}}
-                         for i in range(n))
-        if hrows:
-            _write(_table(hrows, list(hcols)), self.parts / f"hist-{seq}.parquet")
+            if not n:
+                continue
+            for k in h:
+                if k not in hcols:
+                    hcols[k] = [None] * total
+            own = {"run_id": r["run_id"], "_seq": seq}
+            for k, values in hcols.items():
+                values.extend(h[k] if k in h else [own.get(k)] * n)
+            total += n
+        if total:
+            _write(_pa()[0].table({k: _column(v) for k, v in hcols.items()}),
+                   self.parts / f"hist-{seq}.parquet")
         rows, cols = [], {}
         for r in batch:
             row = _flat(r)
@@ -205,8 +245,8 @@ class ParquetStore(Store):
         self.stored += len(batch)
 
     def finish(self, records: Mapping[str, dict]) -> None:
-        """Flush, then compact every part into ``runs.parquet`` and ``histories.parquet``."""
-        pa, pc, _ = _pa()
+        """Flush, then compact every part into ``runs.parquet`` and ``histories.parquet``
+        (memory: the runs table, and at most :data:`SORT_ROWS` history rows at a time)."""
         self.flush()
         runs_parts = self._part_paths("runs")
         hist_parts = self._part_paths("hist")
@@ -216,24 +256,84 @@ class ParquetStore(Store):
             return
         runs = _concat(self._runs_tables())
         runs = runs.take(_latest(runs))
-        keep = [f"{r}:{s}" for r, s in zip(runs.column("run_id").to_pylist(),
-                                          runs.column("_seq").to_pylist(), strict=True)]
-        order = {r: i for i, r in enumerate(runs.column("run_id").to_pylist())}
-        htables = [self._read(p) for p in
-                   ([self.out / HIST_PQ] if (self.out / HIST_PQ).exists() else [])
-                   + [hist_parts[s] for s in sorted(hist_parts)]]
-        if htables:
-            hist = _concat(htables)
-            key = pc.binary_join_element_wise(hist.column("run_id"),
-                                              pc.cast(hist.column("_seq"), "string"), ":")
-            hist = hist.filter(pc.is_in(key, value_set=pa.array(keep)))
-            rank = [order[r] for r in hist.column("run_id").to_pylist()]
-            hist = hist.append_column("__order", pa.array(rank, pa.int64()))
-            hist = hist.sort_by([("__order", "ascending")]).drop_columns(["__order"])
-            _write(hist, self.out / HIST_PQ)
+        sources = [hist_parts[s] for s in sorted(hist_parts)]
+        if (self.out / HIST_PQ).exists():
+            sources.insert(0, self.out / HIST_PQ)
+        if sources:
+            self._merge_histories(runs, sources, set(hist_parts))
         _write(runs, self.out / RUNS_PQ)
         for p in [*runs_parts.values(), *hist_parts.values()]:
             p.unlink(missing_ok=True)
+
+    def _merge_histories(self, runs, sources: list[Path], part_seqs: set[int]) -> None:
+        """Write ``histories.parquet``: the history rows of each run's latest flush (the
+        ``run_id`` and ``_seq`` of a row of ``runs``), in the order of ``runs``.
+
+        An external sort, so that memory does not grow with the sweep: each source
+        is read in batches, its kept rows go to one of several bucket files by
+        their run's rank (a bucket holds whole runs, about :data:`SORT_ROWS` rows),
+        then each bucket is sorted in memory (stable: a run's rows keep their
+        order) and appended to the table. Rows of the old ``histories.parquet``
+        whose flush still has its part are skipped (written there by a compaction
+        killed before it removed the parts).
+        """
+        import numpy as np
+
+        pa, pc, pq = _pa()
+        schema = _unified([pq.read_schema(p) for p in sources])
+        keep = pc.binary_join_element_wise(runs.column("run_id"), pc.cast(
+            runs.column("_seq"), pa.string()), ":").combine_chunks()  # "run_id:seq", ranked
+        rows = pc.fill_null(runs.column("history_rows"), 0).to_numpy().astype(np.int64)
+        before = np.cumsum(rows) - rows  # history rows of the runs ranked before each run
+        bucket_of = (before // SORT_ROWS).astype(np.int64)
+        n_buckets = int(bucket_of[-1]) + 1 if len(bucket_of) else 1
+        ranked = schema.append(pa.field("__rank", pa.int64()))
+        buckets = [temporary_name(self.parts / f"bucket-{b}.arrow") for b in range(n_buckets)]
+        writers = []
+        try:
+            writers = [pa.ipc.new_stream(str(p), ranked) for p in buckets]
+            for path in sources:  # one file open at a time
+                old = path == self.out / HIST_PQ
+                with pq.ParquetFile(path) as f:
+                    for batch in f.iter_batches(batch_size=1 << 16, use_threads=False):
+                        t = _conform(pa.Table.from_batches([batch]), schema)
+                        rank = pc.index_in(pc.binary_join_element_wise(
+                            t.column("run_id"), pc.cast(t.column("_seq"), pa.string()), ":"),
+                            value_set=keep)
+                        mask = pc.is_valid(rank)
+                        if old and part_seqs:
+                            mask = pc.and_(mask, pc.invert(pc.is_in(
+                                t.column("_seq"), value_set=pa.array(sorted(part_seqs),
+                                                                     pa.int64()))))
+                        t = t.filter(mask).append_column(
+                            "__rank", pc.cast(rank.filter(mask), pa.int64()))
+                        if not len(t):
+                            continue
+                        b = bucket_of[t.column("__rank").to_numpy()]
+                        order = np.argsort(b, kind="stable")
+                        t, b = t.take(order), b[order]
+                        cuts = np.flatnonzero(np.diff(b)) + 1
+                        for lo, hi in zip([0, *cuts], [*cuts, len(b)], strict=True):
+                            writers[b[lo]].write_table(t.slice(lo, hi - lo))
+            for w in writers:
+                w.close()
+            writers = []
+            with _atomic_path(self.out / HIST_PQ) as tmp, \
+                    pq.ParquetWriter(str(tmp), schema) as out:
+                for p in buckets:
+                    with pa.OSFile(str(p), "rb") as src:  # read into memory (not mapped)
+                        t = pa.ipc.open_stream(src).read_all()
+                    if len(t):
+                        order = np.argsort(t.column("__rank").to_numpy(), kind="stable")
+                        out.write_table(t.take(order).drop_columns(["__rank"]))
+                    del t
+                    p.unlink()
+        finally:
+            for w in writers:
+                with contextlib.suppress(Exception):
+                    w.close()
+            for p in buckets:
+                p.unlink(missing_ok=True)
 
 
 def read_parquet_status(out: Path) -> dict[str, int]:

@@ -4,7 +4,8 @@ See :func:`run_sweep`. The directory is locked for the whole sweep; its grid
 hash must match the grid's (unless ``force``); stored records are read once,
 at the start; a run lost to a dead worker is stored ``lost`` while it waits
 to start again, up to ``retries`` times, then stored ``crashed``; finished
-runs are committed in batches (one flush every ``table_interval`` seconds),
+runs are committed in batches (one flush every ``table_interval`` seconds, or
+every :data:`FLUSH_RUNS` runs),
 and the tables are consolidated when the sweep ends (normally, by an error,
 or by Ctrl-C).
 """
@@ -24,6 +25,10 @@ from .grid import Grid
 from .store import FAILED, LOST, Store, SweepError, stored_format
 
 FORMATS = ("csv", "parquet")
+#: Runs buffered at most between two flushes, whatever ``table_interval``: the main
+#: process's memory holds no more finished records than this (short runs finish by the
+#: thousand per second).
+FLUSH_RUNS = 2048
 
 __all__ = ["Progress", "SweepResult", "run_sweep"]
 
@@ -190,7 +195,8 @@ def run_sweep(
     run_fn : callable, optional
         Overrides the grid's run function (must be picklable for ``local``/``dask``).
     table_interval : float
-        Seconds between flushes: finished runs are appended to ``runs.csv``
+        Seconds between flushes (at most; also one every :data:`FLUSH_RUNS`
+        runs): finished runs are appended to ``runs.csv``
         (csv) or committed as one Parquet part (parquet; a SIGKILL loses at
         most this much work); the tables are consolidated at the end.
     retries : int
@@ -251,7 +257,7 @@ def _open_store(out: Path, format: str | None) -> Store:
 
 def _run(grid, store, *, executor, workers, scheduler, progress, retry_failed, run_fn,
          table_interval, stream, retries, connect_timeout) -> SweepResult:
-    records = store.records()  # the only read of the stored records
+    records = store.records()  # read once at the start (slim: status, index, attempts)
     specs = grid.specs
 
     def done(rec) -> bool:
@@ -302,7 +308,7 @@ def _run(grid, store, *, executor, workers, scheduler, progress, retry_failed, r
                     rec = failure_record(spec, LOST, f"{reason}; starting it again "
                                          f"({attempts[rid]}/{retries})")
                     rec["attempts"] = attempts[rid]
-                    records[rid] = store.write(rec)
+                    store.write(rec)
                     store.flush()  # seen by --status now, and kept if this process dies
                     last_flush = time.monotonic()
                     bar.lose()
@@ -312,13 +318,13 @@ def _run(grid, store, *, executor, workers, scheduler, progress, retry_failed, r
                     continue
                 rec = failure_record(spec, "crashed", f"{reason}, {attempts[rid]} times")
             rec["attempts"] = attempts[rid] + (rec["status"] != "crashed")
-            records[rid] = slim = store.write(rec)
-            status = slim["status"]
+            status = store.write(rec)["status"]  # (kept by the store, not here)
             crashed += status == "crashed"
             failed += status in FAILED and status != "crashed"
             ok += status not in FAILED
             bar.update(status in FAILED)
-            if time.monotonic() - last_flush >= table_interval:
+            if time.monotonic() - last_flush >= table_interval or \
+                    store.pending >= FLUSH_RUNS:
                 store.flush()
                 last_flush = time.monotonic()
     except OSError as exc:  # the store cannot write (disk full, permissions)
@@ -328,7 +334,7 @@ def _run(grid, store, *, executor, workers, scheduler, progress, retry_failed, r
     finally:
         events.close()  # stops the workers (also on Ctrl-C)
         try:
-            store.finish(records)
+            store.finish(records)  # those stored before, and the store's own
         except OSError as exc:
             if stop is None:  # (an exception on its way out goes on regardless)
                 stop = SweepError(f"{exc.filename or store.out}: cannot write the tables "

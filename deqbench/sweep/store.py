@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import socket
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -59,19 +60,25 @@ class SweepError(RuntimeError):
 # ---------------------------------------------------------------------------
 
 
+def temporary_name(path: Path) -> Path:
+    """A temporary file beside ``path`` that no other writer shares: this host's name, the
+    pid and a random token (``.NAME.HOST.PID.TOKEN.tmp``; removed by the next lock holder
+    when a killed writer leaves it)."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}."
+                          f"{secrets.token_hex(4)}.tmp")
+
+
 @contextlib.contextmanager
 def _atomic_open(path: Path, sync: bool = True):
     """A text file that replaces ``path`` when the block ends without error.
 
-    The temporary file carries this host's name, the pid and a random token, so
-    that no two writers ever share one; it is removed if the block fails. The
+    The temporary file (:func:`temporary_name`) is removed if the block fails. The
     replacement is atomic against a kill of this process in any case; with
     ``sync`` the data is also on disk (``fsync``) before it replaces ``path``
     (a power cut then leaves the old file or the new one, never a torn one).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}."
-                         f"{secrets.token_hex(4)}.tmp")
+    tmp = temporary_name(path)
     try:
         with open(tmp, "w", newline="") as fh:
             yield fh
@@ -145,6 +152,10 @@ def run_columns(records: Iterable[Mapping]) -> list[str]:
     for r in records:
         params.update(dict.fromkeys(r.get("params", {})))
         metrics.update(dict.fromkeys(r.get("metrics", {})))
+    return _column_order(params, metrics)
+
+
+def _column_order(params: Iterable[str], metrics: Iterable[str]) -> list[str]:
     taken = set(HEAD) | set(TAIL) | set(params)
     return [*HEAD, *params, *(k for k in metrics if k not in taken), *TAIL]
 
@@ -212,6 +223,10 @@ class Store:
         self._pending: list[dict] = []
         self._live_columns: list[str] | None = None
         self._unsynced: list[Path] = []  # per-run files written since the last sync
+        # parameter and metric names of the records read or written (columns of runs.csv)
+        self._params: dict[str, None] = {}
+        self._metrics: dict[str, None] = {}
+        self._written: dict[str, int | None] = {}  # run_id -> index of the runs written
 
     format = "csv"
 
@@ -244,7 +259,8 @@ class Store:
     # -- records -----------------------------------------------------------
 
     def records(self) -> dict[str, dict]:
-        """Every intact stored record, by run_id; read once per sweep.
+        """Every intact stored record, by run_id, as the runner keeps it (:func:`_slim`:
+        run_id, status, index, attempts); read once per sweep.
 
         A record that does not parse, is not a record of this file's run, or
         says its run has history rows when the history file is missing or
@@ -259,7 +275,8 @@ class Store:
                 self.damaged.append(p.stem)
                 self.forget(p.stem)
                 continue
-            out[rec["run_id"]] = rec
+            self._columns(rec)
+            out[rec["run_id"]] = _slim(rec)
         return out
 
     def write(self, record: dict) -> dict:
@@ -268,7 +285,7 @@ class Store:
         Each file replaces its name atomically, so a kill of this process
         leaves the run stored or not; the files reach the disk at the next
         :meth:`flush` (one sync per batch, not two ``fsync`` per run).
-        Returns the record without its history, as stored.
+        Returns what the runner keeps of it (:func:`_slim`).
         """
         rid = record["run_id"]
         hist = record.get("history") or {}
@@ -287,7 +304,19 @@ class Store:
         self.stored += 1
         self._unsynced += [self.hist / f"{rid}.csv", self.runs / f"{rid}.json"]
         self._pending.append(slim)
-        return slim
+        self._columns(slim)
+        self._written[rid] = slim.get("index")
+        return _slim(slim)
+
+    def _columns(self, record: Mapping) -> None:
+        """Note the parameter and metric names of a record (the columns of ``runs.csv``)."""
+        self._params.update(dict.fromkeys(record.get("params", {})))
+        self._metrics.update(dict.fromkeys(record.get("metrics", {})))
+
+    @property
+    def pending(self) -> int:
+        """Runs written since the last :meth:`flush`."""
+        return len(self._pending)
 
     def flush(self) -> None:
         """Called every few seconds while a sweep runs: the runs written since the last
@@ -297,7 +326,8 @@ class Store:
         self.append_runs(batch)
 
     def finish(self, records: Mapping[str, dict]) -> None:
-        """Called when a sweep ends: consolidate the tables."""
+        """Called when a sweep ends: consolidate the tables, of the runs of ``records``
+        (those stored before, from :meth:`records`) and of those written since."""
         self.sync()
         self._pending = []
         self.write_tables(records)
@@ -357,13 +387,32 @@ class Store:
             os.close(fd)
 
     def write_tables(self, records: Mapping[str, dict], *, histories: bool = True) -> None:
-        """Consolidate ``runs.csv`` (and ``histories.csv``) from the records, in grid order."""
-        rows = sorted(records.values(), key=lambda r: (r.get("index", 0), r["run_id"]))
+        """Consolidate ``runs.csv`` (and ``histories.csv``) from the stored records of the
+        runs of ``records`` (``run_id`` and ``index`` are read) and of the runs written
+        by this store, in grid order.
+
+        Streams: one record file at a time is read, so that memory holds the run
+        ids, not the records.
+        """
+        index = {r["run_id"]: r.get("index") for r in records.values()}
+        index.update(self._written)
+        ids = sorted(index, key=lambda rid: (index[rid] or 0, rid))
+        columns = _column_order(self._params, self._metrics)
+        with_history = []
+
+        def rows():
+            for rid in ids:
+                rec = _load_record(self.runs / f"{rid}.json")
+                if rec is not None:
+                    if rec.get("history_rows"):
+                        with_history.append(rid)
+                    yield _flat(rec)
+
         with _atomic_open(self.out / RUNS_CSV) as fh:
-            _write_rows(fh, (_flat(r) for r in rows), run_columns(rows))
+            _write_rows(fh, rows(), columns)
         self._live_columns = None
         if histories:
-            self._merge_histories([r["run_id"] for r in rows if r.get("history_rows")])
+            self._merge_histories(with_history)
 
     def _merge_histories(self, run_ids: list[str]) -> None:
         """Stream every history file into ``histories.csv`` (memory: one file at a time)."""
@@ -423,6 +472,12 @@ def _cut_partial_line(path: Path, block: int = 4096) -> None:
             end = start
         if end != size:
             fh.truncate(end)
+
+
+def _slim(record: Mapping) -> dict:
+    """What the runner keeps of a stored run: ``run_id``, ``status``, ``index``, ``attempts``."""
+    return {"run_id": record["run_id"], "status": sys.intern(str(record["status"])),
+            "index": record.get("index"), "attempts": record.get("attempts")}
 
 
 def _nonempty(path: Path) -> bool:
