@@ -23,14 +23,14 @@ def draw(params, seed):
 
 def crash(params, seed):
     """``params['crash'] = true``: the worker process dies (SIGKILL, as a segfault or the
-    out-of-memory killer would end it); ``params['hang'] = true``: sleeps a minute;
-    otherwise :func:`draw`."""
+    out-of-memory killer would end it); ``params['hang'] = true`` (or ``params['a']`` equal
+    to ``params['hang_a']``): sleeps a minute; otherwise :func:`draw`."""
     import os
     import signal
 
     if params.get("crash"):
         os.kill(os.getpid(), signal.SIGKILL)
-    if params.get("hang"):
+    if params.get("hang") or params.get("a") == params.get("hang_a", -1):
         time.sleep(60)
     return draw(params, seed)
 

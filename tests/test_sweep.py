@@ -407,3 +407,7 @@ def test_bookkeeping_command_runs_once(capsys):
     out = capsys.readouterr().out
     assert "40 of 40 runs ok (parquet, 1 workers)" in out
     assert "ms CPU per run" in out and "MiB" in out
+    assert main(["--runs", "3", "--workers", "1", "--work-ms", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "3 of 3 runs of 5 ms ok (1 workers)" in out
+    assert "parallel efficiency" in out and "serial executor: wall" in out

@@ -15,7 +15,7 @@ The local pool is built here rather than on ``concurrent.futures``: a
 ``ProcessPoolExecutor`` breaks for good when one worker dies, while this pool
 replaces the dead worker, reports only the run it held, and kills a run that
 exceeds its ``timeout`` (on Dask, a grid with a ``timeout`` runs each task's
-batch in such a pool of one process). Workers die with their parent
+batch in such a pool of one process, kept from task to task). Workers die with their parent
 (``PR_SET_PDEATHSIG`` on Linux, and a thread that watches the parent pid
 everywhere).
 """
@@ -343,7 +343,8 @@ class _Worker:
         self.conn.close()
 
 
-def iter_local(feed: Feed, workers: int, run_fn=None, timeout: float | None = None):
+def iter_local(feed: Feed, workers: int, run_fn=None, timeout: float | None = None,
+               keep: list | None = None):
     """Runs in ``workers`` spawned processes, one batch (:meth:`Feed.take`) per process
     at a time; each run's record comes back as it finishes.
 
@@ -351,13 +352,16 @@ def iter_local(feed: Feed, workers: int, run_fn=None, timeout: float | None = No
     unstarted rest of its batch goes back to ``feed``) and is replaced; a run
     past ``timeout`` seconds (counted from when a started worker begins it)
     has its worker killed and is yielded with status ``timeout``. At most one
-    batch beyond those in the workers is taken from ``feed``.
+    batch beyond those in the workers is taken from ``feed``. ``keep``: a
+    list of worker processes to use, and to leave the idle ones in at the end
+    for the next call (a process start costs about a second); by default the
+    workers are started here and stopped at the end.
     """
     import multiprocessing as mp
     from multiprocessing.connection import wait
 
     ctx = mp.get_context("spawn")
-    pool: list[_Worker] = []
+    pool: list[_Worker] = [] if keep is None else keep
     early_deaths = 0
 
     def replace_early(i: int) -> None:
@@ -380,7 +384,11 @@ def iter_local(feed: Feed, workers: int, run_fn=None, timeout: float | None = No
         return spec
 
     try:
-        pool = [_Worker(ctx, run_fn) for _ in range(workers)]
+        for w in [w for w in pool if not w.proc.is_alive()]:  # kept ones that died idle
+            w.kill()
+            pool.remove(w)
+        while len(pool) < workers:
+            pool.append(_Worker(ctx, run_fn))
         pending: list[RunSpec] = []
         while True:
             if not pending:
@@ -436,13 +444,18 @@ def iter_local(feed: Feed, workers: int, run_fn=None, timeout: float | None = No
                         spec, "timeout", f"killed after the grid's timeout of {timeout:g} s",
                         time_s=elapsed), None
     finally:
-        for w in pool:
-            with contextlib.suppress(OSError):
-                if not w.specs and w.proc.is_alive():
-                    w.conn.send(None)
-        for w in pool:
-            w.proc.join(timeout=1 if not w.specs else 0)
-            w.kill()
+        if keep is not None:  # the idle live workers stay for the next call
+            for w in [w for w in pool if w.specs or not w.ready or not w.proc.is_alive()]:
+                w.kill()
+                pool.remove(w)
+        else:
+            for w in pool:
+                with contextlib.suppress(OSError):
+                    if not w.specs and w.proc.is_alive():
+                        w.conn.send(None)
+            for w in pool:
+                w.proc.join(timeout=1 if not w.specs else 0)
+                w.kill()
 
 
 # ---------------------------------------------------------------------------
@@ -529,19 +542,38 @@ def check_versions(client, timeout: float = 60) -> None:
         raise SweepError("package versions differ on Dask workers: " + "; ".join(bad))
 
 
+_KEPT = threading.local()
+
+
+def _kept_child(run_fn) -> list:
+    """The child process that runs this thread's Dask tasks with a timeout, kept between
+    tasks (:func:`iter_local`'s ``keep``; started anew for another ``run_fn``)."""
+    import pickle
+
+    key = pickle.dumps(run_fn)
+    held = getattr(_KEPT, "held", None)
+    if held is None or held[0] != key:
+        for w in held[1] if held else ():
+            w.kill()
+        held = _KEPT.held = (key, [])
+    return held[1]
+
+
 def execute_batch(specs: list[RunSpec], run_fn=None, timeout: float | None = None) -> list:
     """A Dask task: run ``specs``, return ``(record, None)`` or ``(None, reason)`` per run.
 
     Without ``timeout`` the runs execute in the worker's thread. With it they
     execute in a child process of the worker (:func:`iter_local`, one process,
-    started for this task), which is killed when a run exceeds ``timeout``
-    (the record says ``timeout``) and replaced when it dies (that run is lost,
-    the others go on).
+    kept from one task to the next in the same worker thread), which is
+    killed when a run exceeds ``timeout`` (the record says ``timeout``) and
+    replaced when it dies (that run is lost, the others go on).
     """
     if timeout is None:
         return [(execute(spec, run_fn), None) for spec in specs]
+    feed = Feed(specs, max_batch=len(specs))
+    feed.observe(0.0)  # the whole batch to the child at once
     out = {}
-    for spec, rec, reason in iter_local(Feed(specs), 1, run_fn, timeout):
+    for spec, rec, reason in iter_local(feed, 1, run_fn, timeout, keep=_kept_child(run_fn)):
         out[spec.run_id] = (rec, reason)
     return [out[spec.run_id] for spec in specs]
 
