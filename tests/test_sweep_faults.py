@@ -587,7 +587,7 @@ def test_status_reads_without_touching(tmp_path, capsys):
 def test_ctrl_c_stops_the_sweep_within_a_second_keeps_what_finished_and_resumes(tmp_path):
     n = 16
     grid = tmp_path / "grid.toml"
-    grid.write_text(crash_grid(n, sleep=0.2))
+    grid.write_text(crash_grid(n, sleep=0.1))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "deqbench.cli", "sweep", str(grid), "--out", str(out),
            "--workers", "2", "--format", "csv"]
@@ -611,7 +611,7 @@ def test_ctrl_c_stops_the_sweep_within_a_second_keeps_what_finished_and_resumes(
             proc.communicate()
     assert proc.returncode == 130, err
     assert "interrupted; re-run the same command to resume" in err and "Traceback" not in err
-    # within a second: runs in progress are not waited for (0.2 s each here, but a minute
+    # within a second: runs in progress are not waited for (0.1 s each here, but a minute
     # would do the same); the slack is for a loaded machine
     assert took < 1.0 + 1.0, took
     stored = {p.stem for p in (out / "runs").glob("*.json")}

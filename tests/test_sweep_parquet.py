@@ -199,8 +199,8 @@ def test_compaction_memory_does_not_grow_with_the_history_rows(tmp_path, monkeyp
     # table only (a few hundred bytes a run), not with their 21 history rows (before: the
     # whole histories table, several copies and a Python string per row: ~6 KB a run)
     monkeypatch.setattr(parquet, "SORT_ROWS", 4096)
-    small, large = _compaction_peak(tmp_path, 1000), _compaction_peak(tmp_path, 4000)
-    per_run = (large - small) / 3000
+    small, large = _compaction_peak(tmp_path, 600), _compaction_peak(tmp_path, 2400)
+    per_run = (large - small) / 1800
     assert per_run < 1000, (small, large, per_run)  # measured: ~180; one bucket: ~2700
 
 
