@@ -8,7 +8,8 @@ first, then parameters:
 * :func:`loss_and_grad` ``(model, X, Y, A, B)`` - loss and exact gradient of the three models
 * :func:`train` ``(model, X, Y, A0, B0)`` - gradient descent, compiled (Ctrl-C raises
   :class:`TrainInterrupted`, which keeps the finished steps)
-* :func:`flow` ``(model, X, Y, A0, B0)`` - gradient flow (adaptive Dormand-Prince)
+* :func:`flow` ``(model, X, Y, A0, B0)`` - gradient flow (adaptive Dormand-Prince;
+  Ctrl-C raises :class:`TrainInterrupted` too)
 * :class:`ConvergenceWarning` - the warning of every solver that misses its tolerance
 * :class:`PrecisionWarning`, :func:`tol_floor` - a tolerance below the dtype's reach
   (every call computes in the dtype of its arrays, float32 or float64)

@@ -26,6 +26,7 @@ from ._training import (
     history_rows,
     initial_failure,
     prepare,
+    run_sliced,
     warn_status,
 )
 from .activations import Activation
@@ -49,7 +50,8 @@ class FlowResult:
         ``DIVERGENCE_FACTOR * L_0``), ``"fixed_point_failed"`` (the step size
         collapsed because solves kept failing; on the sufficient-statistics
         path, because ``solver`` was not certified to solve the fixed point
-        beyond that point, docs/theory.md §3) or ``"step_too_small"``.
+        beyond that point, docs/theory.md §3), ``"step_too_small"`` or
+        ``"interrupted"`` (Ctrl-C; only on :attr:`~deqbench.TrainInterrupted.result`).
     history : dict of 1-D arrays
         The keys of :func:`deqbench.train` plus ``t``; ``step`` counts
         accepted steps.
@@ -131,6 +133,15 @@ def flow(
     -------
     FlowResult
 
+    Raises
+    ------
+    TrainInterrupted
+        On Ctrl-C (SIGINT), within about :data:`~deqbench._training.SLICE_SECONDS`
+        plus one step, as in :func:`deqbench.train`: a
+        :class:`KeyboardInterrupt` whose ``result`` is the :class:`FlowResult`
+        of the accepted steps (status ``"interrupted"``, the last accepted
+        point as the last history row).
+
     Warns
     -----
     ConvergenceWarning
@@ -140,7 +151,9 @@ def flow(
     Notes
     -----
     docs/theory.md §5 (``Q`` constant along the flow: its measured drift
-    is the integration error) and §7 (``exp(-mu t)`` decay).
+    is the integration error) and §7 (``exp(-mu t)`` decay). The integrator
+    runs in compiled slices of about ``SLICE_SECONDS`` (Python checks for
+    Ctrl-C between them), as :func:`deqbench.train` does.
     """
     t_end = v.positive("t_end", t_end)
     rtol = v.positive("rtol", rtol)
@@ -164,21 +177,38 @@ def flow(
                             stop_loss=run.stop_loss, divergence_factor=DIVERGENCE_FACTOR,
                             record_every=rec, spectral_every=run.spectral_every)
     with single_threaded_blas():
-        status, t, n_acc, n_rej, n_ev, n_rec = _kf.dopri(run.model, run.A, run.B, run.solve,
-                                                         run.stats, integ, H)
+        state = _kf.dopri_start(run.model, run.A, run.B, run.solve, run.stats, integ, H)
+
+        def advance(n_stop, stop=False):
+            return _kf.dopri_run(run.model, run.A, run.B, run.solve, run.stats, integ, state,
+                                 n_stop, stop)
+
+        def interrupted():
+            advance(0, True)  # the current accepted point becomes the last row
+            return _result(run, "interrupted", state, H)
+
+        status = run_sliced(advance, lambda: int(state.ints[_kf.ACCEPTED]), interrupted,
+                            "flow")
     status = STATUS[status]
+    res = _result(run, status, state, H)
+    n_rec = int(state.ints[_kf.RECORDS])
     failed_at_start = status in FAILED_STATUSES and n_rec == 0
     reason = initial_failure(run.A, run.solve, status) if failed_at_start else ""
-    warn_status("flow", status, int(n_acc), reason)
+    warn_status("flow", status, res.n_steps, reason)
+    return res
+
+
+def _result(run, status: str, state, H) -> FlowResult:
+    ints = state.ints
     return FlowResult(
         A=run.A,
         B=run.B,
         status=status,
-        history=history_dict(H, n_rec, FLOW_HISTORY_KEYS, run.excess_shift),
-        t=float(t),
-        n_steps=int(n_acc),
-        n_rejected=int(n_rej),
-        n_evals=int(n_ev),
+        history=history_dict(H, int(ints[_kf.RECORDS]), FLOW_HISTORY_KEYS, run.excess_shift),
+        t=float(state.fl[_kf.TIME]),
+        n_steps=int(ints[_kf.ACCEPTED]),
+        n_rejected=int(ints[_kf.REJECTED]),
+        n_evals=int(ints[_kf.EVALS]),
         sufficient_stats=bool(run.stats.use),
         L_star=run.L_star,
         spectral_every=int(run.spectral_every),

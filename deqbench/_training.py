@@ -66,8 +66,8 @@ MAX_HISTORY_BYTES = 2**30
 """Largest history :func:`train` and :func:`deqbench.flow` allocate (1 GiB);
 a longer one is refused with an error naming ``record_every``."""
 SLICE_SECONDS = 0.2
-""":func:`train` runs its compiled loop in slices of about this many seconds
-and checks for Ctrl-C between them."""
+""":func:`train` and :func:`deqbench.flow` run their compiled loops in slices of
+about this many seconds and check for Ctrl-C between them (:func:`run_sliced`)."""
 SPECTRAL_BUDGET = 0.05
 """Auto ``spectral_every`` keeps the matrix quantities below this fraction of a step."""
 SPECTRAL_FLOPS = 500.0
@@ -141,16 +141,18 @@ class TrainResult:
 
 
 class TrainInterrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) stopped :func:`train`; what finished is in :attr:`result`.
+    """Ctrl-C (SIGINT) stopped :func:`train` or :func:`deqbench.flow`; what
+    finished is in :attr:`result`.
 
     A :class:`KeyboardInterrupt`, so a script stops as Python scripts do on
     Ctrl-C (and ``except KeyboardInterrupt`` catches it); ``result`` is the
-    :class:`TrainResult` of the steps completed, status ``"interrupted"``,
-    ``A``, ``B`` those of its last recorded step.
+    :class:`TrainResult` (from ``flow``: the :class:`~deqbench.FlowResult`) of
+    the steps completed, status ``"interrupted"``, ``A``, ``B`` those of its
+    last recorded step.
     """
 
-    def __init__(self, result: TrainResult):
-        super().__init__(f"train interrupted after {result.n_steps} steps "
+    def __init__(self, result, what: str = "train"):
+        super().__init__(f"{what} interrupted after {result.n_steps} steps "
                          "(the finished steps are in .result)")
         self.result = result
 
@@ -581,34 +583,50 @@ def train(
                            record_every=rec, spectral_every=run.spectral_every)
     with single_threaded_blas():
         state = _k.gd_start(run.model, run.A, run.B, run.solve, run.stats, schedule, H)
-        try:
-            status, last, n_rec = _run_slices(run, schedule, state)
-        except KeyboardInterrupt:
+
+        def advance(k_stop):
+            return _k.gd_run(run.model, run.A, run.B, run.solve, run.stats, schedule, state,
+                             k_stop)[0]
+
+        def interrupted():
             last, n_rec = _k.gd_stop(state, run.A, run.B)
-            raise TrainInterrupted(_result(run, "interrupted", H, n_rec, last)) from None
+            return _result(run, "interrupted", H, n_rec, last)
+
+        status = run_sliced(advance, lambda: int(state.ints[0]), interrupted, "train")
+    last, n_rec = int(state.ints[1]), int(state.ints[2])
     status = STATUS[status]
     failed_at_start = status in FAILED_STATUSES and n_rec == 0
     reason = initial_failure(run.A, run.solve, status) if failed_at_start else ""
-    warn_status("train", status, int(last), reason)
+    warn_status("train", status, last, reason)
     return _result(run, status, H, n_rec, last)
 
 
-def _run_slices(run: Prepared, schedule, state):
-    """:func:`deqbench._kernels.training.gd_run` in slices of about
-    :data:`SLICE_SECONDS` (the first of one step, then sized by the last
-    slice's time per step, growing at most 16x), so that a KeyboardInterrupt
-    raised between slices stops the run within about a slice."""
+def run_sliced(advance, count, interrupted, what: str) -> int:
+    """Run a compiled loop in slices of about :data:`SLICE_SECONDS`, checking
+    for Ctrl-C between them; the one mechanism of :func:`train` and
+    :func:`deqbench.flow`.
+
+    ``advance(k_stop)`` runs the loop until it ends (returning its status) or
+    until ``count()``, the steps done, reaches ``k_stop`` (returning
+    :data:`deqbench._kernels.training.RUNNING`). The first slice is one step,
+    the next ones are sized by the last slice's time per step, growing at most
+    16x. A KeyboardInterrupt (Python raises it between slices: a compiled call
+    runs to its end) becomes :class:`TrainInterrupted` carrying
+    ``interrupted()``, the result of the steps that finished.
+    """
     n = 1
-    while True:
-        k0 = int(state.ints[0])
-        t0 = time.perf_counter()
-        status, last, n_rec = _k.gd_run(run.model, run.A, run.B, run.solve, run.stats,
-                                        schedule, state, k0 + n)
-        if status != _k.RUNNING:
-            return status, last, n_rec
-        dt = time.perf_counter() - t0
-        done = int(state.ints[0]) - k0
-        n = max(1, min(16 * n, int(done * SLICE_SECONDS / dt) if dt > 0.0 else 16 * n))
+    try:
+        while True:
+            k0 = count()
+            t0 = time.perf_counter()
+            status = advance(k0 + n)
+            if status != _k.RUNNING:
+                return status
+            dt = time.perf_counter() - t0
+            done = count() - k0
+            n = max(1, min(16 * n, int(done * SLICE_SECONDS / dt) if dt > 0.0 else 16 * n))
+    except KeyboardInterrupt:
+        raise TrainInterrupted(interrupted(), what) from None
 
 
 def _result(run: Prepared, status: str, H, n_rec, last) -> TrainResult:

@@ -35,6 +35,16 @@ SLOPED = ("leaky_relu", "smooth_leaky")
 # 1/2 (1 +- erf(1)) +- exp(-1) / sqrt(pi) (docs/theory.md §2)
 GELU_DERIVATIVE_MAX = 0.5 * (1.0 + math.erf(1.0)) + math.exp(-1.0) / math.sqrt(math.pi)
 GELU_DERIVATIVE_MIN = 1.0 - GELU_DERIVATIVE_MAX
+# where sigma'' changes sign (the interior extremes of sigma'), for the links that are
+# twice differentiable; relu and leaky_relu have a kink instead (docs/theory.md §7)
+DERIVATIVE_EXTREMES = {
+    "identity": (),
+    "tanh": (0.0,),
+    "sigmoid": (0.0,),
+    "softplus": (),
+    "gelu": (-math.sqrt(2.0), math.sqrt(2.0)),
+    "smooth_leaky": (),
+}
 DEFAULT_SLOPE = 0.01
 
 _PATTERN = re.compile(r"^\s*(leaky_relu|smooth_leaky)\s*\(\s*([^)]*)\s*\)\s*$")
@@ -96,6 +106,27 @@ class Activation:
             "gelu": (GELU_DERIVATIVE_MIN, GELU_DERIVATIVE_MAX),
             "smooth_leaky": (self.param, 1.0),
         }[self.name]
+
+    def derivative_range(self, lo, hi) -> tuple[np.ndarray, np.ndarray]:
+        """The exact minimum and maximum of ``sigma'`` over each interval
+        ``[min(lo_i, hi_i), max(lo_i, hi_i)]``: ``sigma'`` at both ends and at
+        the interior extremes of ``sigma'`` (``DERIVATIVE_EXTREMES``) inside.
+        The local ``(gamma, Gamma)`` of docs/theory.md §7; a ``ValueError``
+        for relu and leaky_relu, whose derivative jumps at 0."""
+        if self.name not in DERIVATIVE_EXTREMES:
+            raise ValueError(f"derivative_range needs a twice-differentiable link, got "
+                             f"{str(self)!r} (its derivative jumps at 0)")
+        lo, hi = np.broadcast_arrays(np.asarray(lo, dtype=np.float64),
+                                     np.asarray(hi, dtype=np.float64))
+        a, b = np.minimum(lo, hi), np.maximum(lo, hi)
+        da, db = self.derivative(a), self.derivative(b)
+        low, high = np.minimum(da, db), np.maximum(da, db)
+        for c in DERIVATIVE_EXTREMES[self.name]:
+            inside = (a <= c) & (c <= b)
+            dc = float(self.derivative(np.array([c]))[0])
+            low = np.where(inside, np.minimum(low, dc), low)
+            high = np.where(inside, np.maximum(high, dc), high)
+        return low, high
 
     @property
     def lipschitz(self) -> float:

@@ -27,6 +27,7 @@ __all__ = [
     "global_min_loss",
     "invariant",
     "least_squares",
+    "local_derivative_bounds",
     "loglog_fit",
     "pl_constant",
     "predicted_factor",
@@ -131,7 +132,8 @@ def _q_max(Q) -> float:
     return float(np.linalg.eigvalsh(0.5 * (Q + Q.T))[-1])
 
 
-def pl_constant(model: str, X, Q, *, u=None, activation: str | Activation = "identity") -> float:
+def pl_constant(model: str, X, Q, *, u=None, activation: str | Activation = "identity",
+                derivative_bounds=None) -> float:
     """PL constant ``mu`` with ``||grad L||^2 >= mu (L - L*)`` on the sphere set by ``Q``.
 
     Parameters
@@ -141,13 +143,18 @@ def pl_constant(model: str, X, Q, *, u=None, activation: str | Activation = "ide
     Q : (m, m) the invariant (``Q_0``, or a bound on ``Q_k``); ``q = lambda_max(Q)``
     u : (m,) read-out of single_index (default ``(1, ..., 1) / sqrt(m)``)
     activation : the single_index link ``sigma``, with ``gamma <= sigma' <= Gamma``
+    derivative_bounds : (gamma, Gamma), optional
+        single_index: bounds on ``sigma'`` to use instead of the link's global
+        ones, e.g. the local ones of :func:`local_derivative_bounds` (then
+        ``mu`` is the local constant at that point, docs/theory.md §7).
 
     Returns
     -------
     mu : float
         linear: ``2 lmin / q``; single_index:
         ``2 gamma^4 lmin^2 ||u||^2 / (Gamma^2 lmax q)``; ``0.0`` where the
-        theorem does not apply (``gamma <= 0``, singular ``Sigma``).
+        theorem does not apply (``gamma <= 0``, singular ``Sigma``). An array
+        when ``derivative_bounds`` holds arrays (one pair per step).
 
     Notes
     -----
@@ -166,10 +173,40 @@ def pl_constant(model: str, X, Q, *, u=None, activation: str | Activation = "ide
         uu = 1.0
     else:
         uu = float(np.sum(v.as_float64("u", u, ndim=1, shape=(m,)) ** 2))
-    gamma, Gamma = get_activation(activation).derivative_bounds()
-    if gamma <= 0.0 or lmax <= 0.0:
-        return 0.0
-    return 2.0 * gamma**4 * lmin**2 * uu / (Gamma**2 * lmax * q)
+    if derivative_bounds is None:
+        derivative_bounds = get_activation(activation).derivative_bounds()
+    gamma, Gamma = (np.asarray(b, dtype=np.float64) for b in derivative_bounds)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu = 2.0 * gamma**4 * lmin**2 * uu / (Gamma**2 * lmax * q)
+    mu = np.where((gamma > 0.0) & (lmax > 0.0), mu, 0.0)
+    return float(mu) if mu.ndim == 0 else mu
+
+
+def local_derivative_bounds(X, A, B, theta, *, u=None,
+                            activation: str | Activation = "identity") -> tuple[float, float]:
+    """The local ``(gamma, Gamma)`` of a single_index model at ``(A, B)``.
+
+    ``gamma`` and ``Gamma`` are the minimum and maximum of ``sigma'`` over the
+    segments between each sample's pre-activation ``s_i = u . W x_i``
+    (``W = (I - A)^{-1} B``) and the teacher's ``t_i = theta . x_i``: the
+    points where the PL argument of docs/theory.md §7 evaluates ``sigma'``
+    for a realizable target ``y = sigma(theta . x)``. With them in
+    :func:`pl_constant` (``derivative_bounds=``) the PL inequality holds at
+    ``(A, B)`` for links with no global positive ``gamma`` (tanh, sigmoid,
+    softplus) or a negative one (gelu); ``gamma <= 0`` says it gives nothing.
+    ``Gamma`` bounds ``|sigma'|`` on the segments.
+    """
+    A = _square("A", A)
+    m = A.shape[0]
+    B = v.as_float64("B", B, shape=(m, None))
+    X = v.as_float64("X", X, shape=(None, B.shape[1]))
+    theta = v.as_float64("theta", theta, ndim=1, shape=(B.shape[1],))
+    uu = np.full(m, 1.0 / math.sqrt(m)) if u is None else v.as_float64("u", u, ndim=1,
+                                                                        shape=(m,))
+    w = np.linalg.solve(np.eye(m) - A, B).T @ uu
+    lo, hi = get_activation(activation).derivative_range(X @ w, X @ theta)
+    # Gamma bounds |sigma'| (gelu' is negative somewhere)
+    return float(np.min(lo)), float(max(np.max(hi), -np.min(lo)))
 
 
 def predicted_factor(model: str, X, Q, lr, *, smoothness, L0=None, L_star=0.0, u=None,
@@ -210,14 +247,18 @@ def predicted_factor(model: str, X, Q, lr, *, smoothness, L0=None, L_star=0.0, u
 
 
 def step_factor_bounds(model: str, X, Q0, lr, drift_trace, *, smoothness, u=None,
-                       activation: str | Activation = "identity") -> np.ndarray:
+                       activation: str | Activation = "identity",
+                       derivative_bounds=None) -> np.ndarray:
     """Rigorous bound on each step's factor ``(L_{k+1} - L*) / (L_k - L*)``.
 
     ``1 - lr mu_k (1 - smoothness lr / 2)`` with ``mu_k`` the PL constant at
     ``lambda_max(Q_k) <= lambda_max(Q_0) + tr(Q_k - Q_0)`` (``Q_k - Q_0`` is
     positive semidefinite under GD, docs/theory.md §5), ``drift_trace[k] =
     tr(Q_k - Q_0)`` as recorded by :func:`deqbench.train`. All NaN when
-    ``lr * smoothness > 1``.
+    ``lr * smoothness > 1``. ``derivative_bounds`` (single_index): a pair
+    ``(gamma_k, Gamma_k)`` of arrays like ``drift_trace``, the local bounds of
+    :func:`local_derivative_bounds` at each step (then each factor is a local
+    statement, and 1 where ``gamma_k <= 0``).
     """
     lr = v.positive("lr", lr)
     beta = v.positive("smoothness", smoothness, allow_zero=True)
@@ -225,7 +266,8 @@ def step_factor_bounds(model: str, X, Q0, lr, drift_trace, *, smoothness, u=None
     drift = np.asarray(drift_trace, dtype=np.float64)
     if lr * beta > 1.0:
         return np.full(drift.shape, math.nan)
-    mu1 = pl_constant(model, X, np.eye(Q0.shape[0]), u=u, activation=activation)
+    mu1 = pl_constant(model, X, np.eye(Q0.shape[0]), u=u, activation=activation,
+                      derivative_bounds=derivative_bounds)
     q = _q_max(Q0) + np.maximum(drift, 0.0)
     return np.maximum(1.0 - lr * (mu1 / q) * (1.0 - 0.5 * beta * lr), 0.0)
 
@@ -376,14 +418,16 @@ VACUOUS = 1e-3
 """A predicted factor ``q`` with ``1 - q < VACUOUS`` predicts nothing: "vacuous"."""
 
 
-def rate_check(losses, L_star, predicted, steps=None) -> dict:
+def rate_check(losses, L_star, predicted, steps=None, *, local=False) -> dict:
     """Predicted vs empirical factor for one run.
 
     Returns ``{"predicted", "empirical", "ratio", "violated", "verdict"}``.
     ``violated`` is True when the empirical factor exceeds the predicted one
     by more than 1e-12 (a bug or a violated assumption, docs/theory.md §7).
-    ``verdict`` is one of ``"holds"``, ``"violated"``, ``"vacuous"``
-    (``1 - predicted < VACUOUS``: never reported as holding),
+    ``verdict`` is one of ``"holds"`` (``"local"`` when ``local``: the
+    prediction rests on the derivative bounds measured along this run's path,
+    not on global ones, so it is no global claim), ``"violated"``,
+    ``"vacuous"`` (``1 - predicted < VACUOUS``: never reported as holding),
     ``"not applicable"`` (NaN prediction: ``lr beta > 1`` or a link outside
     the theorem) or ``"no fit"`` (NaN empirical factor: too few points in
     the window, which is not a pass either).
@@ -403,7 +447,7 @@ def rate_check(losses, L_star, predicted, steps=None) -> dict:
     elif math.isnan(emp):
         verdict = "no fit"
     else:
-        verdict = "holds"
+        verdict = "local" if local else "holds"
     return {"predicted": pred, "empirical": emp, "ratio": ratio, "violated": violated,
             "verdict": verdict}
 

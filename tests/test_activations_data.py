@@ -51,6 +51,27 @@ def test_gelu_is_1129_lipschitz():
     assert act.lipschitz == pytest.approx(1.128904, abs=1e-6)
 
 
+@pytest.mark.parametrize("name", ["identity", "tanh", "sigmoid", "softplus", "gelu",
+                                  "smooth_leaky(0.3)"])
+def test_derivative_range_is_the_exact_range_on_each_interval(name):
+    """docs/theory.md §7, local constants: min and max of sigma' over [a, b] against a
+    dense grid of the NumPy reference's derivative on each interval (a missed interior
+    extreme, e.g. gelu's at -sqrt(2) or sigmoid's at 0, is off by far more than 1e-6)."""
+    act = db.get_activation(name)
+    rng = np.random.default_rng(3)
+    a = rng.uniform(-5, 5, 40)
+    b = a + rng.choice([-1.0, 1.0], 40) * rng.uniform(0, 6, 40)  # either order
+    a[:4], b[:4] = [-np.sqrt(2), -3.0, 0.0, 1.0], [-np.sqrt(2), -1.0, 2.0, 1.0]
+    lo, hi = act.derivative_range(a, b)
+    for i in range(a.size):
+        grid = np.linspace(min(a[i], b[i]), max(a[i], b[i]), 4001)
+        d = naive.dact(act.name, grid, act.slope)
+        assert lo[i] == pytest.approx(d.min(), abs=1e-6), (a[i], b[i])
+        assert hi[i] == pytest.approx(d.max(), abs=1e-6), (a[i], b[i])
+    with pytest.raises(ValueError, match="twice-differentiable.*jumps at 0"):
+        db.get_activation("leaky_relu").derivative_range(a, b)
+
+
 def test_smooth_leaky_link():
     act = db.get_activation("smooth_leaky(0.2)")
     assert act.name == "smooth_leaky" and act.slope == 0.2 and str(act) == "smooth_leaky(0.2)"

@@ -1,5 +1,5 @@
 """The same status on both gradient paths (docs/theory.md §3, certificate), runs
-that leave the model's domain, bounded histories, and Ctrl-C in train."""
+that leave the model's domain, bounded histories, and Ctrl-C in train and flow."""
 
 import os
 import signal
@@ -224,40 +224,49 @@ def test_history_is_bounded():
 
 # --- Ctrl-C -----------------------------------------------------------------------
 
+# A run that would take hours (10^9 GD steps; a flow to t = 10^9 whose step is held at
+# the explicit method's stability limit, about 3 / lambda_max of the Hessian, by the
+# large data), started after a short run has compiled (or loaded) the kernels: ending at
+# all means the interrupt was seen.
 _CHILD = textwrap.dedent("""
     import sys, time
     import numpy as np
     import deqbench as db
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((200, 4)); Y = rng.standard_normal((200, 3))
+    X = 10.0 * rng.standard_normal((200, 4)); Y = rng.standard_normal((200, 3))
     A0, B0 = db.data.init_params(4, 3, scale_A=0.4, scale_B=1.0, seed=1)
-    kw = dict(lr=1e-6, sufficient_stats=SS, record_every=10**5)
-    db.train("linear", X, Y, A0, B0, steps=3, **kw)  # compiled (or loaded) here
+    kw = dict(sufficient_stats=SS, record_every=10**5)
+    if "FUNC" == "train":
+        run = lambda k: db.train("linear", X, Y, A0, B0, lr=1e-8, steps=k, **kw)
+    else:
+        run = lambda k: db.flow("linear", X, Y, A0, B0, t_end=1e9, max_steps=k, **kw)
+    run(3)
     print("ready", flush=True)
     try:
-        db.train("linear", X, Y, A0, B0, steps=10**9, **kw)
+        run(10**9)
     except db.TrainInterrupted as exc:
         r = exc.result
         h = r.history
         ok = (r.status == "interrupted" and r.n_steps > 0 and h["step"][-1] == r.n_steps
-              and np.isfinite(r.A).all() and np.all(np.diff(h["loss"]) <= 0))
+              and np.isfinite(r.A).all() and h["loss"][-1] < h["loss"][0]
+              and (h["t"][-1] == r.t if "FUNC" == "flow" else np.all(np.diff(h["loss"]) <= 0)))
         print("interrupted", r.n_steps, ok, isinstance(exc, KeyboardInterrupt), flush=True)
         raise
 """)
 
 
+@pytest.mark.parametrize("func", ["train", "flow"])
 @pytest.mark.parametrize("ss", [True, False])
-def test_ctrl_c_stops_train_and_keeps_what_finished(ss, record_property):
+def test_ctrl_c_stops_the_run_and_keeps_what_finished(func, ss, record_property):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD.replace("SS", str(ss))],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env=env)
+    code = _CHILD.replace("SS", str(ss)).replace("FUNC", func)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     try:
-        assert proc.stdout.readline().strip() == "ready"
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
         time.sleep(0.5)  # inside the long run
         sent = time.perf_counter()
         proc.send_signal(signal.SIGINT)
-        # 10^9 steps would take hours: ending at all means the interrupt was seen
         out, err = proc.communicate(timeout=60)
         record_property("seconds_from_sigint_to_exit", time.perf_counter() - sent)
     finally:

@@ -42,8 +42,9 @@ from .model import (
     sumsq,
     workspaces,
 )
+from .training import RUNNING
 
-#: Integration settings of :func:`dopri`: final time, Dormand-Prince
+#: Integration settings of :func:`dopri_run`: final time, Dormand-Prince
 #: tolerances, first step (0: automatic), cap on accepted steps, the loss
 #: that counts as converged (negative: off), the divergence factor on
 #: ``L_0``, and the history cadences (in accepted steps).
@@ -107,62 +108,108 @@ def _scaled_sq(P, F, atol, rtol):
     return s0, s1
 
 
+#: What an integration carries between :func:`dopri_run` calls: the work
+#: buffers (warm starts), the recorder, the stage buffers (``KA[0]``, ``KB[0]``
+#: the slope at the current point, FSAL), ``fl`` = (t, h, L0, loss, excess) of
+#: the current accepted point and ``ints`` = (accepted, rejected, evaluations,
+#: records written, whether the last accepted point is recorded, whether the
+#: last try was rejected, fp_iters, adj_iters, status).
+FlowState = namedtuple("FlowState", ["ws", "sw", "rec", "As", "Bs", "An", "Bn", "EA", "EB",
+                                     "KA", "KB", "gA", "gB", "fl", "ints"])
+_T, _H, _L0, _LOSS, _EXCESS = 0, 1, 2, 3, 4
+_ACC, _REJ, _EV, _NREC, _GOOD, _REJECTED, _KF, _KB, _STATUS = 0, 1, 2, 3, 4, 5, 6, 7, 8
+#: Indices the caller reads: ``fl[TIME]``, ``ints[ACCEPTED]``, ``ints[REJECTED]``,
+#: ``ints[EVALS]``, ``ints[RECORDS]``.
+TIME, ACCEPTED, REJECTED, EVALS, RECORDS = _T, _ACC, _REJ, _EV, _NREC
+
+
 @jit
-def dopri(model, A, B, solve, stats, integ, H):
-    """Integrate the gradient flow from ``(A, B)`` (in place) to ``integ.t_end``.
-
-    Records accepted step ``j`` (time ``t_j``) into ``H`` when
-    ``j % record_every == 0`` and at the end; matrix quantities when
-    ``j % spectral_every == 0`` and at the end. Loss, gradient norm and
-    iteration counts of a row are those of the evaluation at ``(t_j, P_j)``.
-
-    Returns ``(status, t, n_accepted, n_rejected, n_evals, n_records)``.
-    """
+def dopri_start(model, A, B, solve, stats, integ, H):
+    """The :data:`FlowState` of an integration from ``(A, B)``, history into
+    ``H``: the first gradient evaluation and the initial step size (``integ.h0``,
+    or Hairer's rule on the scaled norms of ``P`` and ``f(P)``). A failed first
+    evaluation sets the status (``FIXED_POINT_FAILED`` or ``DIVERGED``)."""
     m, d = B.shape
-    t_end, rtol, atol = integ.t_end, integ.rtol, integ.atol
+    rtol, atol = integ.rtol, integ.atol
     ws, sw = workspaces(model, m, solve, stats)
     rec = recorder(H, A, B, integ.record_every, integ.spectral_every)
-    row = rec.row
-    A0, B0 = rec.A0, rec.B0
     dt = A.dtype  # the parameters' dtype; error norms accumulate in float64
-    As = np.empty((m, m), dt)
-    Bs = np.empty((m, d), dt)
-    An = np.empty((m, m), dt)
-    Bn = np.empty((m, d), dt)
-    EA = np.empty((m, m), dt)
-    EB = np.empty((m, d), dt)
     KA = np.zeros((7, m, m), dt)
     KB = np.zeros((7, m, d), dt)
     gA = np.empty((m, m), dt)
     gB = np.empty((m, d), dt)
-    n_par = m * (m + d)
-    nrec = 0
-    n_acc = 0
-    n_rej = 0
-    n_ev = 1
-    t = 0.0
+    fl = np.full(5, np.nan)
+    ints = np.zeros(9, np.int64)
+    ints[_STATUS] = RUNNING
+    ints[_EV] = 1
+    fl[_T] = 0.0
     loss, excess, kf, kb, outcome = _rhs(model, A, B, solve, stats, ws, sw, gA, gB, KA[0],
                                          KB[0])
     if outcome != OK:
-        return FIXED_POINT_FAILED if outcome == FP_FAILED else DIVERGED, t, 0, 0, n_ev, 0
-    L0 = loss
-    # initial step: Hairer's simple rule on the scaled norms of P and f(P)
+        ints[_STATUS] = FIXED_POINT_FAILED if outcome == FP_FAILED else DIVERGED
+    fl[_L0] = loss
+    fl[_LOSS] = loss
+    fl[_EXCESS] = excess
+    ints[_KF] = kf
+    ints[_KB] = kb
     if integ.h0 > 0.0:
         h = integ.h0
     else:
         a0, a1 = _scaled_sq(A, KA[0], atol, rtol)
         b0, b1 = _scaled_sq(B, KB[0], atol, rtol)
+        n_par = m * (m + d)
         s0 = np.sqrt((a0 + b0) / n_par)
         s1 = np.sqrt((a1 + b1) / n_par)
         h = 1e-6 if (s0 < 1e-5 or s1 < 1e-5) else 0.01 * s0 / s1
-    h = min(h, t_end)
-    good_recorded = False
-    rejected_last = False
+    fl[_H] = min(h, integ.t_end)
+    return FlowState(ws, sw, rec, np.empty((m, m), dt), np.empty((m, d), dt),
+                     np.empty((m, m), dt), np.empty((m, d), dt), np.empty((m, m), dt),
+                     np.empty((m, d), dt), KA, KB, gA, gB, fl, ints)
+
+
+@jit
+def dopri_run(model, A, B, solve, stats, integ, state, n_stop, stop):
+    """Integrate the gradient flow from the state's current point ``(A, B)``
+    (in place) towards ``integ.t_end``, until the run ends or ``n_stop``
+    steps are accepted (status ``RUNNING``: call again to go on). With
+    ``stop`` the current point is recorded as the last row and the run ends
+    there (after Ctrl-C; the returned status is then the one the point would
+    have had, ``RUNNING`` if none).
+
+    Records accepted step ``j`` (time ``t_j``) into ``H`` when
+    ``j % record_every == 0`` and at the end; matrix quantities when
+    ``j % spectral_every == 0`` and at the end. Loss, gradient norm and
+    iteration counts of a row are those of the evaluation at ``(t_j, P_j)``.
+    The counters and ``t`` are in ``state.ints`` and ``state.fl``.
+
+    Returns the status.
+    """
+    ints, fl = state.ints, state.fl
+    if ints[_STATUS] != RUNNING:
+        return ints[_STATUS]
+    m, d = B.shape
+    t_end, rtol, atol = integ.t_end, integ.rtol, integ.atol
+    ws, sw, rec = state.ws, state.sw, state.rec
+    row = rec.row
+    A0, B0 = rec.A0, rec.B0
+    As, Bs, An, Bn, EA, EB = state.As, state.Bs, state.An, state.Bn, state.EA, state.EB
+    KA, KB, gA, gB = state.KA, state.KB, state.gA, state.gB
+    n_par = m * (m + d)
+    nrec = ints[_NREC]
+    n_acc = ints[_ACC]
+    n_rej = ints[_REJ]
+    n_ev = ints[_EV]
+    kf, kb = ints[_KF], ints[_KB]
+    good_recorded = ints[_GOOD] != 0
+    rejected_last = ints[_REJECTED] != 0
+    t, h, L0, loss, excess = fl[_T], fl[_H], fl[_L0], fl[_LOSS], fl[_EXCESS]
     fp_failed = False
-    status = MAX_STEPS
+    status = RUNNING
     loss_n = excess_n = np.nan
     kf_n = kb_n = 0
     while True:
+        if n_acc >= n_stop and not stop:
+            break
         # the current accepted point (t, A, B) with loss / K[0]
         row[:] = np.nan
         row[H_STEP] = n_acc
@@ -176,7 +223,7 @@ def dopri(model, A, B, solve, stats, integ, H):
         reached = integ.stop_loss >= 0.0 and loss <= integ.stop_loss
         done = t >= t_end
         diverged = L0 > 0.0 and loss > integ.divergence_factor * L0
-        final = reached or done or diverged or n_acc >= integ.max_steps
+        final = reached or done or diverged or n_acc >= integ.max_steps or stop
         nrec, good_recorded = record_step(rec, nrec, final, n_acc, A, B)
         if diverged:
             status = DIVERGED
@@ -189,6 +236,8 @@ def dopri(model, A, B, solve, stats, integ, H):
             break
         if n_acc >= integ.max_steps:
             status = MAX_STEPS
+            break
+        if stop:
             break
         # attempt steps from (t, A, B) until one is accepted
         accepted = False
@@ -265,5 +314,19 @@ def dopri(model, A, B, solve, stats, integ, H):
             if fp_failed:
                 status = FIXED_POINT_FAILED
             nrec = record_last_good(rec, nrec, good_recorded, A, B)
+            good_recorded = True
             break
-    return status, t, n_acc, n_rej, n_ev, nrec
+    ints[_ACC] = n_acc
+    ints[_REJ] = n_rej
+    ints[_EV] = n_ev
+    ints[_NREC] = nrec
+    ints[_GOOD] = 1 if good_recorded else 0
+    ints[_REJECTED] = 1 if rejected_last else 0
+    ints[_KF] = kf
+    ints[_KB] = kb
+    ints[_STATUS] = status
+    fl[_T] = t
+    fl[_H] = h
+    fl[_LOSS] = loss
+    fl[_EXCESS] = excess
+    return status

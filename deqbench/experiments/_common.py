@@ -143,6 +143,28 @@ def path_smoothness(model, X, Y, A0, B0, *, lr, steps, points=4, **train_kw) -> 
     return beta
 
 
+def local_bounds_along_path(X, y, theta, A0, B0, *, lr, steps, activation, u=None):
+    """The local derivative bounds ``(gamma_k, Gamma_k)`` of docs/theory.md §7
+    (:func:`deqbench.theory.local_derivative_bounds`) at steps ``0..steps`` of
+    the single_index GD path from ``A0, B0`` towards the teacher ``theta``,
+    and its losses ``L_k``: the path is replayed with exact (direct) solves,
+    since :func:`deqbench.train` records no pre-activations. Compare ``L_k``
+    with the run's history to see that it is the same path."""
+    from .. import theory
+    from .._gradients import loss_and_grad
+
+    A, B = np.array(A0, dtype=float), np.array(B0, dtype=float)
+    gamma, Gamma, loss = (np.empty(steps + 1) for _ in range(3))
+    for k in range(steps + 1):
+        gamma[k], Gamma[k] = theory.local_derivative_bounds(X, A, B, theta, u=u,
+                                                            activation=activation)
+        loss[k], gA, gB, _ = loss_and_grad("single_index", X, y, A, B, u=u,
+                                           activation=activation, solver="direct")
+        A -= lr * gA
+        B -= lr * gB
+    return gamma, Gamma, loss
+
+
 def step_ratios_ok(excess, L0, bounds) -> tuple[bool, float, int]:
     """Whether every step's ``excess[k+1] / excess[k] <= bounds[k]``, up to the rounding
     of ``L - L*`` (``8 eps L0`` on each excess), where both excesses are above

@@ -12,7 +12,10 @@ W_0``: the same function at every ``eps``, with ``lambda_min(Q_0) ~ eps^2`` and
   loss by ``TOL`` grows like ``1 / lambda_min(Q_0)``. Judged: the measured ``beta``
   against that lower bound, the measured steps (at ``lr = 0.5 / beta``) against the
   predicted count, and the fitted exponent of steps against ``lambda_min(Q_0)``
-  (``-1``). A run at the fixed step that suits ``eps = 1`` shows where GD fails.
+  (``-1``). ``beta`` is re-measured on the whole path after each run; where it
+  grew past ``lr beta = 0.75`` (the Hessian grows over the 10^5 steps of a
+  near-singular start) the run is repeated at ``0.5 / beta``. A run at the fixed
+  step that suits ``eps = 1`` shows where GD fails.
 * Gradient flow: ``mu = 2 l_min / lambda_max(Q_0)`` does not depend on
   ``lambda_min(Q_0)``, so the envelope ``exp(-mu t)`` must hold up to ``t = 5 / mu``
   for every ``eps`` (only the integrator's work grows: the flow is stiff), and
@@ -32,6 +35,7 @@ from .._training import train
 from ._common import envelope_ok, fmt, path_smoothness, pyplot, safe_lr, sigma_min_lower
 
 TOL = 1e-6  # excess-loss reduction the step counts are measured to
+RETRIES = 3  # runs at lr = 0.5 / beta, beta re-measured on the whole path after each
 SOLVER = dict(solver="direct", sufficient_stats=True)
 
 
@@ -63,17 +67,26 @@ def run(ctx) -> None:
         beta0 = theory.smoothness("linear", X, Y, A0, B0)
         lr, beta = safe_lr("linear", X, Y, A0, B0, fraction=0.5, steps=200, **SOLVER)
         L0 = float(np.sum((X @ W0.T - Y) ** 2) / (2 * n))
-        q = theory.predicted_factor("linear", X, Q0, lr, smoothness=beta, L0=L0,
-                                    L_star=L_star)
-        k_pred = math.ceil(math.log(TOL) / math.log(q)) if 0.0 < q < 1.0 else math.inf
         stop = L_star + TOL * (L0 - L_star)
-        cap = int(min(4 * k_pred, 2_000_000)) if math.isfinite(k_pred) else 100_000
-        res = train("linear", X, Y, A0, B0, lr=lr, steps=cap, stop_loss=stop, L_star=L_star,
-                    record_every=max(1, cap // 1600), **SOLVER)
-        k_meas = res.n_steps if res.status == "converged" else math.inf
-        # beta along the path actually run (safe_lr measured it on the first 200 steps)
-        beta = max(beta, path_smoothness("linear", X, Y, A0, B0, lr=lr, steps=max(res.n_steps, 1),
-                                         points=2, **SOLVER))
+        for attempt in range(RETRIES):
+            q = theory.predicted_factor("linear", X, Q0, lr, smoothness=beta, L0=L0,
+                                        L_star=L_star)
+            k_pred = math.ceil(math.log(TOL) / math.log(q)) if 0.0 < q < 1.0 else math.inf
+            cap = int(min(4 * k_pred, 2_000_000)) if math.isfinite(k_pred) else 100_000
+            res = train("linear", X, Y, A0, B0, lr=lr, steps=cap, stop_loss=stop,
+                        L_star=L_star, record_every=max(1, cap // 1600), **SOLVER)
+            k_meas = res.n_steps if res.status == "converged" else math.inf
+            # beta along the path actually run (safe_lr measured it on the first 200
+            # steps; near-singular starts run 10^5 steps and more, and the Hessian grows
+            # on the way): if it grew past lr beta = 0.75, run again at 0.5 / beta
+            path_beta = max(beta, path_smoothness("linear", X, Y, A0, B0, lr=lr,
+                                                  steps=max(res.n_steps, 1), points=2,
+                                                  **SOLVER))
+            if lr * path_beta <= 0.75 or attempt == RETRIES - 1:
+                break
+            lr = 0.5 / path_beta
+            beta = path_beta
+        beta = path_beta
         q = theory.predicted_factor("linear", X, Q0, lr, smoothness=beta, L0=L0,
                                     L_star=L_star)
         k_pred = math.ceil(math.log(TOL) / math.log(q)) if 0.0 < q < 1.0 else math.inf
