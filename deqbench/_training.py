@@ -168,6 +168,24 @@ def step_flops(m: int, d: int, n: int, sufficient_stats: bool, iters: int = 2) -
     return 2 * iters * 2.0 * m * m * n + 2.0 * m * d * n + 2.0 * m * n * (m + d)
 
 
+def certificate_flops(m: int, counts) -> float:
+    """Flops of the certificate's work tallied in ``counts`` (the ``CERT_*``
+    counters of :func:`deqbench._kernels.model.certify`) by the cost model of
+    docs/theory.md §8: ``2 m^2`` per O(m^2) pass (the norm bound and the
+    reference bound, tried on every certified evaluation, and each
+    Collatz-Wielandt product), ``2 m^3`` per squaring (one gemm), and per
+    eigendecomposition ``spectral_flops(m)`` ``m^3`` (the eigenvectors and
+    the real SVD of ``M``, as the recorder's SVD + eigenvalues) plus four
+    times half of it for the complex SVD of ``V`` and ``8 m^3`` for the
+    complex residual ``M V - V diag(w)``."""
+    decided = sum(int(counts[c]) for c in (_m.CERT_BY_NORM, _m.CERT_BY_PERRON, _m.CERT_BY_EIG,
+                                           _m.CERT_BY_REFERENCE, _m.CERT_BY_SQUARING))
+    passes = 2 * decided + int(counts[_m.CERT_MATVECS])
+    refresh = 3.0 * spectral_flops(m) * m**3 + 8.0 * m**3
+    return (2.0 * m * m * passes + 2.0 * m**3 * int(counts[_m.CERT_SQUARINGS])
+            + refresh * int(counts[_m.CERT_BY_EIG]))
+
+
 def spectral_flops(m: int) -> float:
     """Gemm-flop equivalents per ``m^3`` of the SVD + eigenvalue solve of an ``m x m``
     matrix: ``SPECTRAL_FLOPS`` up to ``SPECTRAL_M0``, then falling as ``1 / m`` (the

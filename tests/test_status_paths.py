@@ -71,7 +71,7 @@ def test_certificate_agrees_with_eigenvalues(seed, m, scale, damping, triangular
     solve, sw = _cert_work(m, _m.PICARD, damping)
     assert _m.certify(A, _m.PICARD, solve, sw) == (rho <= 1.0 - _m.CERT_MARGIN)
     # a nearby matrix, with the same work space: the kept vector and the last
-    # eigendecomposition (Bauer-Fike) must not certify what they should not
+    # eigendecomposition (the reference norms) must not certify what they should not
     for eps in (1e-6, 1e-3, 3e-2):
         A2 = A + eps * rng.standard_normal((m, m))
         rho2 = _rho(_iteration(A2, damping))
@@ -79,28 +79,108 @@ def test_certificate_agrees_with_eigenvalues(seed, m, scale, damping, triangular
             assert _m.certify(A2, _m.PICARD, solve, sw) == (rho2 <= 1.0 - _m.CERT_MARGIN)
 
 
+def _rotation(angle):
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s], [s, c]])
+
+
+def _bounds(A, A2, damping):
+    """Every tier's upper bound on rho(M2), the reference taken at ``A``."""
+    m = A.shape[0]
+    solve, sw = _cert_work(m, _m.PICARD, damping)
+    _m._refresh(A, damping, sw.Mc, sw.A_ref, sw.ref)
+    counts = np.zeros(_m.CERT_COUNTS, np.int64)
+    s = np.ones(m)
+    return {
+        "norm": _m._norm_bound(A2, damping),
+        "reference": _m._reference_bound(A2, damping, sw.A_ref, sw.ref),
+        "perron": _m._perron_bound(A2, damping, s, np.empty(m), 3, -1.0, counts),
+        # limit -1: every squaring runs, the smallest bound is returned
+        "squaring": _m._squaring_bound(A2, damping, np.empty((2, m, m)), -1.0, counts,
+                                       _m.CERT_MAX_SQUARINGS),
+    }, sw.ref.copy()
+
+
+@settings(deadline=None, max_examples=60)
+@given(seed=st.integers(0, 10**6), m=st.integers(1, 7), scale=st.floats(0.1, 1.5),
+       kind=st.sampled_from(["gaussian", "triangular", "rotations"]),
+       damping=st.sampled_from([1.0, 0.5]), eps=st.sampled_from([0.0, 1e-4, 1e-2, 0.3]))
+def test_every_tier_is_an_upper_bound(seed, m, scale, kind, damping, eps):
+    """Each tier's bound is >= rho(M) (numpy) at a matrix away from its reference:
+    non-normal (triangular with a large off-diagonal part) and complex spectra."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((m, m))
+    if kind == "triangular":
+        A = np.triu(A * 50.0, 1) + np.diag(rng.uniform(-1.0, 1.0, m))
+    elif kind == "rotations":  # complex pairs: blocks r R(t), mixed by a random similarity
+        D = np.zeros((m, m))
+        for i in range(0, m - 1, 2):
+            D[i:i + 2, i:i + 2] = rng.uniform(0.3, 1.0) * _rotation(rng.uniform(0.1, 3.0))
+        if m % 2:
+            D[-1, -1] = rng.uniform(-1.0, 1.0)
+        S = np.eye(m) + 0.5 * rng.standard_normal((m, m))
+        A = np.linalg.solve(S, D @ S)
+    A *= scale / max(_rho(A), 1e-3)
+    A2 = A + eps * rng.standard_normal((m, m))
+    rho2 = _rho(_iteration(A2, damping))
+    bounds, _ = _bounds(A, A2, damping)
+    for name, b in bounds.items():
+        assert b >= rho2 * (1.0 - 1e-9) - 1e-12, (name, b, rho2)
+
+
+def test_reference_bound_needs_kappa_and_squaring_its_root():
+    """The example of docs/theory.md §3: rho(A) = 0.9, ||A||_2 ~ 50. A perturbation
+    of 0.01 moves the spectrum to +-1.14: the reference bound certifies nothing
+    there, and would if kappa_2(V) were dropped (a wrong tier fails here)."""
+    A = np.array([[0.9, 50.0], [0.0, -0.9]])
+    A2 = A + np.array([[0.0, 0.0], [0.01, 0.0]])
+    rho2 = _rho(A2)
+    assert rho2 > 1.1
+    bounds, ref = _bounds(A, A2, 1.0)
+    drift = 0.01
+    assert ref[_m._REF_KAPPA_V] > 10.0 and ref[_m._REF_GAMMA_V] == pytest.approx(0.9, abs=1e-9)
+    assert ref[_m._REF_GAMMA_V] + drift < 1.0 < rho2 <= bounds["reference"]  # without kappa: wrong
+    # squaring: (||M^p|| + e)^(1/p); with p off by one (the root 1/(2p)) it would
+    # claim its square root, below rho
+    assert rho2 <= bounds["squaring"] and np.sqrt(bounds["squaring"]) < rho2
+    # at the reference itself the eigenvector norm is tight: 0.9 up to rounding
+    assert _bounds(A, A, 1.0)[0]["reference"] == pytest.approx(0.9, abs=1e-9)
+
+
 def test_certificate_cheap_tests_decide_where_they_can():
-    # non-normal, rho = 0.9, ||A||_2 ~ 50: the norm bound is useless; the
-    # Collatz-Wielandt bound on |A| (triangular: the same spectrum) needs its
-    # vector near the Perron vector, which the steps of a run bring it to
+    # non-normal, rho = 0.9, ||A||_2 ~ 50: the norm bound is useless; the first
+    # step is certified by squaring (M^64), the next ones by the Collatz-Wielandt
+    # bound on |A| (triangular: the same spectrum) once its vector, kept between
+    # steps, nears the Perron vector
     A = np.array([[0.9, 50.0], [0.0, -0.5]])
     solve, sw = _cert_work(2, _m.PICARD)
     assert all(_m.certify(A, _m.PICARD, solve, sw) for _ in range(3))
-    assert sw.counts[_m.CERT_BY_EIG] == 1 and sw.counts[_m.CERT_BY_PERRON] == 2
-    assert sw.counts[_m.CERT_BY_NORM] == 0 and sw.counts[_m.CERT_MATVECS] == 5
+    assert sw.counts[_m.CERT_BY_SQUARING] == 1 and sw.counts[_m.CERT_SQUARINGS] == 6
+    assert sw.counts[_m.CERT_BY_PERRON] == 2 and sw.counts[_m.CERT_MATVECS] == 5
+    assert sw.counts[_m.CERT_BY_NORM] == 0 and sw.counts[_m.CERT_BY_EIG] == 0
     ok, counts = _certified(np.array([[0.5, 0.2], [0.1, -0.3]]), _m.PICARD)
     assert ok and counts[_m.CERT_BY_NORM] == 1 and counts[_m.CERT_MATVECS] == 0
-    # a rotation by 0.6 rad scaled to rho = 0.95: |A| has rho 1.27, so only
-    # the eigenvalue solve can certify it
-    c, s = np.cos(0.6), np.sin(0.6)
-    R = np.array([[c, -s], [s, c]])
+    # a rotation by 0.6 rad scaled to rho = 0.95: |A| has rho 1.32 and every
+    # norm of A is above 1; ||A^8||_F = sqrt(2) 0.95^8 < 1 certifies (3 squarings)
+    # until the squaring budget since the last decomposition is spent; then the
+    # next step is decomposed and becomes the reference, whose eigenvector
+    # norm (V unitary: kappa_2 = 1) certifies the steps near it in O(m^2)
     solve, sw = _cert_work(2, _m.PICARD)
-    assert _m.certify(0.95 * R, _m.PICARD, solve, sw) and sw.counts[_m.CERT_BY_EIG] == 1
-    # the next, nearby step is certified by Bauer-Fike from that decomposition
-    # (V unitary: kappa <= ||V||_F ||V^-1||_F = 2), a far one is decided anew
-    assert _m.certify(0.95 * R + 1e-4, _m.PICARD, solve, sw)
-    assert sw.counts[_m.CERT_BY_BAUER_FIKE] == 1 and sw.counts[_m.CERT_BY_EIG] == 1
-    assert not _m.certify(1.02 * R, _m.PICARD, solve, sw) and sw.counts[_m.CERT_BY_EIG] == 2
+    budget = _m.CERT_SQUARING_BUDGET // 3
+    for k in range(budget + 2):
+        assert _m.certify(0.95 * _rotation(0.6 + 1e-4 * k), _m.PICARD, solve, sw)
+    c = sw.counts
+    assert c[_m.CERT_BY_SQUARING] == budget and c[_m.CERT_SQUARINGS] == _m.CERT_SQUARING_BUDGET
+    assert c[_m.CERT_BY_EIG] == 1 and c[_m.CERT_BY_REFERENCE] == 1
+    # outside: squaring is inconclusive (all 6), the eigenvalue solve refuses
+    assert not _m.certify(1.02 * _rotation(0.6), _m.PICARD, solve, sw)
+    assert c[_m.CERT_SQUARINGS] == _m.CERT_SQUARING_BUDGET + 6 and c[_m.CERT_BY_EIG] == 2
+    # the budget is the price of a decomposition in gemms (ski rental), by the flop model
+    from deqbench._training import certificate_flops  # noqa: PLC0415
+
+    one = np.zeros(_m.CERT_COUNTS, np.int64)
+    one[_m.CERT_BY_EIG] = 1
+    assert round(certificate_flops(32, one) / (2.0 * 32**3)) == _m.CERT_SQUARING_BUDGET
     # refusals come from the eigenvalue solve only
     ok, counts = _certified(np.diag([1.5, 0.1]), _m.PICARD)
     assert not ok and counts[_m.CERT_BY_EIG] == 1
@@ -112,6 +192,33 @@ def test_certificate_cheap_tests_decide_where_they_can():
     assert _certified(np.diag([1.5, 0.1]), _m.ANDERSON, history=2)[0]
     assert not _certified(np.diag([1.5, 0.1]), _m.ANDERSON, history=1)[0]
     assert _certified(np.diag([1.5, 0.1]), _m.DIRECT)[0]
+
+
+def test_certificate_cost_on_a_gd_path():
+    """The CertificateCost problem, shortened (m = 16, 100 steps): the
+    certificate's flops stay below one step per evaluation on average
+    (docs/theory.md §3; the flop model of docs/theory.md §8)."""
+    from deqbench._kernels import training as _k  # noqa: PLC0415
+    from deqbench._training import certificate_flops, prepare, step_flops  # noqa: PLC0415
+
+    m, steps = 16, 100
+    X, Y, A0, B0 = db.data.problem("linear", 256, m, m, scale_A=0.95, scale_B=1.0, seed=0,
+                                   init_seed=1)
+    run = prepare("linear", X, Y, A0, B0, u=None, activation="identity", solver="picard",
+                  grad_solver=None, tol=1e-10, max_iter=10_000, damping=1.0, neumann_terms=0,
+                  anderson_history=5, anderson_ridge=1e-10, sufficient_stats=True, L_star=None,
+                  record_every=None, stop_loss=None, spectral_every="auto")
+    schedule = _k.Schedule(lr=0.1, steps=steps, stop_loss=-1.0, divergence_factor=1e4,
+                           warm_start=True, record_every=steps + 1,
+                           spectral_every=run.spectral_every)
+    state = _k.gd_start(run.model, run.A, run.B, run.solve, run.stats, schedule,
+                        np.full((2, _m.NCOL), np.nan))
+    status, last, _ = _k.gd_run(run.model, run.A, run.B, run.solve, run.stats, schedule, state,
+                                steps + 1)
+    assert status == _m.MAX_STEPS
+    counts = state.sw.counts
+    work = certificate_flops(m, counts) / ((last + 1) * (step_flops(m, m, 256, True) + 2.0 * m**3))
+    assert work < 1.0, (work, counts)
 
 
 # --- both paths end with the same status -----------------------------------------

@@ -34,8 +34,10 @@ from .blocks import gemm_rows, gemm_tn
 
 ensure_lapack()
 _gesdd = _LAPACK().numba_ez_gesdd(types.float64)
+_zgesdd = _LAPACK().numba_ez_gesdd(types.complex128)
 _rgeev = _LAPACK().numba_ez_rgeev(types.float64)
 _KIND = ord("d")
+_ZKIND = ord("z")
 _JOB_N = ord("N")
 
 # models
@@ -67,15 +69,30 @@ STEP_TOO_SMALL = 5  # flow: step size underflow
 CERT_MARGIN = 1e-6
 """Certified: the iteration matrix's spectral radius is at most ``1 - CERT_MARGIN``."""
 CERT_SWEEPS = 2
-"""Collatz-Wielandt sweeps (products ``|M| s``) per certificate before the eigenvalue solve."""
-# SuffWork.counts: certificates decided by the norm bound, by the Collatz-Wielandt
-# bound, by an eigenvalue solve; products |M| s computed
+"""Collatz-Wielandt sweeps (products ``|M| s``) per certificate before the later tiers."""
+CERT_MAX_SQUARINGS = 6
+"""Repeated squarings per certificate: ``||M^p||^(1/p)`` up to ``p = 2^6``."""
+CERT_SQUARING_BUDGET = 754
+"""Squarings (gemms, ``2 m^3`` each) allowed since the last eigendecomposition
+before the next inconclusive step refreshes the reference instead of squaring
+again: the price of a refresh in gemms by the flop model of docs/theory.md §8
+at ``m <= 256`` (``deqbench._training.certificate_flops``; a test checks it).
+Ski rental: at most about twice the cheaper of the two policies in hindsight."""
+# SuffWork.counts: certificates decided by each tier; products |M| s; squarings (gemms)
 CERT_BY_NORM = 0
 CERT_BY_PERRON = 1
 CERT_BY_EIG = 2
 CERT_MATVECS = 3
-CERT_BY_BAUER_FIKE = 4
-CERT_COUNTS = 5
+CERT_BY_REFERENCE = 4
+CERT_BY_SQUARING = 5
+CERT_SQUARINGS = 6
+CERT_COUNTS = 7
+# SuffWork.ref: the reference norms of the last eigendecomposition (:func:`_refresh`)
+_REF_GAMMA_V = 0  # bound on ||V^-1 M_r V||_2
+_REF_KAPPA_V = 1  # bound on kappa_2(V)
+_REF_NORM2 = 2  # bound on ||M_r||_2
+_REF_SQUARINGS = 3  # squarings since the refresh
+_REF_LEN = 4
 
 # history columns
 H_STEP = 0
@@ -114,10 +131,12 @@ SuffStats = namedtuple("SuffStats", ["use", "Sxx", "W_star", "L_star"])
 SampleWork = namedtuple("SampleWork", ["AT", "BT", "Ci", "U", "Z", "Mu", "G", "D", "T", "Fh",
                                        "Gh", "GG", "work", "hist"])
 
-#: Buffers of :func:`suffstats_eval`; ``s``, ``t``, ``Mc`` and ``counts`` are
-#: those of :func:`certify` (``s`` is the Perron vector kept between steps).
+#: Buffers of :func:`suffstats_eval`; ``s``, ``t``, ``Mc``, ``counts``, ``A_ref``,
+#: ``ref`` and ``Sq`` are those of :func:`certify` (``s`` is the Perron vector
+#: and ``A_ref``, ``ref`` the reference of the last eigendecomposition, kept
+#: between steps).
 SuffWork = namedtuple("SuffWork", ["Ci", "W", "DW", "P", "s", "t", "Mc", "counts", "A_ref",
-                                   "ref"])
+                                   "ref", "Sq"])
 
 #: Buffers of :func:`record_heavy`.
 SpectralWork = namedtuple("SpectralWork", ["Pm", "Rt", "S", "acpy", "wr", "wi", "dummy"])
@@ -164,10 +183,12 @@ def workspaces(model, m, solve, stats):
         hist_len = max(solve.max_iter, solve.neumann_terms + 1) + 2
         ws = sample_workspace(model.X, n, m, d, model.kind == NONLINEAR, solve.anderson_history,
                               hist_len)
+    ref = np.full(_REF_LEN, np.nan)
+    ref[_REF_SQUARINGS] = 0.0
     sw = SuffWork(np.empty((m, m), dt), np.empty((m, d), dt), np.empty((m, d), dt),
                   np.empty((m, d), dt), np.ones(m, dt), np.empty(m, dt),
                   np.empty((m, m), np.complex128), np.zeros(CERT_COUNTS, np.int64),
-                  np.empty((m, m), dt), np.full(2, np.nan))
+                  np.empty((m, m), dt), ref, np.empty((2, m, m)))
     return ws, sw
 
 
@@ -474,34 +495,6 @@ def _perron_bound(A, beta, s, t, sweeps, limit, counts):
 
 
 @jit
-def _eig_reference(A, beta, Mc, A_ref, ref):
-    """``rho(M)`` of ``M = (1 - beta) I + beta A`` by an eigendecomposition
-    ``M = V diag(w) V^{-1}`` (LAPACK xgeev on a complex copy: numba's real
-    ``eig`` refuses complex eigenvalues); stores ``A`` in ``A_ref`` and
-    ``ref = (rho, ||V||_F ||V^{-1}||_F)`` for :func:`_bauer_fike`. NaN if it fails."""
-    m = A.shape[0]
-    for i in range(m):
-        for j in range(m):
-            Mc[i, j] = _iteration_entry(A, beta, i, j)
-    ref[0] = np.nan
-    try:
-        w, V = np.linalg.eig(Mc)
-    except Exception:
-        return np.nan
-    rho = 0.0
-    for z in w:
-        rho = max(rho, abs(z))
-    try:
-        kappa = np.sqrt(sumsq_c(V) * sumsq_c(np.linalg.inv(V)))
-    except Exception:  # defective to working precision: no reference
-        return rho
-    A_ref[:, :] = A
-    ref[0] = rho
-    ref[1] = kappa if np.isfinite(kappa) else np.inf
-    return rho
-
-
-@jit
 def sumsq_c(P):
     s = 0.0
     for x in P.ravel():
@@ -510,19 +503,145 @@ def sumsq_c(P):
 
 
 @jit
-def _bauer_fike(A, beta, A_ref, ref):
-    """Upper bound on ``rho(M)`` from the last eigendecomposition (Bauer-Fike):
-    every eigenvalue of ``M = M_ref + beta (A - A_ref)`` lies within
-    ``kappa(V) ||beta (A - A_ref)||_2`` of one of ``M_ref``, and
-    ``kappa(V) <= ||V||_F ||V^{-1}||_F``, ``||.||_2 <= ||.||_F``; O(m^2)."""
-    if not np.isfinite(ref[0]):
-        return np.inf
+def _singular_values(Mc, sv):
+    """``sv <-`` the singular values of the real part of ``Mc``, descending
+    (values-only LAPACK dgesdd on a copy); False if it fails."""
+    m = Mc.shape[0]
+    Mr = np.empty((m, m))
+    for i in range(m):
+        for j in range(m):
+            Mr[i, j] = Mc[i, j].real
+    dummy = np.empty(1)
+    return _gesdd(_KIND, _JOB_N, m, m, Mr.ctypes, m, sv.ctypes, dummy.ctypes, 1, dummy.ctypes,
+                  1) == 0
+
+
+@jit
+def _singular_values_c(V, sv):
+    """``sv <-`` the singular values of the complex ``V``, descending (zgesdd on
+    a copy, read as ``V^T``: the same values). A function of its own: numba
+    declares the real and complex gesdd under one C name, which one compiled
+    function cannot call with both signatures."""
+    m = V.shape[0]
+    Vc = V.copy()
+    zdummy = np.empty(1, np.complex128)
+    return _zgesdd(_ZKIND, _JOB_N, m, m, Vc.ctypes, m, sv.ctypes, zdummy.ctypes, 1,
+                   zdummy.ctypes, 1) == 0
+
+
+@jit
+def _refresh(A, beta, Mc, A_ref, ref):
+    """``rho(M)`` of ``M = (1 - beta) I + beta A`` by an eigendecomposition
+    ``M V = V diag(w) + R`` (LAPACK xgeev on a complex copy: numba's real
+    ``eig`` refuses complex eigenvalues; ``R`` is its computed residual), and
+    the two reference norms of :func:`_reference_bound` at ``A_ref <- A``
+    (docs/theory.md §3, certificate): ``ref[_REF_GAMMA_V] >= ||V^-1 M V||_2``
+    with ``ref[_REF_KAPPA_V] >= kappa_2(V)``, and ``ref[_REF_NORM2] >= ||M||_2``,
+    each with the rounding of its computation added. NaN if the
+    decomposition fails (no reference then)."""
+    m = A.shape[0]
+    eps = np.finfo(np.float64).eps
+    for i in range(m):
+        for j in range(m):
+            Mc[i, j] = _iteration_entry(A, beta, i, j)
+    for c in range(_REF_LEN - 1):
+        ref[c] = np.nan
+    ref[_REF_SQUARINGS] = 0.0
+    A_ref[:, :] = A
+    # S = I: ||M||_2 (values-only SVD; computed singular values are within
+    # ~ m eps ||M||_2 of the exact ones, 4 m eps is the allowance)
+    sv = np.empty(m)
+    if _singular_values(Mc, sv):
+        ref[_REF_NORM2] = sv[0] * (1.0 + 4.0 * m * eps)
+    try:
+        w, V = np.linalg.eig(Mc)
+    except Exception:
+        return np.nan
+    rho = 0.0
+    for z in w:
+        rho = max(rho, abs(z))
+    # S = V: ||V^-1 M V||_2 <= rho + ||V^-1||_2 ||R||_F, and kappa_2(V) from an
+    # SVD of V with the same allowance on its smallest singular value
+    R = np.dot(Mc, V)
+    for i in range(m):
+        for j in range(m):
+            R[i, j] -= V[i, j] * w[j]
+    vf = np.sqrt(sumsq_c(V))
+    r_norm = np.sqrt(sumsq_c(R)) + 2.0 * (m + 2) * eps * (np.sqrt(sumsq_c(Mc)) + rho) * vf
+    if _singular_values_c(V, sv):
+        smax = sv[0] * (1.0 + 4.0 * m * eps)
+        smin = sv[m - 1] - 4.0 * m * eps * sv[0]
+        if smin > 0.0 and np.isfinite(r_norm):
+            ref[_REF_GAMMA_V] = rho + r_norm / smin
+            ref[_REF_KAPPA_V] = smax / smin
+    return rho
+
+
+@jit
+def _drift(A, A_ref):
+    """``||A - A_ref||_F``, O(m^2)."""
     d = 0.0
     for i in range(A.shape[0]):
         for j in range(A.shape[1]):
             e = A[i, j] - A_ref[i, j]
             d += e * e
-    return ref[0] + ref[1] * abs(beta) * np.sqrt(d)
+    return np.sqrt(d)
+
+
+@jit
+def _reference_bound(A, beta, A_ref, ref):
+    """Upper bound on ``rho(M)`` from the norms kept at the last eigendecomposition
+    (docs/theory.md §3, certificate): for an invertible ``S``,
+    ``rho(M) <= ||S^-1 M S||_2 <= ||S^-1 M_r S||_2 + kappa_2(S) ||beta (A - A_r)||_F``,
+    with ``S = V`` (the eigenvectors of ``M_r``; Bauer-Fike is this bound) and
+    ``S = I``; one O(m^2) pass for the drift. ``inf`` without a reference."""
+    d = abs(beta) * _drift(A, A_ref)
+    best = np.inf
+    if np.isfinite(ref[_REF_GAMMA_V]):
+        best = ref[_REF_GAMMA_V] + ref[_REF_KAPPA_V] * d
+    if np.isfinite(ref[_REF_NORM2]):
+        best = min(best, ref[_REF_NORM2] + d)
+    return best
+
+
+@jit
+def _squaring_bound(A, beta, Sq, limit, counts, max_squarings):
+    """Upper bound ``(||M^p|| + e_p)^(1/p)``, ``p = 2^j``, on ``rho(M)`` by repeated
+    squaring in float64 (docs/theory.md §3, certificate), stopping at the first
+    ``j <= max_squarings`` that certifies ``limit``. ``||.||`` is the smallest of
+    the 1-, inf- and Frobenius norms, each an upper bound for the exact power
+    once the rounding bound ``e_j`` on ``||M^(2^j) - X_j||_F`` of the computed
+    ``X_j`` is added (``sqrt(m) e_j`` for the 1- and inf-norms). ``Sq`` is
+    ``(2, m, m)`` work space; ``counts[CERT_SQUARINGS]`` counts the gemms."""
+    m = A.shape[0]
+    gm = m * np.finfo(np.float64).eps
+    gm = gm / (1.0 - gm)  # gamma_m: |fl(XY) - XY| <= gamma_m |X| |Y| entrywise
+    X = Sq[0]
+    Y = Sq[1]
+    for i in range(m):
+        for j in range(m):
+            X[i, j] = _iteration_entry(A, beta, i, j)
+    e = 0.0
+    p = 1.0
+    best = np.inf
+    for j in range(max_squarings + 1):
+        if j > 0:
+            counts[CERT_SQUARINGS] += 1
+            np.dot(X, X, Y)
+            X, Y = Y, X
+        fro = np.sqrt(sumsq(X))
+        n1 = _norm1(X)
+        ninf = _norm1(X.T)
+        nrm = min(fro + e, n1 + np.sqrt(m) * e, ninf + np.sqrt(m) * e)
+        if not np.isfinite(nrm):
+            break
+        best = min(best, nrm ** (1.0 / p))
+        if best <= limit:
+            break
+        # X_{j+1} = fl(X_j X_j): ||M^2p - X_j+1|| <= e (2 ||X_j|| + e) + gamma_m ||X_j||_F^2
+        e = e * (2.0 * fro + e) + gm * fro * fro
+        p *= 2.0
+    return best
 
 
 @jit
@@ -533,13 +652,16 @@ def certify(A, solver, solve, sw):
 
     Picard with damping ``beta``, and Anderson with fewer history slots than
     ``m``: the spectral radius of ``M = (1 - beta) I + beta A`` must be at
-    most ``1 - CERT_MARGIN``. Tried in order of cost until one decides: the
-    norm bound ``min(||M||_1, ||M||_inf, ||M||_F)``, the Collatz-Wielandt
-    bound on ``|M|`` and the Bauer-Fike bound from the last eigendecomposition
-    (upper bounds, O(m^2); they can only certify), then an eigendecomposition,
-    which decides either way and becomes the next reference. Direct, and Anderson with
-    ``m`` or more slots (GMRES on ``I - A``, finite termination): invertible
-    ``I - A`` suffices. ``sw.counts`` tallies which test decided.
+    most ``1 - CERT_MARGIN``. Upper bounds on ``rho(M)``, tried in order of
+    cost until one certifies (they can only certify): the norm bound
+    ``min(||M||_1, ||M||_inf, ||M||_F)``, the reference norms of the last
+    eigendecomposition plus the drift since (:func:`_reference_bound`), the
+    Collatz-Wielandt bound on ``|M|`` (all O(m^2)), then repeated squaring (a
+    few gemms, while fewer than ``CERT_SQUARING_BUDGET`` were spent since the
+    last eigendecomposition); last an eigendecomposition, which decides either
+    way and becomes the next reference. Direct, and Anderson with ``m`` or
+    more slots (GMRES on ``I - A``, finite termination): invertible ``I - A``
+    suffices. ``sw.counts`` tallies which test decided.
     """
     m = A.shape[0]
     if solver == DIRECT or (solver == ANDERSON and solve.anderson_history >= m):
@@ -550,14 +672,23 @@ def certify(A, solver, solve, sw):
     if _norm_bound(A, beta) <= limit:
         counts[CERT_BY_NORM] += 1
         return True
+    if _reference_bound(A, beta, sw.A_ref, sw.ref) <= limit:
+        counts[CERT_BY_REFERENCE] += 1
+        return True
     if _perron_bound(A, beta, sw.s, sw.t, CERT_SWEEPS, limit, counts) <= limit:
         counts[CERT_BY_PERRON] += 1
         return True
-    if _bauer_fike(A, beta, sw.A_ref, sw.ref) <= limit:
-        counts[CERT_BY_BAUER_FIKE] += 1
-        return True
+    budget = CERT_SQUARING_BUDGET - int(sw.ref[_REF_SQUARINGS])
+    if budget > 0:
+        before = counts[CERT_SQUARINGS]
+        bound = _squaring_bound(A, beta, sw.Sq, limit, counts,
+                                min(CERT_MAX_SQUARINGS, budget))
+        sw.ref[_REF_SQUARINGS] += counts[CERT_SQUARINGS] - before
+        if bound <= limit:
+            counts[CERT_BY_SQUARING] += 1
+            return True
     counts[CERT_BY_EIG] += 1
-    return _eig_reference(A, beta, sw.Mc, sw.A_ref, sw.ref) <= limit
+    return _refresh(A, beta, sw.Mc, sw.A_ref, sw.ref) <= limit
 
 
 @jit
