@@ -177,7 +177,7 @@ def solve(M, U, code, param, D, Z, *, method, opts: SolverOptions):
         Fh = np.empty((mh, n, m), Z.dtype)
         Gh = np.empty((mh, n, m), Z.dtype)
         GG = np.zeros((mh, mh))
-        work = np.zeros((2 * mh + 1, mh))
+        work = np.zeros((2 * mh + 2, mh))
         k, res, status = _fp.anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, opts.tol,
                                       opts.max_iter, opts.damping, opts.anderson_ridge, hist)
     return k, res, status, hist[: k + 1].copy()

@@ -233,6 +233,10 @@ CASES = [
     ("picard", {"damping": 0.5}, 50.0, "fixed_point_failed"),
     ("anderson", {}, 0.05, "max_steps"),
     ("anderson", {}, 5.0, "max_steps"),  # rho(A) = 23: a window of m slots solves it
+    # rho(A) = 90 and 222: per sample, Anderson's least squares with a ridge
+    # relative to the largest residual used to erase the small ones and stop it
+    ("anderson", {}, 20.0, "max_steps"),
+    ("anderson", {}, 50.0, "max_steps"),
     ("anderson", {"anderson_history": 2}, 50.0, "fixed_point_failed"),
     ("direct", {}, 50.0, "max_steps"),
     ("direct", {}, 1e12, "max_steps"),  # I - A stays invertible: inside direct's domain

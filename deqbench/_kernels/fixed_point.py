@@ -264,8 +264,9 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
 
     ``Fh``, ``Gh``: ``(k, n, m)`` ring buffers of map values and residuals;
     ``GG``: ``(k, k)`` Gram matrix of residuals; ``work``: ``(2k + 2, k)``.
-    The least-squares weights solve ``(GG / max diag + ridge I) w = 1``,
-    ``alpha = w / sum(w)``; ``beta`` mixes map values and iterates.
+    The least-squares weights: ``alpha = w / sum(w)`` with ``w = D^-1 v``,
+    ``(D^-1 GG D^-1 + ridge I) v = D^-1 1`` and ``D = diag(GG)^(1/2)`` (the ridge
+    relative to each residual's size); ``beta`` mixes map values and iterates.
     """
     kmax = Fh.shape[0]
     par = Z.size >= PASS_PARALLEL_MIN
@@ -273,6 +274,7 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
     H = work[:kmax, :]
     L = work[kmax : 2 * kmax, :]
     w = work[2 * kmax]
+    scale = work[2 * kmax + 1]
     r0 = -1.0
     res = np.inf
     k = 0
@@ -289,19 +291,22 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
                 g = _dot_p(Gh[s], Gh[p], rows) if par else _dot_s(Gh[s], Gh[p], rows)
                 GG[s, p] = g
                 GG[p, s] = g
-        hmax = 0.0
+        # Jacobi scaling H = D^-1 GG D^-1, D = diag(||G_p||): unit diagonal, so the
+        # ridge is relative to each residual's own size (on a linear map the
+        # residuals scale like rho(A)^k: a ridge relative to the largest erases
+        # the small ones, docs/theory.md §3); GG^-1 1 = D^-1 H^-1 D^-1 1
         for p in range(slots):
-            hmax = max(hmax, GG[p, p])
-        if hmax <= 0.0:
-            hmax = 1.0
+            g = GG[p, p]
+            scale[p] = np.sqrt(g) if g > 0.0 else 1.0
         for p in range(slots):
             for q in range(slots):
-                H[p, q] = GG[p, q] / hmax
+                H[p, q] = GG[p, q] / (scale[p] * scale[q])
             H[p, p] += ridge
-            w[p] = 1.0
+            w[p] = 1.0 / scale[p]
         ok = _small_spd_solve(H, slots, w, L)
         total = 0.0
         for p in range(slots):
+            w[p] /= scale[p]
             total += w[p]
         if not ok or not np.isfinite(total) or total == 0.0:
             # degenerate history: fall back to a plain damped step from the newest slot

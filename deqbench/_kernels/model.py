@@ -168,7 +168,7 @@ def sample_workspace(proto, n, m, d, nonlinear, anderson_slots, hist_len):
                       np.empty((n, m), dt), np.zeros((n, m), dt), np.zeros((n, m), dt),
                       np.empty((n, m), dt),
                       np.empty((n, m), dt) if nonlinear else np.empty((1, 1), dt),
-                      np.empty((n, m), dt), Fh, Gh, np.zeros((k, k)), np.zeros((2 * k + 1, k)),
+                      np.empty((n, m), dt), Fh, Gh, np.zeros((k, k)), np.zeros((2 * k + 2, k)),
                       np.empty(hist_len))
 
 
