@@ -604,6 +604,12 @@ def _reference_bound(A, beta, A_ref, ref):
     return best
 
 
+_SQUARING_FLOOR = 1e-140
+"""Repeated squaring stops once ``||X_j||_F`` falls below this (the squares of
+the entries, and the Frobenius norm with them, would underflow); that last
+bound uses the 1- and inf-norms only."""
+
+
 @jit
 def _squaring_bound(A, beta, Sq, limit, counts, max_squarings):
     """Upper bound ``(||M^p|| + e_p)^(1/p)``, ``p = 2^j``, on ``rho(M)`` by repeated
@@ -632,14 +638,18 @@ def _squaring_bound(A, beta, Sq, limit, counts, max_squarings):
         fro = np.sqrt(sumsq(X))
         n1 = _norm1(X)
         ninf = _norm1(X.T)
-        nrm = min(fro + e, n1 + np.sqrt(m) * e, ninf + np.sqrt(m) * e)
+        tiny = fro < _SQUARING_FLOOR  # squares underflow: the 1- and inf-norms only
+        nrm = min(n1 + np.sqrt(m) * e, ninf + np.sqrt(m) * e)
+        if not tiny:
+            nrm = min(nrm, fro + e)
         if not np.isfinite(nrm):
             break
         best = min(best, nrm ** (1.0 / p))
-        if best <= limit:
+        if best <= limit or tiny:
             break
         # X_{j+1} = fl(X_j X_j): ||M^2p - X_j+1|| <= e (2 ||X_j|| + e) + gamma_m ||X_j||_F^2
-        e = e * (2.0 * fro + e) + gm * fro * fro
+        # (+ m^2 tiny: products that underflow, each entry off by at most m tiny)
+        e = e * (2.0 * fro + e) + gm * fro * fro + m * m * np.finfo(np.float64).tiny
         p *= 2.0
     return best
 
