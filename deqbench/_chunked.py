@@ -18,7 +18,8 @@ from ._source import BlockSource, ReadError, blocks, check_chunk, is_out_of_core
 from ._warnings import ConvergenceWarning, warn
 
 __all__ = ["PairwiseSum", "SufficientStats", "adjoint_blocks", "forward_blocks",
-           "loss_and_grad_blocks", "resolve", "sufficient_stats"]
+           "loss_and_grad_blocks", "resolve", "row_bytes", "stats_row_bytes",
+           "sufficient_stats"]
 
 
 class PairwiseSum:
@@ -99,10 +100,18 @@ _RANK = {"converged": 0, "truncated": 0, "inaccurate": 1, "max_iter": 2, "diverg
          "read_error": 4}
 
 
-def row_floats(d: int, m: int, anderson_history: int) -> int:
-    """Float64 values a block keeps per row: the data row, ``U``, ``Z``, ``T``,
-    ``G``, ``Mu``, ``D`` and Anderson's two histories."""
-    return d + (6 + 2 * anderson_history) * m
+def row_bytes(d: int, m: int, anderson_history: int, dtype) -> int:
+    """Bytes a block of the evaluation keeps per row: the data row, ``U``, ``Z``,
+    ``T``, ``G``, ``Mu``, ``D`` and Anderson's two histories, all in the data's
+    ``dtype``."""
+    return (d + (6 + 2 * anderson_history) * m) * np.dtype(dtype).itemsize
+
+
+def stats_row_bytes(d: int, m: int, dtype) -> int:
+    """Bytes a block of :func:`sufficient_stats` keeps per row: the ``X`` and ``Y``
+    rows as read, plus their float64 copies when the data is float32."""
+    size = np.dtype(dtype).itemsize
+    return (d + m) * (size if size == 8 else size + 8)
 
 
 def resolve(X, B, chunk, anderson_history):
@@ -114,7 +123,7 @@ def resolve(X, B, chunk, anderson_history):
     m, d = B.shape
     src = open_source("X", X, shape=(None, d), dtype=B.dtype)
     chunk = check_chunk("auto" if chunk is None else chunk, src.n,
-                        row_floats(d, m, anderson_history))
+                        row_bytes(d, m, anderson_history, B.dtype))
     return src, chunk
 
 

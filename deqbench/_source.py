@@ -155,32 +155,34 @@ def _open_npy(name, path: Path, ndim, shape, want, ref) -> BlockSource:
     return BlockSource(name, got, path=path, offset=offset, dtype=dtype)
 
 
-def check_chunk(chunk, n: int, row_floats: int) -> int:
+def check_chunk(chunk, n: int, row_bytes: int) -> int:
     """The block size: ``chunk`` checked to lie in ``[1, n]``, or :func:`auto_chunk`
     for ``"auto"``."""
     if isinstance(chunk, str):
         v.choice("chunk", chunk, ("auto",))
-        return auto_chunk(n, row_floats)
+        return auto_chunk(n, row_bytes)
     chunk = v.integer("chunk", chunk, minimum=1)
     if chunk > n:
         raise ValueError(f"chunk must be <= n = {n} (the number of samples), got {chunk}")
     return chunk
 
 
-def auto_chunk(n: int, row_floats: int) -> int:
-    """Default block size: ``AUTO_CHUNK_BYTES // (8 row_floats)`` rows, at least
+def auto_chunk(n: int, row_bytes: int) -> int:
+    """Default block size: ``AUTO_CHUNK_BYTES // row_bytes`` rows, at least
     ``AUTO_CHUNK_MIN`` and at most ``n`` and 1/64 of the physical memory.
 
-    ``row_floats`` is the number of float64 values a block keeps per row (the
-    caller's working set: data row, states, work arrays). 8 MiB is about the
+    ``row_bytes`` is the number of bytes a block keeps per row (the caller's
+    working set: data row, states, work arrays, each in its dtype; a float32
+    block of the same shape holds twice the rows of a float64 one). 8 MiB is about the
     last-level cache of one socket of the machines deqbench is tuned on, so a
     block's iterations stay mostly in cache, and large enough that the Python
     overhead per block (tens of microseconds) is well below 1% of its work.
     """
-    rows = AUTO_CHUNK_BYTES // (8 * max(row_floats, 1))
+    row_bytes = max(int(row_bytes), 1)
+    rows = AUTO_CHUNK_BYTES // row_bytes
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        rows = min(rows, max(1, mem // 64 // (8 * max(row_floats, 1))))
+        rows = min(rows, max(1, mem // 64 // row_bytes))
     except (ValueError, OSError, AttributeError):
         pass
     return int(min(n, max(AUTO_CHUNK_MIN, rows)))

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _validate as v
 from . import theory
+from ._chunked import stats_row_bytes
 from ._chunked import sufficient_stats as stream_stats
 from ._fixed_point import check_model, check_options, check_params
 from ._gradients import GRAD_METHODS, MODELS, _neumann_terms, check_readout, check_targets
@@ -335,7 +336,7 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
     if on_disk:
         u = check_readout(model, u, m, dtype, "A0")
         Y = open_source("Y", Y, shape=(n, m), dtype=dtype, ref="A0")
-        chunk = check_chunk("auto" if chunk is None else chunk, n, d + m)
+        chunk = check_chunk("auto" if chunk is None else chunk, n, stats_row_bytes(d, m, dtype))
     else:
         Y, u = check_targets(model, Y, u, n, m, dtype, "A0")
     v.choice("solver", solver, SOLVERS)
@@ -401,9 +402,10 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
             # the sufficient-statistics step computes L = Ls + (L - Ls) without
             # cancellation; the excess over the caller's L_star is shifted back
             # afterwards (history_dict)
-            # statistics in float64 (least_squares converts), then rounded to the dtype
-            X64 = X.astype(np.float64, copy=False)
-            Wstar, Sxx = W.astype(dtype), (X64.T @ X64 / n).astype(dtype)
+            # statistics accumulated in float64 (as on disk), then rounded to the dtype
+            stats = stream_stats(open_source("X", X), open_source("Y", Y),
+                                 check_chunk("auto", n, stats_row_bytes(d, m, dtype)))
+            Wstar, Sxx = W.astype(dtype), stats.Sxx.astype(dtype)
             kernel_Lstar, excess_shift = Ls, Ls - L_star
     if L_star is None:
         L_star = kernel_Lstar = math.nan

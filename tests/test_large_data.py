@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import deqbench as db
 from deqbench import _source
-from deqbench._chunked import PairwiseSum, sufficient_stats
+from deqbench._chunked import PairwiseSum, resolve, stats_row_bytes, sufficient_stats
 
 # --- the writer -------------------------------------------------------------
 
@@ -133,9 +133,26 @@ def test_nonfinite_block_on_disk_names_rows(tmp_path, rng):
 
 
 def test_auto_chunk_rule():
-    assert _source.auto_chunk(10**9, 100) == _source.AUTO_CHUNK_BYTES // 800
-    assert _source.auto_chunk(10**9, 10**7) == _source.AUTO_CHUNK_MIN
-    assert _source.auto_chunk(100, 10) == 100
+    assert _source.auto_chunk(10**9, 800) == _source.AUTO_CHUNK_BYTES // 800
+    assert _source.auto_chunk(10**9, 8 * 10**7) == _source.AUTO_CHUNK_MIN
+    assert _source.auto_chunk(100, 80) == 100
+
+
+def test_auto_chunk_counts_the_bytes_of_the_dtype(tmp_path):
+    """A float32 block holds twice the rows of a float64 one in the same 8 MiB."""
+    n, d, m, h = 10**6, 4, 5, 5
+    got = {}
+    for dt in (np.float64, np.float32):
+        path = tmp_path / f"{np.dtype(dt).name}.npy"
+        mm = np.lib.format.open_memmap(path, mode="w+", dtype=dt, shape=(n, d))  # sparse file
+        del mm
+        got[dt] = resolve(path, np.zeros((m, d), dt), None, h)[1]
+    per_row = d + (6 + 2 * h) * m  # values a block keeps per row (docstring of row_bytes)
+    assert got[np.float64] == _source.AUTO_CHUNK_BYTES // (8 * per_row)
+    assert got[np.float32] == _source.AUTO_CHUNK_BYTES // (4 * per_row)
+    # the statistics pass holds float32 rows and their float64 copies
+    assert stats_row_bytes(d, m, np.float32) == 12 * (d + m)
+    assert stats_row_bytes(d, m, np.float64) == 8 * (d + m)
 
 
 class Counting(_source.BlockSource):
@@ -189,6 +206,35 @@ def test_sufficient_stats_match_exact_sums_on_ill_scaled_data(tmp_path, rng, chu
     assert np.max(np.abs(s.Syx - exact_yx) / np.outer(sy, sx)) < 1e-13
     assert s.yy == pytest.approx(math.fsum((Y * Y).ravel()) / n, rel=1e-13)
     np.testing.assert_array_equal(s.Sxx, s.Sxx.T)
+
+
+def _maxrel(a, ref):
+    return float(np.max(np.abs(np.asarray(a, np.float64) - ref)) / np.max(np.abs(ref)))
+
+
+@pytest.mark.parametrize("chunk", [1 << 16, 5000])
+def test_sufficient_stats_of_float32_data_accumulate_in_float64(tmp_path, chunk):
+    """Sums of 65536 float32 products near 1e4 (mean 100): accumulated in float32 they
+    lose about 1e-5 relative, which the conditioning of ``X^T X`` (mean against unit
+    spread, about 3e4) turns into a wrong least-squares ``W*``. In float64 they agree
+    with the exact sums of the float32 values. ``train`` (in memory and on disk)
+    takes its statistics from this one function."""
+    rng = np.random.default_rng(7)
+    n, d, m = 1 << 16, 3, 2
+    X = (100.0 + rng.standard_normal((n, d))).astype(np.float32)
+    Y = (X[:, :m] @ np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
+         + rng.standard_normal((n, m)).astype(np.float32))
+    X6, Y6 = X.astype(np.float64), Y.astype(np.float64)  # the float32 values, exactly
+    ref_xx, ref_yx, ref_yy = X6.T @ X6 / n, Y6.T @ X6 / n, float(np.vdot(Y6, Y6)) / n
+    assert _maxrel(X.T @ X / np.float32(n), ref_xx) > 1e-7  # what float32 sums give
+    s = sufficient_stats(_source.open_source("X", _npy(tmp_path, "X.npy", X)),
+                         _source.open_source("Y", _npy(tmp_path, "Y.npy", Y)), chunk)
+    assert s.Sxx.dtype == s.Syx.dtype == np.float64
+    assert _maxrel(s.Sxx, ref_xx) < 1e-13 and _maxrel(s.Syx, ref_yx) < 1e-13
+    assert s.yy == pytest.approx(ref_yy, rel=1e-13)
+    W, _ = s.least_squares()
+    W_ref = np.linalg.lstsq(X6, Y6, rcond=None)[0].T
+    assert _maxrel(W, W_ref) < 1e-8
 
 
 def test_train_on_files_makes_one_pass_and_matches_in_memory(tmp_path):
@@ -249,3 +295,23 @@ def test_large_data_command_runs_once(capsys):
     for key in ("read bandwidth", "loss_and_grad tanh", "sufficient statistics pass",
                 "train linear, n=3000", "step time exponent"):
         assert key in out
+
+
+@pytest.mark.parametrize(("argv", "keys"), [
+    (["--target", "peakmem", "--sizes", "600,1200", "--chunk", "256"],
+     ["n=600, d=m=16: chunk=256", "n=1200", "exponent in n, chunked",
+      "exponent in n, one block"]),
+    (["--target", "dtype", "--sizes", "8", "--repeat", "1"],
+     ["W1 fixed_point m=8", "W2 loss_and_grad m=8", "float32 gradient m=8"]),
+    (["--target", "wide", "--sizes", "48", "--repeat", "1"],
+     ["wide forward solve m=d=n=48", "numpy matmul (48x48)@(48x48)"]),
+])
+def test_each_target_command_runs_once(capsys, argv, keys):
+    from benchmarks.large_data import main
+
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    for key in keys:
+        assert sum(key in line for line in lines) == 1, (key, out)
+    assert "nan" not in out
