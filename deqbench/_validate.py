@@ -44,7 +44,8 @@ def same_dtype(name: str, got, ref: str, want) -> None:
 
 def as_matrix(name: str, x, *, ndim: int = 2, shape=None, allow_empty: bool = False,
               dtype=None, ref: str = "A") -> np.ndarray:
-    """Return ``x`` as a C-contiguous float32 or float64 array after checking it.
+    """Return ``x`` as a writable C-contiguous float32 or float64 array after checking it
+    (non-contiguous and read-only arrays are copied; deqbench never writes into them).
 
     Integer, boolean, complex and object arrays are a ``TypeError`` (no silent
     casts of data that is probably wrong); float32 stays float32, other real
@@ -58,6 +59,10 @@ def as_matrix(name: str, x, *, ndim: int = 2, shape=None, allow_empty: bool = Fa
         same_dtype(name, dt, ref, dtype)
     check_shape(name, a.shape, ndim=ndim, shape=shape, allow_empty=allow_empty)
     a = np.ascontiguousarray(a, dtype=dt)
+    if not a.flags.writeable:
+        # numba types a read-only array apart and would compile every kernel it
+        # reaches a second time (about a minute); no kernel writes into inputs
+        a = a.copy()
     if not np.isfinite(a).all():
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
         raise ValueError(f"{name} must be finite, got {bad} non-finite entries (NaN or Inf)")

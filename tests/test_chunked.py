@@ -139,6 +139,62 @@ def test_chunk_bad_input_before_any_work(tmp_path):
         db.loss_and_grad("linear", X, Y, A, B, chunk=10, z0=Y[:3])
 
 
+def test_memmap_and_file_bad_input_through_the_calls(tmp_path):
+    """The issue's bad-input list on disk, through the public calls: a memmap whose rows
+    disagree with Y, a non-contiguous memmap, a truncated file, a file that is not .npy."""
+    X, A, B, Y, _ = _problem()
+    Xm = np.load(_save(tmp_path / "X50.npy", X[:50]), mmap_mode="r")
+    with pytest.raises(ValueError, match=r"Y must have shape \(50, 5\), got \(103, 5\)"):
+        db.loss_and_grad("linear", Xm, Y, A, B)
+    with pytest.raises(ValueError, match=r"Y must have shape \(50, 5\), got \(103, 5\)"):
+        db.train("linear", Xm, Y, A, B, lr=0.1, steps=1)
+    Xf = np.load(_save(tmp_path / "X.npy", X), mmap_mode="r")
+    with pytest.raises(ValueError, match="X must be a C-contiguous memmap"):
+        db.fixed_point(Xf[::2], A, B)
+    cut = _save(tmp_path / "cut.npy", X)
+    cut.write_bytes(cut.read_bytes()[:-8])
+    with pytest.raises(ValueError, match="X: .*cut.npy' is truncated"):
+        db.loss_and_grad("linear", cut, Y, A, B, chunk=10)
+    text = tmp_path / "X.csv"
+    text.write_text("1,2,3,4\n")
+    with pytest.raises(ValueError, match="X: .*X.csv' is not a readable .npy file"):
+        db.implicit_grad(text, A, B, Y, Y)
+
+
+def test_read_only_and_strided_inputs_are_read_never_written():
+    """No kernel writes into the caller's arrays: read-only and non-contiguous inputs
+    (every array argument) give the results of fresh contiguous copies, unchanged."""
+    X, A, B, Y, _ = _problem(6)
+    Z0 = np.full_like(Y, 0.1)
+
+    def frozen(a):
+        a = np.array(a)
+        a.setflags(write=False)
+        return a
+
+    def strided(a):
+        wide = np.zeros((a.shape[0], 2 * a.shape[1]))
+        wide[:, ::2] = a
+        return wide[:, ::2]
+
+    kw = dict(tol=1e-12)
+    ref = db.loss_and_grad("linear", X, Y, A, B, z0=Z0, adj0=Z0, **kw)
+    for make in (frozen, strided, np.asfortranarray):
+        args = [make(a) for a in (X, Y, A, B, Z0)]
+        before = [a.copy() for a in args]
+        got = db.loss_and_grad("linear", *args[:4], z0=args[4], adj0=args[4], **kw)
+        assert got.loss == pytest.approx(ref.loss, rel=1e-14)
+        assert _rel(got.grad_A, ref.grad_A) < 1e-14 and _rel(got.grad_B, ref.grad_B) < 1e-14
+        assert _rel(got.z, ref.z) < 1e-14 and _rel(got.adjoint, ref.adjoint) < 1e-14
+        for a, b in zip(args, before, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def _save(path, a):
+    np.save(path, a)
+    return path
+
+
 @settings(deadline=None, max_examples=25)
 @given(st.integers(1, N), st.sampled_from(["linear", "single_index", "nonlinear"]))
 def test_any_chunk_size_gives_the_unchunked_result(chunk, model):
