@@ -6,6 +6,7 @@ grid with tails, tiny and huge arguments, signed zeros, infinities and NaN.
 
 import numpy as np
 import pytest
+from numba import njit
 from scipy import special
 
 import deqbench as db
@@ -75,31 +76,40 @@ def test_derivatives_match_closed_forms(name):
     np.testing.assert_allclose(d, want, rtol=1e-13, atol=1e-15)
 
 
+# The compiled helpers of the tests below are module-level, compiled once for all
+# activation codes (a runtime argument): an @njit closure per case would compile
+# the SIMD row loops again for every case (~15 s each).
+@njit
+def _rows(code, t, u, d):
+    a = t.copy()
+    ka.h_row(code, 0.2, a, u, d)
+    b = t.copy()
+    ka.dh_row(code, 0.2, b, u)
+    ra = np.empty_like(t)
+    rb = np.empty_like(t)
+    for j in range(t.size):
+        ra[j] = d[j] * (t[j] + u[j]) if code == ka.MASK else ka.act(code, 0.2, t[j] + u[j])
+        rb[j] = ka.dact(code, 0.2, t[j] + u[j])
+    return a, b, ra, rb
+
+
+@njit
+def _row(code, t):  # the SIMD row loop the solvers run (float32 in place)
+    out = t.copy()
+    ka.h_row(code, 0.01, out, np.zeros_like(t), out)
+    return out
+
+
 @pytest.mark.parametrize("code", [ka.IDENTITY, ka.TANH, ka.SIGMOID, ka.SOFTPLUS, ka.GELU,
                                   ka.LEAKY_RELU, ka.RELU, ka.SMOOTH_LEAKY, ka.MASK])
 def test_row_kernels_agree_with_scalar_dispatch(code):
     """``h_row``/``dh_row`` (SIMD loops) against ``act``/``dact`` (scalar dispatch)."""
-    from numba import njit
-
-    @njit
-    def rows(code, t, u, d):
-        a = t.copy()
-        ka.h_row(code, 0.2, a, u, d)
-        b = t.copy()
-        ka.dh_row(code, 0.2, b, u)
-        ra = np.empty_like(t)
-        rb = np.empty_like(t)
-        for j in range(t.size):
-            ra[j] = d[j] * (t[j] + u[j]) if code == ka.MASK else ka.act(code, 0.2, t[j] + u[j])
-            rb[j] = ka.dact(code, 0.2, t[j] + u[j])
-        return a, b, ra, rb
-
     rng = np.random.default_rng(code + 10)
     special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e300, -1e300, 5e-324, -5e-324])
     t = np.concatenate([rng.standard_normal(37) * 5, special])
     u = np.concatenate([rng.standard_normal(37), np.zeros(special.size)])
     d = rng.uniform(0, 1, t.size)
-    a, b, ra, rb = rows(code, t, u, d)
+    a, b, ra, rb = _rows(code, t, u, d)
     np.testing.assert_allclose(a, ra, rtol=1e-15, atol=1e-300)
     np.testing.assert_array_equal(np.signbit(a[a == 0]), np.signbit(ra[ra == 0]))
     if code != ka.MASK:
@@ -128,18 +138,10 @@ def _ulps32(got, want):
 
 @pytest.mark.parametrize("name", list(ACTS32))
 def test_float32_within_one_ulp_on_dense_grid(name):
-    from numba import njit
-
-    @njit
-    def row(code, t):  # the SIMD row loop the solvers run (float32 in place)
-        out = t.copy()
-        ka.h_row(code, 0.01, out, np.zeros_like(t), out)
-        return out
-
     act = db.get_activation(name)
     with np.errstate(all="ignore"):
         want = ACTS32[name](GRID32.astype(np.float64)).astype(np.float32)
-    for got in (act(GRID32), row(act.code, GRID32)):
+    for got in (act(GRID32), _row(act.code, GRID32)):
         fin = np.isfinite(want)
         u = _ulps32(got[fin], want[fin])
         assert u.max() <= 1, f"{name}: {u.max()} ulp at x = {GRID32[fin][np.argmax(u)]!r}"
