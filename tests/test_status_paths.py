@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import deqbench as db
 from deqbench._kernels import model as _m
 from deqbench._training import MAX_HISTORY_BYTES, history_rows
+from tests._signals import default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -372,7 +373,8 @@ def test_ctrl_c_stops_the_run_and_keeps_what_finished(func, ss, record_property)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     code = _CHILD.replace("SS", str(ss)).replace("FUNC", func)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                            preexec_fn=default_sigint)
     try:
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
         time.sleep(0.5)  # inside the long run
@@ -381,7 +383,9 @@ def test_ctrl_c_stops_the_run_and_keeps_what_finished(func, ss, record_property)
         out, err = proc.communicate(timeout=60)
         record_property("seconds_from_sigint_to_exit", time.perf_counter() - sent)
     finally:
-        proc.kill()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     words = out.split()
     assert words[:1] == ["interrupted"], err
     assert int(words[1]) > 0 and words[2:] == ["True", "True"]

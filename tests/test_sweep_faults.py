@@ -32,6 +32,7 @@ from deqbench.sweep import (
     sweep_status,
 )
 from deqbench.sweep.executors import Feed, iter_local
+from tests._signals import default_sigint
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # run functions in tests/sweep_helpers.py (workers inherit it)
@@ -592,7 +593,7 @@ def test_ctrl_c_stops_the_sweep_within_a_second_keeps_what_finished_and_resumes(
     cmd = [sys.executable, "-m", "deqbench.cli", "sweep", str(grid), "--out", str(out),
            "--workers", "2", "--format", "csv"]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=default_sigint)
     kids: set[int] = set()
     try:
         deadline = time.monotonic() + 120
