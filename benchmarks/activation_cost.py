@@ -7,7 +7,7 @@ flops) plus one elementwise pass ``t <- tanh(t + u)`` over ``n m`` values. The
 gemm's work per value grows with m and the pass's does not, so below some m
 the pass costs as much as the gemm and no fusion can bring the evaluation to
 the matmul rate. This prints, per m and in one process (all threads, wall
-times, medians of interleaved rounds): the gemm (numpy's matmul), deqbench's
+times, medians of back-to-back calls): the gemm (numpy's matmul), deqbench's
 fused pass (``h_row`` over blocks of rows, as the solver runs it), the same
 pass with the identity (memory traffic only), and numpy's own ``np.tanh``
 (SIMD through SVML where numpy has it), each in ns per value, and the bound
@@ -40,18 +40,14 @@ def _pass(code, t, u, rows):
         h_row(code, 0.0, t[i0:i1].reshape(-1), u[i0:i1].reshape(-1), unused)
 
 
-def _median_time(fn, rounds: int) -> float:
-    ts = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
-
-
 def measure(n: int, m: int, rounds: int = 21) -> dict:
-    """Seconds per call (medians of ``rounds`` interleaved rounds) of the gemm, the fused
-    tanh pass, the identity pass and ``np.tanh`` over ``n x m`` values."""
+    """Seconds per call (median of ``rounds`` back-to-back calls) of the gemm, the fused
+    tanh pass, the identity pass and ``np.tanh`` over ``n x m`` values.
+
+    Each function is timed in a block of its own calls: alternating them call by
+    call made numba's and OpenBLAS's thread pools wake (and spin) against each
+    other on 2 cores, which timed the hand-over, not the work (a 4 MFLOP gemm at
+    m = 16 took 3.3 ms that way)."""
     rng = np.random.default_rng(0)
     Z = rng.standard_normal((n, m))
     A = rng.standard_normal((m, m)) / np.sqrt(m)
@@ -65,15 +61,18 @@ def measure(n: int, m: int, rounds: int = 21) -> dict:
         "identity pass": lambda: _pass(IDENTITY, T, U, rows),
         "np.tanh": lambda: np.tanh(U, out=out),
     }
-    for f in fns.values():  # compile, fault in
-        f()
-        f()
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            T[...] = Z  # keep the pass's inputs bounded (tanh of tanh of ...)
-            times[k].append(_median_time(f, 1))
-    return {k: float(np.median(v)) for k, v in times.items()}
+    result = {}
+    for k, f in fns.items():
+        T[...] = Z  # bounded inputs for the passes (tanh of tanh of ...)
+        for _ in range(3):  # compile, fault in, wake the pool
+            f()
+        ts = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+        result[k] = float(np.median(ts))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

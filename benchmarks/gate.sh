@@ -169,9 +169,10 @@ EOF
         | tee .asv/gate/confirm.txt || true
     grep -q '^| Change' .asv/gate/confirm.txt || grep -q 'NOT SIGNIFICANTLY CHANGED' \
         .asv/gate/confirm.txt || die "the confirming asv run printed no comparison"
-    read -r worse better failed < <("$python" benchmarks/gate_confirm.py --count .asv/gate/confirm.txt)
+    read -r worse better failed < <("$python" benchmarks/gate_confirm.py "$first" \
+        --confirmed-by .asv/gate/confirm.txt)
 fi
-echo "gate: confirmed: $worse worse, $better better, $failed failing in one commit only"
+echo "gate: flagged the same way by both runs: $worse worse, $better better, $failed failing in one commit only"
 ((worse + failed)) && status=1
 [[ $mode == aa ]] && ((better)) && status=1
 case $mode:$status in

@@ -23,8 +23,8 @@ passes them to the confirming run.
 
 Usage (``benchmarks/gate.sh`` calls it)::
 
-    python benchmarks/gate_confirm.py ASV_OUTPUT_FILE    # regexes, one per line
-    python benchmarks/gate_confirm.py --count FILE       # "WORSE BETTER FAILED"
+    python benchmarks/gate_confirm.py FIRST                    # regexes, one per line
+    python benchmarks/gate_confirm.py FIRST --confirmed-by SECOND  # "WORSE BETTER FAILED"
 """
 
 from __future__ import annotations
@@ -51,6 +51,13 @@ def flagged(text: str) -> list[tuple[str, str]]:
     return rows
 
 
+def confirmed(first: list[tuple[str, str]], second: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The rows of ``second`` (the confirming run) that ``first`` flagged with the same mark:
+    a case flagged better, then worse, is two draws of the noise, not a change."""
+    marks = dict((name, mark) for mark, name in first)
+    return [(mark, name) for mark, name in second if marks.get(name) == mark]
+
+
 def bench_regex(name: str) -> str:
     """An anchored ``--bench`` regex that selects exactly the case ``name``
     (``module.Class.method(param, ...)`` as asv prints it)."""
@@ -60,18 +67,24 @@ def bench_regex(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/gate_confirm.py",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("output", help="a file holding the output of asv continuous/compare --split")
-    p.add_argument("--count", action="store_true",
-                   help="print the numbers of worse, better and failed cases instead")
+    p.add_argument("output", help="a file holding the output of asv continuous --split")
+    p.add_argument("--confirmed-by", metavar="SECOND", default=None,
+                   help="the confirming run's output: print the numbers of worse, better and "
+                   "failed cases that both runs flagged the same way")
     args = p.parse_args(argv)
-    with open(args.output, encoding="utf-8", errors="replace") as fh:
-        rows = flagged(fh.read())
-    if args.count:
-        print(*(sum(m == mark for m, _ in rows) for mark in MARKS))
+    rows = flagged(_read(args.output))
+    if args.confirmed_by is not None:
+        both = confirmed(rows, flagged(_read(args.confirmed_by)))
+        print(*(sum(m == mark for m, _ in both) for mark in MARKS))
     else:
         for name in dict.fromkeys(name for _, name in rows):
             print(bench_regex(name))
     return 0
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return fh.read()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ gives the process's peak resident memory too. Each figure is one printed line.
 3. the one-pass sufficient statistics of the linear model (``X^T X / n``,
    ``Y^T X / n``): throughput against the read bandwidth of step 1;
 4. linear ``train`` with sufficient statistics on row prefixes ``n/16, n/4, n``
-   of the file: time per step and its fitted exponent in ``n`` (target < 0.05).
+   of the file: the pass, then the time per step (timed apart from the pass
+   in the same call) and its fitted exponent in ``n`` (target < 0.05).
 
 ``--target peakmem``: peak resident memory added by tanh ``loss_and_grad`` on
 ``X.npy``, ``Y.npy`` files of ``n`` rows (``d = m = 16``), in blocks of
@@ -48,6 +49,7 @@ second ``file`` run reads from the page cache unless it is dropped first.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import shutil
@@ -212,6 +214,33 @@ def wide(sizes, args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def timed_prepare():
+    """Time the set-up of every :func:`deqbench.train` call made inside (the
+    streaming pass of the sufficient statistics, in ``_training.prepare``);
+    yields the list of those times. Steps are then timed apart from the pass in
+    the same call: two calls, with and without steps, would leave the step
+    time as the difference of two passes, which vary by more than 1000 steps
+    take (seen: a negative time per step at n = 4e6)."""
+    from deqbench import _training  # noqa: PLC0415
+
+    spent: list[float] = []
+    prepare = _training.prepare
+
+    def timed(*a, **k):
+        t = time.perf_counter()
+        try:
+            return prepare(*a, **k)
+        finally:
+            spent.append(time.perf_counter() - t)
+
+    _training.prepare = timed
+    try:
+        yield spent
+    finally:
+        _training.prepare = prepare
+
+
 def _measure(root: Path, args) -> int:
     n, d, m = args.n, args.d, args.m
     print(f"data: {root} (n={n}, d={d}, m={m}, {(n * (d + m) * 8) / 2**30:.2f} GiB)")
@@ -250,15 +279,15 @@ def _measure(root: Path, args) -> int:
     sizes, per_step = [], []
     for rows in sorted({max(n // 16, 1), max(n // 4, 1), n}):
         kw = dict(lr=0.01, sufficient_stats=True, record_every=None)
-        t = time.perf_counter()
-        db.train("linear", X[:rows], Y[:rows], A, B, steps=1, **kw)
-        t1 = time.perf_counter() - t
-        t = time.perf_counter()
-        db.train("linear", X[:rows], Y[:rows], A, B, steps=args.steps + 1, **kw)
-        step = (time.perf_counter() - t - t1) / args.steps
+        with timed_prepare() as spent:
+            t = time.perf_counter()
+            db.train("linear", X[:rows], Y[:rows], A, B, steps=args.steps, **kw)
+            total = time.perf_counter() - t
+        step = (total - spent[0]) / args.steps
         sizes.append(rows)
         per_step.append(step)
-        print(f"train linear, n={rows}: pass + 1 step {t1:.3g} s, {step * 1e6:.4g} us/step")
+        print(f"train linear, n={rows}: pass {spent[0]:.3g} s, then {args.steps} steps at "
+              f"{step * 1e6:.4g} us/step")
     if len(sizes) > 1:
         slope, _ = db.theory.loglog_fit(sizes, per_step)
         print(f"step time exponent in n: {slope:.3f} (target < 0.05)")

@@ -342,8 +342,15 @@ def test_gate_confirm_reads_asv_tables(tmp_path):
     rows = gate_confirm.flagged(ASV_TABLES)
     assert [m for m, _ in rows] == ["-", "+", "!"]
     (tmp_path / "out.txt").write_text(ASV_TABLES)
-    assert _main_output(gate_confirm.main, ["--count", str(tmp_path / "out.txt")]) == "1 1 1"
-    regexes = _main_output(gate_confirm.main, [str(tmp_path / "out.txt")]).splitlines()
+    out = str(tmp_path / "out.txt")
+    assert _main_output(gate_confirm.main, [out, "--confirmed-by", out]) == "1 1 1"
+    # the confirming run flags the efficiency track the other way and not the Picard case:
+    # noise, both; only the failure counts
+    flipped = ASV_TABLES.replace("| - | 4 | 3 | 0.9 |", "| + | 3 | 4 | 1.1 |")
+    (tmp_path / "second.txt").write_text(flipped.replace("| + | 12ms | 15ms", "|  | 12ms | 12ms"))
+    second = str(tmp_path / "second.txt")
+    assert _main_output(gate_confirm.main, [out, "--confirmed-by", second]) == "0 0 1"
+    regexes = _main_output(gate_confirm.main, [out]).splitlines()
     assert len(regexes) == 3
     # asv matches --bench against "name(param, ...)" (asv.benchmarks.Benchmarks)
     picard = "bench_fixed_point.FixedPoint.time_fixed_point('picard', 'identity', 32)"
