@@ -106,10 +106,12 @@ echo "gate: base $(git log -1 --format='%h %s' "$base")"
 echo "gate: head $(git log -1 --format='%h %s' "$head")$( ((dry)) && [[ $mode != compare ]] && echo ' (dry run: the throwaway commit is not made)')"
 echo "gate: --bench '$bench', --factor $FACTOR"
 
-# a copy of the configuration whose results stay out of the committed results/asv/
+# copies of the configuration whose results stay out of the committed results/asv/: one
+# for the first run, one for the confirming run (check 3), which must not mix its samples in
 mkdir -p .asv/gate
 conf=.asv/gate/asv.conf.json
-"$python" - "$conf" <<'EOF'
+confirm_conf=.asv/gate/confirm.conf.json
+"$python" - "$conf" "$confirm_conf" <<'EOF'
 import json, os, sys
 from asv import util
 d = util.load_json("asv.conf.json", js_comments=True)
@@ -117,14 +119,22 @@ d = util.load_json("asv.conf.json", js_comments=True)
 root = os.getcwd()
 for key in ("repo", "benchmark_dir", "env_dir"):
     d[key] = os.path.join(root, d.get(key, "."))
-d.update(results_dir=os.path.join(root, ".asv/gate/results"),
-         html_dir=os.path.join(root, ".asv/gate/html"))
-json.dump(d, open(sys.argv[1], "w"), indent=2)
+d["html_dir"] = os.path.join(root, ".asv/gate/html")
+for path, results in zip(sys.argv[1:], ("results", "confirm-results")):
+    json.dump(dict(d, results_dir=os.path.join(root, ".asv/gate", results)), open(path, "w"),
+              indent=2)
 EOF
 
 machine_args=()
 [[ -n $machine ]] && machine_args=(--machine "$machine")
 run asv --config "$conf" machine --yes "${machine_args[@]}"
+
+# compared FILE: asv's output in FILE holds a comparison (a table, or "not changed");
+# asv continuous exits 1 for "worse" as for a broken run, so its status cannot say
+compared() {
+    grep -q -e '^| Change' -e 'NOT SIGNIFICANTLY CHANGED' "$1" \
+        || die "asv continuous printed no comparison: see its output above"
+}
 
 status=0
 first=.asv/gate/continuous.txt
@@ -132,18 +142,15 @@ if ((dry)); then
     run asv --config "$conf" continuous --factor "$FACTOR" --interleave-rounds --split \
         --bench "$bench" "${machine_args[@]}" "$base" "$head"
 else
-    # exit 1 only says "worse"; the tables are read below, so only a broken run stops here
     asv --config "$conf" continuous --factor "$FACTOR" --interleave-rounds --split \
         --bench "$bench" "${machine_args[@]}" "$base" "$head" | tee "$first" || true
-    grep -q '^| Change' "$first" || grep -q 'NOT SIGNIFICANTLY CHANGED' "$first" \
-        || die "asv continuous printed no comparison: see its output above"
+    compared "$first"
 fi
 run "$python" benchmarks/gate_counts.py --config "$conf" "${machine_args[@]}" "$base" "$head" || status=1
 
 # 3. Confirm: every case the first run flagged (either way) runs again, alone, in a fresh
 #    interleaved run with $CONFIRM_ROUNDS processes per commit; only what that run flags
 #    too is reported (benchmarks/gate_confirm.py says why).
-confirm_conf=.asv/gate/confirm.conf.json
 if ((dry)); then
     echo "+ (each case flagged above) asv --config $confirm_conf continuous --factor $FACTOR" \
          "--interleave-rounds --split -a rounds=$CONFIRM_ROUNDS --bench '^CASE\$' ... BASE HEAD"
@@ -154,12 +161,6 @@ worse=0 better=0 failed=0
 if ((${#cases[@]})); then
     echo "gate: the first run flagged ${#cases[@]} case(s); confirming each with" \
          "$CONFIRM_ROUNDS interleaved processes per commit"
-    "$python" - "$conf" "$confirm_conf" <<'EOF'
-import json, os, sys
-d = json.load(open(sys.argv[1]))
-d["results_dir"] = os.path.join(os.path.dirname(d["results_dir"]), "confirm-results")
-json.dump(d, open(sys.argv[2], "w"), indent=2)
-EOF
     rm -rf .asv/gate/confirm-results
     bench_args=()
     for c in "${cases[@]}"; do bench_args+=(--bench "$c"); done
@@ -167,8 +168,7 @@ EOF
     asv --config "$confirm_conf" continuous --factor "$FACTOR" --interleave-rounds --split \
         -a rounds="$CONFIRM_ROUNDS" "${bench_args[@]}" "${machine_args[@]}" "$base" "$head" \
         | tee .asv/gate/confirm.txt || true
-    grep -q '^| Change' .asv/gate/confirm.txt || grep -q 'NOT SIGNIFICANTLY CHANGED' \
-        .asv/gate/confirm.txt || die "the confirming asv run printed no comparison"
+    compared .asv/gate/confirm.txt
     read -r worse better failed < <("$python" benchmarks/gate_confirm.py "$first" \
         --confirmed-by .asv/gate/confirm.txt)
 fi
