@@ -16,8 +16,20 @@ HEAD then alternate every few seconds, and a real change shows in both runs
 while a slow stretch of the machine does not come back for the same case in
 the same direction.
 
+The ``track_efficiency`` values (a kernel's time over numpy's matmul of the
+same shapes, ``benchmarks/common.py``, ``cost_ratio``) are one number per
+process, so asv has no samples to test them with, and for Anderson at m = 32
+they are not stable to 10%: its passes stream five history slots of 2 MiB
+each through memory, while the matmul it is divided by runs in cache, so the
+ratio moves with the memory bandwidth the VM gets at the time. The same code
+gave 4.41, 3.91, 3.41 and 3.78 in four processes of two A/A runs, and the
+best of 7 solves in one process moved from 18.9 to 31.9 ms with nothing
+changed (where the history buffers sit relative to each other, mod 4096
+bytes, made no consistent difference). A flagged efficiency therefore counts only when both
+runs moved it by more than :data:`EFFICIENCY_FACTOR` the same way.
+
 This module reads the tables that ``asv continuous --split`` printed and
-prints one ``--bench`` regex per flagged case (anchored, parameters
+prints one ``--bench`` regex per flagged case that can count (anchored, parameters
 included, which asv matches against ``name(param, ...)``); ``gate.sh``
 passes them to the confirming run.
 
@@ -35,11 +47,20 @@ import sys
 
 #: asv's marks in the Change column: worse, better, failed in one commit only
 MARKS = ("+", "-", "!")
+#: The factor a ``track_efficiency`` value must move by, in both runs, to count
+#: (1.10 for everything else: asv's ``--factor``). The spread measured in A/A
+#: runs of unchanged code was 1.29 (max / min of four processes).
+EFFICIENCY_FACTOR = 1.25
 
 
 def flagged(text: str) -> list[tuple[str, str]]:
     """``(mark, benchmark)`` of every row of asv's compare tables whose Change
     column holds a mark of :data:`MARKS`, in the order printed."""
+    return [(mark, name) for mark, name, _ in _rows(text)]
+
+
+def _rows(text: str) -> list[tuple[str, str, float]]:
+    """``(mark, benchmark, ratio)`` of the flagged rows (ratio NaN when asv printed none)."""
     rows = []
     for line in text.splitlines():
         line = line.strip()
@@ -47,15 +68,29 @@ def flagged(text: str) -> list[tuple[str, str]]:
             continue
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) >= 5 and cells[0] in MARKS and cells[-1]:
-            rows.append((cells[0], cells[-1]))
+            try:
+                ratio = float(cells[-2].lstrip("~"))
+            except ValueError:
+                ratio = float("nan")
+            rows.append((cells[0], cells[-1], ratio))
     return rows
 
 
-def confirmed(first: list[tuple[str, str]], second: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The rows of ``second`` (the confirming run) that ``first`` flagged with the same mark:
-    a case flagged better, then worse, is two draws of the noise, not a change."""
-    marks = dict((name, mark) for mark, name in first)
-    return [(mark, name) for mark, name in second if marks.get(name) == mark]
+def _counts(mark: str, name: str, ratio: float) -> bool:
+    """Whether one run's flag of ``name`` is large enough to count (efficiency: beyond
+    :data:`EFFICIENCY_FACTOR`; a failure, or any other value: always)."""
+    if mark == "!" or ".track_efficiency(" not in name:
+        return True
+    return not ratio <= EFFICIENCY_FACTOR if mark == "+" else not ratio >= 1 / EFFICIENCY_FACTOR
+
+
+def confirmed(first, second) -> list[tuple[str, str]]:
+    """The rows of ``second`` (the confirming run) that ``first`` flagged with the same
+    mark: a case flagged better, then worse, is two draws of the noise, not a change.
+    Either argument: the output text of ``asv continuous --split``."""
+    marks = {name: mark for mark, name, ratio in _rows(first) if _counts(mark, name, ratio)}
+    return [(mark, name) for mark, name, ratio in _rows(second)
+            if marks.get(name) == mark and _counts(mark, name, ratio)]
 
 
 def bench_regex(name: str) -> str:
@@ -72,12 +107,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="the confirming run's output: print the numbers of worse, better and "
                    "failed cases that both runs flagged the same way")
     args = p.parse_args(argv)
-    rows = flagged(_read(args.output))
     if args.confirmed_by is not None:
-        both = confirmed(rows, flagged(_read(args.confirmed_by)))
+        both = confirmed(_read(args.output), _read(args.confirmed_by))
         print(*(sum(m == mark for m, _ in both) for mark in MARKS))
     else:
-        for name in dict.fromkeys(name for _, name in rows):
+        rows = _rows(_read(args.output))
+        for name in dict.fromkeys(name for mark, name, ratio in rows if _counts(mark, name, ratio)):
             print(bench_regex(name))
     return 0
 

@@ -1,17 +1,22 @@
-"""The one place for numba options used by every kernel.
+"""The one place for numba options used by every kernel, and for their cache.
 
 ``fastmath`` keeps ``nnan``/``ninf`` off so ``np.isfinite`` checks inside kernels
 stay meaningful; ``error_model="numpy"`` returns inf/nan instead of raising from
 inside a kernel (numerical failure becomes a status, never an exception).
+Compiled kernels are cached on disk by :class:`KernelCacheLocator`, one folder
+per version of the kernel sources.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import types
 from pathlib import Path
 
 import numba as nb
+from numba.core import caching, config
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
@@ -57,35 +62,94 @@ nb.get_num_threads()
 
 
 _PKG = Path(__file__).resolve().parent
+KEEP_CACHES = 4
+"""Kernel caches kept side by side, one per digest of the kernel sources (the
+most recently used): enough for a regression gate that alternates two commits."""
 
 
-def _drop_stale_cache(pkg: Path = _PKG) -> None:
-    """Delete the package's cached kernels when any kernel source changed.
+def kernel_digest(pkg: Path = _PKG) -> str:
+    """SHA-256 of every module that compiles kernels, plus numba's version.
 
     numba keys a cached kernel on its own file only: a kernel calling a kernel
     of another module that has since changed would load stale machine code
-    (seen here as wrong results and segfaults after edits or upgrades). The
-    digest covers every module that compiles kernels, plus numba's version.
+    (seen here as wrong results and segfaults after edits or upgrades). This
+    digest is the source stamp of every cached kernel instead.
     """
     sources = [pkg / "_jit.py", pkg / "activations.py", *sorted((pkg / "_kernels").glob("*.py"))]
     h = hashlib.sha256(nb.__version__.encode())
     for path in sources:
         h.update(path.name.encode())
         h.update(path.read_bytes())
-    digest = h.hexdigest()
-    stamp = pkg / "__pycache__" / "numba-kernels.sha256"
+    return h.hexdigest()
+
+
+def cache_root(pkg: Path = _PKG) -> Path:
+    """Where the kernel caches live: ``$NUMBA_CACHE_DIR/deqbench`` when the user
+    set one, else the package's own ``__pycache__/numba``."""
+    if config.CACHE_DIR:
+        return Path(config.CACHE_DIR) / "deqbench"
+    return pkg / "__pycache__" / "numba"
+
+
+def prune_caches(root: Path, keep: int = KEEP_CACHES, current: str = "") -> None:
+    """Delete all but the ``keep`` most recently used digest folders under ``root``
+    (``current`` is never deleted)."""
     try:
-        if stamp.read_text() == digest:
-            return
+        dirs = sorted((d for d in root.iterdir() if d.is_dir() and d.name != current),
+                      key=lambda d: d.stat().st_mtime, reverse=True)
     except OSError:
-        pass
+        return
+    for d in dirs[max(keep - 1, 0):]:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class KernelCacheLocator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
+    """numba cache locator of deqbench's kernels: one folder per digest of the
+    kernel sources (:func:`kernel_digest`), which is also every entry's source stamp.
+
+    Any edit of a kernel module (or a numba upgrade) moves every kernel to a new
+    folder, so nothing compiled against other sources is ever loaded; switching
+    back and forth between two versions (a regression gate reinstalls BASE and
+    HEAD in turn) finds each one's kernels still compiled. File times play no
+    part: a reinstall of the same sources keeps its cache.
+    """
+
+    package: Path = _PKG
+    digest = ""
+    root: Path | None = None
+
+    def __init__(self, py_func, py_file):
+        self._py_file = py_file
+        self._lineno = py_func.__code__.co_firstlineno
+        rel = Path(py_file).resolve().parent.relative_to(self.package)
+        self._cache_path = str(self.root / self.digest[:20] / rel)
+
+    def get_cache_path(self):
+        return self._cache_path
+
+    def get_source_stamp(self):
+        return self.digest
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if cls.root is None or not Path(py_file).resolve().is_relative_to(cls.package):
+            return None  # not a deqbench kernel: numba's own locators decide
+        return super().from_function(py_func, py_file)  # None when not writable
+
+
+def _install_locator() -> None:
+    KernelCacheLocator.digest = kernel_digest()
+    KernelCacheLocator.root = cache_root()
+    here = KernelCacheLocator.root / KernelCacheLocator.digest[:20]
     try:
-        for cached in [*pkg.glob("__pycache__/*.nb[ic]"), *pkg.glob("*/__pycache__/*.nb[ic]")]:
-            cached.unlink(missing_ok=True)
-        stamp.parent.mkdir(exist_ok=True)
-        stamp.write_text(digest)
-    except OSError:  # read-only install: numba then caches elsewhere, or not at all
+        here.mkdir(parents=True, exist_ok=True)
+        os.utime(here)  # most recently used
+    except OSError:  # read-only: numba's own locators then cache elsewhere, or not at all
         pass
+    prune_caches(KernelCacheLocator.root, current=here.name)
+    impl = caching.CacheImpl if hasattr(caching, "CacheImpl") else caching._CacheImpl
+    if KernelCacheLocator not in impl._locator_classes:
+        impl._locator_classes.insert(0, KernelCacheLocator)
 
 
-_drop_stale_cache()
+_install_locator()

@@ -319,7 +319,7 @@ def test_gate_dry_runs():
 ASV_TABLES = """\
 | Change | Before [f971fdff] | After [8c342919] | Ratio | Benchmark (Parameter) |
 |---|---|---|---|---|
-| - | 4 | 3 | 0.9 | bench_fixed_point.FixedPointMetrics.track_efficiency('anderson', 'tanh', 32)|
+| - | 4 | 3 | 0.75 | bench_fixed_point.FixedPointMetrics.track_efficiency('anderson', 'tanh', 32)|
 | Change | Before [f971fdff] | After [8c342919] | Ratio | Benchmark (Parameter) |
 |---|---|---|---|---|
 | + | 12ms | 15ms | 1.2 | bench_fixed_point.FixedPoint.time_fixed_point('picard', 'identity', 32) |
@@ -346,10 +346,22 @@ def test_gate_confirm_reads_asv_tables(tmp_path):
     assert _main_output(gate_confirm.main, [out, "--confirmed-by", out]) == "1 1 1"
     # the confirming run flags the efficiency track the other way and not the Picard case:
     # noise, both; only the failure counts
-    flipped = ASV_TABLES.replace("| - | 4 | 3 | 0.9 |", "| + | 3 | 4 | 1.1 |")
+    flipped = ASV_TABLES.replace("| - | 4 | 3 | 0.75 |", "| + | 3 | 4 | 1.33 |")
     (tmp_path / "second.txt").write_text(flipped.replace("| + | 12ms | 15ms", "|  | 12ms | 12ms"))
     second = str(tmp_path / "second.txt")
     assert _main_output(gate_confirm.main, [out, "--confirmed-by", second]) == "0 0 1"
+    # an efficiency (one value per process, no samples) counts only beyond
+    # EFFICIENCY_FACTOR in both runs: 0.89 twice is the spread of unchanged code
+    small = ASV_TABLES.replace("| - | 4 | 3 | 0.75 |", "| - | 4.41 | 3.91 | 0.89 |")
+    (tmp_path / "small.txt").write_text(small)
+    small = str(tmp_path / "small.txt")
+    assert _main_output(gate_confirm.main, [small, "--confirmed-by", small]) == "1 0 1"
+    assert _main_output(gate_confirm.main, [small, "--confirmed-by", out]) == "1 0 1"
+    assert len(_main_output(gate_confirm.main, [small]).splitlines()) == 2  # not re-run
+    worse = ASV_TABLES.replace("| - | 4 | 3 | 0.75 |", "| + | 3 | 4 | 1.33 |")
+    (tmp_path / "worse.txt").write_text(worse)
+    worse = str(tmp_path / "worse.txt")
+    assert _main_output(gate_confirm.main, [worse, "--confirmed-by", worse]) == "2 0 1"
     regexes = _main_output(gate_confirm.main, [out]).splitlines()
     assert len(regexes) == 3
     # asv matches --bench against "name(param, ...)" (asv.benchmarks.Benchmarks)

@@ -1,11 +1,17 @@
-"""The package drops its cached kernels when any kernel source changes."""
+"""Compiled kernels are cached per version of the kernel sources (deqbench/_jit.py)."""
 
-from deqbench._jit import _drop_stale_cache
+import importlib.util
+import os
+import time
+
+import pytest
+
+from deqbench import _jit
+from deqbench._jit import KernelCacheLocator, jit, kernel_digest, prune_caches
 
 
 def _tree(tmp_path):
-    (tmp_path / "_kernels" / "__pycache__").mkdir(parents=True)
-    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "_kernels").mkdir()
     (tmp_path / "_jit.py").write_text("a")
     (tmp_path / "activations.py").write_text("b")
     (tmp_path / "_kernels" / "fixed_point.py").write_text("c")
@@ -13,27 +19,75 @@ def _tree(tmp_path):
     return tmp_path
 
 
-def _cached(tmp_path):
-    files = [tmp_path / "_kernels" / "__pycache__" / "fp.evaluate-1.py311.nbi",
-             tmp_path / "_kernels" / "__pycache__" / "fp.evaluate-1.py311.1.nbc",
-             tmp_path / "__pycache__" / "activations._apply-3.py311.nbi"]
-    for f in files:
-        f.write_text("x")
-    return files
-
-
-def test_cache_survives_until_a_kernel_source_changes(tmp_path):
+def test_digest_follows_the_kernel_sources_only(tmp_path):
     pkg = _tree(tmp_path)
-    _drop_stale_cache(pkg)  # first import: no stamp yet
-    files = _cached(pkg)
-    _drop_stale_cache(pkg)
-    assert all(f.exists() for f in files)
-    (pkg / "cli.py").write_text("edited")  # not a kernel module: cache kept
-    _drop_stale_cache(pkg)
-    assert all(f.exists() for f in files)
+    d0 = kernel_digest(pkg)
+    (pkg / "cli.py").write_text("edited")
+    assert kernel_digest(pkg) == d0
+    os.utime(pkg / "_kernels" / "fixed_point.py", (1, 1))  # a reinstall's new file times
+    assert kernel_digest(pkg) == d0
     (pkg / "_kernels" / "fixed_point.py").write_text("c, edited")
-    _drop_stale_cache(pkg)
-    assert not any(f.exists() for f in files)
-    files = _cached(pkg)
-    _drop_stale_cache(pkg)
-    assert all(f.exists() for f in files)
+    d1 = kernel_digest(pkg)
+    assert d1 != d0
+    (pkg / "_kernels" / "fixed_point.py").write_text("c")
+    assert kernel_digest(pkg) == d0
+
+
+def test_prune_keeps_the_most_recent_and_the_current(tmp_path):
+    now = time.time()
+    for i, name in enumerate("abcdef"):
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (now - 100 * i, now - 100 * i))  # a newest, f oldest
+    prune_caches(tmp_path, keep=3, current="f")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "f"]
+
+
+@pytest.fixture
+def package(tmp_path, monkeypatch):
+    """A package folder with one module, the locator pointed at it."""
+    pkg = tmp_path / "pkg"
+    (pkg / "_kernels").mkdir(parents=True)
+    src = pkg / "_kernels" / "mod.py"
+    src.write_text("def f(x):\n    return x + 1\n")
+    spec = importlib.util.spec_from_file_location("deqbench_cache_probe", src)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(KernelCacheLocator, "package", pkg)
+    monkeypatch.setattr(KernelCacheLocator, "root", tmp_path / "cache")
+    return mod, src, tmp_path / "cache"
+
+
+def _compile(mod):
+    """A fresh dispatcher (a new process would make one): ``(hits, misses)``."""
+    d = jit(mod.f)
+    assert d(1) == 2
+    return sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values())
+
+
+def test_two_versions_keep_their_kernels_side_by_side(package, monkeypatch):
+    mod, src, root = package
+    monkeypatch.setattr(KernelCacheLocator, "digest", "a" * 64)
+    assert _compile(mod) == (0, 1)
+    assert _compile(mod) == (1, 0)
+    assert (root / ("a" * 20) / "_kernels").is_dir()
+    monkeypatch.setattr(KernelCacheLocator, "digest", "b" * 64)  # another kernel source
+    assert _compile(mod) == (0, 1)  # never the kernel compiled against version a
+    monkeypatch.setattr(KernelCacheLocator, "digest", "a" * 64)  # back: a gate's next round
+    assert _compile(mod) == (1, 0)
+    os.utime(src, (1, 1))  # reinstalled, same sources: file times play no part
+    assert _compile(mod) == (1, 0)
+
+
+def test_functions_outside_the_package_use_numbas_locators(tmp_path, monkeypatch):
+    monkeypatch.setattr(KernelCacheLocator, "package", tmp_path / "elsewhere")
+    monkeypatch.setattr(KernelCacheLocator, "root", tmp_path / "cache")
+    assert KernelCacheLocator.from_function(_compile, __file__) is None
+
+
+def test_the_package_installs_its_locator():
+    from numba.core import caching
+
+    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+    assert impl._locator_classes[0] is KernelCacheLocator
+    assert KernelCacheLocator.digest == kernel_digest()
+    assert KernelCacheLocator.root == _jit.cache_root()
