@@ -225,11 +225,14 @@ class TrainSufficientStats(Bench):
         )
 
 
-def _certificate_counts(p, *, lr, steps):
-    """Train ``p`` on the sufficient-statistics path with the compiled loop and
-    return ``(evaluations, counts)``: the certificate's tallies
-    (``deqbench._kernels.model.CERT_*``); NotImplementedError on commits
-    without the certificate."""
+def _certificate_run(p, *, solver, lr, steps):
+    """A callable that trains ``p`` for ``steps`` steps on the sufficient-statistics
+    path with the compiled loop (statistics gathered once, here) and returns
+    ``(evaluations, counts)``: the certificate's tallies
+    (``deqbench._kernels.model.CERT_*``). ``solver="direct"`` certifies nothing
+    beyond an invertible ``I - A``, so the same run with ``"picard"`` differs by
+    the certificate's work alone. NotImplementedError on commits without the
+    certificate."""
     try:
         from deqbench._kernels import model as _m  # noqa: PLC0415
         from deqbench._kernels import training as _k  # noqa: PLC0415
@@ -238,26 +241,31 @@ def _certificate_counts(p, *, lr, steps):
         _m.CERT_COUNTS, _k.gd_start  # noqa: B018
     except (ImportError, AttributeError) as exc:
         raise NotImplementedError(f"no solvability certificate: {exc}") from exc
-    run = prepare(p.model, p.X, p.Y, p.A, p.B, u=None, activation="identity", solver="picard",
+    run = prepare(p.model, p.X, p.Y, p.A, p.B, u=None, activation="identity", solver=solver,
                   grad_solver=None, tol=TOL, max_iter=10_000, damping=1.0, neumann_terms=0,
                   anderson_history=5, anderson_ridge=1e-10, sufficient_stats=True, L_star=None,
                   record_every=None, stop_loss=None, spectral_every="auto")
-    H = np.full((2, _m.NCOL), np.nan)
     schedule = _k.Schedule(lr=lr, steps=steps, stop_loss=-1.0, divergence_factor=1e4,
                            warm_start=True, record_every=steps + 1,
                            spectral_every=run.spectral_every)
-    state = _k.gd_start(run.model, run.A, run.B, run.solve, run.stats, schedule, H)
-    status, last, _ = _k.gd_run(run.model, run.A, run.B, run.solve, run.stats, schedule, state,
-                                steps + 1)
-    if status != _m.MAX_STEPS:
-        raise RuntimeError(f"certificate benchmark run failed: status={status}")
-    return last + 1, state.sw.counts.copy()
+
+    def train():
+        H = np.full((2, _m.NCOL), np.nan)
+        A, B = run.A.copy(), run.B.copy()
+        state = _k.gd_start(run.model, A, B, run.solve, run.stats, schedule, H)
+        status, last, _ = _k.gd_run(run.model, A, B, run.solve, run.stats, schedule, state,
+                                    steps + 1)
+        if status != _m.MAX_STEPS:
+            raise RuntimeError(f"certificate benchmark run failed: status={status}")
+        return last + 1, state.sw.counts.copy()
+
+    return train
 
 
 class CertificateCost(Tracked):
     """What certifying Picard's fixed point costs on the sufficient-statistics
     path (docs/theory.md §3, certificate), per step of a 200-step run at
-    ``m = d = 32``, counted, not timed. Exact integers over the run's 201
+    ``m = d = 32``, counted and timed. Exact integers over the run's 201
     evaluations:
 
     * ``bound_products``: Collatz-Wielandt products ``|M| s`` (O(m^2) each);
@@ -265,9 +273,13 @@ class CertificateCost(Tracked):
     * ``eig_solves``: eigendecompositions (the fallback, which also refreshes
       the reference norms that certify the next steps in O(m^2));
 
-    and ``work_fraction``: the certificate's flops per evaluation in units of
+    ``work_fraction``: the certificate's flops per evaluation in units of
     the step's (``deqbench._training.certificate_flops`` over the
-    docs/theory.md §8 step plus the ``2 m^3`` inverse of ``I - A``).
+    docs/theory.md §8 step plus the ``2 m^3`` inverse of ``I - A``); and
+    ``time_ratio``, the same timed: CPU time of the run certifying Picard
+    over the same run with ``solver="direct"`` (which certifies nothing beyond
+    an invertible ``I - A``), both timed alternately in one process
+    (``cost_ratio``); 1 would be a free certificate.
 
     ``scale_A`` of the initialization: 0.5 (the suite's problems), 0.95
     (close to the boundary, where the cheap bounds must work harder).
@@ -280,6 +292,7 @@ class CertificateCost(Tracked):
         "squarings": "evaluations",
         "eig_solves": "evaluations",
         "work_fraction": "certificate flops / step flops",
+        "time_ratio": "time with / without certificate",
     }
     steps = 200
     m = 32
@@ -293,11 +306,14 @@ class CertificateCost(Tracked):
 
         m = self.m
         p = problem("linear", m, 1024, rho=scale_A)
-        evals, counts = _certificate_counts(p, lr=LR["linear"], steps=self.steps)
+        run = _certificate_run(p, solver="picard", lr=LR["linear"], steps=self.steps)
+        reference = _certificate_run(p, solver="direct", lr=LR["linear"], steps=self.steps)
+        evals, counts = run()
         step = step_flops(m, m, 1024, True) + 2.0 * m**3
         return {
             "bound_products": int(counts[_m.CERT_MATVECS]),
             "squarings": int(counts[_m.CERT_SQUARINGS]),
             "eig_solves": int(counts[_m.CERT_BY_EIG]),
             "work_fraction": certificate_flops(m, counts) / (evals * step),
+            "time_ratio": cost_ratio(run, [(reference, 1)]),
         }

@@ -24,7 +24,10 @@
 #    allocations in compiled code) that rose at all, which a 10% factor would miss.
 # 3. Every case that check 1 flagged, either way, runs again in a fresh interleaved run
 #    with twice the processes; a time counts only when both runs flag it the same way
-#    (benchmarks/gate_confirm.py: why one run is not enough on a shared machine).
+#    and the confirming run's rounds, paired in the order they ran, agree (at least 7 of
+#    8 on the flagged side, median beyond the factor); a ratio of times (efficiency)
+#    only beyond 1.25 (benchmarks/gate_confirm.py: why one run is not enough on a
+#    shared machine).
 #    An A/A run fails if anything is confirmed, either way.
 #
 # Results go to .asv/gate/results (a copy of asv.conf.json with another results_dir),
@@ -44,6 +47,7 @@ shopt -s inherit_errexit
 DEFAULT_BENCH='^bench_(fixed_point|gradients|training|memory|theory)\.(?!.*\.peakmem_)'
 FACTOR=1.10
 CONFIRM_ROUNDS=8
+CONFIRM_REPEAT=5  # a fixed number of samples per process: gate_confirm.py splits them by round
 
 usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "gate.sh: $*" >&2; exit 2; }
@@ -153,7 +157,8 @@ run "$python" benchmarks/gate_counts.py --config "$conf" "${machine_args[@]}" "$
 #    too is reported (benchmarks/gate_confirm.py says why).
 if ((dry)); then
     echo "+ (each case flagged above) asv --config $confirm_conf continuous --factor $FACTOR" \
-         "--interleave-rounds --split -a rounds=$CONFIRM_ROUNDS --bench '^CASE\$' ... BASE HEAD"
+         "--interleave-rounds --split -a rounds=$CONFIRM_ROUNDS -a repeat=$CONFIRM_REPEAT" \
+         "--bench '^CASE\$' ... BASE HEAD"
     exit 0
 fi
 mapfile -t cases < <("$python" benchmarks/gate_confirm.py "$first")
@@ -166,11 +171,13 @@ if ((${#cases[@]})); then
     for c in "${cases[@]}"; do bench_args+=(--bench "$c"); done
     asv --config "$confirm_conf" machine --yes "${machine_args[@]}" >/dev/null
     asv --config "$confirm_conf" continuous --factor "$FACTOR" --interleave-rounds --split \
-        -a rounds="$CONFIRM_ROUNDS" "${bench_args[@]}" "${machine_args[@]}" "$base" "$head" \
+        -a rounds="$CONFIRM_ROUNDS" -a repeat="$CONFIRM_REPEAT" "${bench_args[@]}" \
+        "${machine_args[@]}" "$base" "$head" \
         | tee .asv/gate/confirm.txt || true
     compared .asv/gate/confirm.txt
     read -r worse better failed < <("$python" benchmarks/gate_confirm.py "$first" \
-        --confirmed-by .asv/gate/confirm.txt)
+        --confirmed-by .asv/gate/confirm.txt --rounds "$CONFIRM_ROUNDS" \
+        --paired .asv/gate/confirm-results "$base" "$head")
 fi
 echo "gate: flagged the same way by both runs: $worse worse, $better better, $failed failing in one commit only"
 ((worse + failed)) && status=1

@@ -28,6 +28,19 @@ changed (where the history buffers sit relative to each other, mod 4096
 bytes, made no consistent difference). A flagged efficiency therefore counts only when both
 runs moved it by more than :data:`EFFICIENCY_FACTOR` the same way.
 
+Even the confirming run's verdict is asv's U test over all its samples,
+which treats the samples as independent; they are not (one process's samples
+share its page placement, and the machine drifts from round to round). The
+confirming run therefore takes a fixed number of samples per process, and a
+time it flags counts only when the rounds agree, paired in the order they ran
+(BASE's round i beside HEAD's round i, seconds apart): the median over rounds
+of HEAD's round median over BASE's must be beyond the factor, and at least
+:data:`PAIRED_MIN` of the :data:`PAIRED_ROUNDS` paired ratios must lie on the
+flagged side of 1 (a sign test: 7 of 8 by chance has probability 9/256 =
+0.035 one-sided). In the A/A run of db7e3c4, Anderson's adjoint at m = 32
+was flagged by both runs (1.22, then 1.13); its eight paired ratios were
+1.22 1.24 0.90 1.04 1.33 0.88 1.12 1.13: six of eight, noise.
+
 This module reads the tables that ``asv continuous --split`` printed and
 prints one ``--bench`` regex per flagged case that can count (anchored, parameters
 included, which asv matches against ``name(param, ...)``); ``gate.sh``
@@ -42,15 +55,29 @@ Usage (``benchmarks/gate.sh`` calls it)::
 from __future__ import annotations
 
 import argparse
+import glob
+import itertools
+import json
+import os
 import re
+import statistics
 import sys
 
 #: asv's marks in the Change column: worse, better, failed in one commit only
 MARKS = ("+", "-", "!")
-#: The factor a ``track_efficiency`` value must move by, in both runs, to count
+#: The factor a ratio of two times measured in one process (``track_efficiency``,
+#: ``CertificateCost.track_time_ratio``) must move by, in both runs, to count
 #: (1.10 for everything else: asv's ``--factor``). The spread measured in A/A
 #: runs of unchanged code was 1.29 (max / min of four processes).
 EFFICIENCY_FACTOR = 1.25
+#: asv's factor (``gate.sh --factor``), for the paired rounds.
+FACTOR = 1.10
+#: Processes per commit of the confirming run (``gate.sh``: ``CONFIRM_ROUNDS``,
+#: passed as ``--rounds``), and how many of the paired rounds must agree.
+PAIRED_ROUNDS = 8
+PAIRED_MIN = 7
+#: The ``track_`` methods judged by :data:`EFFICIENCY_FACTOR`.
+TIME_RATIOS = (".track_efficiency(", ".track_time_ratio(")
 
 
 def flagged(text: str) -> list[tuple[str, str]]:
@@ -77,9 +104,9 @@ def _rows(text: str) -> list[tuple[str, str, float]]:
 
 
 def _counts(mark: str, name: str, ratio: float) -> bool:
-    """Whether one run's flag of ``name`` is large enough to count (efficiency: beyond
-    :data:`EFFICIENCY_FACTOR`; a failure, or any other value: always)."""
-    if mark == "!" or ".track_efficiency(" not in name:
+    """Whether one run's flag of ``name`` is large enough to count (a ratio of times:
+    beyond :data:`EFFICIENCY_FACTOR`; a failure, or any other value: always)."""
+    if mark == "!" or not any(t in name for t in TIME_RATIOS):
         return True
     return not ratio <= EFFICIENCY_FACTOR if mark == "+" else not ratio >= 1 / EFFICIENCY_FACTOR
 
@@ -91,6 +118,42 @@ def confirmed(first, second) -> list[tuple[str, str]]:
     marks = {name: mark for mark, name, ratio in _rows(first) if _counts(mark, name, ratio)}
     return [(mark, name) for mark, name, ratio in _rows(second)
             if marks.get(name) == mark and _counts(mark, name, ratio)]
+
+
+def round_medians(results_dir: str, commit: str, rounds: int = PAIRED_ROUNDS) -> dict:
+    """``{case name: [median of each round's samples]}`` of one commit's stored
+    asv results (``results_dir/<machine>/<hash8>-*.json``), rounds in the order
+    they ran (asv appends each round's samples). Cases whose sample count is not
+    a multiple of ``rounds`` are left out."""
+    out = {}
+    for path in glob.glob(os.path.join(results_dir, "*", commit[:8] + "-*.json")):
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        cols = data["result_columns"]
+        for key, row in data["results"].items():
+            row = dict(zip(cols, row, strict=False))
+            params = row.get("params") or []
+            combos = list(itertools.product(*params)) if params else [()]
+            for combo, samples in zip(combos, row.get("samples") or [], strict=False):
+                if not samples or len(samples) % rounds:
+                    continue
+                k = len(samples) // rounds
+                name = f"{key}({', '.join(combo)})" if combo else key
+                out[name] = [statistics.median(samples[i * k:(i + 1) * k]) for i in range(rounds)]
+    return out
+
+
+def paired(mark: str, base: list, head: list) -> bool:
+    """Whether the paired rounds (``head[i] / base[i]``) agree with ``mark``:
+    :data:`PAIRED_MIN` of :data:`PAIRED_ROUNDS` on its side of 1 (scaled to the
+    number of rounds given), their median beyond :data:`FACTOR`."""
+    ratios = [h / b for b, h in zip(base, head, strict=True)]
+    need = -(-PAIRED_MIN * len(ratios) // PAIRED_ROUNDS)
+    if mark == "+":
+        side, beyond = sum(r > 1 for r in ratios), statistics.median(ratios) > FACTOR
+    else:
+        side, beyond = sum(r < 1 for r in ratios), statistics.median(ratios) < 1 / FACTOR
+    return beyond and side >= need
 
 
 def bench_regex(name: str) -> str:
@@ -106,9 +169,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--confirmed-by", metavar="SECOND", default=None,
                    help="the confirming run's output: print the numbers of worse, better and "
                    "failed cases that both runs flagged the same way")
+    p.add_argument("--paired", nargs=3, metavar=("RESULTS", "BASE", "HEAD"), default=None,
+                   help="the confirming run's results folder and the two commits: a flagged "
+                   "time counts only if its paired rounds agree")
+    p.add_argument("--rounds", type=int, default=PAIRED_ROUNDS,
+                   help="processes per commit of the confirming run (default %(default)s)")
     args = p.parse_args(argv)
     if args.confirmed_by is not None:
         both = confirmed(_read(args.output), _read(args.confirmed_by))
+        if args.paired:
+            results, base, head = args.paired
+            rb = round_medians(results, base, args.rounds)
+            rh = round_medians(results, head, args.rounds)
+            both = [(mark, name) for mark, name in both
+                    if mark == "!" or name not in rb or name not in rh
+                    or paired(mark, rb[name], rh[name])]
         print(*(sum(m == mark for m, _ in both) for mark in MARKS))
     else:
         rows = _rows(_read(args.output))

@@ -426,3 +426,33 @@ def test_theory_tracks_hold_their_predictions():
     lo, hi = theory.drift_gain_bounds(lr, s["lr_beta"] / lr)
     assert lo <= s["drift_over_lr_gain"] <= hi
     assert 0.8 <= s["fp_iters_over_predicted"] <= 1.2
+
+
+def test_gate_confirm_pairs_the_rounds(tmp_path):
+    """A confirmed time must move in (almost) every paired round: the A/A run of
+    db7e3c4 moved Anderson's adjoint 1.13 overall with six of eight rounds up."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gate_confirm
+    finally:
+        sys.path.pop(0)
+    aa = [1.22, 1.24, 0.90, 1.04, 1.33, 0.88, 1.12, 1.13]
+    base = [30.0] * 8
+    assert not gate_confirm.paired("+", base, [30.0 * r for r in aa])
+    assert gate_confirm.paired("+", base, [30.0 * 1.15] * 7 + [29.0])
+    assert not gate_confirm.paired("+", base, [30.0 * 1.05] * 8)  # all up, not beyond 1.10
+    assert not gate_confirm.paired("-", base, [30.0 * 1.15] * 8)  # the other side
+    assert gate_confirm.paired("-", base, [30.0 / 1.2] * 8)
+    # results as asv stores them: samples of all rounds, round after round
+    name = "bench_x.C.time_x"
+    samples = [[float(r)] * 5 for r in range(8)]
+    row = {"result": [1.0, None], "params": [["'a'", "'b'"]],
+           "samples": [sum(samples, []), None]}
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "abcdef12-env.json").write_text(json.dumps(
+        {"result_columns": list(row), "results": {name: list(row.values())}}))
+    out = gate_confirm.round_medians(str(tmp_path), "abcdef1234567")
+    assert out == {f"{name}('a')": [float(r) for r in range(8)]}
+    assert gate_confirm.round_medians(str(tmp_path), "abcdef1234567", rounds=3) == {}
