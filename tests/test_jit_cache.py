@@ -1,7 +1,9 @@
 """Compiled kernels are cached per version of the kernel sources (deqbench/_jit.py)."""
 
+import gc
 import importlib.util
 import os
+import sys
 import time
 
 import pytest
@@ -51,6 +53,9 @@ def package(tmp_path, monkeypatch):
     src.write_text("def f(x):\n    return x + 1\n")
     spec = importlib.util.spec_from_file_location("deqbench_cache_probe", src)
     mod = importlib.util.module_from_spec(spec)
+    # importable by name, as a real module is: a kernel loaded from the cache
+    # rebuilds its environment by importing its module
+    monkeypatch.setitem(sys.modules, spec.name, mod)
     spec.loader.exec_module(mod)
     monkeypatch.setattr(KernelCacheLocator, "package", pkg)
     monkeypatch.setattr(KernelCacheLocator, "root", tmp_path / "cache")
@@ -59,6 +64,7 @@ def package(tmp_path, monkeypatch):
 
 def _compile(mod):
     """A fresh dispatcher (a new process would make one): ``(hits, misses)``."""
+    gc.collect()  # no environment of an earlier compilation left alive to reuse
     d = jit(mod.f)
     assert d(1) == 2
     return sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values())
