@@ -93,6 +93,23 @@ def test_picard_iterations_match_prediction(rng, rho, kind):
     assert abs(res.n_iter - predicted) <= 0.1 * predicted + 3
 
 
+def test_anderson_evaluates_the_minimiser_at_large_radius():
+    """rho(A) = 3000, m = 3, history 5 >= m + 1: the window's least squares
+    terminates (GMRES) after m + 1 evaluations, but one map step after it
+    multiplies the residual by A^T; Anderson evaluates the minimiser itself
+    (docs/theory.md §3). Without that it drifts to the growth rule."""
+    m, n = 3, 25
+    rng = np.random.default_rng(0)
+    A = 0.4 * rng.standard_normal((m, m)) / np.sqrt(m) + np.outer(rng.standard_normal(m),
+                                                                   rng.standard_normal(m))
+    A *= 3000.0 / np.abs(np.linalg.eigvals(A)).max()
+    U = rng.standard_normal((n, m))
+    res = db.fixed_point(U, A, np.eye(m), method="anderson", tol=TOL, max_iter=300)
+    assert res.converged and res.n_iter <= 2 * (m + 1)
+    np.testing.assert_allclose(res.z, np.linalg.solve(np.eye(m) - A, U.T).T, rtol=1e-10,
+                               atol=1e-10 * np.abs(res.z).max())
+
+
 def test_damping_converges_where_picard_diverges(rng):
     # eigenvalues -1.5 .. 0.5: spectral radius 1.5 > 1, real parts < 1
     m, d, n = 10, 4, 60

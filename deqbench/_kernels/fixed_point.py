@@ -28,6 +28,9 @@ MAX_ITER = 1
 DIVERGED = 2  # non-finite values or residual growth beyond GROWTH
 GROWTH = 1e8  # absolute residual may not exceed GROWTH x the first one
 RUNNING = -1  # the iteration goes on (internal to :func:`stopping`)
+MINIMISER_SHARE = 0.5
+"""Anderson evaluates the least-squares minimiser itself once its predicted
+relative residual is at most this share of ``tol`` (:func:`anderson`)."""
 
 _TINY = 1e-300
 
@@ -267,6 +270,11 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
     The least-squares weights: ``alpha = w / sum(w)`` with ``w = D^-1 v``,
     ``(D^-1 GG D^-1 + ridge I) v = D^-1 1`` and ``D = diag(GG)^(1/2)`` (the ridge
     relative to each residual's size); ``beta`` mixes map values and iterates.
+    Once the minimiser's predicted relative residual ``||sum_p alpha_p G_p|| /
+    ||F||`` is at most ``MINIMISER_SHARE tol``, the next iterate is the
+    minimiser ``sum_p alpha_p Z_p`` itself (mix 0; Walker and Ni: Anderson's
+    iterate is one map step from the GMRES iterate, a step that multiplies its
+    residual by ``A^T`` on a linear map, docs/theory.md §3).
     """
     kmax = Fh.shape[0]
     par = Z.size >= PASS_PARALLEL_MIN
@@ -278,6 +286,7 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
     r0 = -1.0
     res = np.inf
     k = 0
+    minimiser = False  # whether Z is the last window's minimiser (mix 0)
     while True:
         s = k % kmax
         dd, ff = anderson_eval(Z, M, U, code, param, D, Fh[s], Gh[s])
@@ -316,10 +325,24 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
             total = 1.0
         for p in range(slots):
             w[p] /= total
+        # the minimiser's own residual ||sum_p alpha_p G_p||^2 = alpha^T GG alpha (O(k^2)):
+        # when it is below MINIMISER_SHARE tol ||F||, evaluate the minimiser Zbar = sum_p
+        # alpha_p Z_p itself (mix 0) rather than F(Zbar): on a linear map F(Zbar)'s
+        # residual is Zbar's times A^T plus rounding, which for large ||A|| undoes the
+        # convergence (docs/theory.md §3); never twice in a row (no new direction)
+        mix = beta
+        if not minimiser:
+            gbar = 0.0
+            for p in range(slots):
+                for q in range(slots):
+                    gbar += w[p] * w[q] * GG[p, q]
+            if gbar <= (MINIMISER_SHARE * tol) ** 2 * ff:
+                mix = 0.0
+        minimiser = mix == 0.0
         if par:
-            zz = _anderson_mix_p(Z, Fh, Gh, w, slots, beta, rows)
+            zz = _anderson_mix_p(Z, Fh, Gh, w, slots, mix, rows)
         else:
-            zz = _anderson_mix_s(Z, Fh, Gh, w, slots, beta, rows)
+            zz = _anderson_mix_s(Z, Fh, Gh, w, slots, mix, rows)
         if not np.isfinite(zz):
             # restore the last finite iterate: X_s = F_s - G_s
             Z[:, :] = Fh[s]
