@@ -250,8 +250,8 @@ def initial_failure(A0: np.ndarray, solve: _m.Solve, status: str) -> str:
             continue
         M = (1.0 - solve.damping) * np.eye(m) + solve.damping * A0
         rho = float(np.max(np.abs(np.linalg.eigvals(M))))
-        if rho > 1.0 - _m.CERT_MARGIN and not (code == _m.ANDERSON
-                                                 and solve.anderson_history >= m):
+        window = _m.anderson_terminates(solve.anderson_history, m)
+        if rho > 1.0 - _m.CERT_MARGIN and not (code == _m.ANDERSON and window):
             return (f"the {names[code]} iteration matrix (1 - damping) I + damping A0 has "
                     f"spectral radius {rho:.6g} >= 1, so {names[code]!r} cannot solve the "
                     "fixed point (solver='direct' can)")

@@ -189,9 +189,11 @@ def test_certificate_cheap_tests_decide_where_they_can():
     # is {1.25, 0.25}, still outside; with spectrum {-1.5, 0.5}, b = 2/3 -> {-2/3, 2/3}
     assert not _certified(np.diag([1.5, -0.5]), _m.PICARD, 0.5)[0]
     assert _certified(np.diag([-1.5, 0.5]), _m.PICARD, 2.0 / 3.0)[0]
-    # Anderson: a window that holds the whole space needs only invertibility
-    assert _certified(np.diag([1.5, 0.1]), _m.ANDERSON, history=2)[0]
-    assert not _certified(np.diag([1.5, 0.1]), _m.ANDERSON, history=1)[0]
+    # Anderson: a window of m + 1 residuals terminates, needs only invertibility;
+    # m slots do not (m = 1, one slot: plain Picard)
+    assert _certified(np.diag([1.5, 0.1]), _m.ANDERSON, history=3)[0]
+    assert not _certified(np.diag([1.5, 0.1]), _m.ANDERSON, history=2)[0]
+    assert not _certified(np.array([[1.5]]), _m.ANDERSON, history=1)[0]
     assert _certified(np.diag([1.5, 0.1]), _m.DIRECT)[0]
 
 
@@ -238,7 +240,16 @@ CASES = [
     # relative to the largest residual used to erase the small ones and stop it
     ("anderson", {}, 20.0, "max_steps"),
     ("anderson", {}, 50.0, "max_steps"),
+    # rho(A) = 873 from the first step: the least squares terminates, but the map
+    # step after it multiplied the residual by A^T (docs/theory.md §3); per
+    # sample Anderson now evaluates the minimiser itself. Near the rounding limit:
+    # the minimiser's residual is within a factor 3 of tol here
+    ("anderson", {}, 200.0, "max_steps"),
     ("anderson", {"anderson_history": 2}, 50.0, "fixed_point_failed"),
+    # history = m = 3: the window misses one residual of the Krylov space, per
+    # sample it fails at the first step; the certificate used to accept it
+    ("anderson", {"anderson_history": 3}, 5.0, "fixed_point_failed"),
+    ("anderson", {"anderson_history": 4}, 5.0, "max_steps"),
     ("direct", {}, 50.0, "max_steps"),
     ("direct", {}, 1e12, "max_steps"),  # I - A stays invertible: inside direct's domain
 ]

@@ -655,13 +655,22 @@ def _squaring_bound(A, beta, Sq, limit, counts, max_squarings):
 
 
 @jit
+def anderson_terminates(history, m):
+    """Whether Anderson with ``history`` slots terminates on an ``m x m`` linear
+    map in exact arithmetic: its window must hold ``m + 1`` residuals (the
+    minimiser is a degree-``m`` polynomial in ``A``; with ``m`` slots and ``m = 1``
+    it is plain Picard), docs/theory.md §3."""
+    return history > m
+
+
+@jit
 def certify(A, solver, solve, sw):
     """Whether ``solver`` (PICARD, ANDERSON, DIRECT) provably solves the fixed
     point at ``A`` (docs/theory.md §3, certificate); ``I - A`` is already
     known to be invertible (:func:`_invert_c`).
 
-    Picard with damping ``beta``, and Anderson with fewer history slots than
-    ``m``: the spectral radius of ``M = (1 - beta) I + beta A`` must be at
+    Picard with damping ``beta``, and Anderson with at most ``m`` history
+    slots: the spectral radius of ``M = (1 - beta) I + beta A`` must be at
     most ``1 - CERT_MARGIN``. Upper bounds on ``rho(M)``, tried in order of
     cost until one certifies (they can only certify): the norm bound
     ``min(||M||_1, ||M||_inf, ||M||_F)``, the reference norms of the last
@@ -669,12 +678,13 @@ def certify(A, solver, solve, sw):
     Collatz-Wielandt bound on ``|M|`` (all O(m^2)), then repeated squaring (a
     few gemms, while fewer than ``CERT_SQUARING_BUDGET`` were spent since the
     last eigendecomposition); last an eigendecomposition, which decides either
-    way and becomes the next reference. Direct, and Anderson with ``m`` or
-    more slots (GMRES on ``I - A``, finite termination): invertible ``I - A``
-    suffices. ``sw.counts`` tallies which test decided.
+    way and becomes the next reference. Direct, and Anderson with ``m + 1``
+    or more slots (:func:`anderson_terminates`: GMRES on ``I - A``, finite
+    termination): invertible ``I - A`` suffices. ``sw.counts`` tallies which test decided.
     """
     m = A.shape[0]
-    if solver == DIRECT or (solver == ANDERSON and solve.anderson_history >= m):
+    if solver == DIRECT or (solver == ANDERSON
+                            and anderson_terminates(solve.anderson_history, m)):
         return True
     limit = 1.0 - CERT_MARGIN
     beta = solve.damping
