@@ -18,7 +18,7 @@ import numpy as np
 
 import deqbench as db
 
-from .common import FULL, Bench, grid, peak_rss_increase_mib, require_api, strict
+from .common import Bench, full_only, grid, peak_rss_increase_mib, require_api, strict
 from .large_data import samples_per_second, write
 
 M, D = 16, 16
@@ -61,6 +61,7 @@ class ChunkedMemory(Bench):
     track_peak_increase.unit = "MiB"
 
 
+@full_only
 class LargeFile(Bench):
     """The issue's large-file case (``DEQBENCH_FULL=1`` only: it writes a 16 GB
     file): tanh ``loss_and_grad`` on ``n = 4e6`` rows, ``d = 512``, ``m = 64``,
@@ -76,8 +77,6 @@ class LargeFile(Bench):
 
     def setup(self, n):
         require_api()
-        if not FULL:
-            raise NotImplementedError("DEQBENCH_FULL=1 only (writes a 16 GB file)")
         self.root = write(None, n, self.d, self.m)
         self.A, self.B = params_for(self.d, self.m)
         X, Y, _, _ = db.data.read_teacher(self.root)
