@@ -176,7 +176,7 @@ if ((${#cases[@]})); then
         | tee .asv/gate/confirm.txt || true
     compared .asv/gate/confirm.txt
     read -r worse better failed < <("$python" benchmarks/gate_confirm.py "$first" \
-        --confirmed-by .asv/gate/confirm.txt --rounds "$CONFIRM_ROUNDS" \
+        --confirmed-by .asv/gate/confirm.txt --factor "$FACTOR" --rounds "$CONFIRM_ROUNDS" \
         --paired .asv/gate/confirm-results "$base" "$head")
 fi
 echo "gate: flagged the same way by both runs: $worse worse, $better better, $failed failing in one commit only"
