@@ -9,7 +9,7 @@ import numpy as np
 
 # --- activations, written independently of the kernels -------------------
 
-_ERF = np.vectorize(math.erf)
+_ERFC = np.vectorize(math.erfc)
 
 
 def act(name, x, slope=0.01):
@@ -27,7 +27,7 @@ def act(name, x, slope=0.01):
     if name == "relu":
         return np.maximum(x, 0.0)
     if name == "gelu":
-        return 0.5 * x * (1.0 + _ERF(x / math.sqrt(2.0)))
+        return 0.5 * x * _ERFC(-x / math.sqrt(2.0))  # erfc: no 1 + erf cancellation for x << 0
     if name == "smooth_leaky":
         return slope * x + (1.0 - slope) * np.logaddexp(0.0, x)
     raise ValueError(name)

@@ -383,9 +383,8 @@ _CHILD = textwrap.dedent("""
 def test_ctrl_c_stops_the_run_and_keeps_what_finished(func, ss, record_property):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     code = _CHILD.replace("SS", str(ss)).replace("FUNC", func)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
-                            preexec_fn=default_sigint)
+    proc = subprocess.Popen(default_sigint([sys.executable, "-c", code]), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     try:
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
         time.sleep(0.5)  # inside the long run

@@ -592,8 +592,8 @@ def test_ctrl_c_stops_the_sweep_within_a_second_keeps_what_finished_and_resumes(
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "deqbench.cli", "sweep", str(grid), "--out", str(out),
            "--workers", "2", "--format", "csv"]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=default_sigint)
+    proc = subprocess.Popen(default_sigint(cmd), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     kids: set[int] = set()
     try:
         deadline = time.monotonic() + 120

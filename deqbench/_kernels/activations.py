@@ -29,6 +29,19 @@ _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 @jit(inline="always")
+def _gelu(x):
+    """``x Phi(x)``, with ``Phi(x) = erfc(-x / sqrt 2) / 2``: no ``1 + erf`` cancellation
+    in the left tail."""
+    return 0.5 * x * math.erfc(-x * _INV_SQRT2)
+
+
+@jit(inline="always")
+def _dgelu(x):
+    """``Phi(x) + x phi(x)``."""
+    return 0.5 * math.erfc(-x * _INV_SQRT2) + x * _INV_SQRT2PI * math.exp(-0.5 * x * x)
+
+
+@jit
 def act(code, param, x):
     if code == IDENTITY:
         return x
@@ -43,7 +56,7 @@ def act(code, param, x):
     if code == RELU:
         return x if x > 0.0 else 0.0
     if code == GELU:
-        return 0.5 * x * (1.0 + math.erf(x * _INV_SQRT2))
+        return _gelu(x)
     if code == SMOOTH_LEAKY:
         # a x + (1 - a) softplus(x), split at 0 so that no term is inf - inf at +-inf
         # (fast-math may distribute (1 - a) x into x - a x)
@@ -53,7 +66,7 @@ def act(code, param, x):
     return math.nan
 
 
-@jit(inline="always")
+@jit
 def dact(code, param, x):
     if code == IDENTITY:
         return 1.0
@@ -72,17 +85,21 @@ def dact(code, param, x):
     if code == RELU:
         return 1.0 if x > 0.0 else 0.0
     if code == GELU:
-        return 0.5 * (1.0 + math.erf(x * _INV_SQRT2)) + x * _INV_SQRT2PI * math.exp(-0.5 * x * x)
+        return _dgelu(x)
     return math.nan
 
 
-@jit(inline="always")
+@jit
 def h_row(code, param, t, u, d):
     """``t <- h(t + u)`` along a row (or a flat block of rows): ``h = act(code)``, or ``d * .`` for
-    ``MASK``. The SIMD activations get a loop each, so LLVM vectorises them
+    ``MASK``. Every activation gets a loop of its own, so LLVM vectorises it
     (a loop over the generic :func:`act` dispatch stays scalar: a leaky-ReLU
     solve took 1.8x a tanh solve through it, asv FixedPointMetrics.track_efficiency
-    at m = 32). gelu stays there (no SIMD erf)."""
+    at m = 32; gelu's loop stays scalar, there is no SIMD erf).
+
+    Compiled once per dtype and called, not inlined into its callers at numba's
+    IR level: inlining these nine loops into every kernel cost most of the cold
+    compile time (``train``'s first call, 178 s -> 78 s without it)."""
     m = t.shape[0]
     if code == IDENTITY:
         for j in range(m):
@@ -114,15 +131,18 @@ def h_row(code, param, t, u, d):
         for j in range(m):
             x = t[j] + u[j]
             t[j] = (x if x >= 0.0 else param * x) + c * vm.softplus(-abs(x))
+    elif code == GELU:
+        for j in range(m):
+            t[j] = _gelu(t[j] + u[j])
     else:
         for j in range(m):
             t[j] = act(code, param, t[j] + u[j])
 
 
-@jit(inline="always")
+@jit
 def dh_row(code, param, t, u):
     """``t <- phi'(t + u)`` along a row (or a flat block of rows); as in
-    :func:`h_row`, each activation but gelu (no SIMD erf) gets a loop of its own."""
+    :func:`h_row`, each activation gets a loop of its own (identity: the generic one)."""
     m = t.shape[0]
     if code == TANH:
         for j in range(m):
@@ -145,6 +165,9 @@ def dh_row(code, param, t, u):
     elif code == RELU:
         for j in range(m):
             t[j] = 1.0 if t[j] + u[j] > 0.0 else 0.0
+    elif code == GELU:
+        for j in range(m):
+            t[j] = _dgelu(t[j] + u[j])
     else:
         for j in range(m):
             t[j] = dact(code, param, t[j] + u[j])
