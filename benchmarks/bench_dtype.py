@@ -15,14 +15,14 @@ import numpy as np
 
 import deqbench as db
 
-from .common import Bench, forward_problem, grid, rel_err, strict
+from .common import Ungated, forward_problem, grid, rel_err, strict
 
 SIZES = grid([256], [256, 1024])
 N = 2048
 DTOL = 1e-5
 
 
-class Dtype(Bench):
+class Dtype(Ungated):
     """W1 and W2 at ``||A||_2 = 0.5``, ``tol = 1e-5``, ``n = 2048``, in float32 and float64."""
 
     params = (["float64", "float32"], SIZES)

@@ -12,12 +12,12 @@ compilation is never timed. Default grid: n = 2048, m in {32, 256} (W4: m = 64);
 from __future__ import annotations
 
 try:
-    from .common import Bench, grid
+    from .common import Ungated, grid
     from .peers import problems as P
     from .peers.problems import PeerMissing
     from .peers.registry import forward_factories, step_factories
 except ImportError:  # run from the repository root without the package
-    from benchmarks.common import Bench, grid
+    from benchmarks.common import Ungated, grid
     from benchmarks.peers import problems as P
     from benchmarks.peers.problems import PeerMissing
     from benchmarks.peers.registry import forward_factories, step_factories
@@ -50,7 +50,7 @@ def _build(factories, peer: str, p, grads: bool):
     return fn, out
 
 
-class PeersForward(Bench):
+class PeersForward(Ungated):
     """W1: forward Picard solve of the linear DEQ, rho(A) = 0.5, tol 1e-10."""
 
     params = (SIZES, PEERS)
@@ -69,7 +69,7 @@ class PeersForward(Bench):
     track_map_evaluations.unit = "evaluations"
 
 
-class PeersGradStep(Bench):
+class PeersGradStep(Ungated):
     """W2: loss and exact implicit gradient (forward + adjoint to 1e-10)."""
 
     params = (SIZES, PEERS)
@@ -86,7 +86,7 @@ class PeersGradStep(Bench):
         self.fn()
 
 
-class PeersTanhStep(Bench):
+class PeersTanhStep(Ungated):
     """W4: nonlinear (tanh) DEQ, forward + implicit gradient."""
 
     params = (TANH_M, [p for p in PEERS if p != "numpy direct"])

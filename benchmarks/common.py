@@ -96,6 +96,16 @@ class Bench:
     timeout = 300.0
 
 
+class Ungated(Bench):
+    """:class:`Bench` for the ``time_`` benchmarks ``benchmarks/gate.sh`` does not
+    judge (the peers, float32 against float64): their values are history for the
+    dashboard and ratios read within one run, not a gate, so the default suite
+    runs them in 2 processes per commit (6-10 samples) instead of 4, which halves
+    their share of the default ``asv run``; ``DEQBENCH_FULL=1`` keeps 4."""
+
+    rounds = 4 if FULL else 2
+
+
 def full_only(cls):
     """Class decorator: the class is part of the ``DEQBENCH_FULL=1`` suite only
     (asv does not see it in the default suite). For benchmarks whose points
