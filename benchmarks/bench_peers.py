@@ -6,7 +6,8 @@ is not installed is skipped (``NotImplementedError`` in ``setup``); install
 them with ``pip install -e ".[peers]"``. ``setup`` builds the problem, runs
 the peer once (JIT compilation, correctness check against a dense solve), so
 compilation is never timed. Default grid: n = 2048, m in {32, 256} (W4: m = 64);
-``DEQBENCH_FULL=1``: the issue's sizes, n = 8192, m in {32, 256, 1024} (W4: 256).
+``DEQBENCH_FULL=1``: the issue's sizes, n = 8192, m in {32, 256, 1024} (W4: 256),
+and the "numpy direct" reference.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ except ImportError:  # run from the repository root without the package
 SIZES = grid([32, 256], [32, 256, 1024])
 N = grid([2048], [8192])[0]
 TANH_M = grid([64], [256])
-PEERS = ["deqbench", "numpy loop", "numpy direct", "pytorch eager", "torchdeq", "jaxopt"]
+# "numpy direct" (one LU of I - A: the exact answer, not an iteration) in the full suite
+# only: it takes a third of the peers' share of the default run and gates nothing
+PEERS = ["deqbench", "numpy loop", *grid([], ["numpy direct"]), "pytorch eager", "torchdeq",
+         "jaxopt"]
 
 _CACHE: dict = {}
 
