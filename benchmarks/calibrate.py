@@ -28,6 +28,7 @@ import numpy as np
 from deqbench._kernels import fixed_point as fp
 from deqbench._kernels import gradients as g
 from deqbench._kernels.activations import IDENTITY
+from deqbench._kernels.blocks import block_rows
 from deqbench._threads import single_threaded_blas
 
 BLOCKS = [1 << k for k in range(14, 21)]
@@ -70,16 +71,17 @@ def blocks_table(n: int) -> None:
               + f"  {flops / t_mm / 1e9:6.1f}  {top} KiB")
 
 
-def pass_table() -> None:
+def pass_table(max_log: int = 22) -> None:
     print("element pass (residual_loss): serial / parallel time")
     rng = np.random.default_rng(1)
-    for k in range(12, 23, 2):
+    for k in range(12, max_log + 1, 2):
         n = (1 << k) // 16
         Z = rng.standard_normal((n, 16))
         Y = rng.standard_normal((n, 16))
         G = np.empty_like(Z)
-        ts = best(partial(g._residual_loss_s, Z, Y, G))
-        tp = best(partial(g._residual_loss_p, Z, Y, G))
+        rows = block_rows(n, 16)
+        ts = best(partial(g._residual_loss_s, Z, Y, G, rows))
+        tp = best(partial(g._residual_loss_p, Z, Y, G, rows))
         print(f"2^{k:<3} elements: {ts * 1e6:9.1f} us serial, {tp * 1e6:9.1f} us parallel, "
               f"ratio {ts / tp:5.2f}")
 

@@ -456,3 +456,17 @@ def test_gate_confirm_pairs_the_rounds(tmp_path):
     out = gate_confirm.round_medians(str(tmp_path), "abcdef1234567")
     assert out == {f"{name}('a')": [float(r) for r in range(8)]}
     assert gate_confirm.round_medians(str(tmp_path), "abcdef1234567", rounds=3) == {}
+
+
+def test_calibrate_runs_at_small_sizes(capsys):
+    """``python -m benchmarks.calibrate`` re-measures the kernels' thresholds; its
+    tables call private kernels whose signatures change (``_residual_loss`` gained
+    ``rows`` and the calibration crashed unnoticed)."""
+    from benchmarks import calibrate
+
+    calibrate.blocks_table(64)
+    calibrate.pass_table(max_log=14)
+    calibrate.scaling(m=8, n=256)
+    out = capsys.readouterr().out
+    assert out.count(" KiB\n") == len(calibrate.WIDTHS)
+    assert out.count("ratio") == 2 and "on 1 thread" in out

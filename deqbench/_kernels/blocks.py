@@ -23,11 +23,16 @@ from .._jit import jit, prange, twins
 
 #: Target bytes of one ``rows x m`` float64 block of one array, and the
 #: bounds on its rows. Set from ``python -m benchmarks.calibrate`` on the
-#: 2-core AMD EPYC (Zen 4, AVX-512) of this project, quiet (CLEAN, 0.4% other
-#: CPU): map evaluations at n = 8192 ran best with 128 KiB-512 KiB blocks for
-#: m <= 64 and with 128-row blocks at m = 256 and 1024 (1024 rows of 8 KiB:
-#: 34 GFLOP/s at m = 1024 with 32-row blocks against 93 with 128 rows).
-BLOCK_BYTES = 1 << 18
+#: 2-core AMD EPYC (Zen 4, AVX-512, 1 MiB L2 per core) of this project, quiet
+#: (CLEAN, 0.2-0.3% other CPU), on 2 threads and on 1
+#: (``results/calibrate/README.md``): map evaluations at n = 8192 fall off a
+#: cliff once a block passes 128 KiB at m <= 32 and 64 KiB at m = 64 (likely the
+#: blocks of Z, U and T plus BLAS's packing buffers outgrow L2; m = 32, 2 threads,
+#: 82 GFLOP/s at 128 KiB, 62 at 256 KiB; m = 64, 93 at 64 KiB, 77 at 128 KiB),
+#: so 64 KiB; wide blocks win at m = 1024 (1024 rows of 8 KiB: 24 GFLOP/s with
+#: 16 KiB blocks against 97 with 128 rows), hence ``MIN_ROWS``. Until 2026-11-28
+#: this was 256 KiB, 0.77-0.84 of numpy's matmul rate at m = 32 and 64.
+BLOCK_BYTES = 1 << 16
 MIN_ROWS = 128
 MAX_ROWS = 1024
 
