@@ -48,9 +48,9 @@ class FlowResult:
         ``"finished"`` (``t_end`` reached), ``"converged"`` (loss <=
         ``stop_loss``), ``"max_steps"``, ``"diverged"`` (loss above
         ``DIVERGENCE_FACTOR * L_0``), ``"fixed_point_failed"`` (the step size
-        collapsed because solves kept failing; on the sufficient-statistics
-        path, because ``solver`` was not certified to solve the fixed point
-        beyond that point, docs/theory.md §3), ``"step_too_small"`` or
+        collapsed because solves kept failing, or because ``solver`` is not
+        certified to solve the fixed point beyond that point, docs/theory.md
+        §3), ``"step_too_small"`` or
         ``"interrupted"`` (Ctrl-C; only on :attr:`~deqbench.TrainInterrupted.result`).
     history : dict of 1-D arrays
         The keys of :func:`deqbench.train` plus ``t``; ``step`` counts

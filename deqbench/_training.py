@@ -107,9 +107,9 @@ class TrainResult:
         ``"converged"`` (loss <= ``stop_loss``), ``"max_steps"``,
         ``"diverged"`` (non-finite loss, gradient or parameters, or loss above
         ``DIVERGENCE_FACTOR * L_0``), ``"fixed_point_failed"`` (``I - A`` is
-        singular, or a forward or adjoint solve did not reach ``tol`` in
-        ``max_iter`` iterations; on the sufficient-statistics path: the
-        requested solver is not certified to solve it, docs/theory.md §3),
+        singular, the requested solver is not certified to solve it at ``A``
+        (linear and single-index models, docs/theory.md §3), or a forward or
+        adjoint solve did not reach ``tol`` in ``max_iter`` iterations),
         ``"read_error"`` (data on disk could not be read; ``A0``, ``B0``
         returned) or ``"interrupted"`` (Ctrl-C; only on
         :attr:`TrainInterrupted.result`).
@@ -250,11 +250,13 @@ def initial_failure(A0: np.ndarray, solve: _m.Solve, status: str) -> str:
             continue
         M = (1.0 - solve.damping) * np.eye(m) + solve.damping * A0
         rho = float(np.max(np.abs(np.linalg.eigvals(M))))
-        window = _m.anderson_terminates(solve.anderson_history, m)
-        if rho > 1.0 - _m.CERT_MARGIN and not (code == _m.ANDERSON and window):
+        if rho > solve.cert_limit:
+            why = (f">= 1, so {names[code]!r} cannot solve the fixed point" if rho >= 1.0 else
+                   f"> {solve.cert_limit:.6g}, where a solve from zero needs more than "
+                   f"max_iter={solve.max_iter} iterations to reach tol={solve.tol:g}")
             return (f"the {names[code]} iteration matrix (1 - damping) I + damping A0 has "
-                    f"spectral radius {rho:.6g} >= 1, so {names[code]!r} cannot solve the "
-                    "fixed point (solver='direct' can)")
+                    f"spectral radius {rho:.6g} {why} (docs/theory.md §3; solver='direct' "
+                    "can)")
     return (f"a solve at A0 did not reach tol={solve.tol:g} within max_iter={solve.max_iter} "
             "iterations")
 
@@ -435,6 +437,7 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
             anderson_ridge=opts.anderson_ridge,
             anderson_history=slots,
             neumann_terms=nk,
+            cert_limit=theory.certified_rate(opts.tol, opts.max_iter),
         ),
         stats=_m.SuffStats(use=use_ss, Sxx=Sxx, W_star=Wstar, L_star=float(kernel_Lstar)),
         record_every=record_every,
@@ -569,11 +572,12 @@ def train(
     -----
     docs/theory.md §3, §5-§8. The loop, the solves and the recording run in
     compiled slices of about :data:`SLICE_SECONDS` (Python only checks for
-    Ctrl-C between them); all ``n``-sized buffers are allocated once. On the
-    sufficient-statistics path every step certifies that the requested
-    solver can solve the fixed point (docs/theory.md §3), so the status does
-    not depend on the path. Numerical failure never raises: see
-    ``TrainResult.status``.
+    Ctrl-C between them); all ``n``-sized buffers are allocated once. For the
+    linear and single-index models every step first certifies that the
+    requested solver can solve the fixed point at ``A`` (Picard and Anderson:
+    the spectral radius of ``(1 - damping) I + damping A`` below 1;
+    docs/theory.md §3), on both gradient paths, so the status does not depend
+    on the path. Numerical failure never raises: see ``TrainResult.status``.
     """
     run = prepare(
         model, X, Y, A0, B0, u=u, activation=activation, solver=solver,

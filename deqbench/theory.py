@@ -19,6 +19,7 @@ from . import _validate as v
 from .activations import Activation, get_activation
 
 __all__ = [
+    "certified_rate",
     "conditioning_bounds",
     "drift_bound",
     "drift_gain_bounds",
@@ -487,6 +488,39 @@ def predicted_fp_iters(rate, tol, *, gap=None) -> float:
     if rate == 0.0 or target >= 1.0:
         return 1.0
     return float(max(1, math.ceil(math.log(target) / math.log(rate))))
+
+
+CERT_MARGIN = 1e-6
+"""The certified rate of :func:`certified_rate` is at most ``1 - CERT_MARGIN``."""
+
+
+def certified_rate(tol, max_iter) -> float:
+    """The largest iteration rate that :func:`deqbench.train` and
+    :func:`deqbench.flow` certify for Picard and Anderson solves with
+    ``tol`` and ``max_iter`` (docs/theory.md §3, certificate).
+
+    The rate ``r`` whose predicted count :func:`predicted_fp_iters` (from
+    ``Z0 = 0``) is ``max_iter``, found by bisection, and at most
+    ``1 - CERT_MARGIN``. A step whose iteration matrix has a larger spectral
+    radius is refused on both gradient paths: the sufficient-statistics path
+    runs no iteration, and a per-sample solve there would run out of
+    ``max_iter`` (from a cold start, on a normal ``A``).
+    """
+    tol = v.positive("tol", tol)
+    max_iter = v.integer("max_iter", max_iter, minimum=1)
+    # K(r) increases on r <= 1 - e tol (docs/theory.md §3): bisect below 1 - 3 tol
+    lo, hi = 0.0, min(1.0 - CERT_MARGIN, 1.0 - 3.0 * tol)
+    if hi <= 0.0 or predicted_fp_iters(hi, tol) <= max_iter:
+        return max(hi, 0.0)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if predicted_fp_iters(mid, tol) <= max_iter:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-15:
+            break
+    return lo
 
 
 def conditioning_bounds(Q, W) -> tuple[float, float]:

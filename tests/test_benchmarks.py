@@ -470,3 +470,12 @@ def test_calibrate_runs_at_small_sizes(capsys):
     out = capsys.readouterr().out
     assert out.count(" KiB\n") == len(calibrate.WIDTHS)
     assert out.count("ratio") == 2 and "on 1 thread" in out
+
+
+def test_anderson_domain_counts_converged_seeds():
+    """benchmarks.anderson_domain: a contraction-like small radius converges on
+    every seed; at m = 16, rho = 31.6 (docs/theory.md §3's table) none does."""
+    from benchmarks import anderson_domain  # noqa: PLC0415
+
+    assert anderson_domain.table([3], 2, rhos=(3.16,)) == [[2]]
+    assert anderson_domain.converged(16, 31.6, 2) == 0

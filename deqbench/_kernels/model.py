@@ -66,8 +66,6 @@ FINISHED = 4  # flow: t_end reached
 STEP_TOO_SMALL = 5  # flow: step size underflow
 
 # certificate of the sufficient-statistics path (:func:`certify`)
-CERT_MARGIN = 1e-6
-"""Certified: the iteration matrix's spectral radius is at most ``1 - CERT_MARGIN``."""
 CERT_SWEEPS = 2
 """Collatz-Wielandt sweeps (products ``|M| s``) per certificate before the later tiers."""
 CERT_MAX_SQUARINGS = 6
@@ -119,9 +117,12 @@ Model = namedtuple("Model", ["kind", "X", "Y", "y", "u", "code", "param"])
 #: Solver options: ``forward`` and ``adjoint`` solver codes, per-solve ``tol``,
 #: ``max_iter``, Picard/Anderson ``damping``, ``anderson_ridge``,
 #: ``anderson_history`` (slots of the work buffers, 0 if Anderson is unused)
-#: and ``neumann_terms`` (the highest power of the truncated series).
+#: ``neumann_terms`` (the highest power of the truncated series) and
+#: ``cert_limit``, the largest spectral radius of the iteration matrix that
+#: :func:`certify` accepts (:func:`deqbench.theory.certified_rate`).
 Solve = namedtuple("Solve", ["forward", "adjoint", "tol", "max_iter", "damping",
-                             "anderson_ridge", "anderson_history", "neumann_terms"])
+                             "anderson_ridge", "anderson_history", "neumann_terms",
+                             "cert_limit"])
 
 #: The n-independent path: ``use`` it or not, ``Sxx = X^T X / n``, the
 #: least-squares ``W_star`` and the global minimum ``L_star``.
@@ -655,38 +656,32 @@ def _squaring_bound(A, beta, Sq, limit, counts, max_squarings):
 
 
 @jit
-def anderson_terminates(history, m):
-    """Whether Anderson with ``history`` slots terminates on an ``m x m`` linear
-    map in exact arithmetic: its window must hold ``m + 1`` residuals (the
-    minimiser is a degree-``m`` polynomial in ``A``; with ``m`` slots and ``m = 1``
-    it is plain Picard), docs/theory.md §3."""
-    return history > m
-
-
-@jit
 def certify(A, solver, solve, sw):
-    """Whether ``solver`` (PICARD, ANDERSON, DIRECT) provably solves the fixed
-    point at ``A`` (docs/theory.md §3, certificate); ``I - A`` is already
-    known to be invertible (:func:`_invert_c`).
+    """Whether ``solver`` (PICARD, ANDERSON, DIRECT) is certified to solve the
+    fixed point at ``A`` (docs/theory.md §3, certificate); ``I - A`` is known
+    to be invertible (:func:`_invert_c`) or is implied so by the test.
 
-    Picard with damping ``beta``, and Anderson with at most ``m`` history
-    slots: the spectral radius of ``M = (1 - beta) I + beta A`` must be at
-    most ``1 - CERT_MARGIN``. Upper bounds on ``rho(M)``, tried in order of
-    cost until one certifies (they can only certify): the norm bound
-    ``min(||M||_1, ||M||_inf, ||M||_F)``, the reference norms of the last
-    eigendecomposition plus the drift since (:func:`_reference_bound`), the
-    Collatz-Wielandt bound on ``|M|`` (all O(m^2)), then repeated squaring (a
-    few gemms, while fewer than ``CERT_SQUARING_BUDGET`` were spent since the
-    last eigendecomposition); last an eigendecomposition, which decides either
-    way and becomes the next reference. Direct, and Anderson with ``m + 1``
-    or more slots (:func:`anderson_terminates`: GMRES on ``I - A``, finite
-    termination): invertible ``I - A`` suffices. ``sw.counts`` tallies which test decided.
+    Direct: invertible ``I - A`` suffices. Picard with damping ``beta`` and
+    Anderson (any history, the same damping): the spectral radius of
+    ``M = (1 - beta) I + beta A`` must be at most ``solve.cert_limit`` (the
+    rate at which a cold-started solve needs ``max_iter`` iterations, at most
+    ``1 - 1e-6``: :func:`deqbench.theory.certified_rate`). Anderson
+    can converge beyond that domain, but there its outcome is decided by
+    rounding, not by ``A`` (its Gram least squares squares the condition of a
+    Krylov basis whose residuals grow like ``rho(A)^k``, docs/theory.md §3), so
+    no test on ``A`` predicts it and the two gradient paths could not agree.
+    Upper bounds on ``rho(M)``, tried in order of cost until one certifies
+    (they can only certify): the norm bound ``min(||M||_1, ||M||_inf,
+    ||M||_F)``, the reference norms of the last eigendecomposition plus the
+    drift since (:func:`_reference_bound`), the Collatz-Wielandt bound on
+    ``|M|`` (all O(m^2)), then repeated squaring (a few gemms, while fewer than
+    ``CERT_SQUARING_BUDGET`` were spent since the last eigendecomposition);
+    last an eigendecomposition, which decides either way and becomes the next
+    reference. ``sw.counts`` tallies which test decided.
     """
-    m = A.shape[0]
-    if solver == DIRECT or (solver == ANDERSON
-                            and anderson_terminates(solve.anderson_history, m)):
+    if solver == DIRECT:
         return True
-    limit = 1.0 - CERT_MARGIN
+    limit = solve.cert_limit
     beta = solve.damping
     counts = sw.counts
     if _norm_bound(A, beta) <= limit:
@@ -712,6 +707,15 @@ def certify(A, solver, solve, sw):
 
 
 @jit
+def certified(A, solve, sw):
+    """:func:`certify` for the forward and the adjoint solver of ``solve``; the
+    one rule of both gradient paths of a linear fixed point."""
+    if not certify(A, solve.forward, solve, sw):
+        return False
+    return solve.adjoint == solve.forward or certify(A, solve.adjoint, solve, sw)
+
+
+@jit
 def suffstats_eval(A, B, stats, solve, sw, gA, gB):
     """Linear model, squared loss, cost independent of ``n`` (docs/theory.md, cost model).
 
@@ -727,9 +731,7 @@ def suffstats_eval(A, B, stats, solve, sw, gA, gB):
     Ci, W, DW, P = sw.Ci, sw.W, sw.DW, sw.P
     if not _invert_c(A, Ci):
         return np.nan, np.nan, FP_FAILED
-    if not certify(A, solve.forward, solve, sw):
-        return np.nan, np.nan, FP_FAILED
-    if solve.adjoint != solve.forward and not certify(A, solve.adjoint, solve, sw):
+    if not certified(A, solve, sw):
         return np.nan, np.nan, FP_FAILED
     np.dot(Ci, B, W)
     m, d = W.shape
@@ -752,11 +754,18 @@ def suffstats_eval(A, B, stats, solve, sw, gA, gB):
 @jit
 def loss_and_grad(model, A, B, solve, stats, warm, ws, sw, gA, gB):
     """``(loss, excess, fp_iters, adj_iters, outcome)`` at ``(A, B)`` by the path
-    ``stats.use`` selects; a non-finite loss or gradient is ``NONFINITE``."""
+    ``stats.use`` selects; a non-finite loss or gradient is ``NONFINITE``.
+
+    A linear fixed point (the linear and single-index models) is solved only
+    where :func:`certified`, on either path, so the status of a run is decided
+    by one rule on ``A`` whichever path ``"auto"`` picked; per sample, the
+    requested solver must then also converge."""
     kf = 0
     kb = 0
     if stats.use:
         loss, excess, outcome = suffstats_eval(A, B, stats, solve, sw, gA, gB)
+    elif model.kind != NONLINEAR and not certified(A, solve, sw):
+        return np.nan, np.nan, 0, 0, FP_FAILED
     else:
         loss, kf, kb, outcome = sample_eval(model, A, B, solve, warm, ws, gA, gB)
         excess = loss - stats.L_star
