@@ -11,6 +11,10 @@
   element pass (``residual_loss``) beats the serial one.
 * How the second core pays: ``fixed_point`` at m = 256, n = 65536 on all of
   numba's threads against one.
+* ``CERT_SQUARING_BUDGET`` (``deqbench/_kernels/model.py``): the price of the
+  certificate's eigendecomposition (``_refresh``) in gemms of the same ``m``
+  (``np.matmul``, all BLAS threads), measured, next to the flop model's price
+  that sets the budget (``--refresh`` prints this table alone).
 
 Timings are the minimum of repeated calls in this process; run it on a quiet
 machine, and put the machine, the command and the quiet line next to the
@@ -31,7 +35,7 @@ from deqbench._kernels.activations import IDENTITY
 from deqbench._kernels.blocks import block_rows
 from deqbench._threads import single_threaded_blas
 
-BLOCKS = [1 << k for k in range(14, 21)]
+BLOCKS = [1 << k for k in range(14, 24)]
 WIDTHS = [16, 32, 64, 256, 1024]
 
 
@@ -48,11 +52,11 @@ def best(fn, *, reps: int = 30, budget: float = 2.0) -> float:
     return min(times)
 
 
-def blocks_table(n: int) -> None:
+def blocks_table(n: int, widths=WIDTHS) -> None:
     print(f"map evaluation, n = {n}: GFLOP/s by block size (KiB); numpy matmul for reference")
     print("m     " + " ".join(f"{b >> 10:>6}" for b in BLOCKS) + "  matmul  best")
     rng = np.random.default_rng(0)
-    for m in WIDTHS:
+    for m in widths:
         Z = rng.standard_normal((n, m))
         M = rng.standard_normal((m, m)) / m
         U = rng.standard_normal((n, m))
@@ -106,16 +110,55 @@ def scaling(m: int = 256, n: int = 65536) -> None:
           f"{threads}: {t_one / t_all:.2f}x")
 
 
+def refresh_table(widths=(16, 32, 64, 128, 256, 512, 1024)) -> list[tuple[int, float, float]]:
+    """The certificate's eigendecomposition against a gemm: ``(m, measured
+    price in gemms, flop-model price)`` per width, printed as it goes."""
+    from deqbench._kernels import model as _m
+    from deqbench._training import certificate_flops
+
+    print("certificate refresh (eigendecomposition + reference norms) in gemms of the same m")
+    print("m      refresh ms   gemm ms   measured price   flop-model price")
+    rng = np.random.default_rng(2)
+    one = np.zeros(_m.CERT_COUNTS, np.int64)
+    one[_m.CERT_BY_EIG] = 1
+    rows = []
+    for m in widths:
+        A = rng.standard_normal((m, m)) * (0.9 / np.sqrt(m))
+        Mc = np.empty((m, m), np.complex128)
+        A_ref = np.empty((m, m))
+        ref = np.full(_m._REF_LEN, np.nan)
+        t_ref = best(partial(_m._refresh, A, 1.0, Mc, A_ref, ref), reps=10)
+        P = np.empty((m, m))
+        t_gemm = best(partial(np.matmul, A, A, out=P), reps=200)
+        model = certificate_flops(m, one) / (2.0 * m**3)
+        rows.append((m, t_ref / t_gemm, model))
+        print(f"{m:<6d} {t_ref * 1e3:10.3f} {t_gemm * 1e3:9.4f} {t_ref / t_gemm:16.0f} "
+              f"{model:18.0f}", flush=True)
+    print(f"CERT_SQUARING_BUDGET in force: {_m.CERT_SQUARING_BUDGET}")
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=8192)
+    ap.add_argument("--refresh", action="store_true",
+                    help="only the certificate's refresh price (seconds)")
+    ap.add_argument("--blocks", default=None, metavar="M1,M2",
+                    help="only the block table, at these widths")
     a = ap.parse_args(argv)
     import numba
 
     print(f"numba threads: {numba.get_num_threads()}")
+    if a.refresh:
+        refresh_table()
+        return 0
+    if a.blocks:
+        blocks_table(a.n, [int(w) for w in a.blocks.split(",")])
+        return 0
     blocks_table(a.n)
     pass_table()
     scaling()
+    refresh_table()
     return 0
 
 

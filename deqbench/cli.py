@@ -65,8 +65,9 @@ def info_lines() -> list[str]:
 
     lines.append(f"thread policy numba's {numba.get_num_threads()} threads split the samples into "
                  f"row blocks of {blocks.BLOCK_BYTES >> 10} KiB per array "
-                 f"({blocks.MIN_ROWS}-{blocks.MAX_ROWS} rows); BLAS runs single-threaded inside "
-                 "each block while a deqbench call runs")
+                 f"({blocks.MIN_ROWS}-{blocks.MAX_ROWS} rows; at least {blocks.WIDE_ROWS} "
+                 f"once the m x m matrix exceeds {blocks.WIDE_BYTES >> 10} KiB); BLAS runs "
+                 "single-threaded inside each block while a deqbench call runs")
     lines.append(f"crossovers    element passes parallel from {blocks.PASS_PARALLEL_MIN} elements; "
                  f"gemm_tn partial products from {blocks.MIN_ROWS} rows each, at most "
                  f"{blocks.MAX_PARTS} (re-measure: python -m benchmarks.calibrate)")

@@ -500,11 +500,12 @@ def certified_rate(tol, max_iter) -> float:
     ``tol`` and ``max_iter`` (docs/theory.md §3, certificate).
 
     The rate ``r`` whose predicted count :func:`predicted_fp_iters` (from
-    ``Z0 = 0``) is ``max_iter``, found by bisection, and at most
-    ``1 - CERT_MARGIN``. A step whose iteration matrix has a larger spectral
-    radius is refused on both gradient paths: the sufficient-statistics path
-    runs no iteration, and a per-sample solve there would run out of
-    ``max_iter`` (from a cold start, on a normal ``A``).
+    ``Z0 = 0``) is ``max_iter``, found by bisection; at most
+    ``1 - CERT_MARGIN``, and at most ``1 - 3 tol``, beyond which that
+    leading-order count stops growing with the rate. A step whose iteration
+    matrix has a larger spectral radius is refused on both gradient paths:
+    the sufficient-statistics path runs no iteration, and a per-sample solve
+    there would run out of ``max_iter`` (from a cold start, on a normal ``A``).
     """
     tol = v.positive("tol", tol)
     max_iter = v.integer("max_iter", max_iter, minimum=1)

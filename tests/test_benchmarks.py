@@ -467,9 +467,15 @@ def test_calibrate_runs_at_small_sizes(capsys):
     calibrate.blocks_table(64)
     calibrate.pass_table(max_log=14)
     calibrate.scaling(m=8, n=256)
+    rows = calibrate.refresh_table(widths=(8,))
     out = capsys.readouterr().out
     assert out.count(" KiB\n") == len(calibrate.WIDTHS)
     assert out.count("ratio") == 2 and "on 1 thread" in out
+    # the flop-model price is the one the budget was set from (m <= 256)
+    assert rows[0][0] == 8 and rows[0][1] > 0.0
+    from deqbench._kernels import model as _m  # noqa: PLC0415
+
+    assert round(rows[0][2]) == _m.CERT_SQUARING_BUDGET
 
 
 def test_anderson_domain_counts_converged_seeds():

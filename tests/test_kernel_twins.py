@@ -124,6 +124,9 @@ def test_public_gemms_any_size(n):
 
 def test_block_rows_rule():
     assert bl.block_rows(10**6, 32) == bl.BLOCK_BYTES // (8 * 32)
-    assert bl.block_rows(10**6, 10**6) == bl.MIN_ROWS
+    assert bl.block_rows(10**6, 256) == bl.MIN_ROWS  # 512 KiB matrix: not wide
+    assert bl.block_rows(10**6, 257) == bl.WIDE_ROWS
+    assert bl.block_rows(10**6, 10**6) == bl.WIDE_ROWS
+    assert bl.block_rows(300, 1024) == 300
     assert bl.block_rows(10**6, 1) == bl.MAX_ROWS
     assert bl.block_rows(7, 32) == 7

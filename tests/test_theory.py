@@ -373,6 +373,25 @@ def test_predicted_fp_iters_edges():
         theory.predicted_fp_iters(0.5, 0.0)
 
 
+@pytest.mark.parametrize("tol", [1e-10, 1e-6, 1e-3])
+@pytest.mark.parametrize("max_iter", [2, 30, 500, 10_000])
+def test_certified_rate_is_where_the_count_reaches_max_iter(tol, max_iter):
+    """The certificate's limit (docs/theory.md §3): the predicted count is within
+    max_iter at the rate and above it just beyond; at most 1 - 1e-6 and 1 - 3 tol."""
+    r = theory.certified_rate(tol, max_iter)
+    cap = min(1.0 - theory.CERT_MARGIN, 1.0 - 3.0 * tol)
+    assert 0.0 < r <= cap
+    assert theory.predicted_fp_iters(r, tol) <= max_iter
+    if r < cap:
+        assert theory.predicted_fp_iters(r + 1e-9, tol) > max_iter
+    # the limit grows with the budget and falls with a tighter tol
+    assert theory.certified_rate(tol, 2 * max_iter) >= r
+    assert theory.certified_rate(tol / 10, max_iter) <= r
+    assert theory.certified_rate(1e-10, 10**9) == 1.0 - theory.CERT_MARGIN
+    with pytest.raises(ValueError, match="max_iter"):
+        theory.certified_rate(tol, 0)
+
+
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), m=st.integers(1, 6), d=st.integers(1, 6),
        scale=st.floats(0.0, 0.95))

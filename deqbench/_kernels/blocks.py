@@ -37,6 +37,17 @@ BLOCK_BYTES = 1 << 16
 MIN_ROWS = 128
 MAX_ROWS = 1024
 
+#: Wide widths: each block's gemm packs all of the ``m x m`` matrix again;
+#: once it (``8 m^2`` bytes) passes ``WIDE_BYTES`` it no longer sits in L2 and
+#: a block needs ``WIDE_ROWS`` rows to amortise the packing. Same machine,
+#: ``python -m benchmarks.calibrate --blocks 256,1024`` (quiet, CLEAN, 0.4%
+#: other CPU): at m = 1024, n = 8192, 128 rows (1 MiB) ran at 95.6 GFLOP/s on
+#: 2 threads and 43.1 on 1, 512 rows at 100.6 and 51.3, numpy's matmul 103.9
+#: and 52.6; at m = 256 (512 KiB) no block size beat 128 rows by more than
+#: the run-to-run spread.
+WIDE_BYTES = 1 << 19
+WIDE_ROWS = 512
+
 #: Element passes without a gemm (losses, Anderson's mixing and Gram products)
 #: go parallel from this many elements on; below it a parallel region costs
 #: more than the pass. Same machine and command as ``BLOCK_BYTES``: the
@@ -60,6 +71,8 @@ def block_rows(n, width):
     get the same rows: half the bytes, well inside the calibrated range)."""
     r = BLOCK_BYTES // (8 * max(width, 1))
     r = max(MIN_ROWS, min(MAX_ROWS, r))
+    if 8 * width * width > WIDE_BYTES:
+        r = max(r, WIDE_ROWS)
     return min(r, max(n, 1))
 
 
