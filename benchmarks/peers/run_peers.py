@@ -130,7 +130,9 @@ def main(argv=None) -> int:
     write_csv(rows, out / "peers.csv")
     if mem:
         write_csv(mem, out / "memory.csv")
-    plot([r for r in rows if r["workload"] in ("W1", "W2", "W4")], out / "peers.png")
+    timed = [r for r in rows if r["workload"] in ("W1", "W2", "W4")]
+    if timed:  # (--only W3,W5 has no ratio bars to draw)
+        plot(timed, out / "peers.png")
     cmd = "python -m benchmarks.peers.run_peers " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
