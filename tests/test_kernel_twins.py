@@ -127,6 +127,7 @@ def test_block_rows_rule():
     assert bl.block_rows(10**6, 256) == bl.MIN_ROWS  # 512 KiB matrix: not wide
     assert bl.block_rows(10**6, 257) == bl.WIDE_ROWS
     assert bl.block_rows(10**6, 10**6) == bl.WIDE_ROWS
-    assert bl.block_rows(300, 1024) == 300
+    assert bl.block_rows(300, 1024) == 150  # two blocks, not one of 300
+    assert bl.block_rows(800, 1024) == 400
     assert bl.block_rows(10**6, 1) == bl.MAX_ROWS
     assert bl.block_rows(7, 32) == 7

@@ -44,7 +44,8 @@ MAX_ROWS = 1024
 #: other CPU): at m = 1024, n = 8192, 128 rows (1 MiB) ran at 95.6 GFLOP/s on
 #: 2 threads and 43.1 on 1, 512 rows at 100.6 and 51.3, numpy's matmul 103.9
 #: and 52.6; at m = 256 (512 KiB) no block size beat 128 rows by more than
-#: the run-to-run spread.
+#: the run-to-run spread. Never fewer than two blocks from wide rows alone
+#: (n < 1024: n / 2 rows, as before at n = 256).
 WIDE_BYTES = 1 << 19
 WIDE_ROWS = 512
 
@@ -72,7 +73,9 @@ def block_rows(n, width):
     r = BLOCK_BYTES // (8 * max(width, 1))
     r = max(MIN_ROWS, min(MAX_ROWS, r))
     if 8 * width * width > WIDE_BYTES:
-        r = max(r, WIDE_ROWS)
+        # wide, but at least two blocks where n allows (both cores of the
+        # calibration machine busy at small n)
+        r = max(r, min(WIDE_ROWS, (n + 1) // 2))
     return min(r, max(n, 1))
 
 
