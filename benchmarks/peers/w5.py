@@ -1,4 +1,6 @@
-"""W5: sweep throughput, 200 small runs (m = d = 16, n = 512, 500 steps), 2 workers vs 1.
+"""W5: sweep throughput, 2 workers vs 1: 200 short runs (m = d = 16, n = 512, 500
+steps, ~25 ms each) and 40 longer ones (20000 steps, ~0.8 s each, long enough to
+amortise a worker's start).
 
 Each measurement is a fresh ``deqbench sweep GRID --out DIR --workers W``
 (a new sweep directory, so nothing is resumed), timed end to end in wall
@@ -16,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-GRID = """# W5 of issue 6: 200 small runs
+GRID = """# W5 of issue 6
 [sweep]
 name = "w5"
 run = "train"
@@ -28,7 +30,7 @@ model = "linear"
 m = 16
 d = 16
 n = 512
-steps = 500
+steps = {steps}
 scale_A = 0.5
 scale_B = 1.0
 solver = "picard"
@@ -62,14 +64,16 @@ def run(*, log, quick: bool, reps: int = 2, per_sample: bool = False):
     import numpy as np
 
     rows, tg = [], []
-    cases = [("auto", "defaults: sufficient statistics")]
+    cases = [("auto", "defaults: sufficient statistics", 200, 500),
+             ("auto", "long runs: 20000 steps", 40, 20000)]
     if per_sample:
-        cases.append(("false", "per-sample solves"))
+        cases.append(("false", "per-sample solves", 200, 500))
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        for ss, label in cases:
-            grid = tmp / f"w5-{ss}.toml"
-            grid.write_text(GRID.format(replicates=200, ss='"auto"' if ss == "auto" else ss))
+        for ss, label, runs, steps in cases:
+            grid = tmp / f"w5-{ss}-{steps}.toml"
+            grid.write_text(GRID.format(replicates=runs, steps=steps,
+                                        ss='"auto"' if ss == "auto" else ss))
             times = {1: [], 2: []}
             try:
                 for r in range(reps):
@@ -118,7 +122,7 @@ def run(*, log, quick: bool, reps: int = 2, per_sample: bool = False):
                     f"W5 ({label}): parallel efficiency >= 90%",
                     "met" if eff >= 0.9 else "missed",
                     f"T1 = {t1:.1f} s, T2 = {t2:.1f} s, efficiency {100 * eff:.0f}% "
-                    f"({200 / t1:.1f} vs {200 / t2:.1f} runs/s)",
+                    f"({runs / t1:.1f} vs {runs / t2:.1f} runs/s)",
                 )
             )
     return rows, tg
