@@ -575,7 +575,8 @@ def train(
     Ctrl-C between them); all ``n``-sized buffers are allocated once. For the
     linear and single-index models every step first certifies that the
     requested solver can solve the fixed point at ``A`` (Picard and Anderson:
-    the spectral radius of ``(1 - damping) I + damping A`` below 1;
+    the spectral radius of ``(1 - damping) I + damping A`` at most
+    :func:`deqbench.theory.certified_rate` of ``tol`` and ``max_iter``, below 1;
     docs/theory.md §3), on both gradient paths, so the status does not depend
     on the path. Numerical failure never raises: see ``TrainResult.status``.
     """

@@ -368,6 +368,19 @@ def test_initial_radius_outside_picard_says_so():
         assert r.status == "fixed_point_failed" and r.n_steps == 0
 
 
+def test_truncated_adjoints_need_no_certificate():
+    """JFB and Neumann iterate to no tolerance: with a direct forward solve the
+    per-sample path trains at rho(A0) = 1.5, as it did before the certificate
+    moved onto that path (which once refused it, blaming max_iter)."""
+    X, Y, _, B0 = _problem()
+    A0 = np.diag([1.5, 0.2, -0.3])
+    for grad_solver in ("jfb", "neumann"):
+        r = db.train("linear", X, Y, A0, B0, lr=0.01, steps=5, solver="direct",
+                     grad_solver=grad_solver, sufficient_stats=False)
+        assert r.status == "max_steps" and r.n_steps == 5
+    assert _certified(A0, _m.JFB)[0] and _certified(A0, _m.NEUMANN)[0]
+
+
 def test_history_is_bounded():
     X, Y, A0, B0 = _problem()
     with pytest.raises(ValueError, match=r"steps=1000000000000 with record_every=1 would "

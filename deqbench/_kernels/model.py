@@ -657,13 +657,15 @@ def _squaring_bound(A, beta, Sq, limit, counts, max_squarings):
 
 @jit
 def certify(A, solver, solve, sw):
-    """Whether ``solver`` (PICARD, ANDERSON, DIRECT) is certified to solve the
-    fixed point at ``A`` (docs/theory.md §3, certificate); ``I - A`` is known
-    to be invertible (:func:`_invert_c`) or is implied so by the test.
+    """Whether ``solver`` is certified to solve the fixed point at ``A``
+    (docs/theory.md §3, certificate); ``I - A`` is known to be invertible
+    (:func:`_invert_c`) or is implied so by the test.
 
-    Direct: invertible ``I - A`` suffices. Picard with damping ``beta`` and
-    Anderson (any history, the same damping): the spectral radius of
-    ``M = (1 - beta) I + beta A`` must be at most ``solve.cert_limit`` (the
+    Direct: invertible ``I - A`` suffices; the truncated adjoints (JFB,
+    Neumann) iterate to no tolerance, so there is nothing to certify. Picard
+    with damping ``beta`` and Anderson (any history, the same damping): the
+    spectral radius of ``M = (1 - beta) I + beta A`` must be at most
+    ``solve.cert_limit`` (the
     rate at which a cold-started solve needs ``max_iter`` iterations, at most
     ``1 - 1e-6``: :func:`deqbench.theory.certified_rate`). Anderson
     can converge beyond that domain, but there its outcome is decided by
@@ -679,7 +681,7 @@ def certify(A, solver, solve, sw):
     last an eigendecomposition, which decides either way and becomes the next
     reference. ``sw.counts`` tallies which test decided.
     """
-    if solver == DIRECT:
+    if solver != PICARD and solver != ANDERSON:
         return True
     limit = solve.cert_limit
     beta = solve.damping
