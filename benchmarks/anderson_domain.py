@@ -43,11 +43,6 @@ def converged(m: int, rho: float, seeds: int) -> int:
     return ok
 
 
-def table(ms, seeds: int, rhos=RHOS) -> list[list[int]]:
-    """``converged`` for every ``m`` (rows) and ``rho`` (columns)."""
-    return [[converged(m, rho, seeds) for rho in rhos] for m in ms]
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.anderson_domain",
                                 description=__doc__.splitlines()[0])

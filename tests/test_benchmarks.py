@@ -483,5 +483,5 @@ def test_anderson_domain_counts_converged_seeds():
     every seed; at m = 16, rho = 31.6 (docs/theory.md §3's table) none does."""
     from benchmarks import anderson_domain  # noqa: PLC0415
 
-    assert anderson_domain.table([3], 2, rhos=(3.16,)) == [[2]]
+    assert anderson_domain.converged(3, 3.16, 2) == 2
     assert anderson_domain.converged(16, 31.6, 2) == 0
