@@ -231,3 +231,41 @@ def test_a_compaction_killed_before_its_runs_table_counts_each_history_once(tmp_
     assert len(hist) == 6 * 3  # before: the rows of flush 2 twice
     run_sweep(g, tmp_path / "csv", executor="serial", progress=False, format="csv")
     assert hist == read_csv(tmp_path / "csv" / "histories.csv")  # and in grid order
+
+
+def typed(params, seed):
+    """Histories of several NumPy types; the odd runs record one column more."""
+    import numpy as np
+
+    h = {"step": np.arange(4, dtype=np.uint8), "loss": np.linspace(1, 0.25, 4, dtype=np.float32),
+         "ok": np.array([True, False, True, True]), "phase": np.array(["a", "b", "b", "c"])}
+    if params["a"] % 2:
+        h["extra"] = np.full(4, np.nan)
+    return {"metrics": {"v": 1.0}, "history": h}
+
+
+def test_numpy_histories_keep_their_types_in_both_stores(tmp_path):
+    # histories travel as NumPy columns (no Python object per value); both stores must
+    # read back the same numbers and types as from lists, and a column one run lacks is null
+    g = parse_grid("[sweep]\nrun = \"sweep_helpers:draw\"\n[grid]\na = [0, 1, 2]\n")
+    spec = next(iter(g.specs))
+    h = execute(spec, run_fn=typed)["history"]
+    assert [(k, type(v).__name__, getattr(v, "dtype", None)) for k, v in h.items()] == [
+        ("step", "ndarray", "int64"), ("loss", "ndarray", "float64"),
+        ("ok", "ndarray", "bool"), ("phase", "list", None)]
+    for fmt in ("parquet", "csv"):
+        res = run_sweep(g, tmp_path / fmt, executor="serial", progress=False, format=fmt,
+                        run_fn=typed, table_interval=3600.0)  # the three runs in one flush
+        assert res.ok == 3
+    t = pq.read_table(tmp_path / "parquet" / "histories.parquet")
+    assert [str(t.schema.field(c).type) for c in ("step", "loss", "ok", "phase", "extra")] \
+        == ["int64", "double", "bool", "string", "double"]
+    got = t.drop_columns(["_seq"]).to_pylist()
+    want = read_csv(tmp_path / "csv" / "histories.csv")
+    assert len(got) == len(want) == 12
+    for p, c in zip(got, want, strict=True):
+        assert p["run_id"] == c["run_id"] and p["step"] == c["step"] and p["loss"] == c["loss"]
+        assert str(p["ok"]) == c["ok"] and p["phase"] == c["phase"]
+        odd = [r for r in want if r["run_id"] == p["run_id"]][0].get("extra") is not None
+        assert (p["extra"] is None) == (not odd) and (c.get("extra") is None) == (not odd)
+    assert [r["loss"] for r in got[:4]] == [1.0, 0.75, 0.5, 0.25]

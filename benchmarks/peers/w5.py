@@ -1,6 +1,7 @@
-"""W5: sweep throughput, 2 workers vs 1: 200 short runs (m = d = 16, n = 512, 500
-steps, ~25 ms each) and 40 longer ones (20000 steps, ~0.8 s each, long enough to
-amortise a worker's start).
+"""W5: sweep throughput, 2 workers vs 1, three run lengths at m = d = 16, n = 512:
+200 short runs (500 steps, ~10 ms each), 40 runs of 20000 steps with every step
+recorded (~0.2 s each; 220000 history values a run), and 40 runs of 200000 steps
+recorded every 100th (~1.7 s each, long enough to amortise a worker's start).
 
 Each measurement is a fresh ``deqbench sweep GRID --out DIR --workers W``
 (a new sweep directory, so nothing is resumed), timed end to end in wall
@@ -31,6 +32,7 @@ m = 16
 d = 16
 n = 512
 steps = {steps}
+record_every = {every}
 scale_A = 0.5
 scale_B = 1.0
 solver = "picard"
@@ -64,15 +66,16 @@ def run(*, log, quick: bool, reps: int = 2, per_sample: bool = False):
     import numpy as np
 
     rows, tg = [], []
-    cases = [("auto", "defaults: sufficient statistics", 200, 500),
-             ("auto", "long runs: 20000 steps", 40, 20000)]
+    cases = [("auto", "defaults: sufficient statistics", 200, 500, 1),
+             ("auto", "long runs: 20000 steps", 40, 20000, 1),
+             ("auto", "longer runs: 200000 steps, every 100th recorded", 40, 200000, 100)]
     if per_sample:
-        cases.append(("false", "per-sample solves", 200, 500))
+        cases.append(("false", "per-sample solves", 200, 500, 1))
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        for ss, label, runs, steps in cases:
+        for ss, label, runs, steps, every in cases:
             grid = tmp / f"w5-{ss}-{steps}.toml"
-            grid.write_text(GRID.format(replicates=runs, steps=steps,
+            grid.write_text(GRID.format(replicates=runs, steps=steps, every=every,
                                         ss='"auto"' if ss == "auto" else ss))
             times = {1: [], 2: []}
             try:

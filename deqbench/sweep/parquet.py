@@ -22,6 +22,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+
 from .store import HEAD, HIST_PQ, RUNS_PQ, TAIL, Store, SweepError, _flat, _slim, temporary_name
 
 __all__ = ["ParquetStore", "read_parquet_status"]
@@ -44,9 +46,12 @@ def _pa():
     return pa, pc, pq
 
 
-def _column(values: list):
-    """An Arrow array for Python scalars: bool, int64, float64, else strings."""
+def _column(values):
+    """An Arrow array for a NumPy array of numbers or booleans (as it is), or for a list
+    of Python scalars: bool, int64, float64, else strings."""
     pa, _, _ = _pa()
+    if isinstance(values, np.ndarray) and values.dtype.kind in "bif":
+        return pa.array(values)
     kinds = {type(v) for v in values if v is not None}
     if kinds <= {bool}:
         return pa.array(values, pa.bool_())
@@ -112,11 +117,19 @@ def _atomic_path(path: Path):
             tmp.unlink()
 
 
+def _dictionary_columns(schema) -> list[str]:
+    """The columns worth dictionary-encoding: text (run ids, statuses repeat). Numbers are
+    not: a history's floats are nearly all distinct, and trying a dictionary for them made
+    writing a 400000-row history table 4.6x slower, for a file 8% smaller."""
+    pa, _, _ = _pa()
+    return [f.name for f in schema if pa.types.is_string(f.type)]
+
+
 def _write(table, path: Path) -> None:
     """Write ``table`` to ``path`` atomically."""
     _, _, pq = _pa()
     with _atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, use_dictionary=_dictionary_columns(table.schema))
 
 
 def _latest(table) -> list[int]:
@@ -212,23 +225,17 @@ class ParquetStore(Store):
         if not batch:
             return
         seq, self._seq = self._seq, self._seq + 1
-        hcols: dict[str, list] = {"run_id": [], "_seq": []}  # built column by column
-        total = 0
+        pa = _pa()[0]
+        parts = []  # one table per run; _concat fills a column a run lacks with nulls
         for r in batch:
             h = r.get("history") or {}
             n = len(next(iter(h.values()))) if h else 0
-            if not n:
-                continue
-            for k in h:
-                if k not in hcols:
-                    hcols[k] = [None] * total
-            own = {"run_id": r["run_id"], "_seq": seq}
-            for k, values in hcols.items():
-                values.extend(h[k] if k in h else [own.get(k)] * n)
-            total += n
-        if total:
-            _write(_pa()[0].table({k: _column(v) for k, v in hcols.items()}),
-                   self.parts / f"hist-{seq}.parquet")
+            if n:
+                parts.append(pa.table({"run_id": pa.array([r["run_id"]] * n, pa.string()),
+                                       "_seq": pa.array(np.full(n, seq, np.int64)),
+                                       **{k: _column(v) for k, v in h.items()}}))
+        if parts:
+            _write(_concat(parts), self.parts / f"hist-{seq}.parquet")
         rows, cols = [], {}
         for r in batch:
             row = _flat(r)
@@ -277,8 +284,6 @@ class ParquetStore(Store):
         whose flush still has its part are skipped (written there by a compaction
         killed before it removed the parts).
         """
-        import numpy as np
-
         pa, pc, pq = _pa()
         schema = _unified([pq.read_schema(p) for p in sources])
         keep = pc.binary_join_element_wise(runs.column("run_id"), pc.cast(
@@ -319,7 +324,8 @@ class ParquetStore(Store):
                 w.close()
             writers = []
             with _atomic_path(self.out / HIST_PQ) as tmp, \
-                    pq.ParquetWriter(str(tmp), schema) as out:
+                    pq.ParquetWriter(str(tmp), schema,
+                                     use_dictionary=_dictionary_columns(schema)) as out:
                 for p in buckets:
                     with pa.OSFile(str(p), "rb") as src:  # read into memory (not mapped)
                         t = pa.ipc.open_stream(src).read_all()

@@ -288,7 +288,8 @@ class Store:
         Returns what the runner keeps of it (:func:`_slim`).
         """
         rid = record["run_id"]
-        hist = record.get("history") or {}
+        hist = {k: v.tolist() if hasattr(v, "tolist") else v
+                for k, v in (record.get("history") or {}).items()}  # NumPy: Python scalars
         if hist:
             cols = ["run_id", *hist]
             n = len(next(iter(hist.values())))
