@@ -1,4 +1,4 @@
-"""Re-measure the two size thresholds of the kernels on this machine.
+"""Re-measure the size thresholds of the kernels on this machine.
 
     ../shared/tools/quiet --strict -- python -m benchmarks.calibrate
 
@@ -11,6 +11,10 @@
   element pass (``residual_loss``) beats the serial one.
 * How the second core pays: ``fixed_point`` at m = 256, n = 65536 on all of
   numba's threads against one.
+* ``MAX_PARTS``, ``PARTS_BYTES`` (``deqbench/_kernels/blocks.py``): how many
+  shares of the rows ``gemm_tn`` (``P^T Q``, the parameter gradients) sums
+  over: its time for 1 to 32 shares (partials preallocated) at n = 8192, next
+  to one ``np.dot`` and to ``gemm_tn`` itself (``--gemm-tn`` prints this alone).
 * ``CERT_SQUARING_BUDGET`` (``deqbench/_kernels/model.py``): the price of the
   certificate's eigendecomposition (``_refresh``) in gemms of the same ``m``
   (``np.matmul``, all BLAS threads), measured, next to the flop model's price
@@ -110,6 +114,43 @@ def scaling(m: int = 256, n: int = 65536) -> None:
           f"{threads}: {t_one / t_all:.2f}x")
 
 
+def gemm_tn_table(n: int, widths=(32, 64, 256, 1024)) -> None:
+    import numba
+
+    from deqbench._kernels import blocks as bl
+
+    threads = numba.get_num_threads()
+    print(f"gemm_tn P^T Q (n = {n}, m = k): ms by number of shares of the rows "
+          "(partials preallocated), one np.dot, gemm_tn as it runs")
+    print("m      np.dot " + " ".join(f"{p:>7}" for p in (1, 2, 4, 8, 16, 32))
+          + "  gemm_tn (shares)")
+    rng = np.random.default_rng(3)
+    for m in widths:
+        P = rng.standard_normal((n, m))
+        Q = rng.standard_normal((n, m))
+        out = np.empty((m, m))
+        cells = []
+        for parts in (1, 2, 4, 8, 16, 32):
+            if (parts - 1) * m * m * 8 > 1 << 27:
+                cells.append(f"{'-':>7}")
+                continue
+            chunk = (n + parts - 1) // parts
+            work = np.empty((parts - 1, m, m))
+
+            def run(P=P, Q=Q, out=out, work=work, chunk=chunk):
+                bl._gemm_tn_p(P, Q, out, work, chunk)
+                for c in range(work.shape[0]):
+                    out.__iadd__(work[c])
+
+            with single_threaded_blas():
+                cells.append(f"{best(run, reps=10) * 1e3:7.2f}")
+        with single_threaded_blas():
+            t_tn = best(partial(bl.gemm_tn, P, Q, out, threads), reps=10)
+        t_dot = best(partial(np.dot, P.T, Q, out), reps=10)
+        print(f"{m:<6d} {t_dot * 1e3:6.2f} " + " ".join(cells)
+              + f"  {t_tn * 1e3:7.2f} ({bl.tn_parts(n, m, m, threads)})", flush=True)
+
+
 def refresh_table(widths=(16, 32, 64, 128, 256, 512, 1024)) -> list[tuple[int, float, float]]:
     """The certificate's eigendecomposition against a gemm: ``(m, measured
     price in gemms, flop-model price)`` per width, printed as it goes."""
@@ -143,6 +184,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=8192)
     ap.add_argument("--refresh", action="store_true",
                     help="only the certificate's refresh price (seconds)")
+    ap.add_argument("--gemm-tn", action="store_true", help="only the gemm_tn shares table")
     ap.add_argument("--blocks", default=None, metavar="M1,M2",
                     help="only the block table, at these widths")
     a = ap.parse_args(argv)
@@ -152,11 +194,15 @@ def main(argv=None) -> int:
     if a.refresh:
         refresh_table()
         return 0
+    if a.gemm_tn:
+        gemm_tn_table(a.n)
+        return 0
     if a.blocks:
         blocks_table(a.n, [int(w) for w in a.blocks.split(",")])
         return 0
     blocks_table(a.n)
     pass_table()
+    gemm_tn_table(a.n)
     scaling()
     refresh_table()
     return 0

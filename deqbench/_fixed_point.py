@@ -160,15 +160,16 @@ def check_options(tol, max_iter, damping, anderson_history, anderson_ridge, dtyp
     )
 
 
-def solve(M, U, code, param, D, Z, *, method, opts: SolverOptions):
+def solve(M, U, code, param, D, Z, *, method, opts: SolverOptions, T=None):
     """Run an iterative kernel on the map ``Z -> h(Z M + U)`` in place on ``Z``.
 
     Shared by the forward and adjoint solves. Returns ``(n_iter, residual,
-    status_code, history)``.
+    status_code, history)``. ``T``: Picard's work array (allocated when None); it
+    ends holding the evaluation of the returned ``Z`` (:func:`~._kernels.fixed_point.picard`).
     """
     hist = np.empty(opts.max_iter + 1)  # the kernels write every entry they report
     if method == "picard":
-        T = np.empty_like(Z)
+        T = np.empty_like(Z) if T is None else T
         k, res, status = _fp.picard(Z, M, U, code, param, D, T, opts.tol, opts.max_iter,
                                     opts.damping, hist)
     else:
@@ -302,6 +303,13 @@ def fixed_point(
 
 def forward(X, A, B, act, method, opts: SolverOptions, z0) -> FixedPointResult:
     """:func:`fixed_point` on validated arguments."""
+    return solve_forward(X, A, B, act, method, opts, z0)[0]
+
+
+def solve_forward(X, A, B, act, method, opts: SolverOptions, z0):
+    """:func:`forward`, and what an adjoint solve can reuse: ``(result, U, T)``, with
+    ``U = X B^T`` and, after Picard, ``T`` the evaluation ``z + damping (h(z A^T + U) - z)``
+    of ``result.z`` (None after the other methods)."""
     n, m = X.shape[0], A.shape[0]
     U = input_term(X, B)
     if method == "direct":
@@ -312,14 +320,16 @@ def forward(X, A, B, act, method, opts: SolverOptions, z0) -> FixedPointResult:
             )
         Z, res, status = direct(np.eye(m) - A, U, np.ascontiguousarray(A.T), opts.tol,
                                 "fixed_point")
-        return FixedPointResult(Z, 0, res, status == "converged", status, np.array([res]), method)
+        return (FixedPointResult(Z, 0, res, status == "converged", status, np.array([res]),
+                                 method), U, None)
     Z = np.zeros((n, m), X.dtype) if z0 is None else z0.copy()
+    T = np.empty_like(Z) if method == "picard" else None
     k, res, code, hist = solve(np.ascontiguousarray(A.T), U, act.code, act.param, dummy(Z.dtype), Z,
-                               method=method, opts=opts)
+                               method=method, opts=opts, T=T)
     status = STATUS[code]
     if code != _fp.CONVERGED:
         warn_failure(f"fixed_point(method={method!r})", status, k, res, opts.tol)
-    return FixedPointResult(Z, k, res, code == _fp.CONVERGED, status, hist, method)
+    return FixedPointResult(Z, k, res, code == _fp.CONVERGED, status, hist, method), U, T
 
 
 def input_term(X, B):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+import numba
 import numpy as np
 
 from . import _validate as v
@@ -16,14 +17,14 @@ from ._fixed_point import (
     check_params,
     direct,
     dummy,
-    forward,
     input_term,
     solve,
+    solve_forward,
     warn_failure,
 )
 from ._kernels import fixed_point as _fp
 from ._kernels import gradients as _g
-from ._kernels.activations import IDENTITY, MASK
+from ._kernels.activations import IDENTITY, MASK, has_output_derivative
 from ._kernels.blocks import gemm_tn
 from ._threads import blas_single_threaded
 from .activations import Activation, get_activation
@@ -152,14 +153,22 @@ def _neumann_terms(method, neumann_terms) -> int:
     return 0
 
 
-def _adjoint(X, A, B, Z, G, act, method, opts: SolverOptions, adj0, nk):
-    """:func:`implicit_grad` on validated arguments of one dtype (``adj0`` too)."""
+def _adjoint(X, A, B, Z, G, act, method, opts: SolverOptions, adj0, nk, U=None, last=None):
+    """:func:`implicit_grad` on validated arguments of one dtype (``adj0`` too).
+
+    From :func:`loss_and_grad`: ``U = X B^T`` and ``last``, the forward Picard solve's
+    evaluation of ``Z`` (:func:`solve_forward`), spare the gemms of ``h'(Z A^T + U)``:
+    tanh and sigmoid read it off ``last`` (in place), the others reuse ``U``.
+    """
     n, m = Z.shape
     if act.is_identity:
         code, D = IDENTITY, dummy(Z.dtype)
+    elif last is not None and has_output_derivative(act.code):
+        code, D = MASK, last
+        _g.output_derivative(Z, last, act.code, opts.damping, D)
     else:
         code, D = MASK, np.empty((n, m), Z.dtype)
-        U = input_term(X, B)
+        U = input_term(X, B) if U is None else U
         _g.preactivation_derivative(Z, np.ascontiguousarray(A.T), U, act.code, act.param, D)
     if method == "direct":
         Mu, res, status = direct(np.eye(m) - A.T, G, A, opts.tol, "implicit_grad")
@@ -179,8 +188,9 @@ def _adjoint(X, A, B, Z, G, act, method, opts: SolverOptions, adj0, nk):
             warn_failure(f"implicit_grad(method={method!r})", status, n_iter, res, opts.tol)
     grad_A = np.empty((m, m), Z.dtype)
     grad_B = np.empty((m, X.shape[1]), Z.dtype)
-    gemm_tn(Mu, Z, grad_A)
-    gemm_tn(Mu, X, grad_B)
+    threads = numba.get_num_threads()
+    gemm_tn(Mu, Z, grad_A, threads)
+    gemm_tn(Mu, X, grad_B, threads)
     converged = status in ("converged", "truncated")
     return GradResult(grad_A, grad_B, Mu, n_iter, res, converged, status, hist, method)
 
@@ -337,14 +347,14 @@ def loss_and_grad(
         return loss_and_grad_blocks(model, Xs, Ys, A, B, u, act, phi, solver, grad_solver, opts,
                                     z0, adj0, nk, chunk)
     Y, u = check_targets(model, Y, u, n, m, A.dtype)
-    fwd = forward(X, A, B, phi, solver, opts, z0)
+    fwd, U, last = solve_forward(X, A, B, phi, solver, opts, z0)
     Z = fwd.z
     G = np.empty((n, m), Z.dtype)
     if model == "single_index":
         loss = _g.single_index_loss(Z, Y, u, act.code, act.param, G)
     else:
         loss = _g.residual_loss(Z, Y, G)
-    grad = _adjoint(X, A, B, Z, G, phi, grad_solver, opts, adj0, nk)
+    grad = _adjoint(X, A, B, Z, G, phi, grad_solver, opts, adj0, nk, U, last)
     return LossAndGrad(
         loss=float(loss),
         grad_A=grad.grad_A,

@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from . import _validate as v
@@ -438,6 +439,7 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
             anderson_history=slots,
             neumann_terms=nk,
             cert_limit=theory.certified_rate(opts.tol, opts.max_iter),
+            threads=numba.get_num_threads(),
         ),
         stats=_m.SuffStats(use=use_ss, Sxx=Sxx, W_star=Wstar, L_star=float(kernel_Lstar)),
         record_every=record_every,

@@ -69,8 +69,9 @@ def info_lines() -> list[str]:
                  f"once the m x m matrix exceeds {blocks.WIDE_BYTES >> 10} KiB); BLAS runs "
                  "single-threaded inside each block while a deqbench call runs")
     lines.append(f"crossovers    element passes parallel from {blocks.PASS_PARALLEL_MIN} elements; "
-                 f"gemm_tn partial products from {blocks.MIN_ROWS} rows each, at most "
-                 f"{blocks.MAX_PARTS} (re-measure: python -m benchmarks.calibrate)")
+                 f"gemm_tn: one share of the rows per thread, up to {blocks.MAX_PARTS} "
+                 f"while partials fit {blocks.PARTS_BYTES >> 10} KiB, {blocks.MIN_ROWS} rows "
+                 f"at least (re-measure: python -m benchmarks.calibrate)")
     lines.append(f"CPU           {cpu_model()} ({vector_isa()}); {os.cpu_count()} logical CPUs, "
                  f"{default_workers()} usable by this process")
     lines.append(f"platform      {platform.platform()}")

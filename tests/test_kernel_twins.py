@@ -11,7 +11,7 @@ import pytest
 from deqbench._kernels import blocks as bl
 from deqbench._kernels import fixed_point as fp
 from deqbench._kernels import gradients as g
-from deqbench._kernels.activations import IDENTITY, MASK, TANH
+from deqbench._kernels.activations import IDENTITY, MASK, SIGMOID, TANH
 from tests import naive
 
 N, M = 257, 19
@@ -96,6 +96,44 @@ def test_gradient_twins(arrays, twin):
 
 
 @pytest.mark.parametrize("twin", TWINS)
+@pytest.mark.parametrize("code", [TANH, SIGMOID])
+@pytest.mark.parametrize("beta", [1.0, 0.6])
+def test_output_derivative_twins(arrays, twin, code, beta):
+    """h' read off the evaluation T = Z + beta (h(Z M + U) - Z) equals h' of the
+    pre-activation, as preactivation_derivative computes it with a gemm."""
+    Z, Mat, U, _ = arrays
+    name = "tanh" if code == TANH else "sigmoid"
+    T = Z + beta * (naive.act(name, Z @ Mat + U) - Z)
+    D, want = np.empty_like(Z), np.empty_like(Z)
+    getattr(g, f"_output_derivative_{twin}")(Z, T, code, beta, D, ROWS)
+    getattr(g, f"_preactivation_derivative_{twin}")(Z, Mat, U, code, 0.0, want, ROWS)
+    np.testing.assert_allclose(D, want, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(D, naive.dact(name, Z @ Mat + U), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("max_iter", [3, 4])  # the answer ends in Z's buffer or in T's
+@pytest.mark.parametrize("beta", [1.0, 0.6])
+def test_picard_leaves_the_last_evaluation_in_t(arrays, max_iter, beta):
+    Z, Mat, U, D = arrays
+    Z0 = 0.1 * Z
+    Z = Z0.copy()
+    T = np.empty_like(Z)
+    hist = np.empty(max_iter + 1)
+    k, _, status = fp.picard(Z, Mat, U, TANH, 0.0, D, T, 0.0, max_iter, beta, hist)
+    assert (k, status) == (max_iter, fp.MAX_ITER)
+    want = Z0  # the same iteration in NumPy
+    for _ in range(max_iter):
+        want = want + beta * (np.tanh(want @ Mat + U) - want)
+    np.testing.assert_allclose(Z, want, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(T, Z + beta * (np.tanh(Z @ Mat + U) - Z), rtol=1e-12, atol=1e-14)
+    big = np.random.default_rng(1).standard_normal((3000, 17))  # the parallel swap
+    other = np.arange(big.size, dtype=float).reshape(big.shape)
+    a, b = big.copy(), other.copy()
+    fp.swap(a, b)
+    assert np.array_equal(a, other) and np.array_equal(b, big)
+
+
+@pytest.mark.parametrize("twin", TWINS)
 def test_blocked_gemms(arrays, twin):
     Z, Mat, U, _ = arrays
     rng = np.random.default_rng(5)
@@ -103,9 +141,12 @@ def test_blocked_gemms(arrays, twin):
     out = np.empty((N, M))
     getattr(bl, f"_gemm_rows_{twin}")(Z, Mat, out, ROWS)
     np.testing.assert_allclose(out, Z @ Mat, rtol=1e-12, atol=1e-13)
-    parts = np.empty((3, M, 7))
-    getattr(bl, f"_gemm_tn_{twin}")(Z, X, parts, 100)  # 100 + 100 + 57 rows
-    np.testing.assert_allclose(parts.sum(axis=0), Z.T @ X, rtol=1e-12, atol=1e-12)
+    first, parts = np.empty((M, 7)), np.empty((2, M, 7))
+    getattr(bl, f"_gemm_tn_{twin}")(Z, X, first, parts, 100)  # 100 + 100 + 57 rows
+    np.testing.assert_allclose(first, Z[:100].T @ X[:100], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(first + parts.sum(axis=0), Z.T @ X, rtol=1e-12, atol=1e-12)
+    getattr(bl, f"_gemm_tn_{twin}")(Z, X, first, parts, 200)  # 200 + 57 + no rows
+    np.testing.assert_array_equal(parts[1], 0.0)
 
 
 @pytest.mark.parametrize("n", [1, 5, 257, 9000])
@@ -118,8 +159,19 @@ def test_public_gemms_any_size(n):
     bl.gemm_rows(P, W, out)
     np.testing.assert_allclose(out, P @ W, rtol=1e-12, atol=1e-12)
     g_out = np.empty((9, 4))
-    bl.gemm_tn(P, Q, g_out)
-    np.testing.assert_allclose(g_out, P.T @ Q, rtol=1e-11, atol=1e-11)
+    for threads in (1, 2, 16):
+        bl.gemm_tn(P, Q, g_out, threads)
+        np.testing.assert_allclose(g_out, P.T @ Q, rtol=1e-11, atol=1e-11)
+
+
+def test_gemm_tn_shares():
+    """One share per numba thread, more while the partials fit PARTS_BYTES."""
+    assert bl.tn_parts(8192, 32, 32, 1) == bl.MAX_PARTS  # 8 KiB partials: 16 shares
+    for threads in (1, 2, 16):
+        assert bl.tn_parts(8192, 1024, 1024, threads) == threads
+        assert bl.tn_parts(8192, 256, 256, threads) == max(threads, 2)
+    assert bl.tn_parts(8192, 1024, 1024, 64) == bl.MAX_PARTS
+    assert bl.tn_parts(300, 32, 32, 16) == 300 // bl.MIN_ROWS  # MIN_ROWS rows a share
 
 
 def test_block_rows_rule():

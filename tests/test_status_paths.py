@@ -46,7 +46,8 @@ def _cert_work(m, solver, damping=1.0, history=0, max_iter=10**8):
     d = 2
     solve = _m.Solve(forward=solver, adjoint=solver, tol=1e-10, max_iter=max_iter,
                      damping=damping, anderson_ridge=1e-10, anderson_history=history,
-                     neumann_terms=0, cert_limit=db.theory.certified_rate(1e-10, max_iter))
+                     neumann_terms=0, cert_limit=db.theory.certified_rate(1e-10, max_iter),
+                     threads=1)
     model = _m.Model(kind=_m.LINEAR, X=np.zeros((1, d)), Y=np.zeros((1, m)), y=np.zeros(1),
                      u=np.zeros(1), code=0, param=0.0)
     stats = _m.SuffStats(use=True, Sxx=np.eye(d), W_star=np.zeros((m, d)), L_star=0.0)

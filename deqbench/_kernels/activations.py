@@ -141,6 +141,28 @@ def h_row(code, param, t, u, d):
 
 
 @jit
+def has_output_derivative(code):
+    """Whether ``phi'(x)`` is a function of ``phi(x)`` alone, evaluated by
+    :func:`dh_from_output_row`: tanh' = 1 - tanh^2, sigmoid' = sigmoid (1 - sigmoid),
+    the formulas :func:`dh_row` applies to the ``y`` it computes."""
+    return code == TANH or code == SIGMOID
+
+
+@jit
+def dh_from_output_row(code, y, d):
+    """``d <- phi'(x)`` from ``y = phi(x)`` (``d`` may be ``y``); tanh or sigmoid only."""
+    m = d.shape[0]
+    if code == TANH:
+        for j in range(m):
+            v = y[j]
+            d[j] = 1.0 - v * v
+    else:
+        for j in range(m):
+            v = y[j]
+            d[j] = v * (1.0 - v)
+
+
+@jit
 def dh_row(code, param, t, u):
     """``t <- phi'(t + u)`` along a row (or a flat block of rows); as in
     :func:`h_row`, each activation gets a loop of its own (identity: the generic one)."""

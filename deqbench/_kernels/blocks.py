@@ -101,42 +101,58 @@ def gemm_rows(P, Q, out):
         _gemm_rows_s(P, Q, out, rows)
 
 
-def _gemm_tn(P, Q, parts, chunk):
+def _gemm_tn(P, Q, out, work, chunk):
+    """Share ``c`` of the rows: ``P_c^T Q_c`` into ``out`` (``c = 0``) or ``work[c - 1]``."""
     n = P.shape[0]
-    for c in prange(parts.shape[0]):
+    for c in prange(work.shape[0] + 1):
         i0 = c * chunk
         i1 = min(i0 + chunk, n)
+        dst = out if c == 0 else work[c - 1]
         if i1 > i0:
-            np.dot(P[i0:i1].T, Q[i0:i1], parts[c])
+            np.dot(P[i0:i1].T, Q[i0:i1], dst)
         else:
-            parts[c] = 0.0
+            dst[:, :] = 0.0
 
 
 _gemm_tn_s, _gemm_tn_p = twins(_gemm_tn)
 
 
-#: ``gemm_tn`` splits the samples into at most this many partial products
-#: (enough to balance 16 threads), each of at least ``MIN_ROWS`` rows, and
-#: keeps the partials within ``PARTS_BYTES``.
-MAX_PARTS = 32
-PARTS_BYTES = 1 << 26
+#: ``gemm_tn`` splits the samples into one share per numba thread, or more
+#: while the partial products stay within ``PARTS_BYTES`` (at most
+#: ``MAX_PARTS``, each of at least ``MIN_ROWS`` rows). Same machine,
+#: ``python -m benchmarks.calibrate --gemm-tn`` (quiet, CLEAN, 0.3-0.4% other
+#: CPU), n = 8192: at m = 32 16 shares ran 1.5x (1 thread: 0.31 against 0.46 ms)
+#: and 1.7x (2 threads: 0.16 against 0.27 ms) faster than one share per thread
+#: (BLAS is slow on a long inner dimension); from m = 256 on one share per
+#: thread was best or level. The former rule (up to 32 shares in 64 MiB of
+#: partials, allocated per call: 8 at m = 1024) took 414 ms on 1 thread and
+#: 215 ms on 2 at m = 1024, where this one takes 340 and 182.
+MAX_PARTS = 16
+PARTS_BYTES = 1 << 20
 
 
 @jit
-def gemm_tn(P, Q, out):
+def tn_parts(n, m, k, threads):
+    """Shares of the ``n`` rows :func:`gemm_tn` sums over (1: one BLAS call)."""
+    parts = max(threads, PARTS_BYTES // (8 * m * k))
+    return max(1, min(MAX_PARTS, n // MIN_ROWS, parts))
+
+
+@jit
+def gemm_tn(P, Q, out, threads):
     """``out <- P^T Q`` (``n x m``, ``n x k`` -> ``m x k``), a sum over samples:
-    partial products over contiguous shares of the rows, in parallel, then
-    their sum (the partials cost ``parts x m x k`` floats, see ``MAX_PARTS``)."""
+    partial products over contiguous shares of the rows (:func:`tn_parts`), in
+    parallel, then their sum (``parts - 1`` partials of ``m x k`` floats).
+    ``threads``: numba's thread count (``numba.get_num_threads()``, which a
+    cached kernel cannot call)."""
     n, m = P.shape
     k = Q.shape[1]
-    parts = min(MAX_PARTS, n // MIN_ROWS, PARTS_BYTES // (8 * m * k))
+    parts = tn_parts(n, m, k, threads)
     if parts < 2 or n * (m + k) < PASS_PARALLEL_MIN:
         np.dot(P.T, Q, out)
         return
     chunk = (n + parts - 1) // parts
-    work = np.empty((parts, m, k), out.dtype)
-    _gemm_tn_p(P, Q, work, chunk)
-    out[:, :] = work[0]
-    for c in range(1, parts):
+    work = np.empty((parts - 1, m, k), out.dtype)
+    _gemm_tn_p(P, Q, out, work, chunk)
+    for c in range(parts - 1):
         out += work[c]
-

@@ -164,9 +164,40 @@ def stopping(dd, ff, k, r0, res, tol, max_iter, hist):
     return RUNNING, res, r0
 
 
+def _swap(P, Q, rows):
+    n = P.shape[0]
+    for b in prange((n + rows - 1) // rows):
+        i0 = b * rows
+        i1 = min(i0 + rows, n)
+        p = flat(P[i0:i1])
+        q = flat(Q[i0:i1])
+        for j in range(p.shape[0]):
+            v = p[j]
+            p[j] = q[j]
+            q[j] = v
+
+
+_swap_s, _swap_p = twins(_swap)
+
+
+@jit
+def swap(P, Q):
+    """Exchange the contents of two arrays of the same shape, block by block."""
+    rows = block_rows(P.shape[0], P.shape[1])
+    if P.size >= PASS_PARALLEL_MIN and P.shape[0] > rows:
+        _swap_p(P, Q, rows)
+    else:
+        _swap_s(P, Q, rows)
+
+
 @jit
 def picard(Z, M, U, code, param, D, T, tol, max_iter, beta, hist):
-    """Damped Picard ``Z <- (1 - beta) Z + beta h(Z M + U)``; ``T`` is work space."""
+    """Damped Picard ``Z <- (1 - beta) Z + beta h(Z M + U)``; ``T`` is work space.
+
+    On return ``Z`` is the iterate whose residual is reported and ``T`` its
+    evaluation ``Z + beta (h(Z M + U) - Z)``: the nonlinear adjoint reads
+    ``h'`` off it instead of paying another gemm (:func:`~.gradients.output_derivative`).
+    """
     cur = Z
     nxt = T
     r0 = -1.0
@@ -180,7 +211,7 @@ def picard(Z, M, U, code, param, D, T, tol, max_iter, beta, hist):
         cur, nxt = nxt, cur
         k += 1
     if cur is not Z:
-        Z[:, :] = cur
+        swap(Z, T)
     return k, res, status
 
 

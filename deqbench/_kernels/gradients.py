@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._jit import jit, prange, twins
-from .activations import act, dact, dh_row
+from .activations import act, dact, dh_from_output_row, dh_row
 from .blocks import PASS_PARALLEL_MIN, block_rows, flat
 
 
@@ -33,6 +33,39 @@ def preactivation_derivative(Z, AT, U, code, param, D):
     if Z.shape[0] > rows:
         return _preactivation_derivative_p(Z, AT, U, code, param, D, rows)
     return _preactivation_derivative_s(Z, AT, U, code, param, D, rows)
+
+
+def _output_derivative(Z, T, code, beta, D, rows):
+    n = D.shape[0]
+    inv_beta = 1.0 / beta
+    for b in prange((n + rows - 1) // rows):
+        i0 = b * rows
+        i1 = min(i0 + rows, n)
+        d = flat(D[i0:i1])
+        y = flat(T[i0:i1])
+        if beta != 1.0:
+            z = flat(Z[i0:i1])
+            for j in range(d.shape[0]):
+                d[j] = z[j] + (y[j] - z[j]) * inv_beta
+            y = d
+        dh_from_output_row(code, y, d)
+
+
+_output_derivative_s, _output_derivative_p = twins(_output_derivative)
+
+
+@jit
+def output_derivative(Z, T, code, beta, D):
+    """``D <- phi'(Z A^T + U)`` without the gemm, from the last Picard evaluation of ``Z``,
+    ``T = Z + beta (phi(Z A^T + U) - Z)`` (:func:`~.fixed_point.picard` leaves it there),
+    for the activations of :func:`~.activations.has_output_derivative`. One element pass
+    where :func:`preactivation_derivative` pays a gemm as costly as a map evaluation; the
+    values agree to rounding (``phi`` recovered from ``T``, within an ulp when
+    ``beta = 1``)."""
+    rows = block_rows(D.shape[0], D.shape[1])
+    if D.size >= PASS_PARALLEL_MIN and D.shape[0] > rows:
+        return _output_derivative_p(Z, T, code, beta, D, rows)
+    return _output_derivative_s(Z, T, code, beta, D, rows)
 
 
 def _residual_loss(Z, Y, G, rows):

@@ -29,7 +29,7 @@ from numba.np.linalg import _LAPACK, ensure_lapack
 from .._jit import jit
 from . import fixed_point as _fp
 from . import gradients as _g
-from .activations import IDENTITY, MASK
+from .activations import IDENTITY, MASK, has_output_derivative
 from .blocks import gemm_rows, gemm_tn
 
 ensure_lapack()
@@ -122,7 +122,7 @@ Model = namedtuple("Model", ["kind", "X", "Y", "y", "u", "code", "param"])
 #: :func:`certify` accepts (:func:`deqbench.theory.certified_rate`).
 Solve = namedtuple("Solve", ["forward", "adjoint", "tol", "max_iter", "damping",
                              "anderson_ridge", "anderson_history", "neumann_terms",
-                             "cert_limit"])
+                             "cert_limit", "threads"])
 
 #: The n-independent path: ``use`` it or not, ``Sxx = X^T X / n``, the
 #: least-squares ``W_star`` and the global minimum ``L_star``.
@@ -408,7 +408,10 @@ def sample_eval(model, A, B, solve, warm, ws, gA, gB):
     # adjoint
     acode = IDENTITY
     if model.kind == NONLINEAR:
-        _g.preactivation_derivative(Z, AT, U, model.code, model.param, D)
+        if solve.forward == PICARD and has_output_derivative(fcode):
+            _g.output_derivative(Z, ws.T, fcode, solve.damping, D)  # no gemm
+        else:
+            _g.preactivation_derivative(Z, AT, U, model.code, model.param, D)
         acode = MASK
     kb = 0
     if solve.adjoint == DIRECT:
@@ -428,8 +431,8 @@ def sample_eval(model, A, B, solve, warm, ws, gA, gB):
         kb, st = _iterate(solve.adjoint, Mu, A, G, acode, model.param, ws, solve)
         if st != _fp.CONVERGED:
             return np.nan, kf, kb, FP_FAILED
-    gemm_tn(Mu, Z, gA)
-    gemm_tn(Mu, X, gB)
+    gemm_tn(Mu, Z, gA, solve.threads)
+    gemm_tn(Mu, X, gB, solve.threads)
     return loss, kf, kb, OK
 
 
