@@ -226,7 +226,7 @@ def loss_and_grad_blocks(model, Xs, Ys, A, B, u, act, phi, solver, grad_solver, 
     solve and gradient of each block, summed pairwise with weights ``n_b / n``.
     Memory ``O(chunk (m + d) + m^2 + m d)``; ``z`` and ``adjoint`` are not kept
     (None). A read error gives NaN loss and gradients with status ``"read_error"``."""
-    from ._fixed_point import forward
+    from ._fixed_point import solve_forward
     from ._gradients import LossAndGrad, _adjoint
     from ._kernels import gradients as _g
 
@@ -236,7 +236,8 @@ def loss_and_grad_blocks(model, Xs, Ys, A, B, u, act, phi, solver, grad_solver, 
     try:
         for s, e, (Xb, Yb) in blocks([Xs, Ys], chunk):
             w = (e - s) / n
-            f = _quiet(forward, Xb, A, B, phi, solver, opts, None if z0 is None else z0[s:e])
+            f, U, last = _quiet(solve_forward, Xb, A, B, phi, solver, opts,
+                                None if z0 is None else z0[s:e])
             fb.add(f.n_iter, f.residual, f.status, f.history)
             G = np.empty((e - s, m), A.dtype)
             if model == "single_index":
@@ -246,7 +247,7 @@ def loss_and_grad_blocks(model, Xs, Ys, A, B, u, act, phi, solver, grad_solver, 
             G *= w
             loss.add(np.array([lb * w]))
             r = _quiet(_adjoint, Xb, A, B, f.z, G, phi, grad_solver, opts,
-                       None if adj0 is None else adj0[s:e], nk)
+                       None if adj0 is None else adj0[s:e], nk, U, last)
             ab.add(r.n_iter, r.residual, r.status, r.history)
             gA.add(r.grad_A)
             gB.add(r.grad_B)
