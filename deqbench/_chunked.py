@@ -227,7 +227,7 @@ def loss_and_grad_blocks(model, Xs, Ys, A, B, u, act, phi, solver, grad_solver, 
     Memory ``O(chunk (m + d) + m^2 + m d)``; ``z`` and ``adjoint`` are not kept
     (None). A read error gives NaN loss and gradients with status ``"read_error"``."""
     from ._fixed_point import solve_forward
-    from ._gradients import LossAndGrad, _adjoint
+    from ._gradients import LossAndGrad, _adjoint, reusable
     from ._kernels import gradients as _g
 
     n, m = Xs.n, A.shape[0]
@@ -238,6 +238,7 @@ def loss_and_grad_blocks(model, Xs, Ys, A, B, u, act, phi, solver, grad_solver, 
             w = (e - s) / n
             f, U, last = _quiet(solve_forward, Xb, A, B, phi, solver, opts,
                                 None if z0 is None else z0[s:e])
+            U, last = reusable(phi, U, last)
             fb.add(f.n_iter, f.residual, f.status, f.history)
             G = np.empty((e - s, m), A.dtype)
             if model == "single_index":

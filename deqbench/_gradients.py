@@ -153,6 +153,18 @@ def _neumann_terms(method, neumann_terms) -> int:
     return 0
 
 
+def reusable(act, U, last):
+    """``(U, last)`` of :func:`solve_forward`, each kept only when :func:`_adjoint` will
+    read it, so that the rest is freed before the adjoint solve runs: nothing for the
+    identity, ``last`` alone when ``h'`` can be read off it (tanh, sigmoid after Picard),
+    else ``U``."""
+    if act.is_identity:
+        return None, None
+    if last is not None and has_output_derivative(act.code):
+        return None, last
+    return U, None
+
+
 def _adjoint(X, A, B, Z, G, act, method, opts: SolverOptions, adj0, nk, U=None, last=None):
     """:func:`implicit_grad` on validated arguments of one dtype (``adj0`` too).
 
@@ -348,6 +360,7 @@ def loss_and_grad(
                                     z0, adj0, nk, chunk)
     Y, u = check_targets(model, Y, u, n, m, A.dtype)
     fwd, U, last = solve_forward(X, A, B, phi, solver, opts, z0)
+    U, last = reusable(phi, U, last)
     Z = fwd.z
     G = np.empty((n, m), Z.dtype)
     if model == "single_index":

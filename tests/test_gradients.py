@@ -166,3 +166,25 @@ def test_wide_maps_match_reference(rng, model, name, solver):
     scale = np.linalg.norm(dA) + np.linalg.norm(dB)
     np.testing.assert_allclose(gA, dA, rtol=0, atol=1e-9 * scale)
     np.testing.assert_allclose(gB, dB, rtol=0, atol=1e-9 * scale)
+
+
+@pytest.mark.parametrize(("model", "name", "arrays"), [("linear", "identity", 4),
+                                                       ("nonlinear", "tanh", 5),
+                                                       ("nonlinear", "softplus", 6)])
+def test_loss_and_grad_peak_memory(rng, model, name, arrays):
+    # what the forward solve leaves for the adjoint (U = X B^T, Picard's last evaluation) is
+    # kept only when the adjoint reads it: the linear adjoint reads neither, tanh reads the
+    # evaluation (and then needs no array of its own for phi'), softplus reads U
+    import tracemalloc
+
+    n, m = 4000, 16
+    A, B, X = small_problem(rng, n=n, d=m, m=m, scale_A=0.5)
+    Y = rng.standard_normal((n, m))
+    db.loss_and_grad(model, X, Y, A, B, activation=name)  # compiled outside the count
+    tracemalloc.start()
+    try:
+        db.loss_and_grad(model, X, Y, A, B, activation=name)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= (arrays + 0.5) * n * m * 8
