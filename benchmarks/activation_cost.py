@@ -26,6 +26,8 @@ import numpy as np
 from deqbench._jit import pjit, prange
 from deqbench._kernels.activations import IDENTITY, TANH, h_row
 
+from .peers.timing import settle
+
 
 @pjit
 def _pass(code, t, u, rows):
@@ -44,10 +46,11 @@ def measure(n: int, m: int, rounds: int = 21) -> dict:
     """Seconds per call (median of ``rounds`` back-to-back calls) of the gemm, the fused
     tanh pass, the identity pass and ``np.tanh`` over ``n x m`` values.
 
-    Each function is timed in a block of its own calls: alternating them call by
-    call made numba's and OpenBLAS's thread pools wake (and spin) against each
-    other on 2 cores, which timed the hand-over, not the work (a 4 MFLOP gemm at
-    m = 16 took 3.3 ms that way)."""
+    Each function is timed in a block of its own calls, after a pause
+    (:func:`~benchmarks.peers.timing.settle`): alternating them call by call made
+    numba's and OpenBLAS's thread pools wake (and spin) against each other on 2
+    cores, which timed the hand-over, not the work (a 4 MFLOP gemm at m = 16
+    took 3.3 ms that way)."""
     rng = np.random.default_rng(0)
     Z = rng.standard_normal((n, m))
     A = rng.standard_normal((m, m)) / np.sqrt(m)
@@ -64,6 +67,7 @@ def measure(n: int, m: int, rounds: int = 21) -> dict:
     result = {}
     for k, f in fns.items():
         T[...] = Z  # bounded inputs for the passes (tanh of tanh of ...)
+        settle()  # the previous function's threads park
         for _ in range(3):  # compile, fault in, wake the pool
             f()
         ts = []

@@ -19,6 +19,10 @@
   certificate's eigendecomposition (``_refresh``) in gemms of the same ``m``
   (``np.matmul``, all BLAS threads), measured, next to the flop model's price
   that sets the budget (``--refresh`` prints this table alone).
+* ``SETTLE_S`` (``benchmarks/peers/timing.py``): the pause before every timed
+  batch of the peer tables. A map evaluation at m = 16 (numba's threads) timed
+  after a pause of 0 to 0.5 s that follows a multi-threaded ``np.matmul``, and
+  the other way round (``--settle`` prints this table alone).
 
 Timings are the minimum of repeated calls in this process; run it on a quiet
 machine, and put the machine, the command and the quiet line next to the
@@ -179,12 +183,58 @@ def refresh_table(widths=(16, 32, 64, 128, 256, 512, 1024)) -> list[tuple[int, f
     return rows
 
 
+def settle_table(n: int, m: int = 16, calls: int = 200, trials: int = 5) -> None:
+    """Per-call time of a short numba-parallel map evaluation right after a
+    multi-threaded numpy gemm, and of a numpy gemm right after the evaluation,
+    against the pause between them (medians of ``trials``)."""
+    rng = np.random.default_rng(3)
+    Z, U = rng.standard_normal((n, m)), rng.standard_normal((n, m))
+    M = rng.standard_normal((m, m)) / m
+    T, D = np.empty((n, m)), np.zeros((1, 1))
+    big, big_out = rng.standard_normal((512, 512)), np.empty((512, 512))
+    Zg, Mg, Tg = rng.standard_normal((n, 64)), rng.standard_normal((64, 64)), np.empty((n, 64))
+
+    def evaluate():
+        fp.evaluate(Z, M, U, IDENTITY, 0.0, D, T, 1.0)
+
+    def gemm():
+        np.matmul(Zg, Mg, out=Tg)
+
+    def per_call(fn):
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - t) / calls
+
+    evaluate(), gemm()
+    time.sleep(0.5)
+    alone = per_call(evaluate), per_call(gemm)
+    print(f"pause before timing (s); us per call of a map evaluation (m = {m}, n = {n}) "
+          f"after a 2-thread np.matmul, and of np.matmul (m = 64) after the evaluation")
+    print(f"alone: evaluation {alone[0] * 1e6:.0f} us, np.matmul {alone[1] * 1e6:.0f} us")
+    for gap in (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5):
+        a, b = [], []
+        for _ in range(trials):
+            time.sleep(0.5)
+            np.matmul(big, big, out=big_out)
+            time.sleep(gap)
+            a.append(per_call(evaluate))
+            time.sleep(0.5)
+            evaluate()
+            time.sleep(gap)
+            b.append(per_call(gemm))
+        print(f"{gap:4.2f}  evaluation {np.median(a) * 1e6:6.0f} us   "
+              f"np.matmul {np.median(b) * 1e6:6.0f} us", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=8192)
     ap.add_argument("--refresh", action="store_true",
                     help="only the certificate's refresh price (seconds)")
     ap.add_argument("--gemm-tn", action="store_true", help="only the gemm_tn shares table")
+    ap.add_argument("--settle", action="store_true",
+                    help="only the pause-after-BLAS table (SETTLE_S)")
     ap.add_argument("--blocks", default=None, metavar="M1,M2",
                     help="only the block table, at these widths")
     a = ap.parse_args(argv)
@@ -197,6 +247,9 @@ def main(argv=None) -> int:
     if a.gemm_tn:
         gemm_tn_table(a.n)
         return 0
+    if a.settle:
+        settle_table(a.n)
+        return 0
     if a.blocks:
         blocks_table(a.n, [int(w) for w in a.blocks.split(",")])
         return 0
@@ -205,6 +258,7 @@ def main(argv=None) -> int:
     gemm_tn_table(a.n)
     scaling()
     refresh_table()
+    settle_table(a.n)
     return 0
 
 

@@ -7,9 +7,29 @@ import time
 
 import numpy as np
 
+#: Seconds of pause before every timed batch. Thread pools do not go idle
+#: when a call returns: OpenBLAS's workers spin (``sched_yield``) for
+#: ``2^28`` TSC cycles (``OPENBLAS_THREAD_TIMEOUT``, ~0.1 s) and OpenMP's
+#: for ``GOMP_SPINCOUNT``, so on a 2-core machine the system timed right after
+#: a multi-threaded NumPy call shares its second core with a spinner. Measured
+#: with ``python -m benchmarks.calibrate --settle`` (2-core AMD EPYC Zen 4,
+#: quiet, CLEAN, 0.2% other CPU): deqbench's map evaluation at m = 16,
+#: n = 8192 (86 us a call alone) took 519 us a call right after a 2-thread
+#: ``np.matmul``, 399 us after a 50 ms pause and its normal time from 0.1 s
+#: on; numpy's matmul after a deqbench call lost at most ~10%. Without the
+#: pause the peer tables timed which library ran before whom: in rotated
+#: order deqbench followed "numpy matmul" in two rounds of three.
+SETTLE_S = 0.25
+
+
+def settle(seconds: float = SETTLE_S) -> None:
+    """Let every library's idle worker threads park before the next timing."""
+    time.sleep(seconds)
+
 
 def calibrate(fn, min_batch_s: float) -> int:
     """Calls per timed batch so that one batch lasts about ``min_batch_s``."""
+    settle()
     t = time.perf_counter()
     fn()
     dt = time.perf_counter() - t
@@ -20,9 +40,10 @@ def interleaved(fns: dict, reps: int, min_batch_s: float = 0.2, known: dict | No
     """Time each callable in ``fns`` ``reps`` times, rotating the order every repetition.
 
     Short calls are repeated in a batch of ``inner`` calls (chosen once) and the
-    per-call time is batch / inner. ``known``: seconds of an earlier (warm) call
-    per name; calls known to last ``min_batch_s`` or more are not re-run to
-    calibrate. Returns ``{name: array of per-call seconds}``.
+    per-call time is batch / inner. Every batch starts after :func:`settle`, so
+    no peer is timed while another's threads still spin. ``known``: seconds of
+    an earlier (warm) call per name; calls known to last ``min_batch_s`` or more
+    are not re-run to calibrate. Returns ``{name: array of per-call seconds}``.
     """
     known = known or {}
     inner = {
@@ -35,6 +56,7 @@ def interleaved(fns: dict, reps: int, min_batch_s: float = 0.2, known: dict | No
         order = names[r % len(names) :] + names[: r % len(names)]
         for k in order:
             gc.collect()
+            settle()
             f, nin = fns[k], inner[k]
             t = time.perf_counter()
             for _ in range(nin):
