@@ -179,7 +179,9 @@ Timed through `../shared/tools/quiet --strict` (its summary line, with the
 share of CPU other processes took during the run, is under "Quiet line"
 below; a NOISY run is not a result). Every comparison is a ratio of medians
 of rounds interleaved in ONE process, each peer once per round in rotated
-order.
+order, every timed batch after a 0.25 s pause so that the previous peer's
+idle threads (OpenBLAS spins ~0.1 s after a call) have parked
+(`benchmarks/peers/timing.py`, `SETTLE_S`).
 
 ## Protocol
 
