@@ -478,6 +478,47 @@ def test_calibrate_runs_at_small_sizes(capsys):
     assert round(rows[0][2]) == _m.CERT_SQUARING_BUDGET
 
 
+def test_calibrate_settle_table_runs(capsys, monkeypatch):
+    """``calibrate --settle`` (the measurement behind ``SETTLE_S``) runs its
+    pause sweep; sleeps shortened, sizes tiny."""
+    from benchmarks import calibrate
+
+    monkeypatch.setattr(calibrate.time, "sleep", lambda s: None)
+    calibrate.settle_table(64, m=4, calls=2, trials=1)
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line[:4].replace(".", "").isdigit()]
+    assert "alone:" in out and len(rows) == 7 and all("np.matmul" in r for r in rows)
+
+
+def test_interleaved_settles_before_every_batch(monkeypatch):
+    """Every timed batch (and every calibration call) of the peer harness
+    starts after a pause, so a peer is never timed while the previous one's
+    threads spin; the order rotates every round."""
+    from benchmarks.peers import timing
+
+    log = []
+    monkeypatch.setattr(timing, "settle", lambda seconds=timing.SETTLE_S: log.append("pause"))
+    fns = {k: (lambda k=k: log.append(k)) for k in "abc"}
+    out = timing.interleaved(fns, reps=3, known={"a": 1.0, "b": 1.0, "c": 1.0})
+    assert {k: len(v) for k, v in out.items()} == {"a": 3, "b": 3, "c": 3}
+    assert log == ["pause", "a", "pause", "b", "pause", "c",
+                   "pause", "b", "pause", "c", "pause", "a",
+                   "pause", "c", "pause", "a", "pause", "b"]
+    log.clear()
+    assert timing.calibrate(fns["a"], 10.0) >= 1 and log[0] == "pause"
+
+
+def test_activation_cost_runs(capsys, monkeypatch):
+    """``python -m benchmarks.activation_cost`` times the solver's own
+    evaluations; a signature change of ``evaluate`` must not break it unseen."""
+    from benchmarks import activation_cost
+
+    monkeypatch.setattr(activation_cost, "settle", lambda seconds=0: None)
+    assert activation_cost.main(["--n", "64", "--m", "4,8", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n| 4 |") == 1 and out.count("\n| 8 |") == 1
+
+
 def test_anderson_domain_counts_converged_seeds():
     """benchmarks.anderson_domain: a contraction-like small radius converges on
     every seed; at m = 16, rho = 31.6 (docs/theory.md §3's table) none does."""
