@@ -14,9 +14,11 @@ import numpy as np
 #: a multi-threaded NumPy call shares its second core with a spinner. Measured
 #: with ``python -m benchmarks.calibrate --settle`` (2-core AMD EPYC Zen 4,
 #: quiet, CLEAN, 0.2% other CPU): deqbench's map evaluation at m = 16,
-#: n = 8192 (86 us a call alone) took 519 us a call right after a 2-thread
-#: ``np.matmul``, 399 us after a 50 ms pause and its normal time from 0.1 s
-#: on; numpy's matmul after a deqbench call lost at most ~10%. Without the
+#: n = 8192, under the public calls' BLAS thread limit (101 us a call alone),
+#: took 204 us a call right after a 2-thread ``np.matmul``, 409 us after a
+#: 50 ms pause and its normal time from 0.1 s on (the bare kernel: 86 us
+#: alone, 519 us right after); numpy's matmul after a deqbench call moved
+#: within its run-to-run spread (889-1187 us against 969 alone). Without the
 #: pause the peer tables timed which library ran before whom: in rotated
 #: order deqbench followed "numpy matmul" in two rounds of three.
 SETTLE_S = 0.25
