@@ -6,6 +6,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from . import _validate as v
@@ -171,7 +172,7 @@ def solve(M, U, code, param, D, Z, *, method, opts: SolverOptions, T=None):
     if method == "picard":
         T = np.empty_like(Z) if T is None else T
         k, res, status = _fp.picard(Z, M, U, code, param, D, T, opts.tol, opts.max_iter,
-                                    opts.damping, hist)
+                                    opts.damping, hist, numba.get_num_threads())
     else:
         mh = opts.anderson_history
         n, m = Z.shape

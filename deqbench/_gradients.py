@@ -189,7 +189,7 @@ def _adjoint(X, A, B, Z, G, act, method, opts: SolverOptions, adj0, nk, U=None, 
         Mu = np.zeros((n, m), Z.dtype)
         hist = np.full(nk + 2, np.nan)
         n_iter, res, code_ = _fp.picard(Mu, A, G, code, act.param, D, np.empty_like(Mu),
-                                        0.0, nk + 1, 1.0, hist)
+                                        0.0, nk + 1, 1.0, hist, numba.get_num_threads())
         status = "truncated" if code_ != _fp.DIVERGED else "diverged"
         hist = hist[: n_iter + 1]
     else:

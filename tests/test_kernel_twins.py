@@ -111,26 +111,125 @@ def test_output_derivative_twins(arrays, twin, code, beta):
     np.testing.assert_allclose(D, naive.dact(name, Z @ Mat + U), rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("max_iter", [3, 4])  # the answer ends in Z's buffer or in T's
+# the answer ends in Z's buffer or in T's; 31-33 cross the end of the first round
+@pytest.mark.parametrize("max_iter", [3, 4, fp.ROUND - 1, fp.ROUND, fp.ROUND + 1])
 @pytest.mark.parametrize("beta", [1.0, 0.6])
-def test_picard_leaves_the_last_evaluation_in_t(arrays, max_iter, beta):
-    Z, Mat, U, D = arrays
-    Z0 = 0.1 * Z
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_picard_leaves_the_last_evaluation_in_t(max_iter, beta, threads):
+    rng = np.random.default_rng(7)
+    n = 3000  # 7 blocks of block_rows(3000, 19) = 431 rows, the last ragged
+    assert n > 6 * bl.block_rows(n, M)
+    Mat = rng.standard_normal((M, M)) / M
+    U = rng.standard_normal((n, M))
+    Z0 = 0.1 * rng.standard_normal((n, M))
     Z = Z0.copy()
     T = np.empty_like(Z)
     hist = np.empty(max_iter + 1)
-    k, _, status = fp.picard(Z, Mat, U, TANH, 0.0, D, T, 0.0, max_iter, beta, hist)
+    k, _, status = fp.picard(Z, Mat, U, TANH, 0.0, np.empty((1, 1)), T, 0.0, max_iter, beta,
+                             hist, threads)
     assert (k, status) == (max_iter, fp.MAX_ITER)
     want = Z0  # the same iteration in NumPy
     for _ in range(max_iter):
         want = want + beta * (np.tanh(want @ Mat + U) - want)
     np.testing.assert_allclose(Z, want, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(T, Z + beta * (np.tanh(Z @ Mat + U) - Z), rtol=1e-12, atol=1e-14)
-    big = np.random.default_rng(1).standard_normal((3000, 17))  # the parallel swap
-    other = np.arange(big.size, dtype=float).reshape(big.shape)
-    a, b = big.copy(), other.copy()
-    fp.swap(a, b)
-    assert np.array_equal(a, other) and np.array_equal(b, big)
+
+
+def _blockwise_picard(Z, Mat, U, h, tol, max_iter, beta, rows):
+    """NumPy reference of the block-resident Picard: every block to its own
+    stop; the history of the batch whose blocks hold iterate ``min(k, k_b)``."""
+    n = Z.shape[0]
+    per_block = []  # (k_b, status_b, [(dd, ff) of every evaluation])
+    for i0 in range(0, n, rows):
+        z = Z[i0:i0 + rows].copy()
+        u = U[i0:i0 + rows]
+        norms, r0, k = [], None, 0
+        while True:
+            f = h(z @ Mat + u, i0)
+            dd, ff = np.sum((f - z) ** 2), np.sum(f ** 2)
+            norms.append((dd, ff))
+            if not (np.isfinite(dd) and np.isfinite(ff)):
+                status = fp.DIVERGED
+                break
+            r0 = np.sqrt(dd) if r0 is None else r0
+            if np.sqrt(dd / ff) <= tol:
+                status = fp.CONVERGED
+                break
+            if np.sqrt(dd) > fp.GROWTH * r0 > 0:
+                status = fp.DIVERGED
+                break
+            if k >= max_iter:
+                status = fp.MAX_ITER
+                break
+            z = z + beta * (f - z)
+            k += 1
+        Z[i0:i0 + rows] = z
+        per_block.append((k, status, norms))
+    kmax = max(kb for kb, _, _ in per_block)
+    hist = []
+    for j in range(kmax + 1):
+        dd = sum(nb[min(j, kb)][0] for kb, _, nb in per_block)
+        ff = sum(nb[min(j, kb)][1] for kb, _, nb in per_block)
+        hist.append(np.sqrt(dd / ff) if np.isfinite(dd) and np.isfinite(ff) else np.nan)
+    statuses = {s for _, s, _ in per_block}
+    status = next(s for s in (fp.DIVERGED, fp.MAX_ITER, fp.CONVERGED) if s in statuses)
+    return kmax, status, np.array(hist)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 5])
+@pytest.mark.parametrize("code", [IDENTITY, MASK, TANH])
+def test_picard_blocks_stop_on_their_own(threads, code):
+    """Blocks of different difficulty stop at different iterations; iterates,
+    count, status and the batch history match the NumPy reference."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    rows = bl.block_rows(n, M)
+    Mat = rng.standard_normal((M, M))
+    Mat *= 0.8 / np.linalg.norm(Mat, 2)
+    U = rng.standard_normal((n, M))
+    U[: 2 * rows] *= 1e-3  # first two blocks: smaller inputs, same contraction
+    D = rng.uniform(0.1, 1.0, (n, M))
+    h = {IDENTITY: lambda t, i0: t, MASK: lambda t, i0: D[i0:i0 + rows] * t,
+         TANH: lambda t, i0: np.tanh(t)}[code]
+    Z = np.zeros((n, M))
+    T = np.empty_like(Z)
+    hist = np.full(201, -1.0)
+    k, res, status = fp.picard(Z, Mat, U, code, 0.0, D, T, 1e-9, 200, 1.0, hist, threads)
+    Zr = np.zeros((n, M))
+    kr, sr, hr = _blockwise_picard(Zr, Mat, U, h, 1e-9, 200, 1.0, rows)
+    assert (k, status) == (kr, sr) == (k, fp.CONVERGED)
+    np.testing.assert_allclose(Z, Zr, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(hist[: k + 1], hr, rtol=1e-6, atol=1e-15)  # dd: rounding of F - Z
+    assert res == hist[k] <= 1e-9
+    # the batch rule holds for the returned Z, and it is what the history reports
+    F = h(Z @ Mat + U, 0) if code != MASK else D * (Z @ Mat + U)
+    assert np.sqrt(np.sum((F - Z) ** 2) / np.sum(F ** 2)) == pytest.approx(res, rel=1e-8)
+    # tanh and identity stop earlier on the easy blocks than the batch would: the
+    # count is the largest block's, not one more than the slowest block needs
+    assert max(len(hr) - 1, 0) == k
+
+
+def test_picard_one_block_diverging_keeps_the_others():
+    rng = np.random.default_rng(4)
+    n = 3000
+    rows = bl.block_rows(n, M)
+    Mat = rng.standard_normal((M, M))
+    Mat *= 0.5 / np.linalg.norm(Mat, 2)
+    U = rng.standard_normal((n, M))
+    U[rows + 3, 5] = np.nan  # block 1 goes non-finite at its first evaluation
+    Z = np.zeros((n, M))
+    hist = np.full(101, -1.0)
+    k, res, status = fp.picard(Z, Mat, U, IDENTITY, 0.0, np.empty((1, 1)), np.empty_like(Z),
+                               1e-10, 100, 1.0, hist, 2)
+    assert status == fp.DIVERGED
+    assert np.isnan(hist[: k + 1]).all() and res == np.inf  # no finite batch residual
+    Zr = np.zeros((n, M))
+    kr, sr, _ = _blockwise_picard(Zr, Mat, U, lambda t, i0: t, 1e-10, 100, 1.0, rows)
+    assert (k, status) == (kr, sr)
+    other = np.ones(n, bool)
+    other[rows:2 * rows] = False
+    np.testing.assert_allclose(Z[other], Zr[other], rtol=1e-12, atol=1e-15)
+    assert np.all(Z[rows:2 * rows] == 0.0)  # the last good iterate of the bad block
 
 
 @pytest.mark.parametrize("twin", TWINS)

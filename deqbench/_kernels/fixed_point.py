@@ -11,8 +11,10 @@ work buffers from the caller, allocates nothing in its loop and returns
 ``(n_iter, residual, status)``. Arrays are float32 or float64 (one dtype per
 call, numba compiles one specialisation each); the squared norms behind the
 residual are accumulated in float64 whatever the dtype. ``hist[k]`` is the relative residual
-``||h(Z_k M + U) - Z_k||_F / ||h(Z_k M + U)||_F`` of iterate ``k``; the
-returned ``Z`` is the iterate whose residual is reported.
+``||h(Z_k M + U) - Z_k||_F / ||h(Z_k M + U)||_F`` of iterate ``k`` (Picard:
+of the batch whose row blocks hold iterate ``min(k, k_b)``, each block
+stopping on its own, :func:`picard`); the returned ``Z`` is the iterate whose
+residual is reported.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ MAX_ITER = 1
 DIVERGED = 2  # non-finite values or residual growth beyond GROWTH
 GROWTH = 1e8  # absolute residual may not exceed GROWTH x the first one
 RUNNING = -1  # the iteration goes on (internal to :func:`stopping`)
+ROUND = 32
+"""Evaluations a Picard block makes per visit while it sits in cache
+(:func:`picard`): the history's work space is ``ROUND`` entries per thread,
+whatever ``max_iter``, and each block's rows come from memory once a round."""
 MINIMISER_SHARE = 0.5
 """Anderson evaluates the least-squares minimiser itself once its predicted
 relative residual is at most this share of ``tol`` (:func:`anderson`)."""
@@ -160,9 +166,27 @@ def relative(dd, ff):
     return 0.0 if dd <= _TINY else np.inf
 
 
+@jit(inline="always")
+def _rule(dd, ff, k, r0, tol, max_iter):
+    """The stopping rule on one evaluation's squared norms: ``(status, r0)``,
+    ``r0`` the first absolute residual (negative before the first call)."""
+    if not (np.isfinite(dd) and np.isfinite(ff)):
+        return DIVERGED, r0
+    if r0 < 0.0:
+        r0 = np.sqrt(dd)
+    if relative(dd, ff) <= tol:
+        return CONVERGED, r0
+    if np.sqrt(dd) > GROWTH * r0 and r0 > 0.0:
+        return DIVERGED, r0
+    if k >= max_iter:
+        return MAX_ITER, r0
+    return RUNNING, r0
+
+
 @jit
 def stopping(dd, ff, k, r0, res, tol, max_iter, hist):
-    """The one stopping rule of Picard and Anderson, after map evaluation ``k``.
+    """Anderson's stopping rule (:func:`_rule`, as each Picard block's), after map
+    evaluation ``k``.
 
     ``dd = ||F(Z_k) - Z_k||^2``, ``ff = ||F(Z_k)||^2``; ``r0`` is the first
     absolute residual (negative before the first call), ``res`` the last
@@ -173,70 +197,158 @@ def stopping(dd, ff, k, r0, res, tol, max_iter, hist):
     ``<= tol``), ``DIVERGED`` (non-finite, or the absolute residual above
     ``GROWTH`` times the first) or ``MAX_ITER`` (``k == max_iter``).
     """
+    status, r0 = _rule(dd, ff, k, r0, tol, max_iter)
     if not (np.isfinite(dd) and np.isfinite(ff)):
         hist[k] = np.nan
-        return DIVERGED, res, r0
+        return status, res, r0
     res = relative(dd, ff)
     hist[k] = res
-    if r0 < 0.0:
-        r0 = np.sqrt(dd)
-    if res <= tol:
-        return CONVERGED, res, r0
-    if np.sqrt(dd) > GROWTH * r0 and r0 > 0.0:
-        return DIVERGED, res, r0
-    if k >= max_iter:
-        return MAX_ITER, res, r0
-    return RUNNING, res, r0
+    return status, res, r0
 
 
-def _swap(P, Q, rows):
-    n = P.shape[0]
-    for b in prange((n + rows - 1) // rows):
-        i0 = b * rows
-        i1 = min(i0 + rows, n)
-        p = flat(P[i0:i1])
-        q = flat(Q[i0:i1])
-        for j in range(p.shape[0]):
-            v = p[j]
-            p[j] = q[j]
-            q[j] = v
+def _picard_blocks(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, j0, r0s, sums, out):
+    """One round: every running block iterated from its next evaluation up to
+    evaluation ``j0 + ROUND - 1`` or its stop, in cache meanwhile.
+
+    Lane ``l`` (one per thread) takes blocks ``l, l + lanes, ...``; for
+    evaluation ``j0 + i`` of a block it adds ``(dd, ff, 1)`` to ``sums[l, i, :3]``,
+    and a stopped block's last ``(dd, ff)`` to ``sums[l, i + 1, 3:]`` (it keeps
+    them for every later evaluation). ``out[b] = (next evaluation, status)``,
+    ``r0s[b]`` the block's first absolute residual (negative before it).
+    """
+    n = Z.shape[0]
+    lanes = sums.shape[0]
+    nb = (n + rows - 1) // rows
+    for lane in prange(lanes):
+        for b in range(lane, nb, lanes):
+            if out[b, 1] != RUNNING:
+                continue
+            i0 = b * rows
+            i1 = min(i0 + rows, n)
+            z = Z[i0:i1]
+            x = T[i0:i1]
+            u = U[i0:i1]
+            d = D[i0:i1] if code == MASK else D[0:1]
+            r0 = r0s[b]
+            k = out[b, 0]
+            status = RUNNING
+            while status == RUNNING and k < j0 + ROUND:
+                cur = z if k % 2 == 0 else x
+                nxt = x if k % 2 == 0 else z
+                np.dot(cur, M, nxt)
+                dd, ff = _finish(cur, u, code, param, d, nxt, 0, i1 - i0, beta)
+                i = k - j0
+                sums[lane, i, 0] += dd
+                sums[lane, i, 1] += ff
+                sums[lane, i, 2] += 1.0
+                status, r0 = _rule(dd, ff, k, r0, tol, max_iter)
+                if status == RUNNING:
+                    k += 1
+                else:
+                    sums[lane, i + 1, 3] += dd
+                    sums[lane, i + 1, 4] += ff
+            if status != RUNNING and k % 2 == 1:
+                # the reported iterate is in T: Z gets it, T its evaluation
+                zf = flat(z)
+                xf = flat(x)
+                for j in range(zf.shape[0]):
+                    v = zf[j]
+                    zf[j] = xf[j]
+                    xf[j] = v
+            r0s[b] = r0
+            out[b, 0] = k
+            out[b, 1] = status
 
 
-_swap_s, _swap_p = twins(_swap)
+_picard_blocks_s, _picard_blocks_p = twins(_picard_blocks)
+
+
+@jit(fastmath=False)
+def _batch_history(sums, j0, held, hist):
+    """``hist[j0 + i]`` for every evaluation ``j0 + i`` of the round that any
+    block made, from :func:`_picard_blocks`' lane sums; ``held``: the stopped
+    blocks' ``(dd, ff)`` so far, updated. Returns the last index written (``j0 - 1``
+    if none). Compiled without fast-math: under ``reassoc`` with ``nsz`` LLVM
+    turned a NaN block norm in these running sums into a finite residual (seen
+    here)."""
+    last = j0 - 1
+    for i in range(ROUND + 1):
+        dd = 0.0
+        ff = 0.0
+        count = 0.0
+        for lane in range(sums.shape[0]):
+            held[0] += sums[lane, i, 3]
+            held[1] += sums[lane, i, 4]
+            if i < ROUND:
+                dd += sums[lane, i, 0]
+                ff += sums[lane, i, 1]
+                count += sums[lane, i, 2]
+        if count == 0.0:
+            continue
+        dd += held[0]
+        ff += held[1]
+        last = j0 + i
+        hist[last] = relative(dd, ff) if np.isfinite(dd) and np.isfinite(ff) else np.nan
+    return last
 
 
 @jit
-def swap(P, Q):
-    """Exchange the contents of two arrays of the same shape, block by block."""
-    rows = block_rows(P.shape[0], P.shape[1])
-    if P.size >= PASS_PARALLEL_MIN and P.shape[0] > rows:
-        _swap_p(P, Q, rows)
-    else:
-        _swap_s(P, Q, rows)
-
-
-@jit
-def picard(Z, M, U, code, param, D, T, tol, max_iter, beta, hist):
+def picard(Z, M, U, code, param, D, T, tol, max_iter, beta, hist, threads):
     """Damped Picard ``Z <- (1 - beta) Z + beta h(Z M + U)``; ``T`` is work space.
 
-    On return ``Z`` is the iterate whose residual is reported and ``T`` its
+    Block-resident: each block of :func:`~.blocks.block_rows` rows is iterated
+    on its own, ``ROUND`` evaluations at a time while its rows of ``Z``, ``U``
+    and ``T`` stay in cache, until it meets the rule ``||F(Z_b) - Z_b|| <= tol
+    ||F(Z_b)||`` itself; blocks go to ``threads`` lanes (numba's thread count,
+    which a cached kernel cannot read; any count gives the same ``Z``).
+    Samples are independent, so a block's iterates are exactly its rows of the
+    batch iteration's, and the blocks' rules together imply the batch rule;
+    easy blocks stop early. ``hist[k]`` is the relative residual of the batch
+    whose blocks hold iterate ``min(k, k_b)``; the iteration count returned
+    is the largest ``k_b``, the status the worst (diverged, then max_iter),
+    the residual that of the returned ``Z`` (the last finite entry of
+    ``hist`` when a block went non-finite).
+
+    On return ``Z`` holds each block's reported iterate and ``T`` its
     evaluation ``Z + beta (h(Z M + U) - Z)``: the nonlinear adjoint reads
     ``h'`` off it instead of paying another gemm (:func:`~.gradients.output_derivative`).
     """
-    cur = Z
-    nxt = T
-    r0 = -1.0
-    res = np.inf
+    n = Z.shape[0]
+    rows = block_rows(n, Z.shape[1])
+    nb = max((n + rows - 1) // rows, 1)
+    lanes = max(1, min(threads, nb))
+    sums = np.empty((lanes, ROUND + 1, 5))
+    out = np.zeros((nb, 2), np.int64)
+    out[:, 1] = RUNNING
+    r0s = np.full(nb, -1.0)
+    held = np.zeros(2)
     k = 0
+    j0 = 0
     while True:
-        dd, ff = evaluate(cur, M, U, code, param, D, nxt, beta)
-        status, res, r0 = stopping(dd, ff, k, r0, res, tol, max_iter, hist)
-        if status != RUNNING:
+        sums[:] = 0.0
+        if lanes > 1:
+            _picard_blocks_p(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, j0, r0s,
+                             sums, out)
+        else:
+            _picard_blocks_s(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, j0, r0s,
+                             sums, out)
+        k = max(k, _batch_history(sums, j0, held, hist))
+        running = False
+        for b in range(nb):
+            running = running or out[b, 1] == RUNNING
+        if not running:
             break
-        cur, nxt = nxt, cur
-        k += 1
-    if cur is not Z:
-        swap(Z, T)
+        j0 += ROUND
+    status = CONVERGED
+    for b in range(nb):
+        s = out[b, 1]
+        if s == DIVERGED or (s == MAX_ITER and status == CONVERGED):
+            status = s
+    res = np.inf
+    for j in range(k, -1, -1):
+        if np.isfinite(hist[j]):
+            res = hist[j]
+            break
     return k, res, status
 
 

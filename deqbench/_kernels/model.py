@@ -356,7 +356,7 @@ def _iterate(solver, Z, M, U, code, param, ws, solve):
     """Picard or Anderson on ``Z -> h(Z M + U)`` in place; returns ``(n_iter, status)``."""
     if solver == PICARD:
         k, res, st = _fp.picard(Z, M, U, code, param, ws.D, ws.T, solve.tol, solve.max_iter,
-                                solve.damping, ws.hist)
+                                solve.damping, ws.hist, solve.threads)
     else:
         k, res, st = _fp.anderson(Z, M, U, code, param, ws.D, ws.Fh, ws.Gh, ws.GG, ws.work,
                                   solve.tol, solve.max_iter, solve.damping,
@@ -422,7 +422,7 @@ def sample_eval(model, A, B, solve, warm, ws, gA, gB):
         Mu[:, :] = 0.0
         nk = solve.neumann_terms if solve.adjoint == NEUMANN else 0
         kb, res, st = _fp.picard(Mu, A, G, acode, model.param, D, ws.T, 0.0, nk + 1, 1.0,
-                                 ws.hist)
+                                 ws.hist, solve.threads)
         if st == _fp.DIVERGED:
             return np.nan, kf, kb, FP_FAILED
     else:
