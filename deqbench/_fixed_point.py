@@ -64,7 +64,8 @@ class FixedPointResult:
     z : ndarray, shape (n, m)
         The returned iterate (the last finite one on failure).
     n_iter : int
-        Updates applied to the initial guess to reach ``z`` (map evaluations - 1).
+        Updates applied to the initial guess to reach ``z`` (map evaluations - 1;
+        Picard: of the row block that needed the most).
     residual : float
         ``||F(z) - z||_F / ||F(z)||_F`` of the returned ``z``.
     converged : bool
@@ -243,7 +244,11 @@ def fixed_point(
     activation : str or Activation
         ``phi``; ``"identity"`` gives the linear DEQ.
     method : {"picard", "anderson", "direct"}
-        ``"picard"``: damped iteration ``Z <- (1 - damping) Z + damping F(Z)``.
+        ``"picard"``: damped iteration ``Z <- (1 - damping) Z + damping F(Z)``,
+        each cache-sized block of rows iterated until it meets the rule below
+        on its own rows (which implies it for the batch; ``n_iter`` is then
+        the largest block count, ``history[k]`` the residual of the batch
+        whose blocks hold iterate ``min(k, k_b)``; docs/theory.md §3).
         ``"anderson"``: Anderson acceleration (``anderson_history``,
         ``anderson_ridge``). ``"direct"``: exact LU solve, linear only.
     tol : float, optional
