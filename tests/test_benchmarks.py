@@ -526,3 +526,21 @@ def test_anderson_domain_counts_converged_seeds():
 
     assert anderson_domain.converged(3, 3.16, 2) == 2
     assert anderson_domain.converged(16, 31.6, 2) == 0
+
+
+def test_peer_summary_table_from_results(tmp_path):
+    """``python -m benchmarks.peers.summary`` builds the README's table from the
+    runs' ``peers.csv``: the fastest iterative peer named, the ratio to matmul,
+    ``-`` where a run is missing."""
+    from benchmarks.peers import summary
+
+    head = "workload,m,peer,median_s,gflops\n"
+    (tmp_path / "m16-256").mkdir()
+    (tmp_path / "m16-256" / "peers.csv").write_text(
+        head + "W1,16,deqbench,1.0,60\nW1,16,numpy loop,2.5,24\nW1,16,jaxopt,2.0,30\n"
+        "W1,16,numpy direct,0.1,1\nW1,16,numpy matmul,0.01,50\n")
+    out = summary.table(tmp_path)
+    rows = [line for line in out.splitlines() if line.startswith("| W")]
+    assert len(rows) == len(summary.WORKLOADS) * len(summary.WIDTHS)
+    assert rows[0] == "| W1 | 16 | 2.00x jaxopt | 60.0 / 50.0 (120%) | - | - |"
+    assert rows[1] == "| W1 | 32 | - | - | - | - |"
