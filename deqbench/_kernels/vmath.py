@@ -124,8 +124,9 @@ def tanh(x):
     """``tanh(x) = -m / (2 + m)`` with ``m = e^{-2|x|} - 1`` in ``(-1, 0]``, the sign of
     ``x`` copied back. ``m = 2^k (e^r - 1) + (2^k - 1)`` in one fused multiply-add:
     for ``k = 0`` it is ``r (e^r - 1) / r``, accurate relative to ``r`` down to the
-    subnormals; for ``k < 0`` both terms are negative. One polynomial and one
-    division, no branch on ``|x|``."""
+    subnormals; for ``k < 0``, ``|2^k (e^r - 1)| <= 0.21`` against ``2^k - 1 <= -0.5``
+    (exact), so the sum cancels little. One polynomial and one division, no
+    branch on ``|x|``."""
     t = abs(x)
     t = t if t < 20.0 else 20.0  # tanh(20) rounds to 1; also maps NaN away from the int cast
     kf, r = _reduce(-2.0 * t)
