@@ -5,6 +5,13 @@ stay meaningful; ``error_model="numpy"`` returns inf/nan instead of raising from
 inside a kernel (numerical failure becomes a status, never an exception).
 Compiled kernels are cached on disk by :class:`KernelCacheLocator`, one folder
 per version of the kernel sources.
+
+Compile time: a kernel called from a kernel with an integer constant
+(``f(x, 0)``), or with a loop counter that starts at a constant (type inference
+first sees ``Literal[int](0)``, then ``int64``), compiles once per literal
+besides its ``int64`` specialisation. Pass ``np.int64(0)`` and start counters
+at ``np.int64(0)``; ``tests/test_jit_cache.py`` checks a cold start for such
+twice-compiled kernels.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import jit, prange, twins
+from .._jit import jit, pjit, prange, twins
 from .activations import IDENTITY, MASK, h_row
 from .blocks import PASS_PARALLEL_MIN, block_rows, flat, gemm_rows
 
@@ -206,61 +206,73 @@ def stopping(dd, ff, k, r0, res, tol, max_iter, hist):
     return status, res, r0
 
 
-def _picard_blocks(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, j0, r0s, sums, out):
-    """One round: every running block iterated from its next evaluation up to
-    evaluation ``j0 + ROUND - 1`` or its stop, in cache meanwhile.
+@jit
+def _picard_lane(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, j0, r0s, sums, out,
+                 lane):
+    """Lane ``lane``'s share of one round (:func:`_picard_blocks`): blocks
+    ``lane, lane + lanes, ...`` iterated from their next evaluation up to
+    evaluation ``j0 + ROUND - 1`` or their stop, each in cache meanwhile.
 
-    Lane ``l`` (one per thread) takes blocks ``l, l + lanes, ...``; for
-    evaluation ``j0 + i`` of a block it adds ``(dd, ff, 1)`` to ``sums[l, i, :3]``,
-    and a stopped block's last ``(dd, ff)`` to ``sums[l, i + 1, 3:]`` (it keeps
-    them for every later evaluation). ``out[b] = (next evaluation, status)``,
-    ``r0s[b]`` the block's first absolute residual (negative before it).
+    For evaluation ``j0 + i`` of a block it adds ``(dd, ff, 1)`` to
+    ``sums[lane, i, :3]``, and a stopped block's last ``(dd, ff)`` to
+    ``sums[lane, i + 1, 3:]`` (it keeps them for every later evaluation).
+    ``out[b] = (next evaluation, status)``, ``r0s[b]`` the block's first
+    absolute residual (negative before it). Compiled once and called by the
+    serial and the parallel round alike: inlined into both twins of a
+    ``prange`` loop, this body (three loops of :func:`_finish`, every
+    activation) cost 4.8 s of cold compile.
     """
     n = Z.shape[0]
     lanes = sums.shape[0]
     nb = (n + rows - 1) // rows
-    for lane in prange(lanes):
-        for b in range(lane, nb, lanes):
-            if out[b, 1] != RUNNING:
-                continue
-            i0 = b * rows
-            i1 = min(i0 + rows, n)
-            z = Z[i0:i1]
-            x = T[i0:i1]
-            u = U[i0:i1]
-            d = D[i0:i1] if code == MASK else D[0:1]
-            r0 = r0s[b]
-            k = out[b, 0]
-            status = RUNNING
-            while status == RUNNING and k < j0 + ROUND:
-                cur = z if k % 2 == 0 else x
-                nxt = x if k % 2 == 0 else z
-                np.dot(cur, M, nxt)
-                dd, ff = _finish(cur, u, code, param, d, nxt, 0, i1 - i0, beta)
-                i = k - j0
-                sums[lane, i, 0] += dd
-                sums[lane, i, 1] += ff
-                sums[lane, i, 2] += 1.0
-                status, r0 = _rule(dd, ff, k, r0, tol, max_iter)
-                if status == RUNNING:
-                    k += 1
-                else:
-                    sums[lane, i + 1, 3] += dd
-                    sums[lane, i + 1, 4] += ff
-            if status != RUNNING and k % 2 == 1:
-                # the reported iterate is in T: Z gets it, T its evaluation
-                zf = flat(z)
-                xf = flat(x)
-                for j in range(zf.shape[0]):
-                    v = zf[j]
-                    zf[j] = xf[j]
-                    xf[j] = v
-            r0s[b] = r0
-            out[b, 0] = k
-            out[b, 1] = status
+    for b in range(lane, nb, lanes):
+        if out[b, 1] != RUNNING:
+            continue
+        i0 = b * rows
+        i1 = min(i0 + rows, n)
+        z = Z[i0:i1]
+        x = T[i0:i1]
+        u = U[i0:i1]
+        d = D[i0:i1] if code == MASK else D[0:1]
+        r0 = r0s[b]
+        k = out[b, 0]
+        status = RUNNING
+        while status == RUNNING and k < j0 + ROUND:
+            cur = z if k % 2 == 0 else x
+            nxt = x if k % 2 == 0 else z
+            np.dot(cur, M, nxt)
+            dd, ff = _finish(cur, u, code, param, d, nxt, 0, i1 - i0, beta)
+            i = k - j0
+            sums[lane, i, 0] += dd
+            sums[lane, i, 1] += ff
+            sums[lane, i, 2] += 1.0
+            status, r0 = _rule(dd, ff, k, r0, tol, max_iter)
+            if status == RUNNING:
+                k += 1
+            else:
+                sums[lane, i + 1, 3] += dd
+                sums[lane, i + 1, 4] += ff
+        if status != RUNNING and k % 2 == 1:
+            # the reported iterate is in T: Z gets it, T its evaluation
+            zf = flat(z)
+            xf = flat(x)
+            for j in range(zf.shape[0]):
+                v = zf[j]
+                zf[j] = xf[j]
+                xf[j] = v
+        r0s[b] = r0
+        out[b, 0] = k
+        out[b, 1] = status
 
 
-_picard_blocks_s, _picard_blocks_p = twins(_picard_blocks)
+@pjit
+def _picard_blocks(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, j0, r0s, sums, out):
+    """One round of :func:`picard`: every running block iterated up to
+    evaluation ``j0 + ROUND - 1`` or its stop, one lane per thread
+    (:func:`_picard_lane`; lanes own their blocks and their sums: no races)."""
+    for lane in prange(sums.shape[0]):
+        _picard_lane(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, j0, r0s, sums,
+                     out, np.int64(lane))
 
 
 @jit(fastmath=False)
@@ -323,15 +335,15 @@ def picard(Z, M, U, code, param, D, T, tol, max_iter, beta, hist, threads):
     r0s = np.full(nb, -1.0)
     held = np.zeros(2)
     k = 0
-    j0 = 0
+    j0 = np.int64(0)
     while True:
         sums[:] = 0.0
         if lanes > 1:
-            _picard_blocks_p(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, j0, r0s,
-                             sums, out)
+            _picard_blocks(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, j0, r0s,
+                           sums, out)
         else:
-            _picard_blocks_s(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, j0, r0s,
-                             sums, out)
+            _picard_lane(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, j0, r0s, sums,
+                         out, np.int64(0))
         k = max(k, _batch_history(sums, j0, held, hist))
         running = False
         for b in range(nb):
@@ -453,7 +465,7 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
     scale = work[2 * kmax + 1]
     r0 = -1.0
     res = np.inf
-    k = 0
+    k = np.int64(0)
     minimiser = False  # whether Z is the last window's minimiser (mix 0)
     while True:
         s = k % kmax

@@ -179,7 +179,8 @@ def workspaces(model, m, solve, stats):
     n, d = model.X.shape
     dt = model.X.dtype
     if stats.use:
-        ws = sample_workspace(model.X, 1, m, d, False, 0, 1)
+        ws = sample_workspace(model.X, np.int64(1), m, d, np.bool_(False), np.int64(0),
+                              np.int64(1))
     else:
         hist_len = max(solve.max_iter, solve.neumann_terms + 1) + 2
         ws = sample_workspace(model.X, n, m, d, model.kind == NONLINEAR, solve.anderson_history,
