@@ -7,6 +7,10 @@
   + fused pass, numba's threads over the blocks, BLAS single-threaded) at
   n = 8192 for block sizes from 16 KiB to 1 MiB, next to numpy's matmul of the
   same shapes (all BLAS threads), and prints the best block size per width.
+* ``BLOCK_BYTES`` for the block-resident Picard iteration (``--picard``):
+  ``fixed_point.picard`` (64 evaluations, tol 0, identity and tanh) at
+  n = 8192 by block size, next to the block size in force, each block
+  iterated in cache 32 evaluations a visit.
 * ``PASS_PARALLEL_MIN``: the element count from which the parallel twin of an
   element pass (``residual_loss``) beats the serial one.
 * How the second core pays: ``fixed_point`` at m = 256, n = 65536 on all of
@@ -81,6 +85,42 @@ def blocks_table(n: int, widths=WIDTHS) -> None:
         top = BLOCKS[int(np.argmax(rates))] >> 10
         print(f"{m:<5} " + " ".join(f"{r:6.1f}" for r in rates)
               + f"  {flops / t_mm / 1e9:6.1f}  {top} KiB")
+
+
+def _picard_from_zero(Z, M, U, code, D, T, evaluations, hist, threads, rows):
+    Z[:] = 0.0
+    fp.picard(Z, M, U, code, 0.0, D, T, 0.0, evaluations, 1.0, hist, threads, rows)
+
+
+def picard_table(n: int, widths=WIDTHS, evaluations: int = 64) -> None:
+    """GFLOP/s of block-resident Picard (``evaluations`` map evaluations, tol 0)
+    by block size in KiB, for the identity and tanh; ``*`` marks the block size
+    in force (:func:`~deqbench._kernels.blocks.block_rows`)."""
+    import numba
+
+    from deqbench._kernels.activations import TANH
+
+    threads = numba.get_num_threads()
+    sizes = BLOCKS[:7]
+    print(f"block-resident picard, n = {n}, {evaluations} evaluations: GFLOP/s by block size (KiB)")
+    print("m     map   " + " ".join(f"{b >> 10:>6}" for b in sizes) + "  in force (rows)")
+    rng = np.random.default_rng(4)
+    for m in widths:
+        M = rng.standard_normal((m, m)) * (0.5 / np.sqrt(m))
+        U = rng.standard_normal((n, m))
+        Z, T, D = np.empty_like(U), np.empty_like(U), np.zeros((1, 1))
+        hist = np.empty(evaluations + 2)
+        flops = 2.0 * n * m * m * (evaluations + 1)
+        force = block_rows(n, m)
+        for code, name in ((IDENTITY, "id"), (TANH, "tanh")):
+            cells = []
+            for b in sizes:
+                rows = max(1, min(n, b // (8 * m)))
+                with single_threaded_blas():
+                    t = best(partial(_picard_from_zero, Z, M, U, code, D, T, evaluations, hist,
+                                     threads, rows), reps=10)
+                cells.append(f"{flops / t / 1e9:6.1f}" + ("*" if rows == force else " "))
+            print(f"{m:<5} {name:<5} " + "".join(cells) + f"  {force}", flush=True)
 
 
 def pass_table(max_log: int = 22) -> None:
@@ -236,6 +276,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gemm-tn", action="store_true", help="only the gemm_tn shares table")
     ap.add_argument("--settle", action="store_true",
                     help="only the pause-after-BLAS table (SETTLE_S)")
+    ap.add_argument("--picard", default=None, metavar="M1,M2",
+                    help="only the block-resident Picard table, at these widths")
     ap.add_argument("--blocks", default=None, metavar="M1,M2",
                     help="only the block table, at these widths")
     a = ap.parse_args(argv)
@@ -251,10 +293,14 @@ def main(argv=None) -> int:
     if a.settle:
         settle_table(a.n)
         return 0
+    if a.picard:
+        picard_table(a.n, [int(w) for w in a.picard.split(",")])
+        return 0
     if a.blocks:
         blocks_table(a.n, [int(w) for w in a.blocks.split(",")])
         return 0
     blocks_table(a.n)
+    picard_table(a.n)
     pass_table()
     gemm_tn_table(a.n)
     scaling()

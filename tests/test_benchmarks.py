@@ -465,11 +465,15 @@ def test_calibrate_runs_at_small_sizes(capsys):
     from benchmarks import calibrate
 
     calibrate.blocks_table(64)
+    calibrate.picard_table(512, widths=(16,), evaluations=3)
     calibrate.pass_table(max_log=14)
     calibrate.scaling(m=8, n=256)
     rows = calibrate.refresh_table(widths=(8,))
     out = capsys.readouterr().out
     assert out.count(" KiB\n") == len(calibrate.WIDTHS)
+    # one Picard row per map, the block size in force marked
+    assert len([ln for ln in out.splitlines() if ln.startswith("16    ")]) == 3
+    assert "*" in out.split("block-resident picard")[1]
     assert out.count("ratio") == 2 and "on 1 thread" in out
     # the flop-model price is the one the budget was set from (m <= 256)
     assert rows[0][0] == 8 and rows[0][1] > 0.0

@@ -187,10 +187,14 @@ def _blocks_problem(seed, norm):
 
 @pytest.mark.parametrize("threads", [1, 2, 5])
 @pytest.mark.parametrize("code", [IDENTITY, MASK, TANH])
-def test_picard_blocks_stop_on_their_own(threads, code):
+@pytest.mark.parametrize("rows_arg", [0, 333])
+def test_picard_blocks_stop_on_their_own(threads, code, rows_arg):
     """Blocks of different difficulty stop at different iterations; iterates,
-    count, status and the batch history match the NumPy reference."""
+    count, status and the batch history match the NumPy reference, with the
+    block size in force (``rows_arg = 0``) and with one that ``calibrate --picard``
+    passes (10 blocks, the last of 3 rows)."""
     rng, n, rows, _, _ = _blocks_problem(3, 0.8)
+    rows = rows_arg or rows
     Q = np.linalg.qr(rng.standard_normal((M, M)))[0]
     lam = np.full(M, 0.1)
     lam[0] = 0.8  # one slow direction
@@ -204,7 +208,8 @@ def test_picard_blocks_stop_on_their_own(threads, code):
     Z = np.zeros((n, M))
     T = np.empty_like(Z)
     hist = np.full(201, -1.0)
-    k, res, status = fp.picard(Z, Mat, U, code, 0.0, D, T, 1e-9, 200, 1.0, hist, threads)
+    k, res, status = fp.picard(Z, Mat, U, code, 0.0, D, T, 1e-9, 200, 1.0, hist, threads,
+                               rows_arg)
     Zr = np.zeros((n, M))
     kr, sr, hr, per_block = _blockwise_picard(Zr, Mat, U, h, 1e-9, 200, 1.0, rows)
     assert (k, status) == (kr, sr) == (k, fp.CONVERGED)

@@ -305,7 +305,7 @@ def _batch_history(sums, j0, held, hist):
 
 
 @jit
-def picard(Z, M, U, code, param, D, T, tol, max_iter, beta, hist, threads):
+def picard(Z, M, U, code, param, D, T, tol, max_iter, beta, hist, threads, rows=0):
     """Damped Picard ``Z <- (1 - beta) Z + beta h(Z M + U)``; ``T`` is work space.
 
     Block-resident: each block of :func:`~.blocks.block_rows` rows is iterated
@@ -321,12 +321,16 @@ def picard(Z, M, U, code, param, D, T, tol, max_iter, beta, hist, threads):
     the residual that of the returned ``Z`` (the last finite entry of
     ``hist`` when a block went non-finite).
 
+    ``rows``: rows per block, :func:`~.blocks.block_rows` when not positive
+    (``python -m benchmarks.calibrate --picard`` times other sizes).
+
     On return ``Z`` holds each block's reported iterate and ``T`` its
     evaluation ``Z + beta (h(Z M + U) - Z)``: the nonlinear adjoint reads
     ``h'`` off it instead of paying another gemm (:func:`~.gradients.output_derivative`).
     """
     n = Z.shape[0]
-    rows = block_rows(n, Z.shape[1])
+    if rows <= 0:
+        rows = block_rows(n, Z.shape[1])
     nb = max((n + rows - 1) // rows, 1)
     lanes = max(1, min(threads, nb))
     sums = np.empty((lanes, ROUND + 1, 5))
