@@ -134,8 +134,8 @@ def test_no_kernel_compiles_twice_for_a_literal(tmp_path):
     """A kernel called from a kernel with an integer constant (``f(..., 0)``, or a
     loop counter that starts at ``0``, which type inference first sees as the
     constant) compiles a ``Literal[int](0)`` specialisation besides the
-    ``int64`` one: the block-resident Picard compiled its round six times and
-    ``loss_and_grad``'s cold start took 23.7 CPU s instead of 14.5. Cold, in a
+    ``int64`` one: Picard's parallel round and its history were compiled twice
+    each (``j0 = 0``), Anderson's stopping rule twice (``k = 0``). Cold, in a
     fresh interpreter with an empty kernel cache (a warm one would type
     nothing), no kernel may have two specialisations that differ only in
     literal arguments."""
