@@ -68,6 +68,14 @@ def info_lines() -> list[str]:
                  f"({blocks.MIN_ROWS}-{blocks.MAX_ROWS} rows; at least {blocks.WIDE_ROWS} "
                  f"once the m x m matrix exceeds {blocks.WIDE_BYTES >> 10} KiB); BLAS runs "
                  "single-threaded inside each block while a deqbench call runs")
+    if blocks.SMALL_GEMM_MNK:
+        lines.append(f"small gemm    BLAS multiplies unpacked while rows m^2 <= "
+                     f"{blocks.SMALL_GEMM_MNK}: blocks of the most rows (a multiple of 4, at "
+                     f"least {blocks.SMALL_MIN_ROWS}) that keep it, e.g. "
+                     f"{blocks.block_rows(1 << 20, 256)} rows at m = 256")
+    else:
+        lines.append("small gemm    no unpacked small-matrix path known for this BLAS: "
+                     "blocks by bytes alone")
     lines.append(f"crossovers    element passes parallel from {blocks.PASS_PARALLEL_MIN} elements; "
                  f"gemm_tn: one share of the rows per thread, up to {blocks.MAX_PARTS} "
                  f"while partials fit {blocks.PARTS_BYTES >> 10} KiB, {blocks.MIN_ROWS} rows "

@@ -150,11 +150,13 @@ def test_property_gradients_match_dense_reference(m, d, n, scale, model, solver,
 @pytest.mark.parametrize(("model", "name"), [("linear", "identity"), ("single_index", "tanh"),
                                              ("nonlinear", "tanh")])
 @pytest.mark.parametrize("solver", ["picard", "anderson"])
-def test_wide_maps_match_reference(rng, model, name, solver):
-    """Several row blocks (the parallel kernels) and a ragged last block."""
+@pytest.mark.parametrize("m", [56, 112])
+def test_wide_maps_match_reference(rng, model, name, solver, m):
+    """Several row blocks (the parallel kernels) and a ragged last block; at
+    m = 112 blocks of 76 rows where BLAS has its small path (blocks.SMALL_GEMM_MNK)."""
     from deqbench._kernels.blocks import block_rows
 
-    d, m = 5, 56
+    d = 5
     n = 3 * block_rows(10**6, m) + 7
     A, B, X = small_problem(rng, n=n, d=d, m=m, scale_A=0.6)
     Y = _targets(model, rng, n, m)

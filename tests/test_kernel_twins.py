@@ -12,6 +12,7 @@ from deqbench._kernels import blocks as bl
 from deqbench._kernels import fixed_point as fp
 from deqbench._kernels import gradients as g
 from deqbench._kernels.activations import IDENTITY, MASK, SIGMOID, TANH
+from deqbench._platform import small_gemm_mnk
 from tests import naive
 
 N, M = 257, 19
@@ -282,12 +283,39 @@ def test_gemm_tn_shares():
     assert bl.tn_parts(300, 32, 32, 16) == 300 // bl.MIN_ROWS  # MIN_ROWS rows a share
 
 
-def test_block_rows_rule():
-    assert bl.block_rows(10**6, 32) == bl.BLOCK_BYTES // (8 * 32)
-    assert bl.block_rows(10**6, 256) == bl.MIN_ROWS  # 512 KiB matrix: not wide
-    assert bl.block_rows(10**6, 257) == bl.WIDE_ROWS
-    assert bl.block_rows(10**6, 10**6) == bl.WIDE_ROWS
-    assert bl.block_rows(300, 1024) == 150  # two blocks, not one of 300
-    assert bl.block_rows(800, 1024) == 400
-    assert bl.block_rows(10**6, 1) == bl.MAX_ROWS
-    assert bl.block_rows(7, 32) == 7
+def test_packed_rows_rule():
+    assert bl.packed_rows(10**6, 32) == bl.BLOCK_BYTES // (8 * 32)
+    assert bl.packed_rows(10**6, 256) == bl.MIN_ROWS  # 512 KiB matrix: not wide
+    assert bl.packed_rows(10**6, 257) == bl.WIDE_ROWS
+    assert bl.packed_rows(10**6, 10**6) == bl.WIDE_ROWS
+    assert bl.packed_rows(300, 1024) == 150  # two blocks, not one of 300
+    assert bl.packed_rows(800, 1024) == 400
+    assert bl.packed_rows(10**6, 1) == bl.MAX_ROWS
+    assert bl.packed_rows(7, 32) == 7
+
+
+@pytest.mark.parametrize("mnk", [0, 10**6])
+def test_block_rows_rule(monkeypatch, mnk):
+    """Without an unpacked small gemm the byte rule; with one, the most rows (a
+    multiple of 4, at least SMALL_MIN_ROWS) that keep ``rows m^2`` within it."""
+    monkeypatch.setattr(bl, "SMALL_GEMM_MNK", mnk)
+    rule = bl.block_rows.py_func  # reads the patched global (the jitted one froze it)
+    for m in (1, 16, 32, 64, 88, 89, 96, 128, 192, 256, 320, 353, 354, 512, 1024, 10**6):
+        packed = bl.packed_rows(10**6, m)
+        r = rule(10**6, m)
+        if mnk == 0 or packed * m * m <= mnk or mnk // (m * m) < bl.SMALL_MIN_ROWS:
+            assert r == packed, m
+        else:
+            assert r % 4 == 0 and bl.SMALL_MIN_ROWS <= r and r * m * m <= mnk < (r + 4) * m * m
+    if mnk:
+        assert [rule(10**6, m) for m in (96, 128, 192, 256, 320, 354)] == [
+            108, 60, 24, 12, 8, bl.WIDE_ROWS]
+        assert rule(10, 256) == 10  # never more rows than samples
+    assert rule(7, 32) == 7
+
+
+def test_block_rows_compiled_with_this_blas():
+    """The jitted rule and the BLAS's small path as detected now agree."""
+    assert bl.SMALL_GEMM_MNK == small_gemm_mnk()
+    for m in (16, 96, 256, 320, 1024):
+        assert bl.block_rows(8192, m) == bl.block_rows.py_func(8192, m)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._jit import jit, prange, twins
+from .._platform import small_gemm_mnk
 
 #: Target bytes of one ``rows x m`` float64 block of one array, and the
 #: bounds on its rows. Set from ``python -m benchmarks.calibrate`` on the
@@ -66,10 +67,31 @@ def flat(a):
     return a.reshape(a.size)
 
 
+#: Unpacked small gemm (:func:`deqbench._platform.small_gemm_mnk`): where the
+#: BLAS multiplies ``rows x m`` by ``m x m`` without packing while ``rows m^2 <=
+#: SMALL_GEMM_MNK``, blocks of ``m`` from about 89 to 353 take the most rows,
+#: a multiple of 4, that keep it (at least ``SMALL_MIN_ROWS``): 108 rows at
+#: m = 96, 60 at 128, 24 at 192, 12 at 256, 8 at 320 (narrower ``m`` already
+#: fits with the byte rule; wider has fewer than 8 rows, not faster).
+#: Measured on the calibration machine (quiet, CLEAN, 0.2-0.3% other CPU),
+#: block-resident Picard at n = 8192, 64 evaluations (``python -m
+#: benchmarks.calibrate --picard``), GFLOP/s of these rows against 128 (512
+#: from m = 257), 2 threads / 1 thread: identity m = 96 100.9 vs 81.2 / 50.9
+#: vs 42.7, m = 128 95.6 vs 86.3 / 52.7 vs 44.7, m = 192 103.5 vs 88.2 / 54.0
+#: vs 46.2, m = 256 109.4 vs 94.2 / 55.1 vs 48.7, m = 320 107.1 vs 92.9 / 54.2
+#: vs 49.3; tanh 1.11-1.24x alike. Rows not a multiple of 4 fall off (m =
+#: 256: 15 rows 38 against 12 rows 45 GFLOP/s in a plain gemm loop), and so
+#: does one row past the bound (16 rows: 35). A transposed right operand
+#: leaves the small path (OpenBLAS's permit), so :func:`gemm_rows` keeps the
+#: byte rule for it.
+SMALL_GEMM_MNK = small_gemm_mnk()
+SMALL_MIN_ROWS = 8
+
+
 @jit
-def block_rows(n, width):
-    """Rows per block for arrays of ``width`` float64 columns (float32 blocks
-    get the same rows: half the bytes, well inside the calibrated range)."""
+def packed_rows(n, width):
+    """Rows per block by bytes alone (:data:`BLOCK_BYTES`, :data:`MIN_ROWS`,
+    :data:`MAX_ROWS`, the wide rule), for gemms BLAS packs."""
     r = BLOCK_BYTES // (8 * max(width, 1))
     r = max(MIN_ROWS, min(MAX_ROWS, r))
     if 8 * width * width > WIDE_BYTES:
@@ -77,6 +99,22 @@ def block_rows(n, width):
         # calibration machine busy at small n)
         r = max(r, min(WIDE_ROWS, (n + 1) // 2))
     return min(r, max(n, 1))
+
+
+@jit
+def block_rows(n, width):
+    """Rows per block for arrays of ``width`` float64 columns whose gemm is
+    ``rows x width`` times ``width x width`` or narrower, untransposed:
+    :func:`packed_rows`, fewer where that keeps BLAS on its unpacked small
+    path (:data:`SMALL_GEMM_MNK`). float32 blocks get the same rows: half the
+    bytes, and OpenBLAS's single-precision path has the same bound."""
+    r = packed_rows(n, width)
+    w2 = max(width, 1) * max(width, 1)
+    if SMALL_GEMM_MNK > 0 and r * w2 > SMALL_GEMM_MNK:
+        s = SMALL_GEMM_MNK // w2 // 4 * 4
+        if s >= SMALL_MIN_ROWS:
+            r = min(s, max(n, 1))
+    return r
 
 
 def _gemm_rows(P, Q, out, rows):
@@ -92,9 +130,11 @@ _gemm_rows_s, _gemm_rows_p = twins(_gemm_rows)
 
 @jit
 def gemm_rows(P, Q, out):
-    """``out <- P @ Q`` block by block of rows of ``P`` (``n x k`` times ``k x m``)."""
+    """``out <- P @ Q`` block by block of rows of ``P`` (``n x k`` times ``k x m``;
+    a transposed ``Q`` gets :func:`packed_rows`)."""
     n = P.shape[0]
-    rows = block_rows(n, max(P.shape[1], Q.shape[1]))
+    width = max(P.shape[1], Q.shape[1])
+    rows = block_rows(n, width) if Q.flags.c_contiguous else packed_rows(n, width)
     if n > rows:
         _gemm_rows_p(P, Q, out, rows)
     else:
