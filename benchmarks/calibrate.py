@@ -12,6 +12,10 @@
   n = 8192 by block size, next to the block size in force (its own column
   when it is none of the sizes: the small-gemm rule's rows), each block
   iterated in cache 32 evaluations a visit.
+* ``SMALL_GEMM_MNK``, ``SMALL_MIN_ROWS`` (``--small-gemm``): a plain loop of
+  one-thread gemms over row blocks (``rows x m`` times ``m x m``, n = 8192)
+  by rows per block, ``s`` where ``rows m^2 <= SMALL_GEMM_MNK`` (BLAS's
+  unpacked small path, where it has one), ``*`` at the rows in force.
 * ``PASS_PARALLEL_MIN``: the element count from which the parallel twin of an
   element pass (``residual_loss``) beats the serial one.
 * How the second core pays: ``fixed_point`` at m = 256, n = 65536 on all of
@@ -42,10 +46,11 @@ from functools import partial
 
 import numpy as np
 
+from deqbench._jit import jit
 from deqbench._kernels import fixed_point as fp
 from deqbench._kernels import gradients as g
 from deqbench._kernels.activations import IDENTITY
-from deqbench._kernels.blocks import block_rows
+from deqbench._kernels.blocks import SMALL_GEMM_MNK, block_rows
 from deqbench._threads import single_threaded_blas
 
 BLOCKS = [1 << k for k in range(14, 24)]
@@ -126,6 +131,38 @@ def picard_table(n: int, widths=WIDTHS, evaluations: int = 64) -> None:
                      for r in [max(1, min(n, b // (8 * m))) for b in sizes]]
             print(f"{m:<5} {name:<5} " + "".join(cells) + f"  {force}: {rates[force]:.1f}",
                   flush=True)
+
+
+@jit
+def _gemm_blocks(Z, M, T, rows, reps):
+    n = Z.shape[0]
+    for _ in range(reps):
+        for i0 in range(0, n, rows):
+            np.dot(Z[i0:i0 + rows], M, T[i0:i0 + rows])
+
+
+def small_gemm_table(n: int, widths=(64, 96, 128, 192, 256, 320, 384, 512)) -> None:
+    """GFLOP/s of one-thread gemms over row blocks by rows per block: multiples of
+    4 and their neighbours up to the small-path bound, one past it, 32 and 128."""
+    print(f"row-block gemm, n = {n}, one thread: GFLOP/s by rows per block "
+          f"(s: rows m^2 <= SMALL_GEMM_MNK = {SMALL_GEMM_MNK}; *: rows in force)")
+    rng = np.random.default_rng(5)
+    for m in widths:
+        Z = rng.standard_normal((n, m))
+        M = rng.standard_normal((m, m))
+        T = np.empty_like(Z)
+        bound = SMALL_GEMM_MNK // (m * m)
+        rows = sorted({r for r in (4, 5, 8, 9, 12, 16, 24) if r <= bound}
+                      | {r for r in (bound, bound + 1) if r > 0} | {32, 128, block_rows(n, m)})
+        reps = max(1, int(1e9 // (n * m * m)))
+        cells = []
+        for r in rows:
+            with single_threaded_blas():
+                t = best(partial(_gemm_blocks, Z, M, T, r, reps), reps=5)
+            cells.append(f"{r}:{2.0 * n * m * m * reps / t / 1e9:.1f}"
+                         + ("s" if r * m * m <= SMALL_GEMM_MNK else "")
+                         + ("*" if r == block_rows(n, m) else ""))
+        print(f"{m:<5} " + " ".join(cells), flush=True)
 
 
 def pass_table(max_log: int = 22) -> None:
@@ -283,6 +320,8 @@ def main(argv=None) -> int:
                     help="only the pause-after-BLAS table (SETTLE_S)")
     ap.add_argument("--picard", default=None, metavar="M1,M2",
                     help="only the block-resident Picard table, at these widths")
+    ap.add_argument("--small-gemm", default=None, metavar="M1,M2",
+                    help="only the row-block gemm table by rows, at these widths")
     ap.add_argument("--blocks", default=None, metavar="M1,M2",
                     help="only the block table, at these widths")
     a = ap.parse_args(argv)
@@ -301,11 +340,15 @@ def main(argv=None) -> int:
     if a.picard:
         picard_table(a.n, [int(w) for w in a.picard.split(",")])
         return 0
+    if a.small_gemm:
+        small_gemm_table(a.n, [int(w) for w in a.small_gemm.split(",")])
+        return 0
     if a.blocks:
         blocks_table(a.n, [int(w) for w in a.blocks.split(",")])
         return 0
     blocks_table(a.n)
     picard_table(a.n)
+    small_gemm_table(a.n)
     pass_table()
     gemm_tn_table(a.n)
     scaling()

@@ -466,6 +466,7 @@ def test_calibrate_runs_at_small_sizes(capsys):
 
     calibrate.blocks_table(64)
     calibrate.picard_table(512, widths=(16,), evaluations=3)
+    calibrate.small_gemm_table(64, widths=(8, 128))
     calibrate.pass_table(max_log=14)
     calibrate.scaling(m=8, n=256)
     rows = calibrate.refresh_table(widths=(8,))
@@ -475,6 +476,10 @@ def test_calibrate_runs_at_small_sizes(capsys):
     assert len([ln for ln in out.splitlines() if ln.startswith("16    ")]) == 3
     assert "*" in out.split("block-resident picard")[1]
     assert out.count("ratio") == 2 and "on 1 thread" in out
+    # the row-block gemm table: one line per width, the rows in force marked
+    gemm_lines = [ln for ln in out.split("row-block gemm")[1].splitlines()[1:3]]
+    assert [ln.split()[0] for ln in gemm_lines] == ["8", "128"]
+    assert all("*" in ln for ln in gemm_lines)
     # the flop-model price is the one the budget was set from (m <= 256)
     assert rows[0][0] == 8 and rows[0][1] > 0.0
     from deqbench._kernels import model as _m  # noqa: PLC0415

@@ -73,9 +73,11 @@ def flat(a):
 #: a multiple of 4, that keep it (at least ``SMALL_MIN_ROWS``): 108 rows at
 #: m = 96, 60 at 128, 24 at 192, 12 at 256, 8 at 320 (narrower ``m`` already
 #: fits with the byte rule; wider has fewer than 8 rows, not faster).
-#: Measured on the calibration machine (quiet, CLEAN, 0.2-0.3% other CPU),
-#: block-resident Picard at n = 8192, 64 evaluations (``python -m
-#: benchmarks.calibrate --picard``), GFLOP/s of these rows against 128 (512
+#: Re-measure with ``python -m benchmarks.calibrate --small-gemm`` (a plain
+#: gemm loop by rows) and ``--picard``. Measured on the calibration machine
+#: (quiet, CLEAN, 0.2-0.3% other CPU),
+#: block-resident Picard at n = 8192, 64 evaluations, by rows (the tables in
+#: ``results/calibrate/README.md``), GFLOP/s of these rows against 128 (512
 #: from m = 257), 2 threads / 1 thread: identity m = 96 100.9 vs 81.2 / 50.9
 #: vs 42.7, m = 128 95.6 vs 86.3 / 52.7 vs 44.7, m = 192 103.5 vs 88.2 / 54.0
 #: vs 46.2, m = 256 109.4 vs 94.2 / 55.1 vs 48.7, m = 320 107.1 vs 92.9 / 54.2
