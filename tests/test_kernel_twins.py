@@ -319,3 +319,24 @@ def test_block_rows_compiled_with_this_blas():
     assert bl.SMALL_GEMM_MNK == small_gemm_mnk()
     for m in (16, 96, 256, 320, 1024):
         assert bl.block_rows(8192, m) == bl.block_rows.py_func(8192, m)
+
+
+@pytest.mark.parametrize(("libs", "expected"), [
+    ([("openblas", "SkylakeX", "0.3.31.188.0")], 10**6),
+    ([("openblas", "SkylakeX", "0.3.31"), ("openblas", "Cooperlake", "0.3.27")], 10**6),
+    ([("openblas", "SapphireRapids", "0.3.21")], 10**6),
+    ([("openblas", "Haswell", "0.3.31")], 0),  # AVX2: no small-matrix kernels
+    ([("openblas", "Zen", "0.3.31")], 0),
+    ([("openblas", "SkylakeX", "0.3.15")], 0),  # before the small-matrix kernels
+    ([("openblas", "SkylakeX", "0.3.31"), ("mkl", None, "2024.1")], 0),
+    ([("mkl", None, "2024.1")], 0),
+    ([], 0),
+])
+def test_small_gemm_detection(monkeypatch, libs, expected):
+    """The small-path bound only where every BLAS is OpenBLAS on a Skylake-X-family core."""
+    import threadpoolctl
+
+    info = [{"user_api": "blas", "internal_api": api, "architecture": arch, "version": ver}
+            for api, arch, ver in libs] + [{"user_api": "openmp", "internal_api": "openmp"}]
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: info)
+    assert small_gemm_mnk() == expected
