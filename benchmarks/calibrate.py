@@ -70,6 +70,11 @@ def best(fn, *, reps: int = 30, budget: float = 2.0) -> float:
     return min(times)
 
 
+def _rows(block_bytes: int, m: int, n: int) -> int:
+    """Rows of a ``block_bytes`` block of ``m`` float64 columns, within ``1..n``."""
+    return max(1, min(n, block_bytes // (8 * m)))
+
+
 def blocks_table(n: int, widths=WIDTHS) -> None:
     print(f"map evaluation, n = {n}: GFLOP/s by block size (KiB); numpy matmul for reference")
     print("m     " + " ".join(f"{b >> 10:>6}" for b in BLOCKS) + "  matmul  best")
@@ -83,7 +88,7 @@ def blocks_table(n: int, widths=WIDTHS) -> None:
         flops = 2.0 * n * m * m
         rates = []
         for b in BLOCKS:
-            rows = max(1, min(n, b // (8 * m)))
+            rows = _rows(b, m, n)
             with single_threaded_blas():
                 t = best(partial(fp._evaluate_p, Z, M, U, IDENTITY, 0.0, D, T, 1.0, rows))
             rates.append(flops / t / 1e9)
@@ -119,16 +124,16 @@ def picard_table(n: int, widths=WIDTHS, evaluations: int = 64) -> None:
         hist = np.empty(evaluations + 2)
         flops = 2.0 * n * m * m * (evaluations + 1)
         force = block_rows(n, m)
+        size_rows = [_rows(b, m, n) for b in sizes]
         for code, name in ((IDENTITY, "id"), (TANH, "tanh")):
             rates = {}
-            for rows in [max(1, min(n, b // (8 * m))) for b in sizes] + [force]:
+            for rows in size_rows + [force]:
                 if rows not in rates:
                     with single_threaded_blas():
                         t = best(partial(_picard_from_zero, Z, M, U, code, D, T, evaluations,
                                          hist, threads, rows), reps=10)
                     rates[rows] = flops / t / 1e9
-            cells = [f"{rates[r]:6.1f}" + ("*" if r == force else " ")
-                     for r in [max(1, min(n, b // (8 * m))) for b in sizes]]
+            cells = [f"{rates[r]:6.1f}" + ("*" if r == force else " ") for r in size_rows]
             print(f"{m:<5} {name:<5} " + "".join(cells) + f"  {force}: {rates[force]:.1f}",
                   flush=True)
 
@@ -152,8 +157,9 @@ def small_gemm_table(n: int, widths=(64, 96, 128, 192, 256, 320, 384, 512)) -> N
         M = rng.standard_normal((m, m))
         T = np.empty_like(Z)
         bound = SMALL_GEMM_MNK // (m * m)
+        force = block_rows(n, m)
         rows = sorted({r for r in (4, 5, 8, 9, 12, 16, 24) if r <= bound}
-                      | {r for r in (bound, bound + 1) if r > 0} | {32, 128, block_rows(n, m)})
+                      | {r for r in (bound, bound + 1) if r > 0} | {32, 128, force})
         reps = max(1, int(1e9 // (n * m * m)))
         cells = []
         for r in rows:
@@ -161,7 +167,7 @@ def small_gemm_table(n: int, widths=(64, 96, 128, 192, 256, 320, 384, 512)) -> N
                 t = best(partial(_gemm_blocks, Z, M, T, r, reps), reps=5)
             cells.append(f"{r}:{2.0 * n * m * m * reps / t / 1e9:.1f}"
                          + ("s" if r * m * m <= SMALL_GEMM_MNK else "")
-                         + ("*" if r == block_rows(n, m) else ""))
+                         + ("*" if r == force else ""))
         print(f"{m:<5} " + " ".join(cells), flush=True)
 
 
