@@ -528,6 +528,39 @@ def test_activation_cost_runs(capsys, monkeypatch):
     assert out.count("\n| 4 |") == 1 and out.count("\n| 8 |") == 1
 
 
+def test_picard_parts_times_picards_own_arithmetic(capsys, monkeypatch):
+    """``python -m benchmarks.picard_parts``: its "gemm + pass" loop does what
+    ``picard`` does (same iterate after the same evaluations, ragged last block
+    included), so its shares split picard's own time; the table runs."""
+    import numpy as np
+
+    from benchmarks import picard_parts
+    from deqbench._kernels import fixed_point as fp
+    from deqbench._kernels.activations import IDENTITY
+
+    rng = np.random.default_rng(3)
+    n, m, rows, K = 50, 6, 16, 8
+    A = rng.standard_normal((m, m)) * 0.2
+    M, U = np.ascontiguousarray(A.T), rng.standard_normal((n, m))
+    D = np.zeros((1, 1))
+    Z1, T1 = np.full((n, m), 0.1), np.empty((n, m))
+    picard_parts._blocks(Z1, M, U, D, T1, rows, K, True, True)
+    Z2, T2 = np.full((n, m), 0.1), np.empty((n, m))
+    fp.picard(Z2, M, U, IDENTITY, 0.0, D, T2, 0.0, K - 1, 1.0, np.empty(K + 2), 1, rows)
+    ref = np.full((n, m), 0.1)
+    for _ in range(K):
+        ref = ref @ M + U
+    np.testing.assert_allclose(Z1, ref, rtol=1e-12, atol=1e-12)
+    # K evaluations each (picard reports iterate K - 1 in Z, its evaluation in T);
+    # equal up to the compiler's contractions (fastmath)
+    np.testing.assert_allclose(T2, Z1, rtol=1e-14, atol=1e-15)
+    monkeypatch.setattr(picard_parts, "settle", lambda seconds=0: None)
+    assert picard_parts.main(["--n", "64", "--m", "4,8", "--rounds", "1",
+                              "--evaluations", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n| 4 |") == 1 and out.count("\n| 8 |") == 1
+
+
 def test_anderson_domain_counts_converged_seeds():
     """benchmarks.anderson_domain: a contraction-like small radius converges on
     every seed; at m = 16, rho = 31.6 (docs/theory.md §3's table) none does."""
@@ -553,3 +586,29 @@ def test_peer_summary_table_from_results(tmp_path):
     assert len(rows) == len(summary.WORKLOADS) * len(summary.WIDTHS)
     assert rows[0] == "| W1 | 16 | 2.00x jaxopt | 60.0 / 50.0 (120%) | - | - |"
     assert rows[1] == "| W1 | 32 | - | - | - | - |"
+
+
+def test_peer_summary_over_repeated_runs(tmp_path):
+    """Repeated runs of one setting (``run*/`` folders, plus a ``peers.csv`` at
+    the top) give the median speed-up, the fastest peer of the median run, the
+    efficiency of the run of median efficiency, and both ranges."""
+    from benchmarks.peers import summary
+
+    head = "workload,m,peer,median_s,gflops\n"
+    runs = {  # deqbench time, numpy loop, jaxopt, deqbench and matmul GFLOP/s
+        "run1": (1.0, 1.5, 1.2, 60, 50),   # 1.20x jaxopt, 120%
+        "run2": (1.0, 1.4, 2.0, 90, 60),   # 1.40x numpy loop, 150%
+        "run3": (1.0, 3.0, 2.5, 40, 50),   # 2.50x jaxopt, 80%
+    }
+    for name, (t, loop, jax, dq, mm) in runs.items():
+        (tmp_path / "1thread" / name).mkdir(parents=True)
+        (tmp_path / "1thread" / name / "peers.csv").write_text(
+            head + f"W2,64,deqbench,{t},{dq}\nW2,64,numpy loop,{loop},1\n"
+            f"W2,64,jaxopt,{jax},1\nW2,64,numpy matmul,0.01,{mm}\n")
+    row = next(line for line in summary.table(tmp_path).splitlines()
+               if line.startswith("| W2 | 64 |"))
+    assert row == ("| W2 | 64 | - | - | 1.40x numpy loop (1.20-2.50x, 3 runs) "
+                   "| 60.0 / 50.0 (120%; 80-150%) |")
+    assert len(summary.run_files(tmp_path / "1thread")) == 3
+    (tmp_path / "1thread" / "peers.csv").write_text(head)  # a top-level run counts too
+    assert len(summary.run_files(tmp_path / "1thread")) == 4

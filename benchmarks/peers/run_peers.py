@@ -8,7 +8,7 @@ quiet machine (``../shared/tools/quiet --strict -- CMD``)::
     pip install -e ".[peers]"
     python -m benchmarks.peers.run_peers            # full grid (~20-30 min on 2 cores)
     python -m benchmarks.peers.run_peers --quick    # m <= 256, fewer repetitions
-    python -m benchmarks.peers.run_peers --threads 1 --out results/peers/1thread
+    python -m benchmarks.peers.run_peers --threads 1 --out results/peers/1thread/run1
 
 Writes ``results/peers/peers.csv`` (one row per workload, size and peer),
 ``memory.csv``, ``peers.png`` (speed-up bars and GFLOP/s against matmul) and

@@ -6,6 +6,13 @@ one-thread runs (``1thread``, ``1thread-m1024``) and prints one Markdown row
 per workload and width: deqbench's speed-up over the fastest iterative peer
 (named) and its GFLOP/s against numpy's matmul of the same shapes, measured in
 the same rounds. A width missing from the results prints ``-``.
+
+A setting may hold repeated runs, each in its own ``run*/`` folder (a
+``peers.csv`` in the setting's folder counts as one more): the machine's
+speed drifts between processes by more than the rounds inside one move (other
+tenants of the host, invisible to ``quiet``), so one run's ratio is one draw.
+With several runs a cell gives the median over runs, the fastest peer of the
+median run, and the range: ``1.64x jaxopt (1.27-1.85x, 3 runs)``.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from __future__ import annotations
 import argparse
 import csv
 from pathlib import Path
+
+import numpy as np
 
 ITERATIVE = ("numpy loop", "pytorch eager", "torchdeq", "jaxopt")
 ALL_THREADS = ("m16-256", "m1024")
@@ -23,33 +32,63 @@ HEADER = ("| workload | m | all threads: speed-up vs fastest peer | GFLOP/s vs m
           "| one thread: speed-up | GFLOP/s vs matmul |\n|---|---|---|---|---|---|")
 
 
-def load(results: Path, runs) -> dict:
-    """``{(workload, m): {peer: row}}`` over the runs' ``peers.csv`` (later runs win)."""
+def run_files(folder: Path) -> list[Path]:
+    """The ``peers.csv`` of every run in one setting's folder."""
+    own = [folder / "peers.csv"] if (folder / "peers.csv").exists() else []
+    return own + sorted(folder.glob("run*/peers.csv"))
+
+
+def load(results: Path, settings) -> dict:
+    """``{(workload, m): [{peer: row} per run]}`` over the settings' runs."""
     rows: dict = {}
-    for run in runs:
-        path = results / run / "peers.csv"
-        if not path.exists():
-            continue
-        with path.open(newline="") as f:
-            for r in csv.DictReader(f):
-                rows.setdefault((r["workload"], int(r["m"])), {})[r["peer"]] = r
+    for setting in settings:
+        for path in run_files(results / setting):
+            with path.open(newline="") as f:
+                run: dict = {}
+                for r in csv.DictReader(f):
+                    run.setdefault((r["workload"], int(r["m"])), {})[r["peer"]] = r
+            for key, group in run.items():
+                rows.setdefault(key, []).append(group)
     return rows
 
 
-def cells(rows: dict, key) -> tuple[str, str]:
-    """``("1.23x jaxopt", "47.6 / 42.4 (112%)")`` for one workload and width."""
-    group = rows.get(key)
-    if not group or "deqbench" not in group:
-        return "-", "-"
+def _one_run(group) -> tuple:
+    """``(speed-up, fastest peer, efficiency %, deqbench GFLOP/s, matmul GFLOP/s)``
+    of one run (NaN where the run lacks the figure)."""
     t = float(group["deqbench"]["median_s"])
     peers = [(float(group[p]["median_s"]), p) for p in ITERATIVE
              if p in group and group[p]["median_s"]]
-    speed = f"{min(peers)[0] / t:.2f}x {min(peers)[1]}" if peers else "-"
-    if "numpy matmul" not in group:
-        return speed, "-"
+    speed, peer = (min(peers)[0] / t, min(peers)[1]) if peers else (np.nan, "")
     dq = float(group["deqbench"]["gflops"])
-    mm = float(group["numpy matmul"]["gflops"])
-    return speed, f"{dq:.1f} / {mm:.1f} ({100 * dq / mm:.0f}%)"
+    mm = float(group["numpy matmul"]["gflops"]) if "numpy matmul" in group else np.nan
+    return speed, peer, 100 * dq / mm, dq, mm
+
+
+def cells(rows: dict, key) -> tuple[str, str]:
+    """``("1.23x jaxopt", "47.6 / 42.4 (112%)")`` for one workload and width.
+    Over several runs: the median speed-up with the fastest peer of the median
+    run, and the GFLOP/s of the run of median efficiency; each with its range."""
+    groups = [g for g in rows.get(key, []) if "deqbench" in g]
+    if not groups:
+        return "-", "-"
+    runs = sorted((_one_run(g) for g in groups), key=lambda r: r[0])
+    speeds = np.array([r[0] for r in runs])
+    mid = runs[(len(runs) - 1) // 2]  # the median run (the lower one of an even count)
+    if np.isnan(speeds).all():
+        speed = "-"
+    elif len(runs) == 1:
+        speed = f"{mid[0]:.2f}x {mid[1]}"
+    else:
+        speed = (f"{np.median(speeds):.2f}x {mid[1]} ({speeds.min():.2f}-{speeds.max():.2f}x, "
+                 f"{len(runs)} runs)")
+    pct = np.array([r[2] for r in runs])
+    if np.isnan(pct).all():
+        return speed, "-"
+    by_eff = sorted(runs, key=lambda r: r[2])
+    _, _, p, dq, mm = by_eff[(len(runs) - 1) // 2]  # the run of median efficiency
+    eff = f"{dq:.1f} / {mm:.1f} ({p:.0f}%"
+    eff += ")" if len(runs) == 1 else f"; {pct.min():.0f}-{pct.max():.0f}%)"
+    return speed, eff
 
 
 def table(results: Path) -> str:
