@@ -267,10 +267,25 @@ def test_public_gemms_any_size(n):
     out = np.empty((n, 6))
     bl.gemm_rows(P, W, out)
     np.testing.assert_allclose(out, P @ W, rtol=1e-12, atol=1e-12)
+    V = rng.standard_normal((6, 9))
+    bl.gemm_rows(P, V.T, out)  # transposed: copied to C order, then the same blocks
+    np.testing.assert_allclose(out, P @ V.T, rtol=1e-12, atol=1e-12)
     g_out = np.empty((9, 4))
     for threads in (1, 2, 16):
         bl.gemm_tn(P, Q, g_out, threads)
         np.testing.assert_allclose(g_out, P.T @ Q, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("m", [64, 112, 256])
+def test_gemm_rows_transposed_at_small_path_widths(m):
+    """A transposed right operand (the direct forward solve's ``U (I - A)^{-T}``)
+    gets the rows of a C-contiguous one, small-path rows included; same product."""
+    rng = np.random.default_rng(m)
+    n = 3 * bl.block_rows(10**6, m) + 5  # several blocks and a ragged last one
+    P, C = rng.standard_normal((n, m)), rng.standard_normal((m, m))
+    out = np.empty((n, m))
+    bl.gemm_rows(P, C.T, out)
+    np.testing.assert_allclose(out, P @ C.T, rtol=1e-12, atol=1e-11)
 
 
 def test_gemm_tn_shares():
