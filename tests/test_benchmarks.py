@@ -610,5 +610,8 @@ def test_peer_summary_over_repeated_runs(tmp_path):
     assert row == ("| W2 | 64 | - | - | 1.40x numpy loop (1.20-2.50x, 3 runs) "
                    "| 60.0 / 50.0 (120%; 80-150%) |")
     assert len(summary.run_files(tmp_path / "1thread")) == 3
+    (tmp_path / "1thread" / "run4").mkdir()  # a run with deqbench alone adds no figure
+    (tmp_path / "1thread" / "run4" / "peers.csv").write_text(head + "W2,64,deqbench,1.0,70\n")
+    assert row in summary.table(tmp_path).splitlines()
     (tmp_path / "1thread" / "peers.csv").write_text(head)  # a top-level run counts too
-    assert len(summary.run_files(tmp_path / "1thread")) == 4
+    assert len(summary.run_files(tmp_path / "1thread")) == 5

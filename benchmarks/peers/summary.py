@@ -71,24 +71,33 @@ def cells(rows: dict, key) -> tuple[str, str]:
     groups = [g for g in rows.get(key, []) if "deqbench" in g]
     if not groups:
         return "-", "-"
-    runs = sorted((_one_run(g) for g in groups), key=lambda r: r[0])
-    speeds = np.array([r[0] for r in runs])
-    mid = runs[(len(runs) - 1) // 2]  # the median run (the lower one of an even count)
-    if np.isnan(speeds).all():
-        speed = "-"
-    elif len(runs) == 1:
-        speed = f"{mid[0]:.2f}x {mid[1]}"
-    else:
-        speed = (f"{np.median(speeds):.2f}x {mid[1]} ({speeds.min():.2f}-{speeds.max():.2f}x, "
-                 f"{len(runs)} runs)")
-    pct = np.array([r[2] for r in runs])
-    if np.isnan(pct).all():
-        return speed, "-"
-    by_eff = sorted(runs, key=lambda r: r[2])
-    _, _, p, dq, mm = by_eff[(len(runs) - 1) // 2]  # the run of median efficiency
-    eff = f"{dq:.1f} / {mm:.1f} ({p:.0f}%"
-    eff += ")" if len(runs) == 1 else f"; {pct.min():.0f}-{pct.max():.0f}%)"
-    return speed, eff
+    runs = [_one_run(g) for g in groups]
+    return _median_cell(runs, 0, _speed_text), _median_cell(runs, 2, _efficiency_text)
+
+
+def _speed_text(r) -> str:
+    return f"{r[0]:.2f}x {r[1]}"
+
+
+def _efficiency_text(r) -> str:
+    return f"{r[3]:.1f} / {r[4]:.1f} ({r[2]:.0f}%"
+
+
+def _median_cell(runs, i: int, text) -> str:
+    """``text`` of the run whose figure ``i`` is the median (the lower one of an
+    even count; the cell's figure itself is the median), with the range and the
+    count over several runs; runs without the figure left out, ``-`` if none."""
+    have = sorted((r for r in runs if np.isfinite(r[i])), key=lambda r: r[i])
+    if not have:
+        return "-"
+    mid = list(have[(len(have) - 1) // 2])
+    vals = np.array([r[i] for r in have])
+    mid[i] = float(np.median(vals))
+    out = text(mid)
+    if i == 0:
+        return out if len(have) == 1 else (
+            f"{out} ({vals.min():.2f}-{vals.max():.2f}x, {len(have)} runs)")
+    return out + (")" if len(have) == 1 else f"; {vals.min():.0f}-{vals.max():.0f}%)")
 
 
 def table(results: Path) -> str:
