@@ -46,7 +46,7 @@ from functools import partial
 
 import numpy as np
 
-from deqbench._jit import jit
+from deqbench._kernels import blocks as bl
 from deqbench._kernels import fixed_point as fp
 from deqbench._kernels import gradients as g
 from deqbench._kernels.activations import IDENTITY
@@ -138,12 +138,10 @@ def picard_table(n: int, widths=WIDTHS, evaluations: int = 64) -> None:
                   flush=True)
 
 
-@jit
 def _gemm_blocks(Z, M, T, rows, reps):
-    n = Z.shape[0]
+    """``reps`` one-thread passes of the kernels' own row-block gemm (its serial twin)."""
     for _ in range(reps):
-        for i0 in range(0, n, rows):
-            np.dot(Z[i0:i0 + rows], M, T[i0:i0 + rows])
+        bl._gemm_rows_s(Z, M, T, rows)
 
 
 def small_gemm_table(n: int, widths=(64, 96, 128, 192, 256, 320, 384, 512)) -> None:
@@ -208,8 +206,6 @@ def scaling(m: int = 256, n: int = 65536) -> None:
 
 def gemm_tn_table(n: int, widths=(32, 64, 256, 1024)) -> None:
     import numba
-
-    from deqbench._kernels import blocks as bl
 
     threads = numba.get_num_threads()
     print(f"gemm_tn P^T Q (n = {n}, m = k): ms by number of shares of the rows "
