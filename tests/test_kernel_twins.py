@@ -8,11 +8,11 @@ divide ``N`` (a ragged last block).
 import numpy as np
 import pytest
 
+from deqbench._blas import small_gemm_mnk
 from deqbench._kernels import blocks as bl
 from deqbench._kernels import fixed_point as fp
 from deqbench._kernels import gradients as g
 from deqbench._kernels.activations import IDENTITY, MASK, SIGMOID, TANH
-from deqbench._platform import small_gemm_mnk
 from tests import naive
 
 N, M = 257, 19

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._blas import small_gemm_mnk
 from .._jit import jit, prange, twins
-from .._platform import small_gemm_mnk
 
 #: Target bytes of one ``rows x m`` float64 block of one array, and the
 #: bounds on its rows. Set from ``python -m benchmarks.calibrate`` on the
@@ -67,7 +67,7 @@ def flat(a):
     return a.reshape(a.size)
 
 
-#: Unpacked small gemm (:func:`deqbench._platform.small_gemm_mnk`): where the
+#: Unpacked small gemm (:func:`deqbench._blas.small_gemm_mnk`): where the
 #: BLAS multiplies ``rows x m`` by ``m x m`` without packing while ``rows m^2 <=
 #: SMALL_GEMM_MNK``, blocks of ``m`` from about 89 to 353 take the most rows,
 #: a multiple of 4, that keep it (at least ``SMALL_MIN_ROWS``): 108 rows at

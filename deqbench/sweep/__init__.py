@@ -29,7 +29,8 @@ past the grid's ``timeout`` is recorded ``timeout``; the sweep goes on.
 
 Modules: :mod:`.grid` (grid files, lazy runs, hashes), :mod:`.run_functions`
 (``train``, ``gd``), :mod:`.store` (the directory: lock, records, tables),
-:mod:`.parquet` (the columnar store, pyarrow imported lazily), :mod:`.executors`
+:mod:`.parquet` (the columnar store, pyarrow imported lazily), :mod:`.status`
+(what a directory holds, read-only), :mod:`.executors`
 (serial, local pool, Dask), :mod:`.runner` (:func:`run_sweep`).
 """
 
@@ -37,6 +38,7 @@ from .executors import EXECUTORS, PIN_ENV, execute, pin_threads
 from .grid import Grid, GridError, RunSpec, grid_hash, load_grid, parse_grid, resolve_run, run_id_of
 from .run_functions import TRAIN_PARAMS, build_problem, run_gd, run_train, summarize_history
 from .runner import Progress, SweepResult, run_sweep
+from .status import sweep_status
 from .store import (
     FAILED,
     HIST_CSV,
@@ -46,7 +48,6 @@ from .store import (
     SweepError,
     atomic_write,
     read_csv,
-    sweep_status,
     to_csv,
 )
 

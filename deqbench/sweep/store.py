@@ -30,7 +30,7 @@ from pathlib import Path
 from .._training import FAILED_STATUSES
 
 __all__ = ["FAILED", "LOST", "SweepError", "Store", "atomic_write", "read_csv", "stored_format",
-           "sweep_status", "to_csv"]
+           "to_csv"]
 
 RUNS_DIR = "runs"
 HIST_DIR = "histories"
@@ -517,50 +517,3 @@ def read_meta(out) -> dict | None:
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) else None
-
-
-def sweep_status(out) -> dict:
-    """What a sweep directory holds, read without writing or locking anything.
-
-    Returns ``name``, ``runs`` (the grid's size, from ``sweep.json``; None if
-    unknown), ``done`` (runs stored with a result), ``lost`` (runs stored
-    ``lost``: their worker died and a restart is pending; counted in
-    ``remaining``), ``by_status`` (counts), ``damaged`` (records that would be
-    re-run), ``remaining`` and ``holder`` (who holds the lock now:
-    ``"pid P on host H"``, or None).
-    """
-    import fcntl
-
-    out = Path(out)
-    if not out.is_dir():
-        raise SweepError(f"{out}: no such sweep directory")
-    meta = read_meta(out) or {}
-    by_status: dict[str, int] = {}
-    damaged = 0
-    if stored_format(out) == "parquet":
-        from .parquet import read_parquet_status
-
-        by_status = read_parquet_status(out)
-    for p in (out / RUNS_DIR).glob("*.json"):
-        rec = _load_record(p)
-        if rec is None:
-            damaged += 1
-            continue
-        by_status[rec["status"]] = by_status.get(rec["status"], 0) + 1
-    lost = by_status.get(LOST, 0)
-    done = sum(by_status.values()) - lost
-    holder = None
-    lock = out / LOCK
-    if lock.exists():
-        fd = os.open(lock, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        except OSError:
-            holder = _lock_holder(lock)
-        finally:
-            os.close(fd)
-    total = meta.get("runs")
-    return {"name": meta.get("name"), "runs": total, "done": done, "lost": lost,
-            "by_status": by_status, "damaged": damaged,
-            "remaining": None if total is None else max(total - done, 0), "holder": holder}
