@@ -255,7 +255,7 @@ def _certificate_run(p, *, solver, lr, steps):
         state = _k.gd_start(run.model, A, B, run.solve, run.stats, schedule, H)
         status, last, _ = _k.gd_run(run.model, A, B, run.solve, run.stats, schedule, state,
                                     steps + 1)
-        if status != _m.MAX_STEPS:
+        if status != _k.MAX_STEPS:
             raise RuntimeError(f"certificate benchmark run failed: status={status}")
         return last + 1, state.sw.counts.copy()
 

@@ -13,6 +13,7 @@ from . import _validate as v
 from ._kernels import fixed_point as _fp
 from ._kernels.activations import IDENTITY
 from ._kernels.blocks import gemm_rows
+from ._kernels.status import CONVERGED, SOLVE_NAMES
 from ._threads import blas_single_threaded
 from ._warnings import PrecisionWarning, warn
 from .activations import Activation, get_activation
@@ -20,7 +21,6 @@ from .activations import Activation, get_activation
 __all__ = ["BlockStats", "FixedPointResult", "SolverOptions", "fixed_point", "tol_floor"]
 
 METHODS = ("picard", "anderson", "direct")
-STATUS = {_fp.CONVERGED: "converged", _fp.MAX_ITER: "max_iter", _fp.DIVERGED: "diverged"}
 DEFAULT_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
 """``tol=None`` per dtype: 1e-10 in float64, 1e-5 (84 eps) in float32."""
 TOL_FLOOR_EPS = 8.0
@@ -332,10 +332,10 @@ def solve_forward(X, A, B, act, method, opts: SolverOptions, z0):
     T = np.empty_like(Z) if method == "picard" else None
     k, res, code, hist = solve(np.ascontiguousarray(A.T), U, act.code, act.param, dummy(Z.dtype), Z,
                                method=method, opts=opts, T=T)
-    status = STATUS[code]
-    if code != _fp.CONVERGED:
+    status = SOLVE_NAMES[code]
+    if code != CONVERGED:
         warn_failure(f"fixed_point(method={method!r})", status, k, res, opts.tol)
-    return FixedPointResult(Z, k, res, code == _fp.CONVERGED, status, hist, method), U, T
+    return FixedPointResult(Z, k, res, code == CONVERGED, status, hist, method), U, T
 
 
 def input_term(X, B):

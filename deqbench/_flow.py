@@ -16,12 +16,12 @@ import numpy as np
 from . import _validate as v
 from ._kernels import flow as _kf
 from ._kernels import model as _m
+from ._kernels.status import RUN_NAMES
 from ._threads import single_threaded_blas
 from ._training import (
     DIVERGENCE_FACTOR,
     FAILED_STATUSES,
     HISTORY_KEYS,
-    STATUS,
     history_dict,
     history_rows,
     initial_failure,
@@ -189,7 +189,7 @@ def flow(
 
         status = run_sliced(advance, lambda: int(state.ints[_kf.ACCEPTED]), interrupted,
                             "flow")
-    status = STATUS[status]
+    status = RUN_NAMES[status]
     res = _result(run, status, state, H)
     n_rec = int(state.ints[_kf.RECORDS])
     failed_at_start = status in FAILED_STATUSES and n_rec == 0

@@ -10,7 +10,6 @@ import numpy as np
 from . import _validate as v
 from ._fixed_point import (
     METHODS,
-    STATUS,
     BlockStats,
     SolverOptions,
     check_options,
@@ -26,6 +25,7 @@ from ._kernels import fixed_point as _fp
 from ._kernels import gradients as _g
 from ._kernels.activations import IDENTITY, MASK, has_output_derivative
 from ._kernels.blocks import gemm_tn
+from ._kernels.status import CONVERGED, DIVERGED, SOLVE_NAMES
 from ._threads import blas_single_threaded
 from .activations import Activation, get_activation
 
@@ -190,13 +190,13 @@ def _adjoint(X, A, B, Z, G, act, method, opts: SolverOptions, adj0, nk, U=None, 
         hist = np.full(nk + 2, np.nan)
         n_iter, res, code_ = _fp.picard(Mu, A, G, code, act.param, D, np.empty_like(Mu),
                                         0.0, nk + 1, 1.0, hist, numba.get_num_threads())
-        status = "truncated" if code_ != _fp.DIVERGED else "diverged"
+        status = "truncated" if code_ != DIVERGED else "diverged"
         hist = hist[: n_iter + 1]
     else:
         Mu = np.zeros((n, m), Z.dtype) if adj0 is None else adj0.copy()
         n_iter, res, code_, hist = solve(A, G, code, act.param, D, Mu, method=method, opts=opts)
-        status = STATUS[code_]
-        if code_ != _fp.CONVERGED:
+        status = SOLVE_NAMES[code_]
+        if code_ != CONVERGED:
             warn_failure(f"implicit_grad(method={method!r})", status, n_iter, res, opts.tol)
     grad_A = np.empty((m, m), Z.dtype)
     grad_B = np.empty((m, X.shape[1]), Z.dtype)

@@ -24,6 +24,7 @@ from ._fixed_point import check_model, check_options, check_params
 from ._gradients import GRAD_METHODS, MODELS, _neumann_terms, check_readout, check_targets
 from ._kernels import model as _m
 from ._kernels import training as _k
+from ._kernels.status import RUN_NAMES, RUNNING
 from ._source import ReadError, check_chunk, is_out_of_core, open_source
 from ._threads import single_threaded_blas
 from ._warnings import warn
@@ -40,14 +41,6 @@ __all__ = [
 ]
 
 SOLVERS = ("picard", "anderson", "direct")
-STATUS = {
-    _m.CONVERGED: "converged",
-    _m.MAX_STEPS: "max_steps",
-    _m.DIVERGED: "diverged",
-    _m.FIXED_POINT_FAILED: "fixed_point_failed",
-    _m.FINISHED: "finished",
-    _m.STEP_TOO_SMALL: "step_too_small",
-}
 HISTORY_KEYS = (
     "step",
     "loss",
@@ -621,7 +614,7 @@ def train(
 
         status = run_sliced(advance, lambda: int(state.ints[0]), interrupted, "train")
     last, n_rec = int(state.ints[1]), int(state.ints[2])
-    status = STATUS[status]
+    status = RUN_NAMES[status]
     failed_at_start = status in FAILED_STATUSES and n_rec == 0
     reason = initial_failure(run.A, run.solve, status) if failed_at_start else ""
     warn_status("train", status, last, reason)
@@ -635,7 +628,7 @@ def run_sliced(advance, count, interrupted, what: str) -> int:
 
     ``advance(k_stop)`` runs the loop until it ends (returning its status) or
     until ``count()``, the steps done, reaches ``k_stop`` (returning
-    :data:`deqbench._kernels.training.RUNNING`). The first slice is one step,
+    :data:`deqbench._kernels.status.RUNNING`). The first slice is one step,
     the next ones are sized by the last slice's time per step, growing at most
     16x. A KeyboardInterrupt (Python raises it between slices: a compiled call
     runs to its end) becomes :class:`TrainInterrupted` carrying
@@ -647,7 +640,7 @@ def run_sliced(advance, count, interrupted, what: str) -> int:
             k0 = count()
             t0 = time.perf_counter()
             status = advance(k0 + n)
-            if status != _k.RUNNING:
+            if status != RUNNING:
                 return status
             dt = time.perf_counter() - t0
             done = count() - k0

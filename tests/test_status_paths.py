@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import deqbench as db
 from deqbench._kernels import model as _m
+from deqbench._kernels.status import MAX_STEPS
 from deqbench._training import MAX_HISTORY_BYTES, history_rows
 from tests._signals import default_sigint
 
@@ -227,7 +228,7 @@ def test_certificate_cost_on_a_gd_path():
                         np.full((2, _m.NCOL), np.nan))
     status, last, _ = _k.gd_run(run.model, run.A, run.B, run.solve, run.stats, schedule, state,
                                 steps + 1)
-    assert status == _m.MAX_STEPS
+    assert status == MAX_STEPS
     counts = state.sw.counts
     work = certificate_flops(m, counts) / ((last + 1) * (step_flops(m, m, 256, True) + 2.0 * m**3))
     assert work < 1.0, (work, counts)

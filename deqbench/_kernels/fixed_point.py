@@ -24,12 +24,9 @@ import numpy as np
 from .._jit import jit, pjit, prange, twins
 from .activations import IDENTITY, MASK, h_row
 from .blocks import PASS_PARALLEL_MIN, block_rows, flat, gemm_rows
+from .status import CONVERGED, DIVERGED, MAX_ITER, RUNNING
 
-CONVERGED = 0
-MAX_ITER = 1
-DIVERGED = 2  # non-finite values or residual growth beyond GROWTH
-GROWTH = 1e8  # absolute residual may not exceed GROWTH x the first one
-RUNNING = -1  # the iteration goes on (internal to :func:`stopping`)
+GROWTH = 1e8  # absolute residual may not exceed GROWTH x the first one (else DIVERGED)
 ROUND = 32
 """Evaluations a Picard block makes per visit while it sits in cache
 (:func:`picard`): the history's work space is ``ROUND`` entries per thread,

@@ -17,11 +17,6 @@ import numpy as np
 
 from .._jit import jit
 from .model import (
-    CONVERGED,
-    DIVERGED,
-    FINISHED,
-    FIXED_POINT_FAILED,
-    FP_FAILED,
     H_ADJ,
     H_EXCESS,
     H_FP,
@@ -30,9 +25,6 @@ from .model import (
     H_STEP,
     H_T,
     H_TRACE,
-    MAX_STEPS,
-    OK,
-    STEP_TOO_SMALL,
     axpy,
     drift_trace,
     loss_and_grad,
@@ -42,7 +34,17 @@ from .model import (
     sumsq,
     workspaces,
 )
-from .training import RUNNING
+from .status import (
+    CONVERGED,
+    DIVERGED,
+    FINISHED,
+    FIXED_POINT_FAILED,
+    FP_FAILED,
+    MAX_STEPS,
+    OK,
+    RUNNING,
+    STEP_TOO_SMALL,
+)
 
 #: Integration settings of :func:`dopri_run`: final time, Dormand-Prince
 #: tolerances, first step (0: automatic), cap on accepted steps, the loss

@@ -31,6 +31,7 @@ from . import fixed_point as _fp
 from . import gradients as _g
 from .activations import IDENTITY, MASK, has_output_derivative
 from .blocks import gemm_rows, gemm_tn
+from .status import CONVERGED, DIVERGED, FP_FAILED, NONFINITE, OK
 
 ensure_lapack()
 _gesdd = _LAPACK().numba_ez_gesdd(types.float64)
@@ -51,19 +52,6 @@ ANDERSON = 1
 DIRECT = 2
 JFB = 3
 NEUMANN = 4
-
-# outcome of one loss/gradient evaluation
-OK = 0
-FP_FAILED = 1
-NONFINITE = 2
-
-# run status
-CONVERGED = 0
-MAX_STEPS = 1
-DIVERGED = 2
-FIXED_POINT_FAILED = 3
-FINISHED = 4  # flow: t_end reached
-STEP_TOO_SMALL = 5  # flow: step size underflow
 
 # certificate of the sufficient-statistics path (:func:`certify`)
 CERT_SWEEPS = 2
@@ -397,7 +385,7 @@ def sample_eval(model, A, B, solve, warm, ws, gA, gB):
         if not warm:
             Z[:, :] = 0.0
         kf, st = _iterate(solve.forward, Z, AT, U, fcode, model.param, ws, solve)
-        if st != _fp.CONVERGED:
+        if st != CONVERGED:
             return np.nan, kf, 0, FP_FAILED
     # loss and dL/dZ
     if model.kind == SINGLE_INDEX:
@@ -424,13 +412,13 @@ def sample_eval(model, A, B, solve, warm, ws, gA, gB):
         nk = solve.neumann_terms if solve.adjoint == NEUMANN else 0
         kb, res, st = _fp.picard(Mu, A, G, acode, model.param, D, ws.T, 0.0, nk + 1, 1.0,
                                  ws.hist, solve.threads)
-        if st == _fp.DIVERGED:
+        if st == DIVERGED:
             return np.nan, kf, kb, FP_FAILED
     else:
         if not warm:
             Mu[:, :] = 0.0
         kb, st = _iterate(solve.adjoint, Mu, A, G, acode, model.param, ws, solve)
-        if st != _fp.CONVERGED:
+        if st != CONVERGED:
             return np.nan, kf, kb, FP_FAILED
     gemm_tn(Mu, Z, gA, solve.threads)
     gemm_tn(Mu, X, gB, solve.threads)

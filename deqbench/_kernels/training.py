@@ -19,10 +19,6 @@ import numpy as np
 
 from .._jit import jit
 from .model import (
-    CONVERGED,
-    DIVERGED,
-    FIXED_POINT_FAILED,
-    FP_FAILED,
     H_ADJ,
     H_EXCESS,
     H_FP,
@@ -30,9 +26,6 @@ from .model import (
     H_LOSS,
     H_STEP,
     H_TRACE,
-    MAX_STEPS,
-    NONFINITE,
-    OK,
     all_finite,
     axpy,
     drift_trace,
@@ -42,6 +35,16 @@ from .model import (
     recorder,
     sumsq,
     workspaces,
+)
+from .status import (
+    CONVERGED,
+    DIVERGED,
+    FIXED_POINT_FAILED,
+    FP_FAILED,
+    MAX_STEPS,
+    NONFINITE,
+    OK,
+    RUNNING,
 )
 
 #: The step schedule of :func:`gd`: learning rate, number of steps, the loss
@@ -59,8 +62,6 @@ Schedule = namedtuple("Schedule", ["lr", "steps", "stop_loss", "divergence_facto
 #: recorded, status) and ``L0`` (length 1).
 GDState = namedtuple("GDState", ["ws", "sw", "rec", "Ap", "Bp", "gA", "gB", "ints", "L0"])
 
-RUNNING = -1
-"""Status of :func:`gd_run` when it stopped at ``k_stop`` before the run ended."""
 _K, _LAST, _NREC, _GOOD, _STATUS = 0, 1, 2, 3, 4
 
 

@@ -1,0 +1,44 @@
+"""Status codes of every kernel and their names, defined once.
+
+A solve (:mod:`.fixed_point`) ends ``CONVERGED``, ``MAX_ITER`` or
+``DIVERGED``; a run (:mod:`.training`, :mod:`.flow`) ends with one of
+:data:`RUN_NAMES`; both report ``RUNNING`` while they go on. One evaluation of
+the loss and gradient (:func:`.model.loss_and_grad`) has an outcome
+(``OK``, ``FP_FAILED``, ``NONFINITE``) that the run turns into its status.
+"""
+
+from __future__ import annotations
+
+RUNNING = -1
+"""The iteration or run goes on (a solve never returns it; a run sliced by
+``k_stop`` does)."""
+CONVERGED = 0
+MAX_ITER = 1
+"""A solve used ``max_iter`` iterations."""
+MAX_STEPS = 1
+"""A run took its steps (a solve's ``MAX_ITER`` and a run's ``MAX_STEPS`` share
+the slot: no code reads both)."""
+DIVERGED = 2
+"""Non-finite values, or growth beyond the solver's or the run's bound."""
+FIXED_POINT_FAILED = 3
+FINISHED = 4
+"""flow: ``t_end`` reached."""
+STEP_TOO_SMALL = 5
+"""flow: step size underflow."""
+
+SOLVE_NAMES = {CONVERGED: "converged", MAX_ITER: "max_iter", DIVERGED: "diverged"}
+"""The name of each solve status (``FixedPointResult.status``, ``GradResult.status``)."""
+RUN_NAMES = {
+    CONVERGED: "converged",
+    MAX_STEPS: "max_steps",
+    DIVERGED: "diverged",
+    FIXED_POINT_FAILED: "fixed_point_failed",
+    FINISHED: "finished",
+    STEP_TOO_SMALL: "step_too_small",
+}
+"""The name of each run status (``TrainResult.status``, ``FlowResult.status``)."""
+
+# outcome of one loss/gradient evaluation
+OK = 0
+FP_FAILED = 1
+NONFINITE = 2
