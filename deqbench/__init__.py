@@ -10,6 +10,8 @@ first, then parameters:
   :class:`TrainInterrupted`, which keeps the finished steps)
 * :func:`flow` ``(model, X, Y, A0, B0)`` - gradient flow (adaptive Dormand-Prince;
   Ctrl-C raises :class:`TrainInterrupted` too)
+* :class:`SolverOptions` - the options of every solve (``options=``; the same
+  names are keyword arguments of each call)
 * :class:`ConvergenceWarning` - the warning of every solver that misses its tolerance
 * :class:`PrecisionWarning`, :func:`tol_floor` - a tolerance below the dtype's reach
   (every call computes in the dtype of its arrays, float32 or float64)
@@ -21,9 +23,11 @@ Implementations live in private modules (``deqbench._fixed_point``, ...).
 """
 
 from . import data, theory
-from ._fixed_point import FixedPointResult, fixed_point, tol_floor
+from ._fixed_point import fixed_point
 from ._flow import FlowResult, flow
-from ._gradients import GradResult, LossAndGrad, implicit_grad, loss_and_grad
+from ._gradients import implicit_grad, loss_and_grad
+from ._options import SolverOptions, tol_floor
+from ._results import FixedPointResult, GradResult, LossAndGrad
 from ._training import DIVERGENCE_FACTOR, TrainInterrupted, TrainResult, train
 from ._warnings import ConvergenceWarning, PrecisionWarning
 from .activations import Activation, get_activation
@@ -39,6 +43,7 @@ __all__ = [
     "GradResult",
     "LossAndGrad",
     "PrecisionWarning",
+    "SolverOptions",
     "TrainInterrupted",
     "TrainResult",
     "data",

@@ -1,6 +1,9 @@
 """Computations over row blocks of the data (issue 11): the sufficient
 statistics of the linear model in one streaming pass (docs/theory.md §8),
-and the forward solve, adjoint solve and loss of every model block by block.
+and the driver that runs the forward solve, adjoint solve and loss of every
+model block by block. The driver is handed the work of one block (a callable
+from the public call above it) and combines the blocks' outcomes; it imports
+none of the public calls.
 
 Samples are independent (each ``z_i`` solves its own fixed point), so a block
 solved to ``||F(Z_b) - Z_b|| <= tol ||F(Z_b)||`` for every block meets the
@@ -14,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._results import BlockStats, FixedPointResult, GradResult, LossAndGrad
 from ._source import BlockSource, ReadError, blocks, check_chunk, is_out_of_core, open_source
 from ._warnings import ConvergenceWarning, warn
 
@@ -142,8 +146,6 @@ class _Blocks:
 
     def summary(self):
         """``(n_iter, residual, status, history, BlockStats)`` of the whole solve."""
-        from ._fixed_point import BlockStats
-
         _, residual, status, history = self.worst
         stats = BlockStats(self.chunk, len(self.iters), int(max(self.iters)),
                            float(np.mean(self.iters)))
@@ -170,17 +172,17 @@ def _warn_blocks(what, bl: _Blocks, status, residual, tol):
          f"tol {tol:.1e}; returning the last finite iterates", stacklevel=4)
 
 
-def forward_blocks(Xs, A, B, act, method, opts, z0, chunk, what="fixed_point"):
-    """:func:`deqbench.fixed_point` block by block: ``Z`` (n, m) assembled, work memory
-    ``O(chunk (m + d))``. Rows after a read error keep their initial guess."""
-    from ._fixed_point import FixedPointResult, forward
-
-    n, m = Xs.n, A.shape[0]
-    Z = np.zeros((n, m), A.dtype) if z0 is None else z0.copy()
+def forward_blocks(Xs, m, dtype, z0, chunk, solve_block, method, tol, what="fixed_point"):
+    """:func:`deqbench.fixed_point` block by block: ``Z`` (n, m) of ``dtype`` assembled,
+    work memory ``O(chunk (m + d))``. ``solve_block(Xb, z0_b)`` solves one block
+    (``z0_b`` None without ``z0``) and returns its :class:`FixedPointResult`. Rows
+    after a read error keep their initial guess."""
+    n = Xs.n
+    Z = np.zeros((n, m), dtype) if z0 is None else z0.copy()
     bl = _Blocks(chunk)
     try:
         for s, e, (Xb,) in blocks([Xs], chunk):
-            r = _quiet(forward, Xb, A, B, act, method, opts, Z[s:e] if z0 is not None else None)
+            r = _quiet(solve_block, Xb, Z[s:e] if z0 is not None else None)
             Z[s:e] = r.z
             bl.add(r.n_iter, r.residual, r.status, r.history)
     except ReadError as exc:
@@ -189,22 +191,22 @@ def forward_blocks(Xs, A, B, act, method, opts, z0, chunk, what="fixed_point"):
         k, res, status, hist, stats = bl.read_error()
         return FixedPointResult(Z, k, res, False, status, hist, method, stats)
     k, res, status, hist, stats = bl.summary()
-    _warn_blocks(f"{what}(method={method!r})", bl, status, res, opts.tol)
+    _warn_blocks(f"{what}(method={method!r})", bl, status, res, tol)
     return FixedPointResult(Z, k, res, status == "converged", status, hist, method, stats)
 
 
-def adjoint_blocks(Xs, A, B, Z, G, act, method, opts, adj0, nk, chunk):
-    """:func:`deqbench.implicit_grad` block by block (gradients summed pairwise)."""
-    from ._gradients import GradResult, _adjoint
-
+def adjoint_blocks(Xs, Z, G, adj0, d, chunk, grad_block, method, tol):
+    """:func:`deqbench.implicit_grad` block by block (gradients summed pairwise).
+    ``grad_block(Xb, Z_b, G_b, adj0_b)`` solves one block (``adj0_b`` None without
+    ``adj0``) and returns its :class:`GradResult`; ``d`` is the width of ``X``."""
     n, m = Z.shape
-    Mu = np.zeros((n, m), A.dtype) if adj0 is None else adj0.copy()
+    dtype = Z.dtype
+    Mu = np.zeros((n, m), dtype) if adj0 is None else adj0.copy()
     gA, gB = PairwiseSum(), PairwiseSum()
     bl = _Blocks(chunk)
     try:
         for s, e, (Xb,) in blocks([Xs], chunk):
-            r = _quiet(_adjoint, Xb, A, B, Z[s:e], G[s:e], act, method, opts,
-                       Mu[s:e] if adj0 is not None else None, nk)
+            r = _quiet(grad_block, Xb, Z[s:e], G[s:e], Mu[s:e] if adj0 is not None else None)
             Mu[s:e] = r.adjoint
             gA.add(r.grad_A)
             gB.add(r.grad_B)
@@ -212,43 +214,33 @@ def adjoint_blocks(Xs, A, B, Z, G, act, method, opts, adj0, nk, chunk):
     except ReadError as exc:
         warn(f"implicit_grad: {exc}; the gradients are NaN", stacklevel=3)
         k, res, status, hist, stats = bl.read_error()
-        nan = np.full((m, m), np.nan, A.dtype), np.full(B.shape, np.nan, A.dtype)
+        nan = np.full((m, m), np.nan, dtype), np.full((m, d), np.nan, dtype)
         return GradResult(*nan, Mu, k, res, False, status, hist, method, stats)
     k, res, status, hist, stats = bl.summary()
-    _warn_blocks(f"implicit_grad(method={method!r})", bl, status, res, opts.tol)
-    return GradResult(gA.total().astype(A.dtype), gB.total().astype(A.dtype), Mu, k, res,
+    _warn_blocks(f"implicit_grad(method={method!r})", bl, status, res, tol)
+    return GradResult(gA.total().astype(dtype), gB.total().astype(dtype), Mu, k, res,
                       status in ("converged", "truncated"), status, hist, method, stats)
 
 
-def loss_and_grad_blocks(model, Xs, Ys, A, B, u, act, phi, solver, grad_solver, opts, z0,
-                         adj0, nk, chunk):
+def loss_and_grad_blocks(Xs, Ys, m, d, dtype, z0, adj0, chunk, block, solver, grad_solver,
+                         tol):
     """:func:`deqbench.loss_and_grad` block by block: forward solve, loss, adjoint
     solve and gradient of each block, summed pairwise with weights ``n_b / n``.
-    Memory ``O(chunk (m + d) + m^2 + m d)``; ``z`` and ``adjoint`` are not kept
-    (None). A read error gives NaN loss and gradients with status ``"read_error"``."""
-    from ._fixed_point import solve_forward
-    from ._gradients import LossAndGrad, _adjoint, reusable
-    from ._kernels import gradients as _g
-
-    n, m = Xs.n, A.shape[0]
+    ``block(Xb, Yb, w, z0_b, adj0_b)`` does one block's work and returns its forward
+    :class:`FixedPointResult`, its loss (unweighted) and the :class:`GradResult` of
+    the loss weighted by ``w``. Memory ``O(chunk (m + d) + m^2 + m d)``; ``z`` and
+    ``adjoint`` are not kept (None). A read error gives NaN loss and gradients with
+    status ``"read_error"``."""
+    n = Xs.n
     loss, gA, gB = PairwiseSum(), PairwiseSum(), PairwiseSum()
     fb, ab = _Blocks(chunk), _Blocks(chunk)
     try:
         for s, e, (Xb, Yb) in blocks([Xs, Ys], chunk):
             w = (e - s) / n
-            f, U, last = _quiet(solve_forward, Xb, A, B, phi, solver, opts,
-                                None if z0 is None else z0[s:e])
-            U, last = reusable(phi, U, last)
+            f, lb, r = _quiet(block, Xb, Yb, w, None if z0 is None else z0[s:e],
+                              None if adj0 is None else adj0[s:e])
             fb.add(f.n_iter, f.residual, f.status, f.history)
-            G = np.empty((e - s, m), A.dtype)
-            if model == "single_index":
-                lb = _g.single_index_loss(f.z, Yb, u, act.code, act.param, G)
-            else:
-                lb = _g.residual_loss(f.z, Yb, G)
-            G *= w
             loss.add(np.array([lb * w]))
-            r = _quiet(_adjoint, Xb, A, B, f.z, G, phi, grad_solver, opts,
-                       None if adj0 is None else adj0[s:e], nk, U, last)
             ab.add(r.n_iter, r.residual, r.status, r.history)
             gA.add(r.grad_A)
             gB.add(r.grad_B)
@@ -256,15 +248,15 @@ def loss_and_grad_blocks(model, Xs, Ys, A, B, u, act, phi, solver, grad_solver, 
         warn(f"loss_and_grad: {exc}; the loss and gradients are NaN", stacklevel=3)
         fk, _, _, _, fs = fb.read_error()
         ak, _, _, _, as_ = ab.read_error()
-        return LossAndGrad(np.nan, np.full((m, m), np.nan, A.dtype),
-                           np.full(B.shape, np.nan, A.dtype), fk, ak,
+        return LossAndGrad(np.nan, np.full((m, m), np.nan, dtype),
+                           np.full((m, d), np.nan, dtype), fk, ak,
                            np.inf, np.inf, "read_error", "read_error", False, None, None, fs,
                            as_)
     fk, fres, fstatus, _, fs = fb.summary()
     ak, ares, astatus, _, as_ = ab.summary()
-    _warn_blocks(f"loss_and_grad(solver={solver!r})", fb, fstatus, fres, opts.tol)
-    _warn_blocks(f"loss_and_grad(grad_solver={grad_solver!r})", ab, astatus, ares, opts.tol)
-    return LossAndGrad(float(loss.total()[0]), gA.total().astype(A.dtype),
-                       gB.total().astype(A.dtype), fk, ak, fres, ares,
+    _warn_blocks(f"loss_and_grad(solver={solver!r})", fb, fstatus, fres, tol)
+    _warn_blocks(f"loss_and_grad(grad_solver={grad_solver!r})", ab, astatus, ares, tol)
+    return LossAndGrad(float(loss.total()[0]), gA.total().astype(dtype),
+                       gB.total().astype(dtype), fk, ak, fres, ares,
                        fstatus, astatus, fstatus == "converged"
                        and astatus in ("converged", "truncated"), None, None, fs, as_)

@@ -17,6 +17,8 @@ from . import _validate as v
 from ._kernels import flow as _kf
 from ._kernels import model as _m
 from ._kernels.status import RUN_NAMES
+from ._options import SolverOptions
+from ._registry import EXACT_ADJOINT
 from ._threads import single_threaded_blas
 from ._training import (
     DIVERGENCE_FACTOR,
@@ -34,7 +36,7 @@ from .activations import Activation
 __all__ = ["FLOW_HISTORY_KEYS", "FlowResult", "flow"]
 
 FLOW_HISTORY_KEYS = (*HISTORY_KEYS, "t")
-EXACT_GRAD = ("picard", "anderson", "direct")
+EXACT_GRAD = EXACT_ADJOINT
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ def flow(
     u=None,
     activation: str | Activation = "identity",
     solver: str = "picard",
+    options: SolverOptions | None = None,
     tol: float | None = None,
     max_steps: int = 100_000,
     record_every: int | None = 1,
@@ -97,10 +100,10 @@ def flow(
     sufficient_stats="auto",
     L_star: float | None = None,
     h0: float | None = None,
-    max_iter: int = 10_000,
-    damping: float = 1.0,
-    anderson_history: int = 5,
-    anderson_ridge: float = 1e-10,
+    max_iter: int | None = None,
+    damping: float | None = None,
+    anderson_history: int | None = None,
+    anderson_ridge: float | None = None,
     spectral_every="auto",
 ) -> FlowResult:
     """Integrate the gradient flow ``dA/dt = -grad_A L``, ``dB/dt = -grad_B L`` to ``t_end``.
@@ -116,8 +119,11 @@ def flow(
     solver : {"picard", "anderson", "direct"}
         Forward and adjoint solver (exact gradients only); solves are
         warm-started from the previous evaluation.
+    options : SolverOptions, optional
+        Per-solve options (:class:`~deqbench.SolverOptions`; ``neumann_terms``
+        is not read).
     tol : float, optional
-        Solve tolerance; default ``min(1e-10, 1e-3 rtol)`` in float64 so that
+        Solve tolerance (also ``options.tol``); default ``min(1e-10, 1e-3 rtol)`` in float64 so that
         solve error stays below the integration error, 1e-5 in float32 (the
         dtype of ``X``, ``Y``, ``A0``, ``B0``; choose ``rtol`` accordingly).
     max_steps : int
@@ -127,7 +133,7 @@ def flow(
     h0 : float, optional
         First step size (default: Hairer's initial-step rule).
     max_iter, damping, anderson_history, anderson_ridge
-        Per-solve options, as in :func:`~deqbench.fixed_point`.
+        The other options as keywords, as in :func:`~deqbench.fixed_point`.
 
     Returns
     -------
@@ -162,7 +168,7 @@ def flow(
     h0 = 0.0 if h0 is None else v.positive("h0", h0)
     run = prepare(
         model, X, Y, A0, B0, u=u, activation=activation, solver=solver, grad_solver=None,
-        tol=tol, max_iter=max_iter, damping=damping, neumann_terms=0,
+        tol=tol, max_iter=max_iter, damping=damping, neumann_terms=None, options=options,
         default_tol=min(1e-10, 1e-3 * rtol),
         anderson_history=anderson_history, anderson_ridge=anderson_ridge,
         sufficient_stats=sufficient_stats, L_star=L_star, record_every=record_every,

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-
 import numba
 import numpy as np
 
 from . import _validate as v
+from ._chunked import adjoint_blocks, loss_and_grad_blocks, resolve
 from ._fixed_point import (
-    METHODS,
-    BlockStats,
-    SolverOptions,
-    check_options,
+    check_linear,
     check_params,
     direct,
     dummy,
@@ -21,49 +17,20 @@ from ._fixed_point import (
     solve_forward,
     warn_failure,
 )
-from ._kernels import fixed_point as _fp
 from ._kernels import gradients as _g
 from ._kernels.activations import IDENTITY, MASK, has_output_derivative
 from ._kernels.blocks import gemm_tn
 from ._kernels.status import CONVERGED, DIVERGED, SOLVE_NAMES
+from ._options import SolverOptions, resolve_options
+from ._registry import ADJOINT, FORWARD, MODELS, SOLVERS, Solver
+from ._results import GradResult, LossAndGrad
+from ._source import is_out_of_core, open_source
 from ._threads import blas_single_threaded
 from .activations import Activation, get_activation
 
-__all__ = ["GradResult", "LossAndGrad", "implicit_grad", "loss_and_grad"]
+__all__ = ["implicit_grad", "loss_and_grad"]
 
-GRAD_METHODS = ("picard", "anderson", "direct", "jfb", "neumann")
-MODELS = ("linear", "single_index", "nonlinear")
-
-
-@dataclass(frozen=True)
-class GradResult:
-    """Implicit gradient of a loss through the fixed point.
-
-    Attributes
-    ----------
-    grad_A : (m, m), grad_B : (m, d)
-    adjoint : (n, m)
-        ``Mu = D * Lam`` (docs/theory.md §4); equals ``Lam`` for linear maps.
-        Pass it back as ``adj0`` to warm-start the next adjoint solve.
-    n_iter, residual, converged, status, history, method
-        As in :class:`~deqbench.FixedPointResult`, for the adjoint equation.
-        For ``"jfb"``/``"neumann"`` the status is ``"truncated"`` and the
-        residual says how far the inexact adjoint is from the exact one.
-    blocks : BlockStats or None
-        Per-block statistics of a solve in row blocks (``chunk=``), with the
-        conventions of :class:`~deqbench.FixedPointResult`.
-    """
-
-    grad_A: np.ndarray
-    grad_B: np.ndarray
-    adjoint: np.ndarray = field(repr=False)
-    n_iter: int
-    residual: float
-    converged: bool
-    status: str
-    history: np.ndarray = field(repr=False)
-    method: str
-    blocks: BlockStats | None = None
+GRAD_METHODS = ADJOINT
 
 
 @blas_single_threaded
@@ -76,13 +43,14 @@ def implicit_grad(
     *,
     activation: str | Activation = "identity",
     method: str = "picard",
+    options: SolverOptions | None = None,
     tol: float | None = None,
-    max_iter: int = 10_000,
-    damping: float = 1.0,
+    max_iter: int | None = None,
+    damping: float | None = None,
     adj0=None,
-    neumann_terms: int = 5,
-    anderson_history: int = 5,
-    anderson_ridge: float = 1e-10,
+    neumann_terms: int | None = None,
+    anderson_history: int | None = None,
+    anderson_ridge: float | None = None,
     chunk: int | str | None = None,
 ) -> GradResult:
     """Gradients ``dL/dA``, ``dL/dB`` through the fixed point ``Z``, given ``G = dL/dZ``.
@@ -104,10 +72,15 @@ def implicit_grad(
         (Jacobian-free, ``Lam = G``) and ``neumann``
         (``Lam = G (I + A + ... + A^k)`` with ``k = neumann_terms``: the
         truncated series has ``k + 1`` terms, ``I`` included).
+    options : SolverOptions, optional
+        ``tol``, ``max_iter``, ``damping``, ``anderson_history``,
+        ``anderson_ridge``, ``neumann_terms`` (``neumann`` only): see
+        :class:`~deqbench.SolverOptions`.
+    tol, max_iter, damping, neumann_terms, anderson_history, anderson_ridge
+        The same options as keywords (None: the value of ``options``, else the
+        :class:`~deqbench.SolverOptions` default).
     adj0 : (n, m), optional
         Initial adjoint (warm start), e.g. the previous ``GradResult.adjoint``.
-    neumann_terms : int >= 0
-        The highest power ``k`` of the truncated Neumann series (``neumann`` only).
     chunk : int in [1, n], "auto" or None
         Solve the adjoint in row blocks, as in :func:`~deqbench.fixed_point`
         (``X`` may then be on disk); gradients are summed over the blocks.
@@ -122,12 +95,13 @@ def implicit_grad(
     docs/theory.md §4. Non-convergence of an exact method gives
     ``converged=False``.
     """
-    from ._chunked import adjoint_blocks, resolve
-
     A, B = check_params(A, B)
     act = get_activation(activation)
     v.choice("method", method, GRAD_METHODS)
-    opts = check_options(tol, max_iter, damping, anderson_history, anderson_ridge, A.dtype)
+    spec = SOLVERS[method]
+    opts = resolve_options(options, A.dtype, tol=tol, max_iter=max_iter, damping=damping,
+                           anderson_history=anderson_history, anderson_ridge=anderson_ridge,
+                           neumann_terms=neumann_terms)
     Xs, chunk = resolve(X, B, chunk, opts.anderson_history)
     if Xs is None:
         X = v.as_matrix("X", X, shape=(None, B.shape[1]), dtype=A.dtype)
@@ -136,21 +110,13 @@ def implicit_grad(
     G = v.as_matrix("G", G, shape=(n, m), dtype=A.dtype)
     if adj0 is not None:
         adj0 = v.as_matrix("adj0", adj0, shape=(n, m), dtype=A.dtype)
-    nk = _neumann_terms(method, neumann_terms)
-    if method == "direct" and not act.is_identity:
-        raise ValueError(
-            f"method='direct' solves linear maps only, got activation={str(act)!r}"
-        )
+    check_linear(spec, act)
     if Xs is None:
-        return _adjoint(X, A, B, Z, G, act, method, opts, adj0, nk)
-    return adjoint_blocks(Xs, A, B, Z, G, act, method, opts, adj0, nk, chunk)
-
-
-def _neumann_terms(method, neumann_terms) -> int:
-    """Power of the truncated series: 0 for ``jfb``, checked ``neumann_terms`` for ``neumann``."""
-    if method == "neumann":
-        return v.integer("neumann_terms", neumann_terms, minimum=0)
-    return 0
+        return _adjoint(X, A, B, Z, G, act, spec, opts, adj0)
+    return adjoint_blocks(Xs, Z, G, adj0, B.shape[1], chunk,
+                          lambda Xb, Zb, Gb, adj0b: _adjoint(Xb, A, B, Zb, Gb, act, spec, opts,
+                                                             adj0b),
+                          method, opts.tol)
 
 
 def reusable(act, U, last):
@@ -165,7 +131,7 @@ def reusable(act, U, last):
     return U, None
 
 
-def _adjoint(X, A, B, Z, G, act, method, opts: SolverOptions, adj0, nk, U=None, last=None):
+def _adjoint(X, A, B, Z, G, act, spec: Solver, opts: SolverOptions, adj0, U=None, last=None):
     """:func:`implicit_grad` on validated arguments of one dtype (``adj0`` too).
 
     From :func:`loss_and_grad`: ``U = X B^T`` and ``last``, the forward Picard solve's
@@ -182,81 +148,29 @@ def _adjoint(X, A, B, Z, G, act, method, opts: SolverOptions, adj0, nk, U=None, 
         code, D = MASK, np.empty((n, m), Z.dtype)
         U = input_term(X, B) if U is None else U
         _g.preactivation_derivative(Z, np.ascontiguousarray(A.T), U, act.code, act.param, D)
-    if method == "direct":
+    if spec.linear_only:
         Mu, res, status = direct(np.eye(m) - A.T, G, A, opts.tol, "implicit_grad")
         hist, n_iter = np.array([res]), 0
-    elif method in ("jfb", "neumann"):
-        Mu = np.zeros((n, m), Z.dtype)
-        hist = np.full(nk + 2, np.nan)
-        n_iter, res, code_ = _fp.picard(Mu, A, G, code, act.param, D, np.empty_like(Mu),
-                                        0.0, nk + 1, 1.0, hist, numba.get_num_threads())
-        status = "truncated" if code_ != DIVERGED else "diverged"
-        hist = hist[: n_iter + 1]
     else:
-        Mu = np.zeros((n, m), Z.dtype) if adj0 is None else adj0.copy()
-        n_iter, res, code_, hist = solve(A, G, code, act.param, D, Mu, method=method, opts=opts)
-        status = SOLVE_NAMES[code_]
-        if code_ != CONVERGED:
-            warn_failure(f"implicit_grad(method={method!r})", status, n_iter, res, opts.tol)
+        # a truncated series always starts from zero
+        fresh = adj0 is None or spec.inexact
+        Mu = np.zeros((n, m), Z.dtype) if fresh else adj0.copy()
+        n_iter, res, code_, hist = solve(spec, A, G, code, act.param, D, Mu, opts,
+                                         terms=spec.terms(opts))
+        if spec.inexact:
+            status = "truncated" if code_ != DIVERGED else "diverged"
+        else:
+            status = SOLVE_NAMES[code_]
+            if code_ != CONVERGED:
+                warn_failure(f"implicit_grad(method={spec.name!r})", status, n_iter, res,
+                             opts.tol)
     grad_A = np.empty((m, m), Z.dtype)
     grad_B = np.empty((m, X.shape[1]), Z.dtype)
     threads = numba.get_num_threads()
     gemm_tn(Mu, Z, grad_A, threads)
     gemm_tn(Mu, X, grad_B, threads)
     converged = status in ("converged", "truncated")
-    return GradResult(grad_A, grad_B, Mu, n_iter, res, converged, status, hist, method)
-
-
-@dataclass(frozen=True)
-class LossAndGrad:
-    """Loss and implicit gradient of a model at given parameters.
-
-    Unpacks as ``loss, grad_A, grad_B, info = loss_and_grad(...)``, where
-    ``info`` is :attr:`info`, a dict of the remaining fields.
-
-    Attributes
-    ----------
-    loss : float
-        ``L = (1/2n) sum_i loss_i``.
-    grad_A : (m, m), grad_B : (m, d)
-    fp_iters, adj_iters : int
-        Iterations of the forward and adjoint solves.
-    fp_residual, adj_residual : float
-    fp_status, adj_status : str
-        As in :class:`~deqbench.FixedPointResult` and :class:`GradResult`.
-    converged : bool
-        Both solves converged (an inexact gradient counts as converged).
-    z, adjoint : (n, m) or None
-        Fixed point and adjoint, to warm-start the next call (``z0``, ``adj0``);
-        None when evaluated in row blocks (``chunk=``: memory independent of n).
-    fp_blocks, adj_blocks : BlockStats or None
-        Per-block iteration statistics of the forward and adjoint solves in row
-        blocks; then ``fp_iters``/``adj_iters`` are the largest block counts and
-        the residuals the largest block residuals.
-    """
-
-    loss: float
-    grad_A: np.ndarray = field(repr=False)
-    grad_B: np.ndarray = field(repr=False)
-    fp_iters: int
-    adj_iters: int
-    fp_residual: float
-    adj_residual: float
-    fp_status: str
-    adj_status: str
-    converged: bool
-    z: np.ndarray | None = field(repr=False)
-    adjoint: np.ndarray | None = field(repr=False)
-    fp_blocks: BlockStats | None = None
-    adj_blocks: BlockStats | None = None
-
-    @property
-    def info(self) -> dict:
-        """Every field but ``loss``, ``grad_A`` and ``grad_B``, as a dict."""
-        return {f.name: getattr(self, f.name) for f in fields(self)[3:]}
-
-    def __iter__(self):
-        return iter((self.loss, self.grad_A, self.grad_B, self.info))
+    return GradResult(grad_A, grad_B, Mu, n_iter, res, converged, status, hist, spec.name)
 
 
 @blas_single_threaded
@@ -271,14 +185,15 @@ def loss_and_grad(
     activation: str | Activation = "identity",
     solver: str = "picard",
     grad_solver: str | None = None,
+    options: SolverOptions | None = None,
     tol: float | None = None,
-    max_iter: int = 10_000,
-    damping: float = 1.0,
+    max_iter: int | None = None,
+    damping: float | None = None,
     z0=None,
     adj0=None,
-    neumann_terms: int = 5,
-    anderson_history: int = 5,
-    anderson_ridge: float = 1e-10,
+    neumann_terms: int | None = None,
+    anderson_history: int | None = None,
+    anderson_ridge: float | None = None,
     chunk: int | str | None = None,
 ) -> LossAndGrad:
     """Loss ``L = (1/2n) sum_i loss_i`` of a DEQ model and its implicit gradient.
@@ -301,12 +216,12 @@ def loss_and_grad(
     solver : {"picard", "anderson", "direct"}
         Forward solver; ``grad_solver`` (default: the same) may also be
         ``"jfb"`` or ``"neumann"`` (series up to ``A^neumann_terms``).
-    tol, max_iter, damping, anderson_history, anderson_ridge
-        As in :func:`~deqbench.fixed_point`, for both solves.
+    options : SolverOptions, optional
+        The options of both solves (:class:`~deqbench.SolverOptions`).
+    tol, max_iter, damping, anderson_history, anderson_ridge, neumann_terms
+        The same options as keywords, as in :func:`~deqbench.implicit_grad`.
     z0, adj0 : (n, m), optional
         Warm starts for the forward and adjoint solves.
-    neumann_terms : int >= 0
-        As in :func:`~deqbench.implicit_grad`.
     chunk : int in [1, n], "auto" or None
         Evaluate in blocks of ``chunk`` rows: forward solve (each block to the
         rule ``||F(Z_b) - Z_b|| <= tol ||F(Z_b)||``), loss, adjoint solve and
@@ -326,20 +241,19 @@ def loss_and_grad(
     ConvergenceWarning
         When the forward or an exact adjoint solve does not converge.
     """
-    from ._chunked import loss_and_grad_blocks, resolve
-    from ._source import is_out_of_core, open_source
-
-    v.choice("model", model, MODELS)
+    v.choice("model", model, tuple(MODELS))
+    kind = MODELS[model]
     A, B = check_params(A, B)
     m = A.shape[0]
     act = get_activation(activation)
-    if model == "linear" and not act.is_identity:
-        raise ValueError(f"activation must be 'identity' for model='linear', got {str(act)!r}")
+    check_activation(kind, act)
     grad_solver = solver if grad_solver is None else grad_solver
-    v.choice("solver", solver, METHODS)
+    v.choice("solver", solver, FORWARD)
     v.choice("grad_solver", grad_solver, GRAD_METHODS)
-    opts = check_options(tol, max_iter, damping, anderson_history, anderson_ridge, A.dtype)
-    nk = _neumann_terms(grad_solver, neumann_terms)
+    fwd_spec, adj_spec = SOLVERS[solver], SOLVERS[grad_solver]
+    opts = resolve_options(options, A.dtype, tol=tol, max_iter=max_iter, damping=damping,
+                           anderson_history=anderson_history, anderson_ridge=anderson_ridge,
+                           neumann_terms=neumann_terms)
     if chunk is None and is_out_of_core(Y):
         chunk = "auto"
     Xs, chunk = resolve(X, B, chunk, opts.anderson_history)
@@ -348,26 +262,25 @@ def loss_and_grad(
     n = X.shape[0] if Xs is None else Xs.n
     z0 = None if z0 is None else v.as_matrix("z0", z0, shape=(n, m), dtype=A.dtype)
     adj0 = None if adj0 is None else v.as_matrix("adj0", adj0, shape=(n, m), dtype=A.dtype)
-    phi = act if model == "nonlinear" else get_activation("identity")
-    if grad_solver == "direct" and not phi.is_identity:
-        raise ValueError("grad_solver='direct' solves linear maps only (model='nonlinear')")
+    phi = act if kind.activation == "map" else get_activation("identity")
+    if adj_spec.linear_only and not phi.is_identity:
+        raise ValueError(f"grad_solver={grad_solver!r} solves linear maps only "
+                         f"(model={model!r})")
     if Xs is not None:
-        single = model == "single_index"
-        Ys = open_source("Y", Y, ndim=1 if single else 2, shape=(n,) if single else (n, m),
-                         dtype=A.dtype)
+        Ys = open_source("Y", Y, ndim=1 if kind.readout else 2,
+                         shape=(n,) if kind.readout else (n, m), dtype=A.dtype)
         u = check_readout(model, u, m, A.dtype)
-        return loss_and_grad_blocks(model, Xs, Ys, A, B, u, act, phi, solver, grad_solver, opts,
-                                    z0, adj0, nk, chunk)
+
+        def block(Xb, Yb, w, z0b, adj0b):
+            return _loss_and_grad(Xb, Yb, u, A, B, kind, act, phi, fwd_spec, adj_spec, opts,
+                                  z0b, adj0b, w)
+
+        return loss_and_grad_blocks(Xs, Ys, m, B.shape[1], A.dtype, z0, adj0, chunk, block,
+                                    solver, grad_solver, opts.tol)
     Y, u = check_targets(model, Y, u, n, m, A.dtype)
-    fwd, U, last = solve_forward(X, A, B, phi, solver, opts, z0)
-    U, last = reusable(phi, U, last)
+    fwd, loss, grad = _loss_and_grad(X, Y, u, A, B, kind, act, phi, fwd_spec, adj_spec, opts, z0,
+                                     adj0)
     Z = fwd.z
-    G = np.empty((n, m), Z.dtype)
-    if model == "single_index":
-        loss = _g.single_index_loss(Z, Y, u, act.code, act.param, G)
-    else:
-        loss = _g.residual_loss(Z, Y, G)
-    grad = _adjoint(X, A, B, Z, G, phi, grad_solver, opts, adj0, nk, U, last)
     return LossAndGrad(
         loss=float(loss),
         grad_A=grad.grad_A,
@@ -384,10 +297,35 @@ def loss_and_grad(
     )
 
 
+def _loss_and_grad(X, Y, u, A, B, kind, act, phi, fwd_spec, adj_spec, opts, z0, adj0, w=None):
+    """One evaluation on validated arguments (the whole data, or one row block of
+    it with weight ``w``): ``(forward result, loss, GradResult)``; the gradient is
+    that of ``w`` times the loss when ``w`` is given."""
+    fwd, U, last = solve_forward(X, A, B, phi, fwd_spec, opts, z0)
+    U, last = reusable(phi, U, last)
+    Z = fwd.z
+    G = np.empty(Z.shape, Z.dtype)
+    if kind.readout:
+        loss = _g.single_index_loss(Z, Y, u, act.code, act.param, G)
+    else:
+        loss = _g.residual_loss(Z, Y, G)
+    if w is not None:
+        G *= w
+    return fwd, loss, _adjoint(X, A, B, Z, G, phi, adj_spec, opts, adj0, U, last)
+
+
+def check_activation(kind, act) -> None:
+    """A model without an activation (:attr:`~._registry.Model.activation`) takes
+    the identity only."""
+    if kind.activation == "identity" and not act.is_identity:
+        raise ValueError(f"activation must be 'identity' for model={kind.name!r}, got "
+                         f"{str(act)!r}")
+
+
 def check_targets(model, Y, u, n, m, dtype, ref="A"):
     """Validate targets (and ``u``) for ``model``; return ``(Y, u)`` in ``dtype``
     (the dtype of the parameter ``ref``)."""
-    if model == "single_index":
+    if MODELS[model].readout:
         return (v.as_matrix("Y", Y, ndim=1, shape=(n,), dtype=dtype, ref=ref),
                 check_readout(model, u, m, dtype, ref))
     check_readout(model, u, m, dtype, ref)
@@ -395,11 +333,12 @@ def check_targets(model, Y, u, n, m, dtype, ref="A"):
 
 
 def check_readout(model, u, m, dtype, ref="A"):
-    """The read-out ``u`` of single_index (default ``(1, ..., 1) / sqrt(m)``);
-    None for the other models, where passing one is an error."""
-    if model != "single_index":
+    """The read-out ``u`` of a model with one (single_index; default ``(1, ..., 1) /
+    sqrt(m)``); None for the other models, where passing one is an error."""
+    if not MODELS[model].readout:
         if u is not None:
-            raise ValueError(f"u is only used by model='single_index', got model={model!r}")
+            users = " or ".join(f"model={name!r}" for name, k in MODELS.items() if k.readout)
+            raise ValueError(f"u is only used by {users}, got model={model!r}")
         return None
     if u is None:
         return np.full(m, 1.0 / np.sqrt(m), dtype)

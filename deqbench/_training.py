@@ -20,11 +20,13 @@ from . import _validate as v
 from . import theory
 from ._chunked import stats_row_bytes
 from ._chunked import sufficient_stats as stream_stats
-from ._fixed_point import check_model, check_options, check_params
-from ._gradients import GRAD_METHODS, MODELS, _neumann_terms, check_readout, check_targets
+from ._fixed_point import check_model, check_params
+from ._gradients import check_activation, check_readout, check_targets
 from ._kernels import model as _m
 from ._kernels import training as _k
 from ._kernels.status import RUN_NAMES, RUNNING
+from ._options import SolverOptions, resolve_options
+from ._registry import ADJOINT, FORWARD, MODELS, SOLVERS, by_code
 from ._source import ReadError, check_chunk, is_out_of_core, open_source
 from ._threads import single_threaded_blas
 from ._warnings import warn
@@ -40,7 +42,6 @@ __all__ = [
     "train",
 ]
 
-SOLVERS = ("picard", "anderson", "direct")
 HISTORY_KEYS = (
     "step",
     "loss",
@@ -78,14 +79,6 @@ values-only SVD about half of that, against about 1.5 s for one ``2 m^3`` gemm o
 same 2-core machine: about 20 gemm-flop equivalents per ``m^3``; 30 keeps a margin.
 To be re-measured with ``python -m benchmarks.calibrate`` (not timed by this rule)."""
 
-_MODEL_CODE = {"linear": _m.LINEAR, "single_index": _m.SINGLE_INDEX, "nonlinear": _m.NONLINEAR}
-_SOLVER_CODE = {
-    "picard": _m.PICARD,
-    "anderson": _m.ANDERSON,
-    "direct": _m.DIRECT,
-    "jfb": _m.JFB,
-    "neumann": _m.NEUMANN,
-}
 
 
 @dataclass(frozen=True)
@@ -238,17 +231,17 @@ def initial_failure(A0: np.ndarray, solve: _m.Solve, status: str) -> str:
                 "z = A0 z + B0 x does not exist or is not unique")
     if status != "fixed_point_failed":
         return "the loss or its gradient at A0, B0 is not finite"
-    names = {code: name for name, code in _SOLVER_CODE.items()}
     for code in dict.fromkeys((solve.forward, solve.adjoint)):
-        if code not in (_m.PICARD, _m.ANDERSON):
+        spec = by_code(code)
+        if spec.certificate != "rate":
             continue
         M = (1.0 - solve.damping) * np.eye(m) + solve.damping * A0
         rho = float(np.max(np.abs(np.linalg.eigvals(M))))
         if rho > solve.cert_limit:
-            why = (f">= 1, so {names[code]!r} cannot solve the fixed point" if rho >= 1.0 else
+            why = (f">= 1, so {spec.name!r} cannot solve the fixed point" if rho >= 1.0 else
                    f"> {solve.cert_limit:.6g}, where a solve from zero needs more than "
                    f"max_iter={solve.max_iter} iterations to reach tol={solve.tol:g}")
-            return (f"the {names[code]} iteration matrix (1 - damping) I + damping A0 has "
+            return (f"the {spec.name} iteration matrix (1 - damping) I + damping A0 has "
                     f"spectral radius {rho:.6g} {why} (docs/theory.md §3; solver='direct' "
                     "can)")
     return (f"a solve at A0 did not reach tol={solve.tol:g} within max_iter={solve.max_iter} "
@@ -297,8 +290,8 @@ class Prepared:
 
 def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max_iter,
             damping, neumann_terms, anderson_history, anderson_ridge, sufficient_stats,
-            L_star, record_every, stop_loss, spectral_every, grad_methods=GRAD_METHODS,
-            chunk=None, caller="flow", default_tol=None):
+            L_star, record_every, stop_loss, spectral_every, grad_methods=ADJOINT,
+            chunk=None, caller="flow", default_tol=None, options=None):
     """Validate the arguments shared by :func:`train` and :func:`deqbench.flow`
     and build the kernels' named tuples. The parameters are copied (the loops
     update them in place).
@@ -306,14 +299,16 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
     ``X``/``Y`` on disk (``caller="train"`` only) take the sufficient-statistics
     path, whose statistics are computed here in one pass of ``chunk`` rows per
     block; a failed read sets ``read_error``."""
-    v.choice("model", model, MODELS)
+    v.choice("model", model, tuple(MODELS))
+    kind = MODELS[model]
+    streamed = " or ".join(f"model={k!r}" for k, s in MODELS.items() if s.sufficient_stats)
     on_disk = is_out_of_core(X) or is_out_of_core(Y)
     if on_disk:
         if caller != "train":
             raise ValueError(f"{caller} needs X and Y in memory; data on disk (a path or "
                              "np.memmap) is read by train and loss_and_grad")
-        if model != "linear":
-            raise ValueError("X or Y on disk needs model='linear' (the sufficient-statistics "
+        if not kind.sufficient_stats:
+            raise ValueError(f"X or Y on disk needs {streamed} (the sufficient-statistics "
                              f"path streams the data once), got model={model!r}")
         A0, B0 = check_params(A0, B0, names=("A0", "B0"))
         X = open_source("X", X, shape=(None, B0.shape[1]), dtype=A0.dtype, ref="A0")
@@ -327,25 +322,24 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
     n, d = X.shape
     m = A0.shape[0]
     act = get_activation(activation)
-    if model == "linear" and not act.is_identity:
-        raise ValueError(f"activation must be 'identity' for model='linear', got {str(act)!r}")
+    check_activation(kind, act)
     if on_disk:
         u = check_readout(model, u, m, dtype, "A0")
         Y = open_source("Y", Y, shape=(n, m), dtype=dtype, ref="A0")
         chunk = check_chunk("auto" if chunk is None else chunk, n, stats_row_bytes(d, m, dtype))
     else:
         Y, u = check_targets(model, Y, u, n, m, dtype, "A0")
-    v.choice("solver", solver, SOLVERS)
+    v.choice("solver", solver, FORWARD)
     grad_solver = solver if grad_solver is None else grad_solver
     v.choice("grad_solver", grad_solver, grad_methods)
-    opts = check_options(tol, max_iter, damping, anderson_history, anderson_ridge, dtype,
-                         default_tol)
-    nk = _neumann_terms(grad_solver, neumann_terms)
-    slots = opts.anderson_history if "anderson" in (solver, grad_solver) else 0
-    if model == "nonlinear" and "direct" in (solver, grad_solver):
-        raise ValueError(
-            "solver/grad_solver='direct' solves linear maps only, got model='nonlinear'"
-        )
+    fwd_spec, adj_spec = SOLVERS[solver], SOLVERS[grad_solver]
+    opts = resolve_options(options, dtype, tol=tol, max_iter=max_iter, damping=damping,
+                           anderson_history=anderson_history, anderson_ridge=anderson_ridge,
+                           neumann_terms=neumann_terms, default_tol=default_tol)
+    for spec in (fwd_spec, adj_spec):
+        if spec.linear_only and not kind.linear_fixed_point:
+            raise ValueError(f"solver/grad_solver={spec.name!r} solves linear maps only, got "
+                             f"model={model!r}")
     if record_every is None:
         record_every = 0
     else:
@@ -355,10 +349,10 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
         raise ValueError(
             f"sufficient_stats must be 'auto', True or False, got {sufficient_stats!r}"
         )
-    applies = model == "linear" and grad_solver not in ("jfb", "neumann")
+    applies = kind.sufficient_stats and not adj_spec.inexact
     if sufficient_stats is True and not applies:
         raise ValueError(
-            "sufficient_stats=True needs model='linear' and an exact grad_solver, got "
+            f"sufficient_stats=True needs {streamed} and an exact grad_solver, got "
             f"model={model!r}, grad_solver={grad_solver!r}"
         )
     if sufficient_stats == "auto":
@@ -389,7 +383,7 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
             # as below: the kernel's excess is over Ls, shifted to the caller's L_star
             kernel_Lstar, excess_shift = Ls, Ls - L_star
         X, Y = np.zeros((1, d), dtype), np.zeros((1, m), dtype)
-    elif model == "linear" or (model == "single_index" and act.is_identity):
+    elif kind.linear_fixed_point and (not kind.readout or act.is_identity):
         W, Ls = theory.least_squares(X, Y)
         if L_star is None:
             L_star = Ls
@@ -412,28 +406,17 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
         spectral_every = v.integer("spectral_every", spectral_every, minimum=1)
     return Prepared(
         model=_m.Model(
-            kind=_MODEL_CODE[model],
+            kind=kind.kind,
             X=X,
-            Y=dummy2 if model == "single_index" else Y,
-            y=Y if model == "single_index" else dummy1,
+            Y=dummy2 if kind.readout else Y,
+            y=Y if kind.readout else dummy1,
             u=dummy1 if u is None else u,
             code=act.code,
             param=act.param,
         ),
         A=A0,
         B=B0,
-        solve=_m.Solve(
-            forward=_SOLVER_CODE[solver],
-            adjoint=_SOLVER_CODE[grad_solver],
-            tol=opts.tol,
-            max_iter=opts.max_iter,
-            damping=opts.damping,
-            anderson_ridge=opts.anderson_ridge,
-            anderson_history=slots,
-            neumann_terms=nk,
-            cert_limit=theory.certified_rate(opts.tol, opts.max_iter),
-            threads=numba.get_num_threads(),
-        ),
+        solve=kernel_solve(opts, fwd_spec, adj_spec),
         stats=_m.SuffStats(use=use_ss, Sxx=Sxx, W_star=Wstar, L_star=float(kernel_Lstar)),
         record_every=record_every,
         spectral_every=spectral_every,
@@ -441,6 +424,25 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
         read_error=read_error,
         L_star=float(L_star),
         excess_shift=excess_shift,
+    )
+
+
+def kernel_solve(opts: SolverOptions, fwd_spec, adj_spec) -> _m.Solve:
+    """The kernels' :data:`~deqbench._kernels.model.Solve` of validated options and the
+    forward and adjoint solvers: the one place it is built. History slots and
+    series terms come from the solvers that read them, ``cert_limit`` from
+    :func:`deqbench.theory.certified_rate` (the certificate of ``"rate"`` solvers)."""
+    return _m.Solve(
+        forward=fwd_spec.code,
+        adjoint=adj_spec.code,
+        tol=opts.tol,
+        max_iter=opts.max_iter,
+        damping=opts.damping,
+        anderson_ridge=opts.anderson_ridge,
+        anderson_history=max(fwd_spec.slots(opts), adj_spec.slots(opts)),
+        neumann_terms=adj_spec.terms(opts),
+        cert_limit=theory.certified_rate(opts.tol, opts.max_iter),
+        threads=numba.get_num_threads(),
     )
 
 
@@ -469,17 +471,18 @@ def train(
     activation: str | Activation = "identity",
     solver: str = "picard",
     grad_solver: str | None = None,
+    options: SolverOptions | None = None,
     tol: float | None = None,
     record_every: int | None = 1,
     warm_start: bool = True,
     stop_loss: float | None = None,
     sufficient_stats="auto",
     L_star: float | None = None,
-    max_iter: int = 10_000,
-    damping: float = 1.0,
-    neumann_terms: int = 5,
-    anderson_history: int = 5,
-    anderson_ridge: float = 1e-10,
+    max_iter: int | None = None,
+    damping: float | None = None,
+    neumann_terms: int | None = None,
+    anderson_history: int | None = None,
+    anderson_ridge: float | None = None,
     spectral_every="auto",
     chunk: int | str | None = None,
 ) -> TrainResult:
@@ -510,11 +513,11 @@ def train(
         Adjoint solver, default ``solver``; also ``"jfb"`` or ``"neumann"``
         (series up to ``A^neumann_terms``), the inexact gradients of
         docs/theory.md §4.
-    tol, max_iter, damping, anderson_history, anderson_ridge
-        Per-solve options, as in :func:`~deqbench.fixed_point` (``tol=None``:
+    options : SolverOptions, optional
+        Per-solve options (:class:`~deqbench.SolverOptions`; ``tol=None``:
         1e-10 in float64, 1e-5 in float32).
-    neumann_terms : int >= 0
-        As in :func:`~deqbench.implicit_grad`.
+    tol, max_iter, damping, anderson_history, anderson_ridge, neumann_terms
+        The same options as keywords, as in :func:`~deqbench.implicit_grad`.
     record_every : int or None
         Record step ``k`` when ``k % record_every == 0``; ``None`` records only
         the first and the last step. The last step is always recorded.
@@ -581,7 +584,7 @@ def train(
         neumann_terms=neumann_terms, anderson_history=anderson_history,
         anderson_ridge=anderson_ridge, sufficient_stats=sufficient_stats, L_star=L_star,
         record_every=record_every, stop_loss=stop_loss, spectral_every=spectral_every,
-        chunk=chunk, caller="train",
+        chunk=chunk, caller="train", options=options,
     )
     lr = v.positive("lr", lr)
     steps = v.integer("steps", steps, minimum=1)

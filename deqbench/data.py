@@ -143,8 +143,9 @@ def problem(model: str, n: int, d: int, m: int, *, activation="identity", noise:
     independent streams).
     """
     from . import _validate
+    from ._registry import MODELS
 
-    _validate.choice("model", model, ("linear", "single_index", "nonlinear"))
+    _validate.choice("model", model, tuple(MODELS))
     if init_seed is None:
         seed, init_seed = np.random.SeedSequence(seed).spawn(2) if not isinstance(
             seed, np.random.SeedSequence) else seed.spawn(2)

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from . import _registry
 from . import _validate as v
 from .activations import Activation, get_activation
 
@@ -38,7 +39,8 @@ __all__ = [
     "step_factor_bounds",
 ]
 
-MODELS = ("linear", "single_index")
+MODELS = tuple(name for name, k in _registry.MODELS.items() if k.linear_fixed_point)
+"""The models whose bounds this module gives: those with a linear fixed point."""
 FLOOR = 1e3  # the window of empirical_factor stays above FLOOR * eps * L_0
 
 
@@ -299,7 +301,8 @@ def smoothness(model: str, X, Y, A, B, *, u=None, activation: str | Activation =
     A = _square("A", A)
     B = v.as_float64("B", B, shape=(A.shape[0], None))
     m, d = B.shape
-    solver = "picard" if model == "nonlinear" else "direct"
+    kind = _registry.MODELS.get(model)
+    solver = "direct" if kind is not None and kind.linear_fixed_point else "picard"
     kw = dict(u=u, activation=activation, solver=solver, tol=1e-13, max_iter=100_000)
     p0 = np.concatenate([A.ravel(), B.ravel()])
     h = 1e-5 * max(1.0, float(np.max(np.abs(p0))))
@@ -496,7 +499,8 @@ CERT_MARGIN = 1e-6
 
 def certified_rate(tol, max_iter) -> float:
     """The largest iteration rate that :func:`deqbench.train` and
-    :func:`deqbench.flow` certify for Picard and Anderson solves with
+    :func:`deqbench.flow` certify for the solvers whose certificate is
+    ``"rate"`` (Picard and Anderson, ``deqbench._registry.SOLVERS``) with
     ``tol`` and ``max_iter`` (docs/theory.md §3, certificate).
 
     The rate ``r`` whose predicted count :func:`predicted_fp_iters` (from

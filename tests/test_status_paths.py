@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import deqbench as db
 from deqbench._kernels import model as _m
+from deqbench._kernels import solvers as _ks
 from deqbench._kernels.status import MAX_STEPS
 from deqbench._training import MAX_HISTORY_BYTES, history_rows
 from tests._signals import default_sigint
@@ -63,7 +64,7 @@ def _certified(A, solver, damping=1.0, history=0):
 @settings(deadline=None, max_examples=80)
 @given(seed=st.integers(0, 10**6), m=st.integers(1, 7), scale=st.floats(0.2, 2.0),
        damping=st.sampled_from([1.0, 0.5]), triangular=st.booleans(),
-       solver=st.sampled_from([_m.PICARD, _m.ANDERSON]), max_iter=st.sampled_from([30, 10**8]))
+       solver=st.sampled_from([_ks.PICARD, _ks.ANDERSON]), max_iter=st.sampled_from([30, 10**8]))
 def test_certificate_agrees_with_eigenvalues(seed, m, scale, damping, triangular, solver,
                                              max_iter):
     """Picard and Anderson: certified exactly when rho((1 - b) I + b A) is at
@@ -96,7 +97,7 @@ def _rotation(angle):
 def _bounds(A, A2, damping):
     """Every tier's upper bound on rho(M2), the reference taken at ``A``."""
     m = A.shape[0]
-    solve, sw = _cert_work(m, _m.PICARD, damping)
+    solve, sw = _cert_work(m, _ks.PICARD, damping)
     _m._refresh(A, damping, sw.Mc, sw.A_ref, sw.ref)
     counts = np.zeros(_m.CERT_COUNTS, np.int64)
     s = np.ones(m)
@@ -162,27 +163,27 @@ def test_certificate_cheap_tests_decide_where_they_can():
     # bound on |A| (triangular: the same spectrum) once its vector, kept between
     # steps, nears the Perron vector
     A = np.array([[0.9, 50.0], [0.0, -0.5]])
-    solve, sw = _cert_work(2, _m.PICARD)
-    assert all(_m.certify(A, _m.PICARD, solve, sw) for _ in range(3))
+    solve, sw = _cert_work(2, _ks.PICARD)
+    assert all(_m.certify(A, _ks.PICARD, solve, sw) for _ in range(3))
     assert sw.counts[_m.CERT_BY_SQUARING] == 1 and sw.counts[_m.CERT_SQUARINGS] == 6
     assert sw.counts[_m.CERT_BY_PERRON] == 2 and sw.counts[_m.CERT_MATVECS] == 5
     assert sw.counts[_m.CERT_BY_NORM] == 0 and sw.counts[_m.CERT_BY_EIG] == 0
-    ok, counts = _certified(np.array([[0.5, 0.2], [0.1, -0.3]]), _m.PICARD)
+    ok, counts = _certified(np.array([[0.5, 0.2], [0.1, -0.3]]), _ks.PICARD)
     assert ok and counts[_m.CERT_BY_NORM] == 1 and counts[_m.CERT_MATVECS] == 0
     # a rotation by 0.6 rad scaled to rho = 0.95: |A| has rho 1.32 and every
     # norm of A is above 1; ||A^8||_F = sqrt(2) 0.95^8 < 1 certifies (3 squarings)
     # until the squaring budget since the last decomposition is spent; then the
     # next step is decomposed and becomes the reference, whose eigenvector
     # norm (V unitary: kappa_2 = 1) certifies the steps near it in O(m^2)
-    solve, sw = _cert_work(2, _m.PICARD)
+    solve, sw = _cert_work(2, _ks.PICARD)
     budget = _m.CERT_SQUARING_BUDGET // 3
     for k in range(budget + 2):
-        assert _m.certify(0.95 * _rotation(0.6 + 1e-4 * k), _m.PICARD, solve, sw)
+        assert _m.certify(0.95 * _rotation(0.6 + 1e-4 * k), _ks.PICARD, solve, sw)
     c = sw.counts
     assert c[_m.CERT_BY_SQUARING] == budget and c[_m.CERT_SQUARINGS] == _m.CERT_SQUARING_BUDGET
     assert c[_m.CERT_BY_EIG] == 1 and c[_m.CERT_BY_REFERENCE] == 1
     # outside: squaring is inconclusive (all 6), the eigenvalue solve refuses
-    assert not _m.certify(1.02 * _rotation(0.6), _m.PICARD, solve, sw)
+    assert not _m.certify(1.02 * _rotation(0.6), _ks.PICARD, solve, sw)
     assert c[_m.CERT_SQUARINGS] == _m.CERT_SQUARING_BUDGET + 6 and c[_m.CERT_BY_EIG] == 2
     # the budget is the price of a decomposition in gemms (ski rental), by the flop model
     from deqbench._training import certificate_flops  # noqa: PLC0415
@@ -191,20 +192,20 @@ def test_certificate_cheap_tests_decide_where_they_can():
     one[_m.CERT_BY_EIG] = 1
     assert round(certificate_flops(32, one) / (2.0 * 32**3)) == _m.CERT_SQUARING_BUDGET
     # refusals come from the eigenvalue solve only
-    ok, counts = _certified(np.diag([1.5, 0.1]), _m.PICARD)
+    ok, counts = _certified(np.diag([1.5, 0.1]), _ks.PICARD)
     assert not ok and counts[_m.CERT_BY_EIG] == 1
     # damping brings the spectrum {1.5, -0.5} inside: (1 - b) + b lambda with b = 0.5
     # is {1.25, 0.25}, still outside; with spectrum {-1.5, 0.5}, b = 2/3 -> {-2/3, 2/3}
-    assert not _certified(np.diag([1.5, -0.5]), _m.PICARD, 0.5)[0]
-    assert _certified(np.diag([-1.5, 0.5]), _m.PICARD, 2.0 / 3.0)[0]
+    assert not _certified(np.diag([1.5, -0.5]), _ks.PICARD, 0.5)[0]
+    assert _certified(np.diag([-1.5, 0.5]), _ks.PICARD, 2.0 / 3.0)[0]
     # Anderson: the same domain whatever the window; a window of m + 1 residuals
     # terminates in exact arithmetic, but beyond the contraction domain the
     # outcome is rounding's (docs/theory.md §3), so it is not certified there
-    assert not _certified(np.diag([1.5, 0.1]), _m.ANDERSON, history=3)[0]
-    assert not _certified(np.diag([1.5, 0.1]), _m.ANDERSON, history=2)[0]
-    assert _certified(np.diag([0.9, 0.1]), _m.ANDERSON, history=2)[0]
-    assert not _certified(np.array([[1.5]]), _m.ANDERSON, history=1)[0]
-    assert _certified(np.diag([1.5, 0.1]), _m.DIRECT)[0]
+    assert not _certified(np.diag([1.5, 0.1]), _ks.ANDERSON, history=3)[0]
+    assert not _certified(np.diag([1.5, 0.1]), _ks.ANDERSON, history=2)[0]
+    assert _certified(np.diag([0.9, 0.1]), _ks.ANDERSON, history=2)[0]
+    assert not _certified(np.array([[1.5]]), _ks.ANDERSON, history=1)[0]
+    assert _certified(np.diag([1.5, 0.1]), _ks.DIRECT)[0]
 
 
 def test_certificate_cost_on_a_gd_path():
@@ -380,7 +381,7 @@ def test_truncated_adjoints_need_no_certificate():
         r = db.train("linear", X, Y, A0, B0, lr=0.01, steps=5, solver="direct",
                      grad_solver=grad_solver, sufficient_stats=False)
         assert r.status == "max_steps" and r.n_steps == 5
-    assert _certified(A0, _m.JFB)[0] and _certified(A0, _m.NEUMANN)[0]
+    assert _certified(A0, _ks.JFB)[0] and _certified(A0, _ks.NEUMANN)[0]
 
 
 def test_history_is_bounded():

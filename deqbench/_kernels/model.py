@@ -27,10 +27,17 @@ from numba import types
 from numba.np.linalg import _LAPACK, ensure_lapack
 
 from .._jit import jit
-from . import fixed_point as _fp
 from . import gradients as _g
 from .activations import IDENTITY, MASK, has_output_derivative
 from .blocks import gemm_rows, gemm_tn
+from .solvers import (
+    EXACT_LINEAR,
+    KEEPS_EVALUATION,
+    RATE_CERTIFIED,
+    TRUNCATED,
+    has,
+    iterate,
+)
 from .status import CONVERGED, DIVERGED, FP_FAILED, NONFINITE, OK
 
 ensure_lapack()
@@ -45,13 +52,6 @@ _JOB_N = ord("N")
 LINEAR = 0
 SINGLE_INDEX = 1
 NONLINEAR = 2
-
-# solvers (forward: PICARD, ANDERSON, DIRECT; adjoint: all)
-PICARD = 0
-ANDERSON = 1
-DIRECT = 2
-JFB = 3
-NEUMANN = 4
 
 # certificate of the sufficient-statistics path (:func:`certify`)
 CERT_SWEEPS = 2
@@ -102,12 +102,13 @@ NCOL_FLOW = 12
 #: ``param`` (the link of single_index, ``phi`` of nonlinear).
 Model = namedtuple("Model", ["kind", "X", "Y", "y", "u", "code", "param"])
 
-#: Solver options: ``forward`` and ``adjoint`` solver codes, per-solve ``tol``,
-#: ``max_iter``, Picard/Anderson ``damping``, ``anderson_ridge``,
-#: ``anderson_history`` (slots of the work buffers, 0 if Anderson is unused)
-#: ``neumann_terms`` (the highest power of the truncated series) and
+#: Solver options (built once, by ``deqbench._training.kernel_solve``):
+#: ``forward`` and ``adjoint`` solver codes (:mod:`.solvers`), per-solve ``tol``,
+#: ``max_iter``, ``damping``, ``anderson_ridge``, ``anderson_history`` (history
+#: slots of the work buffers, 0 when neither solver keeps a history),
+#: ``neumann_terms`` (the highest power of a truncated adjoint series, 0 for JFB),
 #: ``cert_limit``, the largest spectral radius of the iteration matrix that
-#: :func:`certify` accepts (:func:`deqbench.theory.certified_rate`).
+#: :func:`certify` accepts (:func:`deqbench.theory.certified_rate`), and ``threads``.
 Solve = namedtuple("Solve", ["forward", "adjoint", "tol", "max_iter", "damping",
                              "anderson_ridge", "anderson_history", "neumann_terms",
                              "cert_limit", "threads"])
@@ -342,14 +343,11 @@ def record_heavy(rec, A, B, row):
 
 @jit
 def _iterate(solver, Z, M, U, code, param, ws, solve):
-    """Picard or Anderson on ``Z -> h(Z M + U)`` in place; returns ``(n_iter, status)``."""
-    if solver == PICARD:
-        k, res, st = _fp.picard(Z, M, U, code, param, ws.D, ws.T, solve.tol, solve.max_iter,
-                                solve.damping, ws.hist, solve.threads)
-    else:
-        k, res, st = _fp.anderson(Z, M, U, code, param, ws.D, ws.Fh, ws.Gh, ws.GG, ws.work,
-                                  solve.tol, solve.max_iter, solve.damping,
-                                  solve.anderson_ridge, ws.hist)
+    """:func:`.solvers.iterate` on ``Z -> h(Z M + U)`` in place with the run's
+    buffers and options; returns ``(n_iter, status)``."""
+    k, res, st = iterate(solver, Z, M, U, code, param, ws.D, ws.T, ws.Fh, ws.Gh, ws.GG,
+                         ws.work, ws.hist, solve.tol, solve.max_iter, solve.damping,
+                         solve.anderson_ridge, solve.neumann_terms, solve.threads)
     return k, st
 
 
@@ -374,7 +372,7 @@ def sample_eval(model, A, B, solve, warm, ws, gA, gB):
     have_inv = False
     # forward
     kf = 0
-    if solve.forward == DIRECT:
+    if has(solve.forward, EXACT_LINEAR):
         if not _invert_c(A, Ci):
             return np.nan, 0, 0, FP_FAILED
         have_inv = True
@@ -397,28 +395,22 @@ def sample_eval(model, A, B, solve, warm, ws, gA, gB):
     # adjoint
     acode = IDENTITY
     if model.kind == NONLINEAR:
-        if solve.forward == PICARD and has_output_derivative(fcode):
+        if has(solve.forward, KEEPS_EVALUATION) and has_output_derivative(fcode):
             _g.output_derivative(Z, ws.T, fcode, solve.damping, D)  # no gemm
         else:
             _g.preactivation_derivative(Z, AT, U, model.code, model.param, D)
         acode = MASK
     kb = 0
-    if solve.adjoint == DIRECT:
+    if has(solve.adjoint, EXACT_LINEAR):
         if not have_inv and not _invert_c(A, Ci):
             return np.nan, kf, 0, FP_FAILED
         gemm_rows(G, Ci, Mu)
-    elif solve.adjoint == JFB or solve.adjoint == NEUMANN:
-        Mu[:, :] = 0.0
-        nk = solve.neumann_terms if solve.adjoint == NEUMANN else 0
-        kb, res, st = _fp.picard(Mu, A, G, acode, model.param, D, ws.T, 0.0, nk + 1, 1.0,
-                                 ws.hist, solve.threads)
-        if st == DIVERGED:
-            return np.nan, kf, kb, FP_FAILED
     else:
-        if not warm:
+        truncated = has(solve.adjoint, TRUNCATED)
+        if truncated or not warm:  # a truncated series always starts from zero
             Mu[:, :] = 0.0
         kb, st = _iterate(solve.adjoint, Mu, A, G, acode, model.param, ws, solve)
-        if st != CONVERGED:
+        if st == DIVERGED or (st != CONVERGED and not truncated):
             return np.nan, kf, kb, FP_FAILED
     gemm_tn(Mu, Z, gA, solve.threads)
     gemm_tn(Mu, X, gB, solve.threads)
@@ -673,7 +665,7 @@ def certify(A, solver, solve, sw):
     last an eigendecomposition, which decides either way and becomes the next
     reference. ``sw.counts`` tallies which test decided.
     """
-    if solver != PICARD and solver != ANDERSON:
+    if not has(solver, RATE_CERTIFIED):
         return True
     limit = solve.cert_limit
     beta = solve.damping

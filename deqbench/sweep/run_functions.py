@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from .._registry import ADJOINT, FORWARD, MODELS, SOLVERS
 from .grid import GridError, _choice, _float, _int
 
 __all__ = ["TRAIN_PARAMS", "build_problem", "run_gd", "run_train", "summarize_history"]
@@ -34,7 +35,7 @@ def _activation(value):
 
 #: Parameters of the built-in ``train`` and ``gd`` run functions: name -> (checker, default).
 TRAIN_PARAMS: dict[str, tuple[Callable, object]] = {
-    "model": (_choice(("linear", "single_index", "nonlinear")), None),
+    "model": (_choice(tuple(MODELS)), None),
     "m": (_int(1), None),
     "d": (_int(1), None),
     "n": (_int(1), None),
@@ -43,8 +44,8 @@ TRAIN_PARAMS: dict[str, tuple[Callable, object]] = {
     "scale_A": (_float(0.0, strict=False), 0.5),
     "scale_B": (_float(0.0, strict=False), 1.0),
     "activation": (_activation, "identity"),
-    "solver": (_choice(("picard", "anderson", "direct")), "picard"),
-    "grad_solver": (_choice(("same", "picard", "anderson", "direct", "jfb", "neumann")), "same"),
+    "solver": (_choice(FORWARD), "picard"),
+    "grad_solver": (_choice(("same", *ADJOINT)), "same"),
     "tol": (_float(0.0), 1e-10),
     "noise": (_float(0.0, strict=False), 0.0),
     "record_every": (_int(1), 1),
@@ -61,18 +62,23 @@ _CHECK_KEYS = ("model", "activation", "solver", "grad_solver", "sufficient_stats
 
 def _check_train_params(params: dict) -> None:
     """Rules between parameters of the built-in run functions ("key: message" errors)."""
-    if params["model"] == "linear" and params["activation"] != "identity":
-        raise GridError("activation: model 'linear' needs activation 'identity', got "
+    model = params["model"]
+    kind = MODELS[model]
+    if kind.activation == "identity" and params["activation"] != "identity":
+        raise GridError(f"activation: model {model!r} needs activation 'identity', got "
                         f"{params['activation']!r}")
-    if params["model"] == "nonlinear":
+    if not kind.linear_fixed_point:
         for key in ("solver", "grad_solver"):
-            if params[key] == "direct":
-                raise GridError(f"{key}: 'direct' solves linear maps only (model 'nonlinear')")
+            spec = SOLVERS.get(params[key])
+            if spec is not None and spec.linear_only:
+                raise GridError(f"{key}: {spec.name!r} solves linear maps only (model {model!r})")
+    grad = SOLVERS.get(params["grad_solver"])
     if params.get("sufficient_stats") is True and (
-        params["model"] != "linear" or params["grad_solver"] in ("jfb", "neumann")
+        not kind.sufficient_stats or (grad is not None and grad.inexact)
     ):
-        raise GridError("sufficient_stats: true needs model 'linear' and an exact grad_solver, "
-                        f"got model {params['model']!r}, grad_solver {params['grad_solver']!r}")
+        names = " or ".join(repr(k) for k, s in MODELS.items() if s.sufficient_stats)
+        raise GridError(f"sufficient_stats: true needs model {names} and an exact grad_solver, "
+                        f"got model {model!r}, grad_solver {params['grad_solver']!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -195,9 +201,10 @@ def _rate_metrics(params, X, Y, A0, B0, A, B, hist, L_star) -> dict:
            "lr_beta": math.nan, "rate_verdict": "not applicable"}
     model = params["model"]
     loss = np.asarray(hist.get("loss", ()), dtype=float)
-    if model == "nonlinear" or not math.isfinite(L_star) or loss.size < 3:
+    kind = MODELS[model]
+    if not kind.linear_fixed_point or not math.isfinite(L_star) or loss.size < 3:
         return out
-    act = params["activation"] if model == "single_index" else "identity"
+    act = params["activation"] if kind.readout else "identity"
     beta = max(theory.smoothness(model, X, Y, P, R, activation=act) for P, R in ((A0, B0), (A, B)))
     out["lr_beta"] = params["lr"] * beta
     pred = theory.predicted_factor(model, X, theory.invariant(A0, B0), params["lr"],
