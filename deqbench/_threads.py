@@ -33,9 +33,10 @@ def _blas_libraries() -> list:
 def single_threaded_blas():
     """Limit every loaded BLAS library to one thread inside the block.
 
-    Talks to the libraries' controllers directly (about 3 us a call) rather
-    than through ``ThreadpoolController.limit`` (12-16 us: it re-reads every
-    library's state), and only touches libraries not already at one thread.
+    Talks to the libraries' controllers directly rather than through
+    ``ThreadpoolController.limit``, which re-reads every library's state on
+    each call (``results/calibrate/README.md``), and only touches libraries
+    not already at one thread.
     Libraries loaded after deqbench's first call are not seen."""
     libs = _blas_libraries()
     old = [lib.get_num_threads() for lib in libs]

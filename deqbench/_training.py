@@ -69,15 +69,12 @@ SPECTRAL_BUDGET = 0.05
 SPECTRAL_FLOPS = 500.0
 """Cost of the SVD + eigenvalue solve of an ``m x m`` matrix in gemm-flop equivalents,
 per ``m^3``, up to ``m = SPECTRAL_M0``: values-only ``dgesdd`` + ``dgeev`` run far below
-gemm speed at small ``m`` (measured about 700 at m = 256 and more at m = 64 on a 2-core
-machine; see :func:`spectral_flops`)."""
+gemm speed at small ``m`` (:func:`spectral_flops`; figures: ``results/calibrate/README.md``)."""
 SPECTRAL_M0 = 256
 SPECTRAL_FLOPS_MIN = 30.0
 """The per-``m^3`` constant for wide matrices: LAPACK's blocked reductions approach
-gemm speed as ``m`` grows. Estimate for m = 4096: ``eigvals`` about 10 s and the
-values-only SVD about half of that, against about 1.5 s for one ``2 m^3`` gemm on the
-same 2-core machine: about 20 gemm-flop equivalents per ``m^3``; 30 keeps a margin.
-To be re-measured with ``python -m benchmarks.calibrate`` (not timed by this rule)."""
+gemm speed as ``m`` grows (an estimate with a margin, ``results/calibrate/README.md``;
+to be re-measured with ``python -m benchmarks.calibrate``, which does not time it yet)."""
 
 
 

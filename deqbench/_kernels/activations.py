@@ -93,14 +93,12 @@ def dact(code, param, x):
 def h_row(code, param, t, u, d):
     """``t <- h(t + u)`` along a row (or a flat block of rows): ``h = act(code)``, or ``d * .`` for
     ``MASK``. Every activation gets a loop of its own, so LLVM vectorises it
-    (a loop over the generic :func:`act` dispatch stays scalar: a leaky-ReLU
-    solve took 1.8x a tanh solve through it, asv FixedPointMetrics.track_efficiency
-    at m = 32; gelu's loop stays scalar, there is no SIMD erf).
+    (a loop over the generic :func:`act` dispatch stays scalar; gelu's loop
+    stays scalar, there is no SIMD erf).
 
     Compiled once per dtype and called, not inlined into its callers at numba's
     IR level: inlining these nine loops into every kernel cost most of the cold
-    compile time (asv ``CompileTime``, quiet: ``train``'s first call 169.7 CPU s
-    with it, 64.8 s without)."""
+    compile time (figures: ``results/calibrate/README.md``)."""
     m = t.shape[0]
     if code == IDENTITY:
         for j in range(m):

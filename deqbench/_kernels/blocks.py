@@ -8,8 +8,8 @@ The callers in the public API run the kernels under
 :func:`deqbench._threads.blas_single_threaded`, so BLAS never starts threads
 of its own inside a parallel region.
 
-Why (measured with ``python -m benchmarks.calibrate``; see the README's
-performance section for the machine and the quiet line): one BLAS call on the
+Why (``python -m benchmarks.calibrate``; figures, machine and command in
+``results/calibrate/README.md``): one BLAS call on the
 whole batch with BLAS's own threads pays a thread hand-off per call and
 streams the batch through memory once for the gemm and again for the pass,
 while blocks keep both threads busy on cache-resident rows.
@@ -23,47 +23,34 @@ from .._blas import small_gemm_mnk
 from .._jit import jit, prange, twins
 
 #: Target bytes of one ``rows x m`` float64 block of one array, and the
-#: bounds on its rows. Set from ``python -m benchmarks.calibrate`` on the
-#: 2-core AMD EPYC (Zen 4, AVX-512, 1 MiB L2 per core) of this project, quiet
-#: (CLEAN, 0.2-0.3% other CPU), on 2 threads and on 1
-#: (``results/calibrate/README.md``): map evaluations at n = 8192 fall off a
-#: cliff once a block passes 128 KiB at m <= 32 and 64 KiB at m = 64 (likely the
-#: blocks of Z, U and T plus BLAS's packing buffers outgrow L2; m = 32, 2 threads,
-#: 82 GFLOP/s at 128 KiB, 62 at 256 KiB; m = 64, 93 at 64 KiB, 77 at 128 KiB),
-#: so 64 KiB; wide blocks win at m = 1024 (1024 rows of 8 KiB: 24 GFLOP/s with
-#: 16 KiB blocks against 97 with 128 rows), hence ``MIN_ROWS``. Until 2026-11-28
-#: this was 256 KiB: on 1 thread 0.77 (m = 32) and 0.83 (m = 64) of numpy's
-#: matmul rate in the same table.
+#: bounds on its rows: past it the blocks of Z, U and T plus BLAS's packing
+#: buffers outgrow L2 and map evaluations fall off a cliff; wide ``m`` needs
+#: ``MIN_ROWS`` rows. Set by ``python -m benchmarks.calibrate`` on the
+#: calibration machine (figures: ``results/calibrate/README.md``).
 BLOCK_BYTES = 1 << 16
 MIN_ROWS = 128
 MAX_ROWS = 1024
 
 #: Wide widths: each block's gemm packs all of the ``m x m`` matrix again;
 #: once it (``8 m^2`` bytes) passes ``WIDE_BYTES`` it no longer sits in L2 and
-#: a block needs ``WIDE_ROWS`` rows to amortise the packing. Same machine,
-#: ``python -m benchmarks.calibrate --blocks 256,1024`` (quiet, CLEAN, 0.4%
-#: other CPU): at m = 1024, n = 8192, 128 rows (1 MiB) ran at 95.6 GFLOP/s on
-#: 2 threads and 43.1 on 1, 512 rows at 100.6 and 51.3, numpy's matmul 103.9
-#: and 52.6; at m = 256 (512 KiB) no block size beat 128 rows by more than
-#: the run-to-run spread. Never fewer than two blocks from wide rows alone
-#: (n < 1024: n / 2 rows, as before at n = 256).
+#: a block needs ``WIDE_ROWS`` rows to amortise the packing (``python -m
+#: benchmarks.calibrate --blocks 256,1024``, figures in
+#: ``results/calibrate/README.md``). Never fewer than two blocks from wide rows
+#: alone (n < 1024: n / 2 rows, as before at n = 256).
 WIDE_BYTES = 1 << 19
 WIDE_ROWS = 512
 
 #: Element passes without a gemm (losses, Anderson's mixing and Gram products)
 #: go parallel from this many elements on; below it a parallel region costs
-#: more than the pass. Same machine and command as ``BLOCK_BYTES``: the
-#: parallel residual pass was 0.77x the serial one at 2^12 elements, 1.43x at
-#: 2^14, 1.8-2x from 2^16.
+#: more than the pass (same command as ``BLOCK_BYTES``; ``results/calibrate/README.md``).
 PASS_PARALLEL_MIN = 1 << 14
 
 
 @jit(inline="always")
 def flat(a):
     """A C-contiguous block of rows as one 1-D view: element passes run as one
-    flat loop per block, not a loop per row (at m = 16 the per-row loop set-up
-    cost more than the arithmetic: an evaluation of 256 x 16 rows took 11 us,
-    the gemm in it 3 us; 4.6 us flat)."""
+    flat loop per block, not a loop per row (at small ``m`` the per-row loop
+    set-up costs more than the arithmetic; ``results/calibrate/README.md``)."""
     return a.reshape(a.size)
 
 
@@ -73,18 +60,11 @@ def flat(a):
 #: a multiple of 4, that keep it (at least ``SMALL_MIN_ROWS``): 108 rows at
 #: m = 96, 60 at 128, 24 at 192, 12 at 256, 8 at 320 (narrower ``m`` already
 #: fits with the byte rule; wider has fewer than 8 rows, not faster).
-#: Re-measure with ``python -m benchmarks.calibrate --small-gemm`` (a plain
-#: gemm loop by rows) and ``--picard``. Measured on the calibration machine
-#: (quiet, CLEAN, 0.2-0.3% other CPU),
-#: block-resident Picard at n = 8192, 64 evaluations, by rows (the tables in
-#: ``results/calibrate/README.md``), GFLOP/s of these rows against 128 (512
-#: from m = 257), 2 threads / 1 thread: identity m = 96 100.9 vs 81.2 / 50.9
-#: vs 42.7, m = 128 95.6 vs 86.3 / 52.7 vs 44.7, m = 192 103.5 vs 88.2 / 54.0
-#: vs 46.2, m = 256 109.4 vs 94.2 / 55.1 vs 48.7, m = 320 107.1 vs 92.9 / 54.2
-#: vs 49.3; tanh 1.11-1.24x alike. Rows not a multiple of 4 fall off (m =
-#: 256: 15 rows 38 against 12 rows 45 GFLOP/s in a plain gemm loop), and so
-#: does one row past the bound (16 rows: 35). A transposed right operand
-#: leaves the small path (OpenBLAS's permit): :func:`gemm_rows` copies it.
+#: Rows not a multiple of 4, or one row past the bound, fall off the small
+#: path. Set by ``python -m benchmarks.calibrate --small-gemm`` (a plain gemm
+#: loop by rows) and ``--picard`` on the calibration machine (figures:
+#: ``results/calibrate/README.md``). A transposed right operand leaves the
+#: small path (OpenBLAS's permit): :func:`gemm_rows` copies it.
 SMALL_GEMM_MNK = small_gemm_mnk()
 SMALL_MIN_ROWS = 8
 
@@ -145,11 +125,8 @@ def gemm_rows(P, Q, out):
 
     A ``Q`` that is not C-contiguous (a transposed matrix) is copied first, a
     ``k x m`` copy against ``2 n k m`` flops: OpenBLAS's small path refuses a
-    transposed right operand, and the copy lets the blocks take it. Measured
-    (``U (C^T)`` at n = 8192, the copy against the transposed view, quiet,
-    CLEAN, 0.3% other CPU, 2-core AMD EPYC Zen 4): 1.30x / 1.32x at m = 64 (2
-    threads / 1), 1.07-1.14x at m = 96-256 (one thread at m = 192: 1.01x),
-    0.91x / 0.99x at m = 320, level at 512."""
+    transposed right operand, and the copy lets the blocks take it (faster from
+    m = 64 to 256, level at 512: ``results/calibrate/README.md``)."""
     if Q.flags.c_contiguous:
         _gemm_by_blocks(P, Q, out)
     else:
@@ -174,14 +151,10 @@ _gemm_tn_s, _gemm_tn_p = twins(_gemm_tn)
 
 #: ``gemm_tn`` splits the samples into one share per numba thread, or more
 #: while the partial products stay within ``PARTS_BYTES`` (at most
-#: ``MAX_PARTS``, each of at least ``MIN_ROWS`` rows). Same machine,
-#: ``python -m benchmarks.calibrate --gemm-tn`` (quiet, CLEAN, 0.3-0.4% other
-#: CPU), n = 8192: at m = 32 16 shares ran 1.5x (1 thread: 0.31 against 0.46 ms)
-#: and 1.7x (2 threads: 0.16 against 0.27 ms) faster than one share per thread
-#: (BLAS is slow on a long inner dimension); from m = 256 on one share per
-#: thread was best or level. The former rule (up to 32 shares in 64 MiB of
-#: partials, allocated per call: 8 at m = 1024) took 414 ms on 1 thread and
-#: 215 ms on 2 at m = 1024, where this one takes 340 and 182.
+#: ``MAX_PARTS``, each of at least ``MIN_ROWS`` rows): BLAS is slow on a long
+#: inner dimension, so narrow ``m`` gains from more shares than threads. Set by
+#: ``python -m benchmarks.calibrate --gemm-tn`` on the calibration machine
+#: (figures: ``results/calibrate/README.md``).
 MAX_PARTS = 16
 PARTS_BYTES = 1 << 20
 

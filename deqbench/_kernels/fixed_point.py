@@ -45,10 +45,7 @@ def _finish(Z, U, code, param, D, T, i0, i1, beta):
 
     The identity and ``MASK`` maps have no activation to evaluate: their add
     (and mask) joins the residual loop, one pass over the block instead of
-    two. Same arithmetic; measured in one process against the two-pass form
-    (``evaluate`` at n = 8192, one thread, quiet), 1.13x at m = 16, 1.08x at
-    m = 32, ~1.05x at m = 48-64 and level from m = 96, where the gemm dwarfs
-    the pass."""
+    two (same arithmetic, faster at small ``m``: ``results/calibrate/README.md``)."""
     t = flat(T[i0:i1])
     z = flat(Z[i0:i1])
     u = flat(U[i0:i1])
@@ -217,8 +214,7 @@ def _picard_lane(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, j0, r0s,
     absolute residual (negative before it). Compiled once and called by the
     serial and the parallel round alike: as the body of a ``prange`` loop it
     was compiled into both twins (three loops of :func:`_finish`, every
-    activation), and ``loss_and_grad``'s cold start took 19.7 s against
-    14.5 s this way (seconds of numba's compile events, one run each).
+    activation), a longer cold start (``results/calibrate/README.md``).
     """
     n = Z.shape[0]
     lanes = sums.shape[0]

@@ -21,11 +21,9 @@ libm versions did, an absolute error under ``4e-308``); ``log1p`` within
 2 ulp on ``[0, 1]``. The constants: Taylor coefficients of ``e^r`` to degree
 13 on ``|r| <= ln 2 / 2`` (truncation below 1e-17) and a Cody-Waite split
 of ``ln 2``. ``tanh`` goes through ``e^{-2|x|} - 1`` built from the same
-polynomial (:func:`tanh`); until 2026-11-28 it used a Cephes rational below
-``|x| = 0.625`` and ``1 - 2 / (e^{2|x|} + 1)`` above, within 2 ulp, with both
-branches evaluated in every SIMD lane: the single formula costs about a
-quarter less (measured with ``python -m benchmarks.activation_cost``, one
-thread: tanh's own cost 0.76-0.91 against 1.10-1.18 ns a value at m = 32)
+polynomial (:func:`tanh`): one formula instead of a Cephes rational plus a
+second branch, both evaluated in every SIMD lane, is cheaper
+(``python -m benchmarks.activation_cost``; ``results/calibrate/README.md``)
 for 3 ulp instead of 2 (0.17 <= |x| <= 10, where ``2^k (e^r - 1)`` and
 ``2^k - 1`` meet in one rounding and ``-m / (2 + m)`` doubles ``m``'s error).
 

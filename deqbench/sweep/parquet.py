@@ -119,8 +119,8 @@ def _atomic_path(path: Path):
 
 def _dictionary_columns(schema) -> list[str]:
     """The columns worth dictionary-encoding: text (run ids, statuses repeat). Numbers are
-    not: a history's floats are nearly all distinct, and trying a dictionary for them made
-    writing a 400000-row history table 4.6x slower, for a file 8% smaller."""
+    not: a history's floats are nearly all distinct, so a dictionary costs writing time
+    for little space (``results/calibrate/README.md``)."""
     pa, _, _ = _pa()
     return [f.name for f in schema if pa.types.is_string(f.type)]
 
