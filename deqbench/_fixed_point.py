@@ -167,6 +167,7 @@ def fixed_point(
     act = get_activation(activation)
     v.choice("method", method, METHODS)
     spec = SOLVERS[method]
+    spec.check_state(A.shape[0], "method")
     opts = resolve_options(options, A.dtype, tol=tol, max_iter=max_iter, damping=damping,
                            anderson_history=anderson_history, anderson_ridge=anderson_ridge)
     Xs, chunk = resolve(X, B, chunk, opts.anderson_history)

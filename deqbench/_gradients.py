@@ -99,6 +99,7 @@ def implicit_grad(
     act = get_activation(activation)
     v.choice("method", method, GRAD_METHODS)
     spec = SOLVERS[method]
+    spec.check_state(A.shape[0], "method")
     opts = resolve_options(options, A.dtype, tol=tol, max_iter=max_iter, damping=damping,
                            anderson_history=anderson_history, anderson_ridge=anderson_ridge,
                            neumann_terms=neumann_terms)
@@ -251,6 +252,8 @@ def loss_and_grad(
     v.choice("solver", solver, FORWARD)
     v.choice("grad_solver", grad_solver, GRAD_METHODS)
     fwd_spec, adj_spec = SOLVERS[solver], SOLVERS[grad_solver]
+    fwd_spec.check_state(m, "solver")
+    adj_spec.check_state(m, "grad_solver")
     opts = resolve_options(options, A.dtype, tol=tol, max_iter=max_iter, damping=damping,
                            anderson_history=anderson_history, anderson_ridge=anderson_ridge,
                            neumann_terms=neumann_terms)

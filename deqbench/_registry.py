@@ -84,6 +84,13 @@ class Solver:
             return "rate"
         return "invertible" if self.linear_only else "none"
 
+    def check_state(self, m: int, name: str) -> None:
+        """A solver of a scalar state only, asked for a state of width ``m > 1``, is a
+        ``ValueError`` naming the argument ``name``."""
+        if self.scalar_state_only and m != 1:
+            raise ValueError(f"{name}={self.name!r} solves a scalar state only (m = 1), "
+                             f"got m={m}")
+
     def slots(self, opts) -> int:
         """History slots of its work space under ``opts`` (0 without a history)."""
         return int(getattr(opts, self.history)) if self.history else 0

@@ -330,6 +330,8 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
     grad_solver = solver if grad_solver is None else grad_solver
     v.choice("grad_solver", grad_solver, grad_methods)
     fwd_spec, adj_spec = SOLVERS[solver], SOLVERS[grad_solver]
+    fwd_spec.check_state(m, "solver")
+    adj_spec.check_state(m, "grad_solver")
     opts = resolve_options(options, dtype, tol=tol, max_iter=max_iter, damping=damping,
                            anderson_history=anderson_history, anderson_ridge=anderson_ridge,
                            neumann_terms=neumann_terms, default_tol=default_tol)

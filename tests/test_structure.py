@@ -147,3 +147,30 @@ def test_solver_table_agrees_with_the_kernels():
         "picard": "rate", "anderson": "rate", "direct": "invertible", "jfb": "none",
         "neumann": "none"}
     assert [n for n, s in SOLVERS.items() if s.keeps_evaluation] == ["picard"]
+
+
+def test_a_scalar_state_solver_is_refused_for_wider_states(monkeypatch):
+    """Room for a solver of a scalar state only: its registry entry says so and every
+    call checks it, naming the argument."""
+    import dataclasses
+
+    import numpy as np
+
+    import deqbench as db
+    from deqbench._registry import SOLVERS
+
+    monkeypatch.setitem(SOLVERS, "picard",
+                        dataclasses.replace(SOLVERS["picard"], scalar_state_only=True))
+    X, Y, A, B = db.data.problem("linear", 20, 2, 2, scale_A=0.5, seed=0)
+    rule = "solves a scalar state only \\(m = 1\\), got m=2"
+    with pytest.raises(ValueError, match="method='picard' " + rule):
+        db.fixed_point(X, A, B)
+    with pytest.raises(ValueError, match="method='picard' " + rule):
+        db.implicit_grad(X, A, B, Y, Y)
+    with pytest.raises(ValueError, match="grad_solver='picard' " + rule):
+        db.loss_and_grad("linear", X, Y, A, B, solver="direct", grad_solver="picard")
+    with pytest.raises(ValueError, match="solver='picard' " + rule):
+        db.train("linear", X, Y, A, B, lr=0.1, steps=1)
+    x = np.linspace(-1.0, 1.0, 8)[:, None]
+    r = db.fixed_point(x, np.array([[0.5]]), np.array([[1.0]]), tol=1e-12)
+    np.testing.assert_allclose(r.z, 2.0 * x, rtol=0, atol=1e-11)
