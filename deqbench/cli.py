@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "the CPU.")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("reproduce", help="run the validation experiments E1-E10",
+    s = sub.add_parser("reproduce", help="run the validation experiments E1-E13",
                        description="Run the validation experiments (docs/theory.md §3-§7) and "
                        "write runs.csv, histories.csv, PNG figures and summary.md (one row per "
                        "prediction: predicted, measured, holds).")

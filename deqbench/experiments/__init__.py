@@ -1,5 +1,8 @@
-"""``deqbench reproduce``: the validation experiments E1-E10 and their summary.
+"""``deqbench reproduce``: the validation experiments E1-E13 and their summary.
 
+E1-E10 check the predictions of docs/theory.md on deqbench's own problems;
+E11-E13 rerun the paper's Appendix A.1-A.4 with the authors' seeds and
+compare with their saved numbers (``paper_reference.json``, docs/theory.md §12).
 Each experiment is a module with ``run(ctx)`` that trains, measures, records
 runs and histories into a :class:`~._common.Context`, adds one
 :class:`~._common.Check` per prediction of docs/theory.md, and saves its figure.
@@ -40,6 +43,9 @@ EXPERIMENTS = {
     "E8": ("e8_initialization", "initialization: lambda_min(Q_0) down to near-singular I - A_0"),
     "E9": ("e9_recovery", "single-index: teacher recovery and noisy targets"),
     "E10": ("e10_inexact", "inexact gradients (JFB, Neumann): rate and drift of Q"),
+    "E11": ("e11_paper_scalar", "paper A.1-A.2: scalar linear and sigmoid runs vs the authors'"),
+    "E12": ("e12_paper_backward", "paper A.3: backward approximations vs the authors'"),
+    "E13": ("e13_paper_weak", "paper A.4: weak nonlinearity s + eps tanh s vs the authors'"),
 }
 
 __all__ = ["EXPERIMENTS", "reproduce", "run_experiment"]
@@ -111,7 +117,7 @@ def reproduce(out="results/reproduce", *, quick: bool = False, only=None, worker
         Small sizes (the README's main-job command: under 3 minutes on 2 cores,
         most of it numba compiling on the first run).
     only : list of str, optional
-        Experiment names (``"E1"`` ... ``"E10"``); default all.
+        Experiment names (``"E1"`` ... ``"E13"``); default all.
     workers : int, optional
         Processes; default 1 (in this process).
     progress : bool
