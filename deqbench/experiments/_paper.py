@@ -16,6 +16,7 @@ is ``2 loss``.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import math
 from dataclasses import dataclass, field
@@ -29,13 +30,24 @@ REFERENCE_FILE = "paper_reference.json"
 METHODS = ("exact", "jfb", "neumann2", "neumann3", "damped2")
 LABELS = {"exact": "exact", "jfb": "JFB", "neumann2": "two terms", "neumann3": "three terms",
           "damped2": "damped two terms (lambda 1/2)"}
+
+
+def _damped_options():
+    """The damped two-term rule as train options, once train takes ``neumann_damping``."""
+    from .._training import train
+
+    if "neumann_damping" not in inspect.signature(train).parameters:
+        return None
+    return {"grad_solver": "neumann", "neumann_terms": 1, "neumann_damping": 0.5}
+
+
 #: ``fit``'s backward names as deqbench train options; None: not in deqbench yet.
 BACKWARD_OPTIONS = {
     "exact": {},
     "jfb": {"grad_solver": "jfb"},
     "neumann2": {"grad_solver": "neumann", "neumann_terms": 1},
     "neumann3": {"grad_solver": "neumann", "neumann_terms": 2},
-    "damped2": None,
+    "damped2": _damped_options(),
 }
 #: The same rules in :mod:`deqbench.theory`'s terms (backward, neumann_terms, damping).
 THEORY_BACKWARD = {
@@ -165,17 +177,23 @@ def backward_available(method: str) -> bool:
     return BACKWARD_OPTIONS[method] is not None
 
 
+#: The model and forward solver of the paper's runs: the one place to change once deqbench's
+#: ``single_index`` is the paper's model (then ``"single_index"`` and ``"newton"``).
+MODEL, SOLVER = "nonlinear", "picard"
+
+
 def fit(X, y, theta0, *, eta: float, steps: int, activation: str = "identity",
         backward: str = "exact", tol: float = 1e-13, record_every: int | None = 1,
         picard_damping: float = 1.0) -> Fit:
     """Gradient descent with the paper's step ``eta`` on ``y = sigma(<w, x> + b y)``.
 
-    The model is deqbench's ``nonlinear`` DEQ with ``m = 1`` (``A = [[b]]``,
-    ``B = w[None, :]``, read out ``z``), its ``linear`` DEQ with a direct solve for
-    the identity link (the near-singular runs have ``b > 1``, where no
-    fixed-point iteration converges); ``lr = 2 eta`` (deqbench's loss has a 1/2).
-    ``picard_damping`` is the forward solve's damping (the far sigmoid run
-    reaches ``b = -5``, where undamped Picard does not converge).
+    The model is :data:`MODEL` (deqbench's ``nonlinear`` DEQ with ``m = 1``:
+    ``A = [[b]]``, ``B = w[None, :]``, read out ``z``) solved by :data:`SOLVER`,
+    and for the identity link the ``linear`` DEQ with a direct solve (the
+    near-singular runs have ``b > 1``, where no fixed-point iteration
+    converges); ``lr = 2 eta`` (deqbench's loss has a 1/2). ``picard_damping``
+    damps the forward iteration (the far sigmoid run reaches ``b = -5``, where
+    undamped Picard does not converge).
     """
     from .._training import train
 
@@ -188,14 +206,14 @@ def fit(X, y, theta0, *, eta: float, steps: int, activation: str = "identity",
     opts = BACKWARD_OPTIONS[backward]
     if opts is None:
         raise NotImplementedError(f"backward {backward!r} is not available in deqbench yet")
+    kw = dict(lr=2.0 * eta, steps=steps, record_every=record_every, **opts)
     if activation == "identity":
-        res = train("linear", X, Y, A0, B0, lr=2.0 * eta, steps=steps, solver="direct",
-                    sufficient_stats="auto" if backward == "exact" else False,
-                    record_every=record_every, **opts)
+        model = "linear"
+        kw.update(solver="direct", sufficient_stats="auto" if backward == "exact" else False)
     else:
-        res = train("nonlinear", X, Y, A0, B0, lr=2.0 * eta, steps=steps,
-                    activation=activation, tol=tol, damping=picard_damping,
-                    record_every=record_every, **opts)
+        model = MODEL
+        kw.update(activation=activation, solver=SOLVER, tol=tol, damping=picard_damping)
+    res = train(model, X, Y, A0, B0, **kw)
     h = dict(res.history)
     h["risk"] = 2.0 * h["loss"]
     return Fit(res.B[0].copy(), float(res.A[0, 0]), res.status, h)
@@ -257,6 +275,20 @@ def tail_factor(values, lo: float, hi: float, steps=None) -> tuple[float, int, i
         return math.nan, int(k[start]), int(k[stop - 1])
     slope = np.polyfit(k[start:stop], np.log(v[start:stop]), 1)[0]
     return float(np.exp(slope)), int(k[start]), int(k[stop - 1])
+
+
+def forward_floor(H, tol: float) -> float:
+    """How far a forward solve accurate to ``tol`` per sample (RMS) can move the limit of
+    gradient descent near a minimum with Hessian ``H`` (deqbench's loss): the gradient
+    moves by at most ``|J^T dz| / n <= sqrt(lambda_max) tol``, its zero by that over
+    ``lambda_min`` (docs/theory.md §12)."""
+    lam = np.linalg.eigvalsh(H)
+    return float(math.sqrt(lam[-1]) * tol / lam[0])
+
+
+def floor_agrees(ours, theirs, floor: float) -> bool:
+    """Final parameter errors of two runs whose limits may each move by ``floor``."""
+    return abs(float(ours) - float(theirs)) <= 2.0 * floor
 
 
 def rate_agrees(fitted: float, predicted: float, rtol: float) -> bool:

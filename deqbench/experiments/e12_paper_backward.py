@@ -76,12 +76,13 @@ def _counterexample(ctx) -> dict:
               f"(below {fmt(RISK_FLOOR)}: both below) "
               + P.cite("A3/scalar/exact/final_theta", "A3/scalar/exact/nearby_final_risks"),
               "; ".join(pred), "; ".join(meas), ok)
-    ctx.check("A.3 scalar counterexample, damped two terms (lambda 1/2)",
-              f"final theta ({fmt(P.ref('A3/scalar/damped2/final_theta')[0], 6)}, "
-              f"{fmt(P.ref('A3/scalar/damped2/final_theta')[1], 6)}), risk "
-              f"{fmt(P.ref('A3/scalar/damped2/final_risk'))} "
-              + P.cite("A3/scalar/damped2/final_theta"),
-              P.PENDING, None)
+    if "damped2" not in res:
+        ctx.check("A.3 scalar counterexample, damped two terms (lambda 1/2)",
+                  f"final theta ({fmt(P.ref('A3/scalar/damped2/final_theta')[0], 6)}, "
+                  f"{fmt(P.ref('A3/scalar/damped2/final_theta')[1], 6)}), risk "
+                  f"{fmt(P.ref('A3/scalar/damped2/final_risk'))} "
+                  + P.cite("A3/scalar/damped2/final_theta"),
+                  P.PENDING, None)
 
     # where each rule stalls (§12): the real roots of its factor, reached or not
     rows, ok = [], True
@@ -126,15 +127,16 @@ def _counterexample(ctx) -> dict:
         rates.append("two terms -> b = -1: 1 - lr phi (phi - 1) = "
                      + ", ".join(fmt(q, 6) for q, *_ in fits))
         meas.append("two terms: risk - limit fitted " + ", ".join(fmt(f, 6) for _, f, *_ in fits))
-    for m in ("exact", "jfb", "neumann3"):
+    for m in ("exact", "jfb", "neumann3", "damped2"):
         if m not in res:
             continue
         bk, k, lam = P.THEORY_BACKWARD[m]
         qs, fs = [], []
         for r in res[m]:
             c, b = r.theta
-            M = theory.step_matrix(np.ones((1, 1)), np.array([c]), b, np.ones(1),
-                                   backward=bk, neumann_terms=k, damping=lam)
+            M = theory.step_matrix(np.ones((1, 1)), np.array([c]), b,
+                                   np.array([c / (1.0 - b)]), backward=bk, neumann_terms=k,
+                                   damping=lam)
             q = theory.gd_local_rate(M, 0.04)
             f = P.tail_factor(r.risk, 1e-28, 1e-6 * r.risk[0])[0]
             ok &= P.rate_agrees(f, q * q, RATE_RTOL)
@@ -235,37 +237,45 @@ def _tanh(ctx) -> dict:
                             if m != "exact"), None)
     else:
         _tanh_full(ctx, runs, probs, eta)
-    ctx.check("A.3 tanh runs, damped two terms (lambda 1/2)",
-              "authors: mean parameter error "
-              f"{fmt(P.ref('A3/tanh/summary/damped2/final_parameter_error/mean'), 3)} "
-              + P.cite("A3/tanh/summary/damped2/final_parameter_error/mean"), P.PENDING, None)
+    if not P.backward_available("damped2"):
+        ctx.check("A.3 tanh runs, damped two terms (lambda 1/2)",
+                  "authors: mean parameter error "
+                  f"{fmt(P.ref('A3/tanh/summary/damped2/final_parameter_error/mean'), 3)} "
+                  + P.cite("A3/tanh/summary/damped2/final_parameter_error/mean"), P.PENDING,
+                  None)
     return {"runs": runs, "steps": steps}
 
 
 def _tanh_full(ctx, runs, probs, eta) -> None:
-    # final numbers against nonlinear_runs.json
-    worst = {"pe": 0.0, "tr": 0.0, "ev": 0.0}
-    lines = []
+    # final numbers against nonlinear_runs.json, within what the forward tolerance allows
+    floors = {s: P.forward_floor(theory.zero_risk_hessian(probs[s].X, probs[s].xi,
+                                                          activation="tanh"), TOL)
+              for s in SEEDS}
+    worst, ok, lines = {"pe": 0.0, "tr": 0.0, "ev": 0.0}, True, []
     for (s, m), r in runs.items():
         a = {k: P.ref(f"A3/tanh/{s}/{m}/{k}") for k in ("final_parameter_error",
                                                         "final_train_risk", "final_eval_risk")}
+        rel = 2.0 * floors[s] / a["final_parameter_error"]  # risks are quadratic in it
         worst["pe"] = max(worst["pe"], abs(r["pe"] / a["final_parameter_error"] - 1.0))
         worst["tr"] = max(worst["tr"], abs(r["fit"].risk[-1] / a["final_train_risk"] - 1.0))
         worst["ev"] = max(worst["ev"], abs(r["ev"] / a["final_eval_risk"] - 1.0))
+        ok &= (r["fit"].status == "max_steps"
+               and P.floor_agrees(r["pe"], a["final_parameter_error"], floors[s])
+               and abs(r["fit"].risk[-1] / a["final_train_risk"] - 1.0) <= 2.0 * rel
+               and abs(r["ev"] / a["final_eval_risk"] - 1.0) <= 2.0 * rel)
     for m in P.METHODS:
         pe = [runs[(s, m)]["pe"] for s in SEEDS if (s, m) in runs]
         if pe:
             lines.append(f"{P.LABELS[m]}: mean parameter error {fmt(np.mean(pe), 4)} (authors "
                          f"{fmt(P.ref(f'A3/tanh/summary/{m}/final_parameter_error/mean'), 4)})")
-    ctx.check("A.3 tanh, 5 seeds x the available rules, 40000 steps: final parameter error, "
-              "train and held-out risk per run, rel. diff <= 1e-2 (the forward solves stop at "
-              "1e-12, theirs absolute, ours relative) "
+    ctx.check("A.3 tanh, 5 seeds x the available rules, 40000 steps: final parameter error "
+              "within 2 floor, train and held-out risks within 4 floor / error (relative), "
+              "floor = sqrt(lambda_max) tol / lambda_min: how far a forward tolerance tol = "
+              "1e-12 can move each run's limit (§12) "
               + P.cite("A3/tanh/100/exact/final_parameter_error"),
-              "; ".join(lines),
+              "; ".join(lines) + "; floors " + ", ".join(fmt(f, 2) for f in floors.values()),
               f"max rel. diff: parameter error {fmt(worst['pe'], 2)}, train risk "
-              f"{fmt(worst['tr'], 2)}, held-out risk {fmt(worst['ev'], 2)}",
-              all(r["fit"].status == "max_steps" for r in runs.values())
-              and max(worst.values()) <= 1e-2)
+              f"{fmt(worst['tr'], 2)}, held-out risk {fmt(worst['ev'], 2)}", ok)
     # the local rate at (xi, 0) against each exact run's tail
     fits, ok = [], True
     for s in SEEDS:

@@ -12,9 +12,11 @@ Gaussian samples, target ``sigma_eps(<xi, x>)``, the start ``(xi, 0) + 0.1 (-xi,
   the limit of ``lambda_min / eps^2`` as ``eps -> 0`` (empirical on each seed's
   samples, and in the population) against numerics and the authors' "about
   0.028".
-* Training: quick, seed 1729 for 2,000 updates (the risk never increases,
-  as the authors assert); full, the 15 runs of 60,000 updates against the
-  authors' final parameter errors and risks.
+* Training, 60,000 updates (quick: seed 1729 at eps = 1/4; full: all 15 and
+  eps = 1/2 again at a tighter forward tolerance): the risk never increases
+  (the authors assert it), final parameter errors and risks against the
+  authors' within what the forward tolerance allows, the local rate against
+  the runs' tails.
 """
 
 from __future__ import annotations
@@ -110,65 +112,102 @@ def _hessian_rows(ctx, probs) -> dict:
 
 
 def _training(ctx, probs) -> dict:
-    steps = 2000 if ctx.quick else int(P.ref("A4/config/updates"))
-    seeds = (SEEDS[0],) if ctx.quick else SEEDS
+    steps = int(P.ref("A4/config/updates"))
+    # quick: one of the 15 runs at full length (eps = 1/4, whose final error is well above
+    # the forward-solve floor); full: all 15, and eps = 1/2 once more at tol 1e-14
+    cases = [(SEEDS[0], 0.25, TOL)] if ctx.quick else (
+        [(s, e, TOL) for s in SEEDS for e in EPSILONS] + [(SEEDS[0], 0.5, 1e-14)])
     eta = float(P.ref("A4/config/step_size"))
     runs = {}
-    for s in seeds:
+    for s, eps, tol in cases:
         pr = probs[s]
         z, ze = pr.X @ pr.xi, pr.X_eval @ pr.xi
-        for eps in EPSILONS:
-            y, ye = z + eps * np.tanh(z), ze + eps * np.tanh(ze)
-            r = P.fit(pr.X, y, pr.theta0, eta=eta, steps=steps, activation=_act(eps), tol=TOL,
-                      record_every=1)
-            fp = fixed_point(pr.X_eval, np.array([[r.b]]), r.w[None, :].copy(),
-                             activation=_act(eps), tol=1e-13)
-            ev = float(np.mean((fp.z[:, 0] - ye) ** 2))
-            pe = float(np.linalg.norm(r.theta - pr.target))
-            inc = float(np.max(np.diff(r.risk)))
-            runs[(s, eps)] = dict(fit=r, pe=pe, ev=ev, inc=inc)
-            ctx.record(f"A.4 seed {s} eps {eps:g}", {"model": "scalar DEQ",
-                                                     "activation": _act(eps), "seed": s,
-                                                     "eta": eta, "steps": steps},
-                       status=r.status, metrics={"parameter_error": pe,
-                                                 "final_train_risk": r.risk[-1],
-                                                 "final_eval_risk": ev,
-                                                 "max_risk_increase": inc},
-                       history={k: r.history[k] for k in ("step", "risk", "grad_norm",
-                                                          "fp_iters")})
-    inc = max(r["inc"] for r in runs.values())
-    ctx.check(f"A.4 the training risk never increases ({len(runs)} runs of {steps} updates; "
+        y, ye = z + eps * np.tanh(z), ze + eps * np.tanh(ze)
+        r = P.fit(pr.X, y, pr.theta0, eta=eta, steps=steps, activation=_act(eps), tol=tol,
+                  record_every=1)
+        fp = fixed_point(pr.X_eval, np.array([[r.b]]), r.w[None, :].copy(),
+                         activation=_act(eps), tol=1e-13)
+        ev = float(np.mean((fp.z[:, 0] - ye) ** 2))
+        H = theory.zero_risk_hessian(pr.X, pr.xi, activation=_act(eps))
+        runs[(s, eps, tol)] = dict(fit=r, pe=float(np.linalg.norm(r.theta - pr.target)), ev=ev,
+                                   inc=float(np.max(np.diff(r.risk))), H=H,
+                                   floor=P.forward_floor(H, TOL))
+        ctx.record(f"A.4 seed {s} eps {eps:g} tol {tol:g}",
+                   {"model": "scalar DEQ", "activation": _act(eps), "seed": s, "eta": eta,
+                    "steps": steps, "tol": tol}, status=r.status,
+                   metrics={"parameter_error": runs[(s, eps, tol)]["pe"],
+                            "final_train_risk": r.risk[-1], "final_eval_risk": ev,
+                            "max_risk_increase": runs[(s, eps, tol)]["inc"]},
+                   history={k: r.history[k] for k in ("step", "risk", "grad_norm", "fp_iters")})
+    main = {k: r for k, r in runs.items() if k[2] == TOL}
+    inc = max(r["inc"] for r in main.values())
+    ctx.check(f"A.4 the training risk never increases ({len(main)} run(s) of {steps} updates; "
               "the authors assert increases < 1e-14 and record 0) "
               + P.cite("A4/1729/0.5/final_parameter_error"),
               "largest increase <= 1e-14",
               f"largest increase {fmt(inc, 2)}; forward iterations per step <= "
-              f"{max(int(r['fit'].history['fp_iters'][1:].max()) for r in runs.values())}",
-              inc <= 1e-14 and all(r["fit"].status == "max_steps" for r in runs.values()))
-    if ctx.quick:
-        ctx.check(f"A.4 seed 1729 after {steps} updates (the authors saved final values only)",
-                  "not predicted",
-                  "; ".join(f"eps {eps:g}: parameter error {fmt(runs[(1729, eps)]['pe'], 4)}"
-                            for eps in EPSILONS), None)
-        return {"runs": runs, "steps": steps}
-    worst = {"pe": 0.0, "tr": 0.0, "ev": 0.0}
-    for (s, eps), r in runs.items():
+              f"{max(int(r['fit'].history['fp_iters'][1:].max()) for r in main.values())}",
+              inc <= 1e-14 and all(r["fit"].status == "max_steps" for r in main.values()))
+
+    # final numbers against nonlinearity/summary.json, within the forward-solve floor
+    worst, ok, at_floor = {"pe": 0.0, "tr": 0.0, "ev": 0.0}, True, []
+    for (s, eps, _), r in main.items():
         a = {k: P.ref(f"A4/{s}/{eps:g}/{k}") for k in (
             "final_parameter_error", "final_training_risk", "final_evaluation_risk")}
+        rel = 2.0 * r["floor"] / a["final_parameter_error"]
+        if rel > 0.5:
+            at_floor.append((s, eps))
         worst["pe"] = max(worst["pe"], abs(r["pe"] / a["final_parameter_error"] - 1))
         worst["tr"] = max(worst["tr"], abs(r["fit"].risk[-1] / a["final_training_risk"] - 1))
         worst["ev"] = max(worst["ev"], abs(r["ev"] / a["final_evaluation_risk"] - 1))
-    means = {eps: np.mean([runs[(s, eps)]["pe"] for s in SEEDS]) for eps in EPSILONS}
-    ctx.check("A.4 final parameter error, train and held-out risk per run (5 seeds x 3 eps, "
-              "60000 updates), rel. diff <= 1e-2 "
-              + P.cite("A4/aggregate/0.5/final_parameter_error_mean"),
-              "mean parameter error " + ", ".join(
-                  f"eps {e:g}: {fmt(P.ref(f'A4/aggregate/{e:g}/final_parameter_error_mean'), 3)}"
-                  for e in EPSILONS),
-              "mean " + ", ".join(f"{fmt(means[e], 3)}" for e in EPSILONS)
-              + f"; max rel. diff: parameter error {fmt(worst['pe'], 2)}, train risk "
-              f"{fmt(worst['tr'], 2)}, held-out risk {fmt(worst['ev'], 2)}",
-              max(worst.values()) <= 1e-2)
-    return {"runs": runs, "steps": steps}
+        ok &= (P.floor_agrees(r["pe"], a["final_parameter_error"], r["floor"])
+               and abs(r["fit"].risk[-1] / a["final_training_risk"] - 1) <= 2.0 * rel
+               and abs(r["ev"] / a["final_evaluation_risk"] - 1) <= 2.0 * rel)
+    label = "; ".join(f"seed {s} eps {e:g}: {fmt(P.ref(f'A4/{s}/{e:g}/final_parameter_error'), 4)}"
+                      for s, e, _ in main) if ctx.quick else "mean parameter error " + ", ".join(
+        f"eps {e:g}: {fmt(P.ref(f'A4/aggregate/{e:g}/final_parameter_error_mean'), 3)}"
+        for e in EPSILONS)
+    meas = (f"max rel. diff: parameter error {fmt(worst['pe'], 2)}, train risk "
+            f"{fmt(worst['tr'], 2)}, held-out risk {fmt(worst['ev'], 2)}")
+    if at_floor:
+        tight = runs[(SEEDS[0], 0.5, 1e-14)]["pe"] / runs[(SEEDS[0], 0.5, TOL)]["pe"] - 1
+        meas += (f"; eps 1/2 errors (1e-10) are below 2 floor = "
+                 f"{fmt(2 * runs[(SEEDS[0], 0.5, TOL)]['floor'], 2)}: reproducible only to "
+                 f"the forward-solve floor (tol 1e-14 moves ours by {fmt(tight, 2)})")
+    ctx.check(f"A.4 final parameter error within 2 floor, train and held-out risks within 4 "
+              f"floor / error (relative), floor = sqrt(lambda_max) tol / lambda_min at tol "
+              f"1e-12 (§12) ({len(main)} run(s), {steps} updates) "
+              + P.cite("A4/1729/0.25/final_parameter_error"), label, meas,
+              ok and all(r["fit"].status == "max_steps" for r in main.values()))
+
+    # the local rate at (xi, 0) against the runs' tails, where they reach the local regime
+    rows, ok, slow = [], True, []
+    for (s, eps, _), r in main.items():
+        q = theory.gd_local_rate(r["H"], 2.0 * eta)
+        risk = r["fit"].risk
+        f, k0, k1 = P.tail_factor(risk, 1e-22, 1e-6 * risk[0])
+        if math.isnan(f):  # never below 1e-6 of its start: the late half, reported
+            k = np.arange(steps // 2, steps + 1)
+            late = float(np.exp(np.polyfit(k, np.log(risk[steps // 2:]), 1)[0]))
+            slow.append((s, eps, q * q, late, r["pe"]))
+            continue
+        ok &= P.rate_agrees(f, q * q, 0.01)
+        rows.append((s, eps, q * q, f))
+    if rows:
+        ctx.check("A.4 local rate at (xi, 0) (§12): once the risk is below 1e-6 of its start "
+                  "it falls by q^2 per update, q = 1 - lr lambda_min (lr = 0.1); 1 - q^2 "
+                  "within 1%",
+                  "; ".join(f"{s}/{e:g}: {fmt(q, 7)}" for s, e, q, _ in rows),
+                  "; ".join(f"{s}/{e:g}: {fmt(f, 7)}" for s, e, _, f in rows), ok)
+    if slow:
+        ctx.check("A.4 eps = 1/8 never gets within 1e-6 of its start risk in 60000 updates: "
+                  "its error (0.02) is not small against eps, where the Hessian at (xi, 0) "
+                  "sets the rate",
+                  "q^2 " + ", ".join(fmt(q, 7) for _, _, q, _, _ in slow),
+                  "last half fitted " + ", ".join(
+                      f"{fmt(f, 7)} ((1 - f) / (1 - q^2) = {fmt((1 - f) / (1 - q), 3)})"
+                      for _, _, q, f, _ in slow), None)
+    return {"runs": main, "steps": steps}
 
 
 def _figure(ctx, probs, limits, runs) -> None:
@@ -176,7 +215,9 @@ def _figure(ctx, probs, limits, runs) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     ax = axes[0]
     for eps in EPSILONS:
-        curves = [r["fit"].risk for (s, e), r in runs["runs"].items() if e == eps]
+        curves = [r["fit"].risk for (s, e, _), r in runs["runs"].items() if e == eps]
+        if not curves:
+            continue
         mean = np.mean(curves, axis=0)
         ax.semilogy(np.arange(mean.size), np.where(mean > 1e-30, mean, np.nan),
                     label=f"eps = {eps:g} ({len(curves)} seed{'s' * (len(curves) > 1)})")
