@@ -880,7 +880,7 @@ def gd_local_rate(M, lr, *, rank_tol: float = 1e-9) -> float:
     Notes
     -----
     docs/theory.md §12. The slowest direction is the smallest eigenvalue
-    unless ``lr mu_max > 1 + ...`` makes ``|1 - lr mu_max|`` larger (past
+    while ``lr (mu_min + mu_max) <= 2`` and the largest beyond (past
     ``lr mu_max = 2`` the iteration diverges).
     """
     M = _square("M", M)
