@@ -8,9 +8,9 @@ on the machine, so any rise is a regression. This reads the results that the
 gate's ``asv continuous`` stored and prints every count that changed; exit
 status 1 if one rose, 2 if there is nothing to compare.
 
-Usage (from the repository root; ``benchmarks/gate.sh`` calls it)::
+Usage (from the repository root; ``tools/gate.sh`` calls it)::
 
-    python benchmarks/gate_counts.py [--config CONF] [--machine NAME] BASE HEAD
+    python tools/gate_counts.py [--config CONF] [--machine NAME] BASE HEAD
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Regression gate of deqbench: BASE against HEAD with asv, exit non-zero on a regression.
 #
-#   benchmarks/gate.sh [options] BASE HEAD   compare two commits
-#   benchmarks/gate.sh [options] --aa [BASE]      A/A: BASE against a commit on top of it that
+#   tools/gate.sh [options] BASE HEAD   compare two commits
+#   tools/gate.sh [options] --aa [BASE]      A/A: BASE against a commit on top of it that
 #                                                 adds a blank line to README.md (expect: exit 0)
-#   benchmarks/gate.sh [options] --inject [BASE]  BASE against a commit on top of it whose
+#   tools/gate.sh [options] --inject [BASE]  BASE against a commit on top of it whose
 #                                                 forward kernel repeats 15% of each pass at
-#                                                 m = 32 and m = 256 (benchmarks/inject.py;
+#                                                 m = 32 and m = 256 (tools/inject.py;
 #                                                 expect: exit 1, only those cases flagged)
 # options:
 #   --bench REGEX   benchmarks to run (asv --bench; default: $DEFAULT_BENCH below)
@@ -20,13 +20,13 @@
 #    says p < 0.002. The quiet settings are the suite's own (benchmarks/common.py, Bench):
 #    one call of >= ~10 ms per sample, 4 processes x 3-5 samples per commit, and
 #    --interleave-rounds alternates BASE and HEAD processes so drifts hit both alike.
-# 2. benchmarks/gate_counts.py: every exact count (map evaluations, iterations,
+# 2. tools/gate_counts.py: every exact count (map evaluations, iterations,
 #    allocations in compiled code) that rose at all, which a 10% factor would miss.
 # 3. Every case that check 1 flagged, either way, runs again in a fresh interleaved run
 #    with twice the processes; a time counts only when both runs flag it the same way
 #    and the confirming run's rounds, paired in the order they ran, agree (at least 7 of
 #    8 on the flagged side, median beyond the factor); a ratio of times (efficiency)
-#    only beyond 1.25 (benchmarks/gate_confirm.py: why one run is not enough on a
+#    only beyond 1.25 (tools/gate_confirm.py: why one run is not enough on a
 #    shared machine).
 #    An A/A run fails if anything is confirmed, either way.
 #
@@ -89,7 +89,7 @@ throwaway() {  # throwaway <aa|inject>: a commit on top of $base; prints its has
         printf '\n' >>"$tree/README.md"
         msg="gate A/A: a blank line in README.md (changes nothing the benchmarks run)"
     else
-        "$python" benchmarks/inject.py "$tree/deqbench/_kernels/fixed_point.py" >&2
+        "$python" tools/inject.py "$tree/deqbench/_kernels/fixed_point.py" >&2
         msg="gate injection: forward kernel repeats 15% of each pass at m = 32 and 256 (NOT FOR MERGE)"
     fi
     if ((dry)); then
@@ -150,18 +150,18 @@ else
         --bench "$bench" "${machine_args[@]}" "$base" "$head" | tee "$first" || true
     compared "$first"
 fi
-run "$python" benchmarks/gate_counts.py --config "$conf" "${machine_args[@]}" "$base" "$head" || status=1
+run "$python" tools/gate_counts.py --config "$conf" "${machine_args[@]}" "$base" "$head" || status=1
 
 # 3. Confirm: every case the first run flagged (either way) runs again, alone, in a fresh
 #    interleaved run with $CONFIRM_ROUNDS processes per commit; only what that run flags
-#    too is reported (benchmarks/gate_confirm.py says why).
+#    too is reported (tools/gate_confirm.py says why).
 if ((dry)); then
     echo "+ (each case flagged above) asv --config $confirm_conf continuous --factor $FACTOR" \
          "--interleave-rounds --split -a rounds=$CONFIRM_ROUNDS -a repeat=$CONFIRM_REPEAT" \
          "--bench '^CASE\$' ... BASE HEAD"
     exit 0
 fi
-mapfile -t cases < <("$python" benchmarks/gate_confirm.py "$first")
+mapfile -t cases < <("$python" tools/gate_confirm.py "$first")
 worse=0 better=0 failed=0
 if ((${#cases[@]})); then
     echo "gate: the first run flagged ${#cases[@]} case(s); confirming each with" \
@@ -175,7 +175,7 @@ if ((${#cases[@]})); then
         "${machine_args[@]}" "$base" "$head" \
         | tee .asv/gate/confirm.txt || true
     compared .asv/gate/confirm.txt
-    read -r worse better failed < <("$python" benchmarks/gate_confirm.py "$first" \
+    read -r worse better failed < <("$python" tools/gate_confirm.py "$first" \
         --confirmed-by .asv/gate/confirm.txt --factor "$FACTOR" --rounds "$CONFIRM_ROUNDS" \
         --paired .asv/gate/confirm-results "$base" "$head")
 fi

@@ -1,6 +1,6 @@
 """Inject a known slowdown into the forward kernel, to check that the gate sees it.
 
-For ``benchmarks/gate.sh --inject`` only, which applies it to a throwaway
+For ``tools/gate.sh --inject`` only, which applies it to a throwaway
 commit in a temporary worktree (never to a branch anyone merges). It edits
 ``evaluate`` in ``deqbench/_kernels/fixed_point.py`` so that at the widths
 ``m = 32`` and ``m = 256`` every map evaluation first repeats the pass on the
@@ -12,7 +12,7 @@ the code: the commit under test is what runs.
 
 Usage::
 
-    python benchmarks/inject.py PATH/TO/deqbench/_kernels/fixed_point.py
+    python tools/inject.py PATH/TO/deqbench/_kernels/fixed_point.py
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ ANCHOR = re.compile(
 )
 
 PATCH = """\
-    # INJECTED by benchmarks/inject.py (benchmarks/gate.sh --inject, a throwaway
+    # INJECTED by tools/inject.py (tools/gate.sh --inject, a throwaway
     # commit): repeat the pass on {pct}% of the rows at widths {widths}; the pass
     # below overwrites every row of T written here.
     if {cond}:
@@ -40,13 +40,13 @@ PATCH = """\
 
 def inject(source: str) -> str:
     """``source`` of fixed_point.py with the slowdown in ``evaluate``."""
-    if "INJECTED by benchmarks/inject.py" in source:
+    if "INJECTED by tools/inject.py" in source:
         raise ValueError("the slowdown is already injected")
     match = ANCHOR.search(source)
     if match is None:
         raise ValueError(
             "evaluate() no longer starts with 'rows = block_rows(Z.shape[0], Z.shape[1])': "
-            "update benchmarks/inject.py"
+            "update tools/inject.py"
         )
     cond = " or ".join(f"Z.shape[1] == {w}" for w in WIDTHS)
     patch = PATCH.format(pct=FRACTION_PERCENT, widths=" and ".join(map(str, WIDTHS)), cond=cond)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .registry import DB, ITERATIVE_PEERS
+from benchmarks.peers.registry import DB, ITERATIVE_PEERS
 
 
 def fmt(x, spec):
@@ -181,7 +181,7 @@ below; a NOISY run is not a result). Every comparison is a ratio of medians
 of rounds interleaved in ONE process, each peer once per round in rotated
 order, every timed batch after a 0.25 s pause so that the previous peer's
 idle threads (OpenBLAS spins ~0.1 s after a call) have parked
-(`benchmarks/peers/timing.py`, `SETTLE_S`).
+(`tools/peers/timing.py`, `SETTLE_S`).
 
 ## Protocol
 

@@ -6,9 +6,9 @@ Run from the repository root, in an environment with the peers installed, on a
 quiet machine (``../shared/tools/quiet --strict -- CMD``)::
 
     pip install -e ".[peers]"
-    python -m benchmarks.peers.run_peers            # full grid (~20-30 min on 2 cores)
-    python -m benchmarks.peers.run_peers --quick    # m <= 256, fewer repetitions
-    python -m benchmarks.peers.run_peers --threads 1 --out results/peers/1thread/run1
+    python -m tools.peers.run_peers            # full grid (~20-30 min on 2 cores)
+    python -m tools.peers.run_peers --quick    # m <= 256, fewer repetitions
+    python -m tools.peers.run_peers --threads 1 --out results/peers/1thread/run1
 
 Writes ``results/peers/peers.csv`` (one row per workload, size and peer),
 ``memory.csv``, ``peers.png`` (speed-up bars and GFLOP/s against matmul) and
@@ -32,9 +32,10 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import problems as P
+from benchmarks.peers import problems as P
+from benchmarks.peers.registry import forward_factories, step_factories
+
 from .harness import ROOT, THREAD_ENV, bench_case, machine, memory_rows, w3_rows, w5_rows
-from .registry import forward_factories, step_factories
 from .report import README, memory_table, plot, speed_table, targets, write_csv
 
 
@@ -63,7 +64,7 @@ def pin_threads(threads: int, argv) -> None:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
                             " intra_op_parallelism_threads=1").strip()
     env["DEQBENCH_PEERS_THREADS"] = str(threads)
-    os.execve(sys.executable, [sys.executable, "-m", "benchmarks.peers.run_peers", *argv], env)
+    os.execve(sys.executable, [sys.executable, "-m", "tools.peers.run_peers", *argv], env)
 
 
 def main(argv=None) -> int:
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
     timed = [r for r in rows if r["workload"] in ("W1", "W2", "W4")]
     if timed:  # (--only W3,W5 has no ratio bars to draw)
         plot(timed, out / "peers.png")
-    cmd = "python -m benchmarks.peers.run_peers " + " ".join(
+    cmd = "python -m tools.peers.run_peers " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
     info["load_avg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
