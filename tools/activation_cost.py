@@ -1,6 +1,6 @@
 """Why a tanh solve at small m sits below the matmul rate: the activation against the gemm.
 
-    ../shared/tools/quiet --strict -- python -m tools.activation_cost [--n N] [--m 16,32]
+    deqbench quiet --strict -- python -m tools.activation_cost [--n N] [--m 16,32]
 
 One map evaluation of a tanh DEQ is a gemm ``(n, m) @ (m, m)`` (``2 n m^2``
 flops) plus one elementwise pass over ``n m`` values. The gemm's work per value

@@ -1,6 +1,6 @@
 """Re-measure the size thresholds of the kernels on this machine.
 
-    ../shared/tools/quiet --strict -- python -m tools.calibrate
+    deqbench quiet --strict -- python -m tools.calibrate
 
 * ``BLOCK_BYTES`` (``deqbench/_kernels/blocks.py``): bytes of one row block of
   one array. For each width ``m`` it times one map evaluation (row-block gemm

@@ -42,7 +42,7 @@ of :class:`benchmarks.bench_dtype.Dtype` (``n = 2048``, ``tol = 1e-5``) at each
 ``U = X B^T`` plus ``2 n m^2`` per map evaluation, against numpy's matmul of
 the same shapes in the same run (target: >= 90%).
 
-Time on a quiet machine (``../shared/tools/quiet``) and quote its line; a
+Time on a quiet machine (``deqbench quiet``) and quote its line; a
 second ``file`` run reads from the page cache unless it is dropped first.
 """
 

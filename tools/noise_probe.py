@@ -1,6 +1,6 @@
 """How steady is this machine? The same kernel timed over a minute, and in fresh processes.
 
-    ../shared/tools/quiet --strict -- python -m tools.noise_probe
+    deqbench quiet --strict -- python -m tools.noise_probe
 
 Times one fixed computation (a Picard solve, tanh, m = 32, n = 2048, one
 thread: the size of the gate's small cases) back to back in one process for

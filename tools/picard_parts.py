@@ -1,6 +1,6 @@
 """Where block-resident Picard's time goes: the row-block gemms, the fused pass, the rest.
 
-    ../shared/tools/quiet --strict -- python -m tools.picard_parts [--n N] [--m 16,32,64]
+    deqbench quiet --strict -- python -m tools.picard_parts [--n N] [--m 16,32,64]
 
 ``fixed_point.picard`` (identity map, tol 0, ``K`` evaluations, one thread,
 BLAS single-threaded as the public calls run it) iterates each row block of

@@ -1,10 +1,10 @@
 """The sweep's bookkeeping at scale, and its parallel efficiency.
 
-    ../shared/tools/quiet --strict -- \
+    deqbench quiet --strict -- \
         python -m tools.sweep_bookkeeping --runs 100000
-    ../shared/tools/quiet --strict -- \
+    deqbench quiet --strict -- \
         python -m tools.sweep_bookkeeping --runs 1600 --work-ms 50
-    ../shared/tools/quiet --strict -- \
+    deqbench quiet --strict -- \
         python -m tools.sweep_bookkeeping --runs 100 --work-ms 200
 
 Without ``--work-ms``: runs a grid of ``--runs`` runs of :func:`noop` (no

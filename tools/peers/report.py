@@ -175,7 +175,7 @@ Files: `peers.csv` (every row below plus quartiles), `memory.csv`, `peers.png`.
 
 {machine}
 
-Timed through `../shared/tools/quiet --strict` (its summary line, with the
+Timed through `deqbench quiet --strict` (its summary line, with the
 share of CPU other processes took during the run, is under "Quiet line"
 below; a NOISY run is not a result). Every comparison is a ratio of medians
 of rounds interleaved in ONE process, each peer once per round in rotated

@@ -3,7 +3,7 @@ only parses arguments; the peers are in ``registry``, the measuring in
 ``harness``, the tables, targets and chart in ``report``.
 
 Run from the repository root, in an environment with the peers installed, on a
-quiet machine (``../shared/tools/quiet --strict -- CMD``)::
+quiet machine (``deqbench quiet --strict -- CMD``)::
 
     pip install -e ".[peers]"
     python -m tools.peers.run_peers            # full grid (~20-30 min on 2 cores)
