@@ -42,6 +42,13 @@ FULL = os.environ.get("DEQBENCH_FULL", "").strip().lower() not in ("", "0", "fal
 #: Solver tolerance used by every benchmark unless a class says otherwise.
 TOL = 1e-10
 
+#: ``DEQBENCH_COUNTS_ONLY=1`` (set by ``tools/gate.sh --counts``): the time ratios
+#: of the ``track_`` sweeps (:func:`cost_ratio`, :func:`best_time`) are NaN at
+#: once; that gate compares the exact counts only, and the ratios take most of a
+#: sweep's time.
+COUNTS_ONLY = os.environ.get("DEQBENCH_COUNTS_ONLY", "").strip().lower() not in (
+    "", "0", "false", "no")
+
 
 def grid(default, full):
     """The default parameter list, or ``full`` under ``DEQBENCH_FULL=1``."""
@@ -282,7 +289,9 @@ def rel_err(x: np.ndarray, ref: np.ndarray) -> float:
 def best_time(fn, *, repeat: int = 3, min_time: float = 0.05) -> float:
     """Best-of-``repeat`` CPU time (:data:`TIMER`) of ``fn()`` in seconds; each
     sample loops ``fn`` until ``min_time`` has elapsed (for fits inside
-    ``track_`` methods)."""
+    ``track_`` methods). NaN under :data:`COUNTS_ONLY`."""
+    if COUNTS_ONLY:
+        return math.nan
     fn()
     return min(_per_call(fn, min_time) for _ in range(repeat))
 
@@ -437,7 +446,9 @@ def cost_ratio(fn, refs, *, rounds: int = 9, min_time: float = 0.03) -> float:
     ratio and one slow round cannot move the result (the best-of-rounds of each
     time separately moved 10-20% between processes in a quiet A/A run).
     ``refs``: ``[(callable, count), ...]``, the numpy matmuls the cost model
-    says ``fn`` performs."""
+    says ``fn`` performs. NaN under :data:`COUNTS_ONLY`."""
+    if COUNTS_ONLY:
+        return math.nan
     fn()
     for ref, _ in refs:
         ref()

@@ -234,43 +234,6 @@ def test_gate_counts_flags_any_rise():
     assert rose  # a count that failed or vanished
 
 
-def test_inject_slows_only_and_changes_no_result(tmp_path):
-    """The injected kernel gives bitwise the same fixed point (run as plain
-    Python under NUMBA_DISABLE_JIT: the logic, not the compiled code; the
-    identity map, since the SIMD activations use an intrinsic with no Python
-    fallback)."""
-    import shutil
-    import subprocess
-
-    from tools import inject
-
-    source = (ROOT / "deqbench" / "_kernels" / "fixed_point.py").read_text()
-    patched = inject.inject(source)
-    assert patched.count("INJECTED by tools/inject.py") == 1
-    with pytest.raises(ValueError, match="already"):
-        inject.inject(patched)
-    with pytest.raises(ValueError, match="update tools/inject.py"):
-        inject.inject(source.replace("rows = block_rows(Z.shape[0], Z.shape[1])", "rows = 1"))
-    shutil.copytree(ROOT / "deqbench", tmp_path / "deqbench")
-    (tmp_path / "deqbench" / "_kernels" / "fixed_point.py").write_text(patched)
-    script = (
-        "import sys, numpy as np, deqbench as db\n"
-        "X, Y, _ = db.data.linear_teacher(120, 32, 32, seed=0)\n"
-        "A, B = db.data.init_params(32, 32, scale_A=0.5, scale_B=1.0, seed=1)\n"
-        "r = db.fixed_point(X, A, B)\n"
-        "sys.stdout.write(r.z.tobytes().hex() + ' ' + str(r.n_iter))\n"
-    )
-    out = {}
-    for name, root in (("plain", ROOT), ("injected", tmp_path)):
-        env = {"PATH": "/usr/bin:/bin", "NUMBA_DISABLE_JIT": "1", "PYTHONPATH": str(root)}
-        res = subprocess.run(
-            [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path
-        )
-        assert res.returncode == 0, res.stderr
-        out[name] = res.stdout
-    assert out["plain"] == out["injected"]
-
-
 def _gate(*args):
     import os
     import shutil
@@ -278,6 +241,8 @@ def _gate(*args):
 
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("tools/gate.sh needs a git checkout")
+    if "--dry-run" in args:
+        pytest.importorskip("asv", reason="tools/gate.sh needs asv (the test extra installs it)")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     env["PYTHON"] = sys.executable
     return subprocess.run(
@@ -313,7 +278,7 @@ def test_gate_dry_runs():
     assert "gate_counts.py" in res.stdout
     res = _gate("--dry-run", "--inject")  # applies the injection in a temporary worktree
     assert res.returncode == 0, res.stderr
-    assert "+15% of each pass" in res.stderr
+    assert "+25% of every gemm of the kernels" in res.stderr
 
 
 ASV_TABLES = """\
