@@ -245,12 +245,14 @@ class Meter:
         self._t0 = time.monotonic()
         return self
 
+    def summary_now(self) -> Summary:
+        """The measurement from the start up to now (the run goes on)."""
+        return summarize(self._before, snapshot(self.proc), time.monotonic() - self._t0,
+                         self._own() - self._own0, self._load0, self._peak.peak, self.noise)
+
     def __exit__(self, *exc) -> None:
-        wall = time.monotonic() - self._t0
-        own = self._own() - self._own0
-        peak = self._peak.stop()
-        self.summary = summarize(self._before, snapshot(self.proc), wall, own, self._load0,
-                                 peak, self.noise)
+        self._peak.stop()
+        self.summary = self.summary_now()
 
 
 def run_command(cmd: list[str], *, noise: float = NOISE, proc="/proc") -> tuple[int, Summary]:

@@ -194,3 +194,35 @@ def test_cli_refuses_an_empty_command(capsys):
 
     assert main(["quiet", "--max-load", "1e9", "--"]) == 2
     assert "cmd must name a command" in capsys.readouterr().err
+
+
+@linux
+def test_tools_run_under_the_quiet_check(monkeypatch):
+    """``tools/quietly.py`` (calibrate, the peers harness): the tool gets its own
+    arguments, the summary line follows it, ``--strict`` refuses a NOISY run."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from tools import quietly
+
+    seen = []
+
+    def tool(argv):
+        seen.append((argv, quietly.line_so_far(), quietly.refusing()))
+        return 7
+
+    err = io.StringIO()
+    assert quietly.main(tool, ["--n", "5", "--max-load", "1e9", "--wait", "0"], err=err) == 7
+    argv, line, refusing = seen[-1]
+    assert argv == ["--n", "5"] and LINE.match(line) and not refusing
+    assert LINE.match(err.getvalue().splitlines()[-1])
+    assert quietly.main(tool, ["--no-quiet", "--x"], err=err) == 7
+    assert seen[-1][0] == ["--x"] and "not measured" in seen[-1][1]
+    ticks = iter(range(10**6))  # every look at /proc/stat: the machine busier by 1000 s
+    real = q.snapshot
+    monkeypatch.setattr(q, "snapshot", lambda proc="/proc": q.Snapshot(
+        busy=real(proc).busy + 1000.0 * next(ticks), steal=0.0, cpus=2))
+    err = io.StringIO()
+    assert quietly.main(tool, ["--strict", "--max-load", "1e9"], err=err) == q.NOISY_STRICT
+    assert seen[-1][2] is True and "refused" in err.getvalue()
+    assert quietly.main(tool, ["--max-load", "1e9"], err=io.StringIO()) == 7  # not strict

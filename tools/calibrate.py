@@ -1,6 +1,9 @@
 """Re-measure the size thresholds of the kernels on this machine.
 
-    deqbench quiet --strict -- python -m tools.calibrate
+    python -m tools.calibrate [--strict]
+
+It waits for a quiet machine and ends with the quiet check's summary line
+(``tools/quietly.py``: ``--strict`` exits 4 when the run was NOISY).
 
 * ``BLOCK_BYTES`` (``deqbench/_kernels/blocks.py``): bytes of one row block of
   one array. For each width ``m`` it times one map evaluation (row-block gemm
@@ -360,4 +363,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from . import quietly
+
+    raise SystemExit(quietly.main(main))

@@ -2,8 +2,10 @@
 only parses arguments; the peers are in ``registry``, the measuring in
 ``harness``, the tables, targets and chart in ``report``.
 
-Run from the repository root, in an environment with the peers installed, on a
-quiet machine (``deqbench quiet --strict -- CMD``)::
+Run from the repository root, in an environment with the peers installed. The
+run waits for a quiet machine and ends with the quiet check's summary line,
+also written into the README it produces (``--strict``: a NOISY run writes
+nothing and exits 4; ``--max-load``, ``--wait``, ``--no-quiet``: ``tools/quietly.py``)::
 
     pip install -e ".[peers]"
     python -m tools.peers.run_peers            # full grid (~20-30 min on 2 cores)
@@ -35,6 +37,7 @@ from pathlib import Path
 from benchmarks.peers import problems as P
 from benchmarks.peers.registry import forward_factories, step_factories
 
+from .. import quietly
 from .harness import ROOT, THREAD_ENV, bench_case, machine, memory_rows, w3_rows, w5_rows
 from .report import README, memory_table, plot, speed_table, targets, write_csv
 
@@ -87,8 +90,8 @@ def main(argv=None) -> int:
         help="pin numba, BLAS, OpenMP, PyTorch and XLA to this many threads (default: all)",
     )
     a = ap.parse_args(argv)
-    if a.threads is not None:
-        pin_threads(a.threads, sys.argv[1:] if argv is None else list(argv))
+    if a.threads is not None:  # the whole command line again, quiet options included
+        pin_threads(a.threads, sys.argv[1:])
     only = set(a.only.split(","))
     sizes = (
         [int(s) for s in a.sizes.split(",")]
@@ -128,6 +131,10 @@ def main(argv=None) -> int:
     w5_rows_, w5_targets = w5 if w5 else ([], None)
     rows += w3_rows_ + w5_rows_
     tg = targets(rows, mem, w3_targets, w5_targets)
+    quiet = quietly.line_so_far()
+    if quietly.refusing():
+        print(f"{quiet}\nNOISY run (--strict): nothing written to {out}")
+        return quietly.NOISY_STRICT
     write_csv(rows, out / "peers.csv")
     if mem:
         write_csv(mem, out / "memory.csv")
@@ -153,13 +160,12 @@ def main(argv=None) -> int:
         targets=tgt,
         n=a.n,
         mem_n=a.mem_n,
+        quiet=quiet,
     )
     (out / "README.md").write_text(text)
     print("\n" + table + "\n\n" + (memory_table(mem) if mem else "") + "\n\n" + tgt)
     return 0
 
 
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(quietly.main(main))
