@@ -1,6 +1,6 @@
 """Seeded problem builders and helpers shared by the asv suite.
 
-Conventions of the suite (see README, section "Benchmarks"):
+Conventions of the suite (see docs/benchmarks.md):
 
 * Every ``setup`` builds its data with the builders below AND calls the
   benchmarked function once, so numba compilation (or loading the on-disk

@@ -79,7 +79,7 @@ def info_lines() -> list[str]:
     lines.append(f"crossovers    element passes parallel from {blocks.PASS_PARALLEL_MIN} elements; "
                  f"gemm_tn: one share of the rows per thread, up to {blocks.MAX_PARTS} "
                  f"while partials fit {blocks.PARTS_BYTES >> 10} KiB, {blocks.MIN_ROWS} rows "
-                 f"at least (re-measure: python -m benchmarks.calibrate)")
+                 f"at least (re-measure: python -m tools.calibrate)")
     lines.append(f"CPU           {cpu_model()} ({vector_isa()}); {os.cpu_count()} logical CPUs, "
                  f"{default_workers()} usable by this process")
     lines.append(f"platform      {platform.platform()}")
@@ -219,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("sweep", help="run a resumable parameter sweep from a TOML grid",
-                       description="Run the Cartesian product of a TOML grid (see README, "
-                       "'Experiments'). Finished runs are committed to DIR in batches and "
+                       description="Run the Cartesian product of a TOML grid (see "
+                       "docs/sweeps.md). Finished runs are committed to DIR in batches and "
                        "compacted into DIR/runs.parquet and DIR/histories.parquet (or, with "
                        "--format csv, DIR/runs.csv and DIR/histories.csv); "
                        "re-running the same command skips finished runs. DIR is locked while "

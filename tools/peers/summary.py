@@ -1,4 +1,4 @@
-"""The README's performance table from the committed peer results.
+"""The performance table of docs/performance.md from the committed peer results.
 
 ``python -m tools.peers.summary [--results results/peers]`` reads
 ``peers.csv`` of the all-threads runs (``m16-256``, ``m1024``) and the
