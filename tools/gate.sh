@@ -172,8 +172,8 @@ cache_entries() {
 }
 cache_report() {  # cache_report WHAT MARK: one line on what the last asv run compiled
     local versions=0
-    [[ -d $NUMBA_CACHE_DIR/deqbench ]] \
-        && versions=$(find "$NUMBA_CACHE_DIR/deqbench" -mindepth 1 -maxdepth 1 -type d | wc -l)
+    [[ -d $NUMBA_CACHE_DIR/deqbench ]] && versions=$(find "$NUMBA_CACHE_DIR/deqbench" \
+        -name '*.nbc' -printf '%P\n' | cut -d/ -f1 | sort -u | wc -l)
     echo "gate: numba cache $NUMBA_CACHE_DIR: $versions kernel version(s)," \
          "$(cache_entries) compiled entries; $1 wrote $(cache_entries "$2")"
 }
@@ -184,17 +184,18 @@ if [[ $mode == counts ]]; then
         || die "no count benchmark within --bench '$bench'"
     run rm -rf .asv/gate/counts-results
     run asv --config "$counts_conf" machine --yes "${machine_args[@]}"
-    printf '%s\n%s\n' "$base" "$head" >.asv/gate/counts-commits.txt
+    commits=$PWD/.asv/gate/counts-commits.txt  # asv reads it from another folder
+    printf '%s\n%s\n' "$base" "$head" >"$commits"
     mark=.asv/gate/counts.mark
     touch "$mark"
     if ((dry)); then
         run env DEQBENCH_COUNTS_ONLY=1 asv --config "$counts_conf" run --bench "$counts_regex" \
             -a rounds=1 -a repeat=1 --show-stderr "${machine_args[@]}" \
-            HASHFILE:.asv/gate/counts-commits.txt
+            HASHFILE:"$commits"
     else
         DEQBENCH_COUNTS_ONLY=1 asv --config "$counts_conf" run --bench "$counts_regex" \
             -a rounds=1 -a repeat=1 --show-stderr "${machine_args[@]}" \
-            HASHFILE:.asv/gate/counts-commits.txt || true
+            HASHFILE:"$commits" || true
         cache_report "the run" "$mark"
     fi
     status=0
