@@ -94,7 +94,12 @@ esac
 cd "$(git rev-parse --show-toplevel)"
 python=${PYTHON:-python}
 
-# the timing modes run under the quiet check: this script again, as its command
+commit_of() { git rev-parse --verify --quiet "$1^{commit}" || die "not a commit: $1"; }
+base=$(commit_of "${positional[0]:-HEAD}")
+[[ $mode == compare || $mode == counts ]] && commit_of "${positional[1]}" >/dev/null
+
+# the timing modes run under the quiet check, this script again as its command (after the
+# arguments are checked: a bad commit must not wait for a quiet machine)
 if ((!dry && quiet)) && [[ $mode != counts && -z ${DEQBENCH_GATE_QUIET_RUN:-} ]]; then
     quiet_args=()
     ((strict)) && quiet_args+=(--strict)
@@ -102,8 +107,6 @@ if ((!dry && quiet)) && [[ $mode != counts && -z ${DEQBENCH_GATE_QUIET_RUN:-} ]]
         bash "$self" "${orig_args[@]}"
 fi
 export NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-$PWD/.asv/gate/numba}
-commit_of() { git rev-parse --verify --quiet "$1^{commit}" || die "not a commit: $1"; }
-base=$(commit_of "${positional[0]:-HEAD}")
 run() { if ((dry)); then printf '+ %q' "$1"; shift; printf ' %q' "$@"; echo; else "$@"; fi; }
 
 throwaway() {  # throwaway <aa|inject>: a commit on top of $base; prints its hash
