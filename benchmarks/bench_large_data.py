@@ -7,7 +7,7 @@ fitted exponent below 0.05 from 10^4 to 10^6 under ``DEQBENCH_FULL=1``) and
 in one block (``chunk=n``: grows linearly). ``LargeFile`` (``DEQBENCH_FULL=1``
 only: the issue's n = 4e6, d = 512, m = 64, a 16 GB file) times the same call
 against an in-memory slice. The command
-``python -m benchmarks.large_data`` reproduces the issue's targets outside asv.
+``python -m tools.large_data`` reproduces the issue's targets outside asv.
 """
 
 from __future__ import annotations
@@ -18,8 +18,16 @@ import numpy as np
 
 import deqbench as db
 
-from .common import Bench, full_only, grid, peak_rss_increase_mib, require_api, strict
-from .large_data import samples_per_second, write
+from .common import (
+    Bench,
+    full_only,
+    grid,
+    peak_rss_increase_mib,
+    require_api,
+    samples_per_second,
+    strict,
+)
+from .common import write_teacher_once as write
 
 M, D = 16, 16
 CHUNK = 4096

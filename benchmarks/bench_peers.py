@@ -1,6 +1,6 @@
 """deqbench against its peers (issue 6): W1 forward solve, W2 exact GD step, W4 tanh step.
 
-The same workloads as ``python -m benchmarks.peers.run_peers`` (which also
+The same workloads as ``python -m tools.peers.run_peers`` (which also
 prints the ratio table and writes ``results/peers/``). A peer whose library
 is not installed is skipped (``NotImplementedError`` in ``setup``); install
 them with ``pip install -e ".[peers]"``. ``setup`` builds the problem, runs

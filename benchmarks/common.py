@@ -1,6 +1,6 @@
 """Seeded problem builders and helpers shared by the asv suite.
 
-Conventions of the suite (see README, section "Benchmarks"):
+Conventions of the suite (see docs/benchmarks.md):
 
 * Every ``setup`` builds its data with the builders below AND calls the
   benchmarked function once, so numba compilation (or loading the on-disk
@@ -11,7 +11,7 @@ Conventions of the suite (see README, section "Benchmarks"):
   rise as a regression for every benchmark in the suite.
 * Parameter lists are sorted so that the first value of every parameter is the
   smallest (cheapest) case; ``tests/test_benchmarks.py`` runs exactly that case.
-* The default suite is for regression tracking (``benchmarks/gate.sh``): few
+* The default suite is for regression tracking (``tools/gate.sh``): few
   timed cases, each one call of >= ~10 ms per sample (:data:`N_AT`, :class:`Bench`),
   next to ``track_`` values that do not depend on the machine (:class:`Tracked`:
   counts, allocations, time ratios to numpy's matmul measured in one process).
@@ -22,12 +22,15 @@ Conventions of the suite (see README, section "Benchmarks"):
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import statistics
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -38,6 +41,13 @@ FULL = os.environ.get("DEQBENCH_FULL", "").strip().lower() not in ("", "0", "fal
 
 #: Solver tolerance used by every benchmark unless a class says otherwise.
 TOL = 1e-10
+
+#: ``DEQBENCH_COUNTS_ONLY=1`` (set by ``tools/gate.sh --counts``): the time ratios
+#: of the ``track_`` sweeps (:func:`cost_ratio`, :func:`best_time`) are NaN at
+#: once; that gate compares the exact counts only, and the ratios take most of a
+#: sweep's time.
+COUNTS_ONLY = os.environ.get("DEQBENCH_COUNTS_ONLY", "").strip().lower() not in (
+    "", "0", "false", "no")
 
 
 def grid(default, full):
@@ -77,7 +87,7 @@ class Bench:
     * ``rounds = 4``: four processes per commit. Page placement, ASLR and the
       numba cache load differ per process and move a case by a few percent
       between processes (not between samples of one process); more processes
-      average that out, and ``--interleave-rounds`` (``benchmarks/gate.sh``)
+      average that out, and ``--interleave-rounds`` (``tools/gate.sh``)
       alternates base and head processes so slow drifts of the machine hit
       both commits alike.
     * ``repeat = (3, 5, 2.0)``: 3 to 5 samples per process, 12-20 per commit:
@@ -97,7 +107,7 @@ class Bench:
 
 
 class Ungated(Bench):
-    """:class:`Bench` for the ``time_`` benchmarks ``benchmarks/gate.sh`` does not
+    """:class:`Bench` for the ``time_`` benchmarks ``tools/gate.sh`` does not
     judge (the peers, float32 against float64): their values are history for the
     dashboard and ratios read within one run, not a gate, so the default suite
     runs them in 2 processes per commit (6-10 samples) instead of 4, which halves
@@ -279,7 +289,9 @@ def rel_err(x: np.ndarray, ref: np.ndarray) -> float:
 def best_time(fn, *, repeat: int = 3, min_time: float = 0.05) -> float:
     """Best-of-``repeat`` CPU time (:data:`TIMER`) of ``fn()`` in seconds; each
     sample loops ``fn`` until ``min_time`` has elapsed (for fits inside
-    ``track_`` methods)."""
+    ``track_`` methods). NaN under :data:`COUNTS_ONLY`."""
+    if COUNTS_ONLY:
+        return math.nan
     fn()
     return min(_per_call(fn, min_time) for _ in range(repeat))
 
@@ -372,7 +384,7 @@ def _track(key: str, unit: str):
 
 #: Units of the ``track_`` values that are exact counts: the same code gives
 #: the same number on any machine, so ANY rise is a regression
-#: (``benchmarks/gate_counts.py``; the 10% factor of the gate would let a
+#: (``tools/gate_counts.py``; the 10% factor of the gate would let a
 #: count go from 19 to 20 unseen).
 COUNT_UNITS = ("evaluations", "iterations", "allocations")
 
@@ -434,7 +446,9 @@ def cost_ratio(fn, refs, *, rounds: int = 9, min_time: float = 0.03) -> float:
     ratio and one slow round cannot move the result (the best-of-rounds of each
     time separately moved 10-20% between processes in a quiet A/A run).
     ``refs``: ``[(callable, count), ...]``, the numpy matmuls the cost model
-    says ``fn`` performs."""
+    says ``fn`` performs. NaN under :data:`COUNTS_ONLY`."""
+    if COUNTS_ONLY:
+        return math.nan
     fn()
     for ref, _ in refs:
         ref()
@@ -498,3 +512,27 @@ def allocations(fn) -> dict:
         tracemalloc.stop()
     nrt = rtsys.get_allocation_stats().alloc - before if rtsys is not None else math.nan
     return {"bytes": float(peak), "nrt": float(nrt)}
+
+
+# --------------------------------------------------------------------------
+# data on disk (bench_large_data.py and tools/large_data.py)
+# --------------------------------------------------------------------------
+
+
+def write_teacher_once(root, n: int, d: int, m: int) -> Path:
+    """A linear teacher (``noise = 0.1``, seed 0) of ``n`` rows in ``root`` (a fresh
+    temporary directory if None), reused when ``root`` already holds it."""
+    root = Path(tempfile.mkdtemp(prefix="deqbench-large-")) if root is None else Path(root)
+    meta = root / db.data.TEACHER_JSON
+    want = dict(kind="linear", n=n, d=d, m=m, noise=0.1, seed=0)
+    if meta.is_file() and all(json.loads(meta.read_text()).get(k) == v for k, v in want.items()):
+        return root
+    db.data.write_teacher(root, "linear", n, d, m, noise=0.1, seed=0, overwrite=True)
+    return root
+
+
+def samples_per_second(fn, n: int) -> float:
+    """``n`` over the wall time of one call of ``fn`` (disk reads included)."""
+    t = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - t)

@@ -1,4 +1,4 @@
-"""The ``deqbench`` console script: ``info``, ``reproduce``, ``sweep``, ``plot``.
+"""The ``deqbench`` console script: ``info``, ``reproduce``, ``sweep``, ``plot``, ``quiet``.
 
 Run ``deqbench SUBCOMMAND --help`` for the options of each.
 """
@@ -79,7 +79,7 @@ def info_lines() -> list[str]:
     lines.append(f"crossovers    element passes parallel from {blocks.PASS_PARALLEL_MIN} elements; "
                  f"gemm_tn: one share of the rows per thread, up to {blocks.MAX_PARTS} "
                  f"while partials fit {blocks.PARTS_BYTES >> 10} KiB, {blocks.MIN_ROWS} rows "
-                 f"at least (re-measure: python -m benchmarks.calibrate)")
+                 f"at least (re-measure: python -m tools.calibrate)")
     lines.append(f"CPU           {cpu_model()} ({vector_isa()}); {os.cpu_count()} logical CPUs, "
                  f"{default_workers()} usable by this process")
     lines.append(f"platform      {platform.platform()}")
@@ -178,6 +178,18 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def cmd_quiet(args) -> int:
+    from ._quiet import main_quiet
+
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    try:
+        return main_quiet(cmd, max_load=args.max_load, wait=args.wait, noise=args.noise,
+                          strict=args.strict)
+    except ValueError as exc:  # bad options: one line, as argparse would
+        print(f"deqbench quiet: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="deqbench",
@@ -207,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("sweep", help="run a resumable parameter sweep from a TOML grid",
-                       description="Run the Cartesian product of a TOML grid (see README, "
-                       "'Experiments'). Finished runs are committed to DIR in batches and "
+                       description="Run the Cartesian product of a TOML grid (see "
+                       "docs/sweeps.md). Finished runs are committed to DIR in batches and "
                        "compacted into DIR/runs.parquet and DIR/histories.parquet (or, with "
                        "--format csv, DIR/runs.csv and DIR/histories.csv); "
                        "re-running the same command skips finished runs. DIR is locked while "
@@ -255,6 +267,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir", help="sweep or reproduce output directory")
     s.add_argument("--out", default=None, help="figure directory (default: DIR/figures)")
     s.set_defaults(func=cmd_plot)
+
+    s = sub.add_parser("quiet", help="run a command on a quiet machine and say how quiet it "
+                       "stayed", description="Wait for a quiet machine (1-minute load), run "
+                       "CMD, print one line: wall time, CPUs, CMD's own CPU time, the CPU time "
+                       "other processes took (and its share of the machine), steal, load at "
+                       "start and peak, CLEAN or NOISY. Exit: CMD's status; 3 when the machine "
+                       "stayed busy; 4 for a NOISY run with --strict. Linux (/proc) only.",
+                       usage="deqbench quiet [options] -- CMD [ARGS ...]")
+    s.add_argument("--max-load", type=float, default=0.5,
+                   help="start once the 1-minute load average is at most this "
+                   "(default: %(default)s)")
+    s.add_argument("--wait", type=float, default=600.0, metavar="SECONDS",
+                   help="wait at most this long for it (default: %(default)s)")
+    s.add_argument("--noise", type=float, default=0.05, metavar="SHARE",
+                   help="largest share of the machine other processes or steal may take in a "
+                   "CLEAN run (default: %(default)s)")
+    s.add_argument("--strict", action="store_true", help="exit 4 when the run was NOISY")
+    s.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+    s.set_defaults(func=cmd_quiet)
     return p
 
 

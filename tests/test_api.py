@@ -82,7 +82,9 @@ def test_public_functions_are_not_shadowed_by_modules():
 
 
 def _readme_blocks():
-    text = (ROOT / "README.md").read_text()
+    """The python blocks of the README and of the docs/ pages it sends readers to."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 

@@ -288,7 +288,7 @@ def test_train_on_files_bad_input(tmp_path):
 
 
 def test_large_data_command_runs_once(capsys):
-    from benchmarks.large_data import main
+    from tools.large_data import main
 
     assert main(["--n", "3000", "--d", "8", "--m", "4", "--steps", "3"]) == 0
     out = capsys.readouterr().out
@@ -307,7 +307,7 @@ def test_large_data_command_runs_once(capsys):
      ["wide forward solve m=d=n=48", "numpy matmul (48x48)@(48x48)"]),
 ])
 def test_each_target_command_runs_once(capsys, argv, keys):
-    from benchmarks.large_data import main
+    from tools.large_data import main
 
     assert main(argv) == 0
     out = capsys.readouterr().out

@@ -401,7 +401,7 @@ def test_dask_local_cluster_gives_the_same_rows(tmp_path, monkeypatch):
 
 
 def test_bookkeeping_command_runs_once(capsys):
-    from benchmarks.sweep_bookkeeping import main
+    from tools.sweep_bookkeeping import main
 
     assert main(["--runs", "40", "--workers", "1"]) == 0
     out = capsys.readouterr().out

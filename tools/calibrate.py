@@ -1,6 +1,9 @@
 """Re-measure the size thresholds of the kernels on this machine.
 
-    ../shared/tools/quiet --strict -- python -m benchmarks.calibrate
+    python -m tools.calibrate [--strict]
+
+It waits for a quiet machine and ends with the quiet check's summary line
+(``tools/quietly.py``: ``--strict`` exits 4 when the run was NOISY).
 
 * ``BLOCK_BYTES`` (``deqbench/_kernels/blocks.py``): bytes of one row block of
   one array. For each width ``m`` it times one map evaluation (row-block gemm
@@ -28,7 +31,7 @@
   certificate's eigendecomposition (``_refresh``) in gemms of the same ``m``
   (``np.matmul``, all BLAS threads), measured, next to the flop model's price
   that sets the budget (``--refresh`` prints this table alone).
-* ``SETTLE_S`` (``benchmarks/peers/timing.py``): the pause before every timed
+* ``SETTLE_S`` (``tools/peers/timing.py``): the pause before every timed
   batch of the peer tables. A map evaluation at m = 16 (numba's threads) timed
   after a pause of 0 to 0.5 s that follows a multi-threaded ``np.matmul``, and
   the other way round (``--settle`` prints this table alone).
@@ -360,4 +363,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from . import quietly
+
+    raise SystemExit(quietly.main(main))

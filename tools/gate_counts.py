@@ -8,9 +8,14 @@ on the machine, so any rise is a regression. This reads the results that the
 gate's ``asv continuous`` stored and prints every count that changed; exit
 status 1 if one rose, 2 if there is nothing to compare.
 
-Usage (from the repository root; ``benchmarks/gate.sh`` calls it)::
+Usage (from the repository root; ``tools/gate.sh`` calls it)::
 
-    python benchmarks/gate_counts.py [--config CONF] [--machine NAME] BASE HEAD
+    python tools/gate_counts.py [--config CONF] [--machine NAME] BASE HEAD
+    python tools/gate_counts.py --regex [--within REGEX]
+
+``--regex`` prints asv's ``--bench`` regular expression of every benchmark
+whose unit is a count (those whose name matches ``--within``), read from
+the suite in ``benchmarks/``: what ``tools/gate.sh --counts`` runs.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import itertools
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -73,7 +79,59 @@ def compare(base: dict, head: dict) -> tuple[list, bool]:
     return rows, rose
 
 
+def count_benchmarks(within: str | None = None) -> list[str]:
+    """Names (``bench_x.Class.track_y``) of the suite's benchmarks whose unit is
+    in :data:`COUNT_UNITS`, those matching ``within`` (a regex) if given.
+    Imports the suite (and so deqbench)."""
+    import importlib  # noqa: PLC0415
+    import inspect  # noqa: PLC0415
+    import pkgutil  # noqa: PLC0415
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:  # run as a script: sys.path[0] is tools/
+        sys.path.insert(0, root)
+    import benchmarks  # noqa: PLC0415
+
+    names = []
+    for info in pkgutil.iter_modules(benchmarks.__path__):
+        if not info.name.startswith("bench_"):
+            continue
+        mod = importlib.import_module(f"benchmarks.{info.name}")
+        for owner, obj in vars(mod).items():
+            if getattr(obj, "__module__", None) != mod.__name__:
+                continue
+            if inspect.isclass(obj):
+                attrs = [(f"{owner}.{a}", getattr(obj, a)) for a in dir(obj)]
+            else:
+                attrs = [(owner, obj)]
+            for name, fn in attrs:
+                if (name.split(".")[-1].startswith("track_")
+                        and getattr(fn, "unit", None) in COUNT_UNITS):
+                    names.append(f"{info.name}.{name}")
+    return sorted(n for n in names if within is None or re.search(within, n))
+
+
+def count_regex(names) -> str:
+    """asv's ``--bench`` expression selecting exactly ``names`` (asv matches it
+    against ``name`` and ``name(params)``)."""
+    if not names:
+        raise ValueError("names must hold at least one benchmark, got none")
+    return "^(" + "|".join(re.escape(n) for n in names) + r")(\(|$)"
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--regex" in argv:
+        ap = argparse.ArgumentParser(prog="gate_counts.py --regex")
+        ap.add_argument("--regex", action="store_true")
+        ap.add_argument("--within", default=None, help="only names matching this regex")
+        args = ap.parse_args(argv)
+        names = count_benchmarks(args.within)
+        if not names:
+            print(f"gate_counts: no count benchmark matches {args.within!r}", file=sys.stderr)
+            return 2
+        print(count_regex(names))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="asv.conf.json")
     ap.add_argument("--machine", default=None, help="asv machine name (default: every machine)")

@@ -1,6 +1,6 @@
 """How steady is this machine? The same kernel timed over a minute, and in fresh processes.
 
-    ../shared/tools/quiet --strict -- python -m benchmarks.noise_probe
+    deqbench quiet --strict -- python -m tools.noise_probe
 
 Times one fixed computation (a Picard solve, tanh, m = 32, n = 2048, one
 thread: the size of the gate's small cases) back to back in one process for
@@ -10,8 +10,8 @@ the spread of the medians of consecutive windows of one process (drift in
 time) and of the per-process medians (drift between processes), each as
 max/min. Nothing changes between samples, so on a steady machine both are
 close to 1.00; whatever they show is the floor under any A/B comparison of
-times taken minutes apart, which is what ``benchmarks/gate.sh`` has to live
-with (see ``benchmarks/gate_confirm.py``).
+times taken minutes apart, which is what ``tools/gate.sh`` has to live
+with (see ``tools/gate_confirm.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 
-from .common import TIMER
+from benchmarks.common import TIMER
 
 _ONE_THREAD = dict(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    NUMBA_NUM_THREADS="1")
@@ -63,7 +63,7 @@ def spread(values) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.noise_probe",
+    p = argparse.ArgumentParser(prog="python -m tools.noise_probe",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=60.0, help="the long process (%(default)s s)")
     p.add_argument("--window", type=int, default=20, help="samples per window (%(default)s)")
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, **_ONE_THREAD}
 
     def child(seconds):
-        out = subprocess.run([sys.executable, "-m", "benchmarks.noise_probe", "--child",
+        out = subprocess.run([sys.executable, "-m", "tools.noise_probe", "--child",
                               str(seconds)], env=env, capture_output=True, text=True, check=True)
         return json.loads(out.stdout)
 

@@ -1,11 +1,11 @@
 """The sweep's bookkeeping at scale, and its parallel efficiency.
 
-    ../shared/tools/quiet --strict -- \
-        python -m benchmarks.sweep_bookkeeping --runs 100000
-    ../shared/tools/quiet --strict -- \
-        python -m benchmarks.sweep_bookkeeping --runs 1600 --work-ms 50
-    ../shared/tools/quiet --strict -- \
-        python -m benchmarks.sweep_bookkeeping --runs 100 --work-ms 200
+    deqbench quiet --strict -- \
+        python -m tools.sweep_bookkeeping --runs 100000
+    deqbench quiet --strict -- \
+        python -m tools.sweep_bookkeeping --runs 1600 --work-ms 50
+    deqbench quiet --strict -- \
+        python -m tools.sweep_bookkeeping --runs 100 --work-ms 200
 
 Without ``--work-ms``: runs a grid of ``--runs`` runs of :func:`noop` (no
 work; two metrics and a 21-row history, the record of a short training run)
@@ -80,7 +80,7 @@ def _timed(n: int) -> float:
 def grid_text(runs: int, loops: int | None = None) -> str:
     fn = "noop" if loops is None else "work"
     fixed = "" if loops is None else f"[fixed]\nloops = {loops}\n"
-    return (f'[sweep]\nname = "bookkeeping"\nrun = "benchmarks.sweep_bookkeeping:{fn}"\n'
+    return (f'[sweep]\nname = "bookkeeping"\nrun = "tools.sweep_bookkeeping:{fn}"\n'
             f"{fixed}[grid]\na = [{', '.join(map(str, range(runs)))}]\n")
 
 
@@ -99,7 +99,7 @@ def _run_times(out: Path) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.sweep_bookkeeping",
+    p = argparse.ArgumentParser(prog="python -m tools.sweep_bookkeeping",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=1000, help="runs in the grid (%(default)s)")
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet")

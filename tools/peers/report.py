@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .registry import DB, ITERATIVE_PEERS
+from benchmarks.peers.registry import DB, ITERATIVE_PEERS
 
 
 def fmt(x, spec):
@@ -171,17 +171,22 @@ Produced by `{cmd}` (from the repository root, peers installed with
 `pip install -e ".[peers]"`), started {started}, {minutes:.0f} minutes.
 Files: `peers.csv` (every row below plus quartiles), `memory.csv`, `peers.png`.
 
+## Quiet line
+
+    {quiet}
+
 ## Machine
 
 {machine}
 
-Timed through `../shared/tools/quiet --strict` (its summary line, with the
-share of CPU other processes took during the run, is under "Quiet line"
-below; a NOISY run is not a result). Every comparison is a ratio of medians
+Timed under the quiet check (the harness waits for a quiet machine and
+measures the run as `deqbench quiet` does; its summary line, with the share
+of CPU other processes took during the run, is under "Quiet line" above; a
+NOISY run is not a result, and `--strict` writes none). Every comparison is a ratio of medians
 of rounds interleaved in ONE process, each peer once per round in rotated
 order, every timed batch after a 0.25 s pause so that the previous peer's
 idle threads (OpenBLAS spins ~0.1 s after a call) have parked
-(`benchmarks/peers/timing.py`, `SETTLE_S`).
+(`tools/peers/timing.py`, `SETTLE_S`).
 
 ## Protocol
 

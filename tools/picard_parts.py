@@ -1,6 +1,6 @@
 """Where block-resident Picard's time goes: the row-block gemms, the fused pass, the rest.
 
-    ../shared/tools/quiet --strict -- python -m benchmarks.picard_parts [--n N] [--m 16,32,64]
+    deqbench quiet --strict -- python -m tools.picard_parts [--n N] [--m 16,32,64]
 
 ``fixed_point.picard`` (identity map, tol 0, ``K`` evaluations, one thread,
 BLAS single-threaded as the public calls run it) iterates each row block of
@@ -88,7 +88,7 @@ def measure(n: int, m: int, evaluations: int = 64, rounds: int = 15) -> tuple[in
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.picard_parts",
+    p = argparse.ArgumentParser(prog="python -m tools.picard_parts",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=8192)
     p.add_argument("--m", default="16,32,64,256", help="comma-separated widths (%(default)s)")

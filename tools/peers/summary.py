@@ -1,6 +1,6 @@
-"""The README's performance table from the committed peer results.
+"""The performance table of docs/performance.md from the committed peer results.
 
-``python -m benchmarks.peers.summary [--results results/peers]`` reads
+``python -m tools.peers.summary [--results results/peers]`` reads
 ``peers.csv`` of the all-threads runs (``m16-256``, ``m1024``) and the
 one-thread runs (``1thread``, ``1thread-m1024``) and prints one Markdown row
 per workload and width: deqbench's speed-up over the fastest iterative peer

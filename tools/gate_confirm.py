@@ -1,7 +1,7 @@
 """The confirming half of the gate: which cases ``asv continuous`` flagged.
 
 On a shared (cloud) machine the speed of the CPU itself drifts, with nothing
-to see inside the VM: measured here with ``benchmarks/noise_probe.py`` (2-core
+to see inside the VM: measured here with ``tools/noise_probe.py`` (2-core
 AMD EPYC, quiet: other processes 1.0% of the machine, steal 0.1%), the CPU
 time of one unchanged solve drifted from 6.6 to 8.7 ms per call within one
 minute of one process (medians of windows of 20 samples), and 12 fresh
@@ -46,10 +46,10 @@ prints one ``--bench`` regex per flagged case that can count (anchored, paramete
 included, which asv matches against ``name(param, ...)``); ``gate.sh``
 passes them to the confirming run.
 
-Usage (``benchmarks/gate.sh`` calls it)::
+Usage (``tools/gate.sh`` calls it)::
 
-    python benchmarks/gate_confirm.py FIRST                    # regexes, one per line
-    python benchmarks/gate_confirm.py FIRST --confirmed-by SECOND  # "WORSE BETTER FAILED"
+    python tools/gate_confirm.py FIRST                    # regexes, one per line
+    python tools/gate_confirm.py FIRST --confirmed-by SECOND  # "WORSE BETTER FAILED"
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def bench_regex(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python benchmarks/gate_confirm.py",
+    p = argparse.ArgumentParser(prog="python tools/gate_confirm.py",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("output", help="a file holding the output of asv continuous --split")
     p.add_argument("--confirmed-by", metavar="SECOND", default=None,

@@ -32,8 +32,7 @@ import time
 import numpy as np
 
 import deqbench as db
-
-from .problems import PeerMissing
+from benchmarks.peers.problems import PeerMissing
 
 M = D = 256
 N = 16384

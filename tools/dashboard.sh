@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the asv dashboard from the committed results and check that it renders.
 #
-#   benchmarks/dashboard.sh [BENCHMARK [OUT.png]]
+#   tools/dashboard.sh [BENCHMARK [OUT.png]]
 #
 # 1. `asv publish`: results/asv/ -> results/html/ (gitignored).
 # 2. Offline copy: asv's index.html loads jQuery, flot, bootstrap and two small plugins

@@ -12,7 +12,7 @@ import numpy as np
 #: ``2^28`` TSC cycles (``OPENBLAS_THREAD_TIMEOUT``, ~0.1 s) and OpenMP's
 #: for ``GOMP_SPINCOUNT``, so on a 2-core machine the system timed right after
 #: a multi-threaded NumPy call shares its second core with a spinner. Measured
-#: with ``python -m benchmarks.calibrate --settle`` (2-core AMD EPYC Zen 4,
+#: with ``python -m tools.calibrate --settle`` (2-core AMD EPYC Zen 4,
 #: quiet, CLEAN, 0.2% other CPU): deqbench's map evaluation at m = 16,
 #: n = 8192, under the public calls' BLAS thread limit (101 us a call alone),
 #: took 204 us a call right after a 2-thread ``np.matmul``, 409 us after a

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import problems as P
-from .problems import PeerMissing
-from .registry import DB, MEM_PEERS
+from benchmarks.peers import problems as P
+from benchmarks.peers.problems import PeerMissing
+from benchmarks.peers.registry import DB, MEM_PEERS
+
 from .timing import interleaved
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +105,7 @@ def memory_rows(m: int, n: int, configs, log) -> list[dict]:
             cmd = [
                 sys.executable,
                 "-m",
-                "benchmarks.peers.memory",
+                "tools.peers.memory",
                 peer,
                 str(m),
                 str(n),

@@ -1,6 +1,6 @@
 """Where per-sample Anderson converges beyond the contraction domain (docs/theory.md §3).
 
-    python -m benchmarks.anderson_domain [--m 3,8,16] [--seeds 6]
+    python -m tools.anderson_domain [--m 3,8,16] [--seeds 6]
 
 For random Gaussian ``m x m`` maps scaled to a spectral radius ``rho(A) > 1``,
 ``n = 25`` samples, ``tol = 1e-10``, ``max_iter = 2000`` and a window of
@@ -44,7 +44,7 @@ def converged(m: int, rho: float, seeds: int) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.anderson_domain",
+    p = argparse.ArgumentParser(prog="python -m tools.anderson_domain",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--m", default="3,8,16", help="comma-separated widths (default 3,8,16)")
     p.add_argument("--seeds", type=int, default=6, help="random maps per cell (default 6)")

@@ -2,13 +2,15 @@
 only parses arguments; the peers are in ``registry``, the measuring in
 ``harness``, the tables, targets and chart in ``report``.
 
-Run from the repository root, in an environment with the peers installed, on a
-quiet machine (``../shared/tools/quiet --strict -- CMD``)::
+Run from the repository root, in an environment with the peers installed. The
+run waits for a quiet machine and ends with the quiet check's summary line,
+also written into the README it produces (``--strict``: a NOISY run writes
+nothing and exits 4; ``--max-load``, ``--wait``, ``--no-quiet``: ``tools/quietly.py``)::
 
     pip install -e ".[peers]"
-    python -m benchmarks.peers.run_peers            # full grid (~20-30 min on 2 cores)
-    python -m benchmarks.peers.run_peers --quick    # m <= 256, fewer repetitions
-    python -m benchmarks.peers.run_peers --threads 1 --out results/peers/1thread/run1
+    python -m tools.peers.run_peers            # full grid (~20-30 min on 2 cores)
+    python -m tools.peers.run_peers --quick    # m <= 256, fewer repetitions
+    python -m tools.peers.run_peers --threads 1 --out results/peers/1thread/run1
 
 Writes ``results/peers/peers.csv`` (one row per workload, size and peer),
 ``memory.csv``, ``peers.png`` (speed-up bars and GFLOP/s against matmul) and
@@ -32,9 +34,11 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import problems as P
+from benchmarks.peers import problems as P
+from benchmarks.peers.registry import forward_factories, step_factories
+
+from .. import quietly
 from .harness import ROOT, THREAD_ENV, bench_case, machine, memory_rows, w3_rows, w5_rows
-from .registry import forward_factories, step_factories
 from .report import README, memory_table, plot, speed_table, targets, write_csv
 
 
@@ -63,7 +67,7 @@ def pin_threads(threads: int, argv) -> None:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
                             " intra_op_parallelism_threads=1").strip()
     env["DEQBENCH_PEERS_THREADS"] = str(threads)
-    os.execve(sys.executable, [sys.executable, "-m", "benchmarks.peers.run_peers", *argv], env)
+    os.execve(sys.executable, [sys.executable, "-m", "tools.peers.run_peers", *argv], env)
 
 
 def main(argv=None) -> int:
@@ -86,8 +90,8 @@ def main(argv=None) -> int:
         help="pin numba, BLAS, OpenMP, PyTorch and XLA to this many threads (default: all)",
     )
     a = ap.parse_args(argv)
-    if a.threads is not None:
-        pin_threads(a.threads, sys.argv[1:] if argv is None else list(argv))
+    if a.threads is not None:  # the whole command line again, quiet options included
+        pin_threads(a.threads, sys.argv[1:])
     only = set(a.only.split(","))
     sizes = (
         [int(s) for s in a.sizes.split(",")]
@@ -127,13 +131,17 @@ def main(argv=None) -> int:
     w5_rows_, w5_targets = w5 if w5 else ([], None)
     rows += w3_rows_ + w5_rows_
     tg = targets(rows, mem, w3_targets, w5_targets)
+    quiet = quietly.line_so_far()
+    if quietly.refusing():
+        print(f"{quiet}\nNOISY run (--strict): nothing written to {out}")
+        return quietly.NOISY_STRICT
     write_csv(rows, out / "peers.csv")
     if mem:
         write_csv(mem, out / "memory.csv")
     timed = [r for r in rows if r["workload"] in ("W1", "W2", "W4")]
     if timed:  # (--only W3,W5 has no ratio bars to draw)
         plot(timed, out / "peers.png")
-    cmd = "python -m benchmarks.peers.run_peers " + " ".join(
+    cmd = "python -m tools.peers.run_peers " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
     info["load_avg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -152,13 +160,12 @@ def main(argv=None) -> int:
         targets=tgt,
         n=a.n,
         mem_n=a.mem_n,
+        quiet=quiet,
     )
     (out / "README.md").write_text(text)
     print("\n" + table + "\n\n" + (memory_table(mem) if mem else "") + "\n\n" + tgt)
     return 0
 
 
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(quietly.main(main))

@@ -1,6 +1,6 @@
 """Why a tanh solve at small m sits below the matmul rate: the activation against the gemm.
 
-    ../shared/tools/quiet --strict -- python -m benchmarks.activation_cost [--n N] [--m 16,32]
+    deqbench quiet --strict -- python -m tools.activation_cost [--n N] [--m 16,32]
 
 One map evaluation of a tanh DEQ is a gemm ``(n, m) @ (m, m)`` (``2 n m^2``
 flops) plus one elementwise pass over ``n m`` values. The gemm's work per value
@@ -37,7 +37,7 @@ def measure(n: int, m: int, rounds: int = 21) -> dict:
     the identity and the tanh map evaluation, and ``np.tanh`` over ``n x m`` values.
 
     Each function is timed in a block of its own calls, after a pause
-    (:func:`~benchmarks.peers.timing.settle`): alternating them call by call made
+    (:func:`~tools.peers.timing.settle`): alternating them call by call made
     numba's and OpenBLAS's thread pools wake (and spin) against each other on 2
     cores, which timed the hand-over, not the work (a 4 MFLOP gemm at m = 16
     took 3.3 ms that way)."""
@@ -76,7 +76,7 @@ def measure(n: int, m: int, rounds: int = 21) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.activation_cost",
+    p = argparse.ArgumentParser(prog="python -m tools.activation_cost",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=8192)
     p.add_argument("--m", default="16,32,64,256", help="comma-separated widths (%(default)s)")

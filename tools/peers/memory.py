@@ -1,6 +1,6 @@
 """Peak memory of one W2 step (linear, loss + exact implicit gradient), one peer per process.
 
-Run as ``python -m benchmarks.peers.memory PEER M N RHO TOL``; prints one JSON line.
+Run as ``python -m tools.peers.memory PEER M N RHO TOL``; prints one JSON line.
 
 Method: the process builds the problem, runs the step once (JIT compilation,
 lazy library state), then records its resident set size, resets the kernel's
@@ -39,8 +39,8 @@ def _reset_peak() -> bool:
 
 
 def measure(peer: str, m: int, n: int, rho: float, tol: float) -> dict:
-    from .problems import linear_problem
-    from .registry import step_factories
+    from benchmarks.peers.problems import linear_problem
+    from benchmarks.peers.registry import step_factories
 
     p = linear_problem(m, n, rho=rho)
     p.tol = tol

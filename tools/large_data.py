@@ -1,9 +1,9 @@
 """Reproduce the targets of issue 11 outside asv: one command per target.
 
-    python -m benchmarks.large_data                   # file: n = 4e6, d = 512, m = 64 (16 GB)
-    python -m benchmarks.large_data --target peakmem  # peak memory flat in n (1e4 .. 1e6)
-    python -m benchmarks.large_data --target dtype    # float32 vs float64, m = 256 and 1024
-    python -m benchmarks.large_data --target wide     # m = d = n = 4096 vs numpy's matmul
+    python -m tools.large_data                   # file: n = 4e6, d = 512, m = 64 (16 GB)
+    python -m tools.large_data --target peakmem  # peak memory flat in n (1e4 .. 1e6)
+    python -m tools.large_data --target dtype    # float32 vs float64, m = 256 and 1024
+    python -m tools.large_data --target wide     # m = d = n = 4096 vs numpy's matmul
 
 Options: ``--n``, ``--d``, ``--m``, ``--steps``, ``--dir`` (target ``file``:
 ``--n 200000 --dir /data/deq`` for a smaller case elsewhere); ``--sizes``
@@ -42,7 +42,7 @@ of :class:`benchmarks.bench_dtype.Dtype` (``n = 2048``, ``tol = 1e-5``) at each
 ``U = X B^T`` plus ``2 n m^2`` per map evaluation, against numpy's matmul of
 the same shapes in the same run (target: >= 90%).
 
-Time on a quiet machine (``../shared/tools/quiet``) and quote its line; a
+Time on a quiet machine (``deqbench quiet``) and quote its line; a
 second ``file`` run reads from the page cache unless it is dropped first.
 """
 
@@ -51,39 +51,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 import deqbench as db
+from benchmarks.common import peak_rss_increase_mib, samples_per_second
+from benchmarks.common import write_teacher_once as write
 from deqbench import _source
 from deqbench._chunked import stats_row_bytes, sufficient_stats
-
-from .common import peak_rss_increase_mib
-
-
-def write(root, n: int, d: int, m: int) -> Path:
-    """A linear teacher (``noise = 0.1``, seed 0) of ``n`` rows in ``root`` (a fresh
-    temporary directory if None), reused when ``root`` already holds it."""
-    root = Path(tempfile.mkdtemp(prefix="deqbench-large-")) if root is None else Path(root)
-    meta = root / db.data.TEACHER_JSON
-    want = dict(kind="linear", n=n, d=d, m=m, noise=0.1, seed=0)
-    if meta.is_file() and all(json.loads(meta.read_text()).get(k) == v for k, v in want.items()):
-        return root
-    db.data.write_teacher(root, "linear", n, d, m, noise=0.1, seed=0, overwrite=True)
-    return root
-
-
-def samples_per_second(fn, n: int) -> float:
-    """``n`` over the wall time of one call of ``fn`` (disk reads included)."""
-    t = time.perf_counter()
-    fn()
-    return n / (time.perf_counter() - t)
 
 
 def read_bandwidth(path: Path) -> float:
@@ -101,7 +80,7 @@ DEFAULT_SIZES = {"peakmem": "10000,100000,1000000", "dtype": "256,1024", "wide":
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.large_data", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m tools.large_data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", choices=["file", "peakmem", "dtype", "wide"], default="file")
     ap.add_argument("--dir", default=None,
@@ -168,8 +147,8 @@ def peakmem(sizes, args) -> int:
 
 def dtype(sizes, args) -> int:
     """W1/W2 throughput in float32 against float64, and the float32 gradient error."""
-    from .bench_dtype import DTOL, Dtype, N
-    from .common import rel_err
+    from benchmarks.bench_dtype import DTOL, Dtype, N
+    from benchmarks.common import rel_err
 
     for m in sizes:
         rates, benches = {}, {}
@@ -194,7 +173,7 @@ def dtype(sizes, args) -> int:
 
 def wide(sizes, args) -> int:
     """Forward solve GFLOP/s at m = d = n against numpy's matmul of the same shapes."""
-    from .common import forward_problem
+    from benchmarks.common import forward_problem
 
     for size in sizes:
         p = forward_problem(size, size, rho=0.5)
