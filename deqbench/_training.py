@@ -74,7 +74,7 @@ SPECTRAL_M0 = 256
 SPECTRAL_FLOPS_MIN = 30.0
 """The per-``m^3`` constant for wide matrices: LAPACK's blocked reductions approach
 gemm speed as ``m`` grows (an estimate with a margin, ``results/calibrate/README.md``;
-to be re-measured with ``python -m benchmarks.calibrate``, which does not time it yet)."""
+to be re-measured with ``python -m tools.calibrate``, which does not time it yet)."""
 
 
 

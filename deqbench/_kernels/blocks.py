@@ -8,7 +8,7 @@ The callers in the public API run the kernels under
 :func:`deqbench._threads.blas_single_threaded`, so BLAS never starts threads
 of its own inside a parallel region.
 
-Why (``python -m benchmarks.calibrate``; figures, machine and command in
+Why (``python -m tools.calibrate``; figures, machine and command in
 ``results/calibrate/README.md``): one BLAS call on the
 whole batch with BLAS's own threads pays a thread hand-off per call and
 streams the batch through memory once for the gemm and again for the pass,
@@ -25,7 +25,7 @@ from .._jit import jit, prange, twins
 #: Target bytes of one ``rows x m`` float64 block of one array, and the
 #: bounds on its rows: past it the blocks of Z, U and T plus BLAS's packing
 #: buffers outgrow L2 and map evaluations fall off a cliff; wide ``m`` needs
-#: ``MIN_ROWS`` rows. Set by ``python -m benchmarks.calibrate`` on the
+#: ``MIN_ROWS`` rows. Set by ``python -m tools.calibrate`` on the
 #: calibration machine (figures: ``results/calibrate/README.md``).
 BLOCK_BYTES = 1 << 16
 MIN_ROWS = 128
@@ -34,7 +34,7 @@ MAX_ROWS = 1024
 #: Wide widths: each block's gemm packs all of the ``m x m`` matrix again;
 #: once it (``8 m^2`` bytes) passes ``WIDE_BYTES`` it no longer sits in L2 and
 #: a block needs ``WIDE_ROWS`` rows to amortise the packing (``python -m
-#: benchmarks.calibrate --blocks 256,1024``, figures in
+#: tools.calibrate --blocks 256,1024``, figures in
 #: ``results/calibrate/README.md``). Never fewer than two blocks from wide rows
 #: alone (n < 1024: n / 2 rows, as before at n = 256).
 WIDE_BYTES = 1 << 19
@@ -61,7 +61,7 @@ def flat(a):
 #: m = 96, 60 at 128, 24 at 192, 12 at 256, 8 at 320 (narrower ``m`` already
 #: fits with the byte rule; wider has fewer than 8 rows, not faster).
 #: Rows not a multiple of 4, or one row past the bound, fall off the small
-#: path. Set by ``python -m benchmarks.calibrate --small-gemm`` (a plain gemm
+#: path. Set by ``python -m tools.calibrate --small-gemm`` (a plain gemm
 #: loop by rows) and ``--picard`` on the calibration machine (figures:
 #: ``results/calibrate/README.md``). A transposed right operand leaves the
 #: small path (OpenBLAS's permit): :func:`gemm_rows` copies it.
@@ -153,7 +153,7 @@ _gemm_tn_s, _gemm_tn_p = twins(_gemm_tn)
 #: while the partial products stay within ``PARTS_BYTES`` (at most
 #: ``MAX_PARTS``, each of at least ``MIN_ROWS`` rows): BLAS is slow on a long
 #: inner dimension, so narrow ``m`` gains from more shares than threads. Set by
-#: ``python -m benchmarks.calibrate --gemm-tn`` on the calibration machine
+#: ``python -m tools.calibrate --gemm-tn`` on the calibration machine
 #: (figures: ``results/calibrate/README.md``).
 MAX_PARTS = 16
 PARTS_BYTES = 1 << 20

@@ -316,7 +316,7 @@ def picard(Z, M, U, code, param, D, T, tol, max_iter, beta, hist, threads, rows=
     ``hist`` when a block went non-finite).
 
     ``rows``: rows per block, :func:`~.blocks.block_rows` when not positive
-    (``python -m benchmarks.calibrate --picard`` times other sizes).
+    (``python -m tools.calibrate --picard`` times other sizes).
 
     On return ``Z`` holds each block's reported iterate and ``T`` its
     evaluation ``Z + beta (h(Z M + U) - Z)``: the nonlinear adjoint reads

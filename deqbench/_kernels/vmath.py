@@ -23,7 +23,7 @@ libm versions did, an absolute error under ``4e-308``); ``log1p`` within
 of ``ln 2``. ``tanh`` goes through ``e^{-2|x|} - 1`` built from the same
 polynomial (:func:`tanh`): one formula instead of a Cephes rational plus a
 second branch, both evaluated in every SIMD lane, is cheaper
-(``python -m benchmarks.activation_cost``; ``results/calibrate/README.md``)
+(``python -m tools.activation_cost``; ``results/calibrate/README.md``)
 for 3 ulp instead of 2 (0.17 <= |x| <= 10, where ``2^k (e^r - 1)`` and
 ``2^k - 1`` meet in one rounding and ``-m / (2 + m)`` doubles ``m``'s error).
 
