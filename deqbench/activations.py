@@ -1,10 +1,18 @@
 """Activations (``phi`` of the nonlinear DEQ, ``sigma`` of the single-index link).
 
 An :class:`Activation` is a name plus, for leaky ReLU and the smooth leaky
-link ``a s + (1 - a) softplus(s)``, a slope ``a``. Public functions accept an
-:class:`Activation` or a string: ``"tanh"``, ``"leaky_relu"`` (slope 0.01),
-``"leaky_relu(0.2)"`` or ``"smooth_leaky(0.2)"``. Inside kernels an activation is the integer
-``code`` and float ``param`` of :mod:`deqbench._kernels.activations`.
+link ``a s + (1 - a) softplus(s)``, a slope ``a``, and for the skip link
+``s + eps tanh(s)`` of the paper's Appendix A.4 its ``eps``. Public functions
+accept an :class:`Activation` or a string: ``"tanh"``, ``"leaky_relu"`` (slope
+0.01), ``"leaky_relu(0.2)"``, ``"smooth_leaky(0.2)"`` or ``"skip_tanh(0.25)"``.
+Inside kernels an activation is the integer ``code`` and float ``param`` of
+:mod:`deqbench._kernels.activations`.
+
+What solvers need to know about each activation is data here, in one place:
+the exact range of ``sigma'`` on the real line (:meth:`Activation.derivative_bounds`,
+the uniqueness guard of a scalar equilibrium and the rate theorems), where
+``sigma''`` changes sign (``DERIVATIVE_EXTREMES``) and the range of ``sigma``
+itself (:meth:`Activation.value_bounds`, a bracket for a scalar equilibrium).
 """
 
 from __future__ import annotations
@@ -29,12 +37,17 @@ CODES = {
     "relu": _k.RELU,
     "gelu": _k.GELU,
     "smooth_leaky": _k.SMOOTH_LEAKY,
+    "skip_tanh": _k.SKIP_TANH,
 }
 SLOPED = ("leaky_relu", "smooth_leaky")
+#: Activations with a parameter written in parentheses, ``name(value)``.
+PARAMETERISED = (*SLOPED, "skip_tanh")
 # gelu'(s) = Phi(s) + s phi(s) has its extremes at s = +-sqrt(2), where it is
 # 1/2 (1 +- erf(1)) +- exp(-1) / sqrt(pi) (docs/theory.md §2)
 GELU_DERIVATIVE_MAX = 0.5 * (1.0 + math.erf(1.0)) + math.exp(-1.0) / math.sqrt(math.pi)
 GELU_DERIVATIVE_MIN = 1.0 - GELU_DERIVATIVE_MAX
+# gelu's smallest value, at the root s = -0.7517915246935645 of gelu' (brentq to 1e-16)
+GELU_MIN = -0.16997120747990369
 # where sigma'' changes sign (the interior extremes of sigma'), for the links that are
 # twice differentiable; relu and leaky_relu have a kink instead (docs/theory.md §7)
 DERIVATIVE_EXTREMES = {
@@ -44,10 +57,11 @@ DERIVATIVE_EXTREMES = {
     "softplus": (),
     "gelu": (-math.sqrt(2.0), math.sqrt(2.0)),
     "smooth_leaky": (),
+    "skip_tanh": (0.0,),
 }
 DEFAULT_SLOPE = 0.01
 
-_PATTERN = re.compile(r"^\s*(leaky_relu|smooth_leaky)\s*\(\s*([^)]*)\s*\)\s*$")
+_PATTERN = re.compile(r"^\s*(leaky_relu|smooth_leaky|skip_tanh)\s*\(\s*([^)]*)\s*\)\s*$")
 
 
 @jit
@@ -64,11 +78,12 @@ class Activation:
     ----------
     name : str
         One of ``identity, leaky_relu, tanh, sigmoid, softplus, relu, gelu,
-        smooth_leaky``.
+        smooth_leaky, skip_tanh``.
     slope : float
-        ``a`` in (0, 1]: the negative-side slope of ``leaky_relu``, and of
-        ``smooth_leaky`` ``a s + (1 - a) softplus(s)`` (derivative in
-        ``[a, 1]``); ignored otherwise.
+        The parameter: ``a`` in (0, 1], the negative-side slope of
+        ``leaky_relu``, and of ``smooth_leaky`` ``a s + (1 - a) softplus(s)``
+        (derivative in ``[a, 1]``); ``eps >= 0`` of ``skip_tanh``
+        ``s + eps tanh(s)`` (derivative in ``[1, 1 + eps]``); ignored otherwise.
     """
 
     name: str
@@ -79,6 +94,8 @@ class Activation:
             raise ValueError(f"activation must be one of {sorted(CODES)}, got {self.name!r}")
         if self.name in SLOPED and not (0.0 < self.slope <= 1.0):
             raise ValueError(f"{self.name} slope must be in (0, 1], got {self.slope!r}")
+        if self.name == "skip_tanh" and not (math.isfinite(self.slope) and self.slope >= 0.0):
+            raise ValueError(f"skip_tanh eps must be finite and >= 0, got {self.slope!r}")
 
     @property
     def code(self) -> int:
@@ -86,7 +103,7 @@ class Activation:
 
     @property
     def param(self) -> float:
-        return float(self.slope) if self.name in SLOPED else 0.0
+        return float(self.slope) if self.name in PARAMETERISED else 0.0
 
     @property
     def is_identity(self) -> bool:
@@ -105,6 +122,25 @@ class Activation:
             "relu": (0.0, 1.0),
             "gelu": (GELU_DERIVATIVE_MIN, GELU_DERIVATIVE_MAX),
             "smooth_leaky": (self.param, 1.0),
+            "skip_tanh": (1.0, 1.0 + self.param),
+        }[self.name]
+
+    def value_bounds(self) -> tuple[float, float]:
+        """``(lo, hi)``: the infimum and supremum of ``sigma`` on the real line
+        (``-inf``/``inf`` where unbounded). A scalar equilibrium
+        ``y = sigma(s0 + b y)`` lies in ``[lo, hi]``: the bracket of a bounded
+        link's root."""
+        inf = math.inf
+        return {
+            "identity": (-inf, inf),
+            "leaky_relu": (-inf, inf),
+            "tanh": (-1.0, 1.0),
+            "sigmoid": (0.0, 1.0),
+            "softplus": (0.0, inf),
+            "relu": (0.0, inf),
+            "gelu": (GELU_MIN, inf),
+            "smooth_leaky": (-inf, inf),
+            "skip_tanh": (-inf, inf),
         }[self.name]
 
     def derivative_range(self, lo, hi) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +185,7 @@ class Activation:
         return self._eval(x, True)
 
     def __str__(self) -> str:
-        return f"{self.name}({self.slope:g})" if self.name in SLOPED else self.name
+        return f"{self.name}({self.slope:g})" if self.name in PARAMETERISED else self.name
 
 
 def get_activation(spec, name: str = "activation") -> Activation:
@@ -161,17 +197,23 @@ def get_activation(spec, name: str = "activation") -> Activation:
     match = _PATTERN.match(spec)
     if match:
         kind = match.group(1)
+        what = "eps" if kind == "skip_tanh" else "slope"
         try:
-            slope = float(match.group(2))
+            value = float(match.group(2))
         except ValueError:
-            raise ValueError(f"{name}: {kind} slope must be a number, got {spec!r}") from None
-        if not (math.isfinite(slope) and 0.0 < slope <= 1.0):
+            raise ValueError(f"{name}: {kind} {what} must be a number, got {spec!r}") from None
+        if kind == "skip_tanh":
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ValueError(f"{name}: skip_tanh eps must be finite and >= 0, got {spec!r}")
+        elif not (math.isfinite(value) and 0.0 < value <= 1.0):
             raise ValueError(f"{name}: {kind} slope must be in (0, 1], got {spec!r}")
-        return Activation(kind, slope)
+        return Activation(kind, value)
     key = spec.strip()
+    if key == "skip_tanh":
+        raise ValueError(f"{name}: skip_tanh needs its eps, e.g. 'skip_tanh(0.25)', got {spec!r}")
     if key not in CODES:
         raise ValueError(
             f"{name} must be one of {sorted(CODES)} (or 'leaky_relu(slope)', "
-            f"'smooth_leaky(slope)'), got {spec!r}"
+            f"'smooth_leaky(slope)', 'skip_tanh(eps)'), got {spec!r}"
         )
     return Activation(key)

@@ -12,7 +12,16 @@ import numpy as np
 _ERFC = np.vectorize(math.erfc)
 
 
+def _split(name, slope):
+    """``"skip_tanh(0.25)"`` -> ``("skip_tanh", 0.25)``; a bare name keeps ``slope``."""
+    if "(" in name:
+        base, value = name.rstrip(")").split("(")
+        return base.strip(), float(value)
+    return name, slope
+
+
 def act(name, x, slope=0.01):
+    name, slope = _split(name, slope)
     x = np.asarray(x, dtype=float)
     if name == "identity":
         return x.copy()
@@ -30,12 +39,15 @@ def act(name, x, slope=0.01):
         return 0.5 * x * _ERFC(-x / math.sqrt(2.0))  # erfc: no 1 + erf cancellation for x << 0
     if name == "smooth_leaky":
         return slope * x + (1.0 - slope) * np.logaddexp(0.0, x)
+    if name == "skip_tanh":
+        return x + slope * np.tanh(x)  # slope is eps here
     raise ValueError(name)
 
 
 def dact(name, x, slope=0.01, h=1e-6):
     """Derivative by central differences of :func:`act` (kinks: one-sided rule
     away from 0 is exact for the piecewise-linear ones)."""
+    name, slope = _split(name, slope)
     x = np.asarray(x, dtype=float)
     if name in ("leaky_relu", "relu"):
         lo = slope if name == "leaky_relu" else 0.0

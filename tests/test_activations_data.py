@@ -7,7 +7,7 @@ import deqbench as db
 from tests import naive
 
 NAMES = ["identity", "leaky_relu", "tanh", "sigmoid", "softplus", "relu", "gelu",
-         "smooth_leaky", "smooth_leaky(0.3)"]
+         "smooth_leaky", "smooth_leaky(0.3)", "skip_tanh(0.25)", "skip_tanh(0)"]
 X = np.concatenate([np.linspace(-30, 30, 601), [-1e-3, 1e-3, 0.37, -2.2, 700.0, -700.0]])
 
 
@@ -52,7 +52,7 @@ def test_gelu_is_1129_lipschitz():
 
 
 @pytest.mark.parametrize("name", ["identity", "tanh", "sigmoid", "softplus", "gelu",
-                                  "smooth_leaky(0.3)"])
+                                  "smooth_leaky(0.3)", "skip_tanh(0.5)"])
 def test_derivative_range_is_the_exact_range_on_each_interval(name):
     """docs/theory.md §7, local constants: min and max of sigma' over [a, b] against a
     dense grid of the NumPy reference's derivative on each interval (a missed interior
@@ -87,6 +87,48 @@ def test_smooth_leaky_link():
     for bad in ("smooth_leaky(0)", "smooth_leaky(1.5)", "smooth_leaky(x)"):
         with pytest.raises(ValueError, match="smooth_leaky slope"):
             db.get_activation(bad)
+
+
+def test_skip_tanh_link():
+    """Appendix A.4 of the paper: sigma_eps(s) = s + eps tanh(s), sigma' in [1, 1 + eps]."""
+    act = db.get_activation("skip_tanh(0.25)")
+    assert act.name == "skip_tanh" and act.param == 0.25 and str(act) == "skip_tanh(0.25)"
+    assert act.derivative_bounds() == (1.0, 1.25) and act.lipschitz == 1.25
+    assert act.value_bounds() == (-np.inf, np.inf)
+    assert db.get_activation(" skip_tanh ( 0.5 ) ").param == 0.5
+    assert db.get_activation("skip_tanh(0)").derivative_bounds() == (1.0, 1.0)
+    s = np.linspace(-5, 5, 11)
+    np.testing.assert_allclose(act(s), s + 0.25 * np.tanh(s), rtol=1e-14)
+    np.testing.assert_allclose(act.derivative(s), 1 + 0.25 / np.cosh(s) ** 2, rtol=1e-14)
+    x = np.array([np.inf, -np.inf, np.nan])
+    np.testing.assert_array_equal(act(x), [np.inf, -np.inf, np.nan])
+    np.testing.assert_array_equal(act.derivative(x)[:2], [1.0, 1.0])
+    x32 = s.astype(np.float32)
+    assert act(x32).dtype == np.float32
+    np.testing.assert_allclose(act(x32), s + 0.25 * np.tanh(s), rtol=2e-7)
+    for bad in ("skip_tanh(-0.1)", "skip_tanh(x)", "skip_tanh(inf)"):
+        with pytest.raises(ValueError, match="skip_tanh eps"):
+            db.get_activation(bad)
+    with pytest.raises(ValueError, match=r"skip_tanh needs its eps.*skip_tanh\(0.25\)"):
+        db.get_activation("skip_tanh")
+    with pytest.raises(ValueError, match="skip_tanh eps must be finite and >= 0"):
+        db.Activation("skip_tanh", -1.0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_value_bounds_are_the_exact_range(name):
+    """The bracket of a scalar equilibrium: inf and sup of sigma on the real line, and
+    every value inside them."""
+    act = db.get_activation(name)
+    lo, hi = act.value_bounds()
+    v = naive.act(act.name, GRID, act.slope)
+    assert np.all(v >= lo) and np.all(v <= hi)
+    far = act(np.array([-1e8, 1e8]))
+    for bound, extreme, tail in ((lo, v.min(), far[0]), (hi, v.max(), far[1])):
+        if np.isfinite(bound):
+            assert extreme == pytest.approx(bound, abs=1e-10)  # grid spacing 1e-4, squared
+        else:  # unbounded on that side: far out the link passes 1e5 in that direction
+            assert tail * np.sign(bound) > 1e5
 
 
 def test_leaky_relu_slope_parsing():

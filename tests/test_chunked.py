@@ -13,7 +13,8 @@ import deqbench as db
 from deqbench import _source
 from tests.test_large_data import Counting
 
-ACTS = ["identity", "leaky_relu", "tanh", "sigmoid", "softplus", "relu", "gelu"]
+ACTS = ["identity", "leaky_relu", "tanh", "sigmoid", "softplus", "relu", "gelu",
+        "skip_tanh(0.25)"]
 CASES = ([("linear", "identity", s) for s in ("picard", "anderson", "direct")]
          + [("single_index", a, s) for a in ACTS for s in ("picard", "anderson", "direct")]
          + [("nonlinear", a, s) for a in ACTS for s in ("picard", "anderson")])

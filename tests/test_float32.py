@@ -16,7 +16,8 @@ from tests.conftest import small_problem
 
 F32 = np.float32
 TOL = 1e-6
-ACTS = ["tanh", "leaky_relu", "sigmoid", "softplus", "relu", "gelu", "smooth_leaky(0.3)"]
+ACTS = ["tanh", "leaky_relu", "sigmoid", "softplus", "relu", "gelu", "smooth_leaky(0.3)",
+        "skip_tanh(0.25)"]
 
 
 def _rel(a, b):
@@ -31,7 +32,7 @@ def _f32(*arrays):
 
 
 def _slope(name):
-    return 0.3 if name.startswith("smooth") else 0.01
+    return db.get_activation(name).slope
 
 
 def _base(name):

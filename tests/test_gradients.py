@@ -17,11 +17,13 @@ CASES = [
     ("single_index", "tanh"),
     ("single_index", "sigmoid"),
     ("single_index", "gelu"),
+    ("single_index", "skip_tanh(0.25)"),
     ("nonlinear", "tanh"),
     ("nonlinear", "leaky_relu"),
     ("nonlinear", "softplus"),
     ("nonlinear", "gelu"),
     ("nonlinear", "sigmoid"),
+    ("nonlinear", "skip_tanh(0.25)"),
 ]
 
 

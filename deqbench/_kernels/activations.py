@@ -1,7 +1,8 @@
 """Elementwise activations and derivatives, dispatched on an integer code.
 
 Codes are shared with :mod:`deqbench.activations`; ``param`` is the slope of
-leaky ReLU and of the smooth leaky link ``a x + (1 - a) softplus(x)``, and
+leaky ReLU and of the smooth leaky link ``a x + (1 - a) softplus(x)``, the
+``eps`` of the skip link ``x + eps tanh(x)`` (Appendix A.4 of the paper), and
 ignored by the others. ``MASK`` is not an activation: the
 "map" ``v -> D * v`` with a fixed array ``D`` turns the nonlinear adjoint
 equation into the same ``Z = h(Z M + U)`` form as the forward solve.
@@ -22,6 +23,7 @@ SOFTPLUS = 4
 RELU = 5
 GELU = 6
 SMOOTH_LEAKY = 7
+SKIP_TANH = 8
 MASK = -1
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -63,6 +65,8 @@ def act(code, param, x):
         if x >= 0.0:
             return x + (1.0 - param) * vm.softplus(-x)
         return param * x + (1.0 - param) * vm.softplus(x)
+    if code == SKIP_TANH:
+        return x + param * vm.tanh(x)
     return math.nan
 
 
@@ -86,6 +90,9 @@ def dact(code, param, x):
         return 1.0 if x > 0.0 else 0.0
     if code == GELU:
         return _dgelu(x)
+    if code == SKIP_TANH:
+        t = vm.tanh(x)
+        return 1.0 + param * (1.0 - t * t)
     return math.nan
 
 
@@ -133,6 +140,10 @@ def h_row(code, param, t, u, d):
     elif code == GELU:
         for j in range(m):
             t[j] = _gelu(t[j] + u[j])
+    elif code == SKIP_TANH:
+        for j in range(m):
+            x = t[j] + u[j]
+            t[j] = x + param * vm.tanh(x)
     else:
         for j in range(m):
             t[j] = act(code, param, t[j] + u[j])
@@ -189,6 +200,10 @@ def dh_row(code, param, t, u):
     elif code == GELU:
         for j in range(m):
             t[j] = _dgelu(t[j] + u[j])
+    elif code == SKIP_TANH:
+        for j in range(m):
+            y = vm.tanh(t[j] + u[j])
+            t[j] = 1.0 + param * (1.0 - y * y)
     else:
         for j in range(m):
             t[j] = dact(code, param, t[j] + u[j])

@@ -29,7 +29,8 @@ def _activation(value):
     except (TypeError, ValueError):
         raise ValueError(
             "must be one of identity, leaky_relu, leaky_relu(slope), tanh, sigmoid, "
-            f"softplus, relu, gelu, smooth_leaky, smooth_leaky(slope); got {value!r}"
+            f"softplus, relu, gelu, smooth_leaky, smooth_leaky(slope), skip_tanh(eps); "
+            f"got {value!r}"
         ) from None
 
 
