@@ -41,7 +41,24 @@ def act(name, x, slope=0.01):
         return slope * x + (1.0 - slope) * np.logaddexp(0.0, x)
     if name == "skip_tanh":
         return x + slope * np.tanh(x)  # slope is eps here
-    raise ValueError(name)
+    return _registered(name, x, slope)
+
+
+def _registered(name, x, param):
+    """A registered activation (deqbench.register_activation): its Python function as
+    given, evaluated by the interpreter element by element (not the compiled callback
+    the kernels call); its derivative comes from the central differences of
+    :func:`dact`, so the registered ``df`` is checked too."""
+    from deqbench.activations import ACTIVATIONS
+
+    entry = ACTIVATIONS.get(name)
+    if entry is None or not entry.registered:
+        raise ValueError(name)
+    f = entry.functions[0]
+    f = getattr(f, "py_func", f)
+    args = (param,) if entry.parameter else ()
+    flat = [float(f(float(v), *args)) for v in x.reshape(-1)]
+    return np.array(flat, dtype=float).reshape(x.shape)
 
 
 def dact(name, x, slope=0.01, h=1e-6):

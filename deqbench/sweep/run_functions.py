@@ -20,18 +20,19 @@ __all__ = ["TRAIN_PARAMS", "build_problem", "run_gd", "run_train", "summarize_hi
 
 
 def _activation(value):
+    """The canonical spelling of an activation name (a registered one written
+    ``"package.module:name"`` keeps its module: each worker imports it)."""
     from ..activations import get_activation
 
     if not isinstance(value, str):
         raise ValueError(f"must be a string, got {value!r}")
     try:
-        return str(get_activation(value))
-    except (TypeError, ValueError):
-        raise ValueError(
-            "must be one of identity, leaky_relu, leaky_relu(slope), tanh, sigmoid, "
-            f"softplus, relu, gelu, smooth_leaky, smooth_leaky(slope), skip_tanh(eps); "
-            f"got {value!r}"
-        ) from None
+        act = get_activation(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc).removeprefix("activation ").removeprefix("activation: ")
+                         ) from None
+    module, sep, _ = value.partition(":")
+    return f"{module.strip()}:{act}" if sep else str(act)
 
 
 #: Parameters of the built-in ``train`` and ``gd`` run functions: name -> (checker, default).
