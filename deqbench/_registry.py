@@ -79,7 +79,10 @@ class Solver:
         with it (docs/theory.md §3, certificate): ``"rate"``, the spectral
         radius of ``(1 - damping) I + damping A`` at most
         :func:`deqbench.theory.certified_rate` of ``tol`` and ``max_iter``;
-        ``"invertible"``, ``I - A`` invertible; ``"none"`` (truncated)."""
+        ``"invertible"``, ``I - A`` invertible; ``"none"``: nothing on ``A``
+        decides it (the truncated series, which iterate to no tolerance): its
+        own solve's status decides, so the sufficient-statistics path, which
+        solves nothing, does not stand in for it."""
         if self._has(_ks.RATE_CERTIFIED):
             return "rate"
         return "invertible" if self.linear_only else "none"
