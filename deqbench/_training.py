@@ -511,8 +511,9 @@ def train(
     steps : int >= 1
     u, activation
         Read-out and link of single_index; ``phi`` of nonlinear.
-    solver : {"picard", "anderson", "direct"}
-        Forward solver (``direct``: LU of ``I - A``, linear fixed points only).
+    solver : {"picard", "anderson", "direct", "broyden"}
+        Forward solver (``direct``: LU of ``I - A``, linear fixed points only;
+        ``broyden`` has no certificate on ``A``: it runs per sample).
     grad_solver : str, optional
         Adjoint solver, default ``solver``; also ``"jfb"`` or ``"neumann"``
         (series up to ``A^neumann_terms``), the inexact gradients of
