@@ -17,7 +17,8 @@ first, then parameters:
   (every call computes in the dtype of its arrays, float32 or float64)
 * :mod:`deqbench.theory` - the predictions of the theory
 * :mod:`deqbench.data` - seeded problem builders
-* :class:`Activation` - activations usable inside jitted code
+* :class:`Activation` - activations usable inside jitted code;
+  :func:`register_activation` adds one (``sigma``, ``sigma'``) for every call
 
 Implementations live in private modules (``deqbench._fixed_point``, ...).
 """
@@ -30,7 +31,7 @@ from ._options import SolverOptions, tol_floor
 from ._results import FixedPointResult, GradResult, LossAndGrad
 from ._training import DIVERGENCE_FACTOR, TrainInterrupted, TrainResult, train
 from ._warnings import ConvergenceWarning, PrecisionWarning
-from .activations import Activation, get_activation
+from .activations import Activation, get_activation, register_activation
 
 __version__ = "0.1.0"
 
@@ -52,6 +53,7 @@ __all__ = [
     "get_activation",
     "implicit_grad",
     "loss_and_grad",
+    "register_activation",
     "theory",
     "tol_floor",
     "train",

@@ -121,7 +121,7 @@ def fixed_point(
         (read in row blocks, see ``chunk``).
     activation : str or Activation
         ``phi``; ``"identity"`` gives the linear DEQ.
-    method : {"picard", "anderson", "direct"}
+    method : {"picard", "anderson", "direct", "broyden"}
         ``"picard"``: damped iteration ``Z <- (1 - damping) Z + damping F(Z)``,
         each cache-sized block of rows iterated until it meets the rule below
         on its own rows (which implies it for the batch; ``n_iter`` is then
@@ -129,6 +129,9 @@ def fixed_point(
         whose blocks hold iterate ``min(k, k_b)``; docs/theory.md §3).
         ``"anderson"``: Anderson acceleration (``anderson_history``,
         ``anderson_ridge``). ``"direct"``: exact LU solve, linear only.
+        ``"broyden"``: Broyden's method, one inverse-Jacobian estimate per
+        sample kept as ``anderson_history`` secant pairs (restarted when
+        full), full steps; the batch rule below; no ``damping``.
     options : SolverOptions, optional
         ``tol`` (stop when ``||F(Z) - Z||_F / ||F(Z)||_F <= tol``; default
         1e-10 in float64, 1e-5 in float32), ``max_iter``, ``damping``,

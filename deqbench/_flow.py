@@ -116,7 +116,7 @@ def flow(
     rtol, atol : float > 0
         Tolerances of the Dormand-Prince 5(4) error control (mixed norm,
         see :mod:`deqbench._kernels.flow`).
-    solver : {"picard", "anderson", "direct"}
+    solver : {"picard", "anderson", "direct", "broyden"}
         Forward and adjoint solver (exact gradients only); solves are
         warm-started from the previous evaluation.
     options : SolverOptions, optional

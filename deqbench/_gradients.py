@@ -66,9 +66,10 @@ def implicit_grad(
         The fixed point (from :func:`~deqbench.fixed_point`).
     G : (n, m)
         ``dL/dZ``.
-    method : {"picard", "anderson", "direct", "jfb", "neumann"}
+    method : {"picard", "anderson", "direct", "broyden", "jfb", "neumann"}
         Exact: ``picard`` (with ``damping``), ``anderson`` (``anderson_history``,
-        ``anderson_ridge``), ``direct`` (linear maps, LU). Inexact: ``jfb``
+        ``anderson_ridge``), ``direct`` (linear maps, LU), ``broyden``
+        (``anderson_history`` secant pairs per sample). Inexact: ``jfb``
         (Jacobian-free, ``Lam = G``) and ``neumann``
         (``Lam = G (I + A + ... + A^k)`` with ``k = neumann_terms``: the
         truncated series has ``k + 1`` terms, ``I`` included).
@@ -214,7 +215,7 @@ def loss_and_grad(
         Parameters.
     u : (m,) array, optional
         Read-out of ``single_index``; default ``(1, ..., 1) / sqrt(m)``.
-    solver : {"picard", "anderson", "direct"}
+    solver : {"picard", "anderson", "direct", "broyden"}
         Forward solver; ``grad_solver`` (default: the same) may also be
         ``"jfb"`` or ``"neumann"`` (series up to ``A^neumann_terms``).
     options : SolverOptions, optional

@@ -58,7 +58,9 @@ class SolverOptions:
         Picard's ``Z <- (1 - damping) Z + damping F(Z)``; Anderson mixes map
         values and iterates by it.
     anderson_history : int >= 1
-        Past residuals kept by Anderson acceleration.
+        Past residuals kept by Anderson acceleration, and secant pairs kept
+        by Broyden's method (per sample; it restarts when they are full):
+        both keep ``2 anderson_history`` arrays of the state's shape.
     anderson_ridge : float >= 0
         Anderson's Tikhonov term, relative to each kept residual's squared size.
     neumann_terms : int >= 0
@@ -67,7 +69,7 @@ class SolverOptions:
 
     Notes
     -----
-    docs/theory.md §3 (stopping rule, Anderson) and §4 (adjoints).
+    docs/theory.md §3 (stopping rule, Anderson, Broyden) and §4 (adjoints).
     """
 
     tol: float | None = None

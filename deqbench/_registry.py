@@ -79,7 +79,11 @@ class Solver:
         with it (docs/theory.md §3, certificate): ``"rate"``, the spectral
         radius of ``(1 - damping) I + damping A`` at most
         :func:`deqbench.theory.certified_rate` of ``tol`` and ``max_iter``;
-        ``"invertible"``, ``I - A`` invertible; ``"none"`` (truncated)."""
+        ``"invertible"``, ``I - A`` invertible; ``"none"``: nothing on ``A``
+        decides it (the truncated series, which iterate to no tolerance, and
+        Broyden, whose convergence no test on ``A`` predicts): its own solve's
+        status decides, so the sufficient-statistics path, which solves
+        nothing, does not stand in for it."""
         if self._has(_ks.RATE_CERTIFIED):
             return "rate"
         return "invertible" if self.linear_only else "none"
@@ -113,6 +117,10 @@ SOLVERS = {s.name: s for s in (
     Solver("jfb", _ks.JFB, forward=False, adjoint=True, options=(), workspace=("T",)),
     Solver("neumann", _ks.NEUMANN, forward=False, adjoint=True, options=("neumann_terms",),
            workspace=("T",)),
+    # anderson_history sizes both multisecant memories: k pairs, 2 k arrays of (n, m)
+    Solver("broyden", _ks.BROYDEN, forward=True, adjoint=True,
+           options=("tol", "max_iter", "anderson_history"), workspace=("T", "history"),
+           history="anderson_history"),
 )}
 """Every solver by name, in the order the calls list them."""
 

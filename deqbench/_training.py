@@ -348,11 +348,16 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
         raise ValueError(
             f"sufficient_stats must be 'auto', True or False, got {sufficient_stats!r}"
         )
-    applies = kind.sufficient_stats and not adj_spec.inexact
+    # the closed-form step solves nothing: it stands in only for solvers whose
+    # success a test on A decides (Solver.certificate)
+    applies = kind.sufficient_stats and "none" not in (fwd_spec.certificate,
+                                                       adj_spec.certificate)
     if sufficient_stats is True and not applies:
+        uncertified = ", ".join(repr(k) for k, s in SOLVERS.items() if s.certificate == "none")
         raise ValueError(
-            f"sufficient_stats=True needs {streamed} and an exact grad_solver, got "
-            f"model={model!r}, grad_solver={grad_solver!r}"
+            f"sufficient_stats=True needs {streamed} and a solver and grad_solver with a "
+            f"certificate on A (not {uncertified}; docs/theory.md §3), got model={model!r}, "
+            f"solver={solver!r}, grad_solver={grad_solver!r}"
         )
     if sufficient_stats == "auto":
         use_ss = applies and step_flops(m, d, n, True) < step_flops(m, d, n, False)
@@ -506,8 +511,9 @@ def train(
     steps : int >= 1
     u, activation
         Read-out and link of single_index; ``phi`` of nonlinear.
-    solver : {"picard", "anderson", "direct"}
-        Forward solver (``direct``: LU of ``I - A``, linear fixed points only).
+    solver : {"picard", "anderson", "direct", "broyden"}
+        Forward solver (``direct``: LU of ``I - A``, linear fixed points only;
+        ``broyden`` has no certificate on ``A``: it runs per sample).
     grad_solver : str, optional
         Adjoint solver, default ``solver``; also ``"jfb"`` or ``"neumann"``
         (series up to ``A^neumann_terms``), the inexact gradients of
@@ -527,7 +533,8 @@ def train(
         Stop with ``"converged"`` once the loss is ``<= stop_loss``.
     sufficient_stats : {"auto", True, False}
         The n-independent step of docs/theory.md §8 (linear model, exact
-        gradient). ``"auto"`` uses it when the §8 cost model says it
+        gradient, a ``solver`` and ``grad_solver`` whose success a test on ``A``
+        decides, docs/theory.md §3). ``"auto"`` uses it when the §8 cost model says it
         is cheaper than a per-sample step (:func:`step_flops`), which is
         almost always; then ``solver``, ``tol`` and ``warm_start`` are unused
         and ``fp_iters = adj_iters = 0``.

@@ -2,6 +2,17 @@ import numpy as np
 import pytest
 
 import deqbench as db
+from tests import _user_activations  # noqa: F401  (registers erf_link, sin_skip)
+
+# The activation table (deqbench.activations.ACTIVATIONS, built-in and registered
+# alike): tests iterate over these instead of naming activations, so an added one
+# is tested without editing a list.
+ACTIVATIONS = [str(a) for a in db.activations.examples()]
+"""Every entry at each of its example parameters."""
+ONE_EACH = [str(e.instances()[0]) for e in db.activations.ACTIVATIONS.values()]
+"""Every entry once (its first example)."""
+NONLINEAR = [name for name in ONE_EACH if name != "identity"]
+"""Every entry once but the identity (``phi`` of a nonlinear map)."""
 
 
 def symmetric_with_radius(m, rho, rng):

@@ -41,7 +41,24 @@ def act(name, x, slope=0.01):
         return slope * x + (1.0 - slope) * np.logaddexp(0.0, x)
     if name == "skip_tanh":
         return x + slope * np.tanh(x)  # slope is eps here
-    raise ValueError(name)
+    return _registered(name, x, slope)
+
+
+def _registered(name, x, param):
+    """A registered activation (deqbench.register_activation): its Python function as
+    given, evaluated by the interpreter element by element (not the compiled callback
+    the kernels call); its derivative comes from the central differences of
+    :func:`dact`, so the registered ``df`` is checked too."""
+    from deqbench.activations import ACTIVATIONS
+
+    entry = ACTIVATIONS.get(name)
+    if entry is None or not entry.registered:
+        raise ValueError(name)
+    f = entry.functions[0]
+    f = getattr(f, "py_func", f)
+    args = (param,) if entry.parameter else ()
+    flat = [float(f(float(v), *args)) for v in x.reshape(-1)]
+    return np.array(flat, dtype=float).reshape(x.shape)
 
 
 def dact(name, x, slope=0.01, h=1e-6):
@@ -168,3 +185,43 @@ def invariant_q(A, B):
     """``Q = (I - A)(I - A)^T + B B^T`` written out."""
     C = np.eye(A.shape[0]) - A
     return C @ C.T + B @ B.T
+
+
+def broyden(F, Z0, history, tol, max_iter, skip=1e-10):
+    """Broyden's method on ``g(z) = F(z) - z``, one dense inverse-Jacobian estimate
+    ``H`` (``m x m``) per row, written out (docs/theory.md §3, Broyden).
+
+    ``F`` maps the whole ``(n, m)`` batch (row by row). Each row starts from
+    ``H = -I`` and steps ``z <- z - H g(z)``; after a step ``dz`` with change
+    ``dg`` of ``g``, the good-Broyden update of the inverse is
+    ``H <- H + (dz - H dg) (dz^T H) / (dz^T H dg)`` (Sherman-Morrison), skipped
+    when ``|dz^T H dg| <= skip ||H^T dz|| ||dg||``; after ``history`` updates
+    ``H`` restarts from ``-I`` before the next one. Stops on the batch rule
+    ``||g||_F <= tol ||F||_F``. Returns ``(Z, n_iter, history)``.
+    """
+    Z = np.array(Z0, dtype=float)
+    n, m = Z.shape
+    H = np.array([-np.eye(m) for _ in range(n)])
+    kept = 0
+    Fz = F(Z)
+    G = Fz - Z
+    hist = [np.linalg.norm(G) / np.linalg.norm(Fz)]
+    k = 0
+    while hist[-1] > tol and k < max_iter:
+        Zn = Z - np.einsum("nij,nj->ni", H, G)
+        Fn = F(Zn)
+        Gn = Fn - Zn
+        k += 1
+        hist.append(np.linalg.norm(Gn) / np.linalg.norm(Fn))
+        if kept == history:
+            H = np.array([-np.eye(m) for _ in range(n)])
+            kept = 0
+        for i in range(n):
+            dz, dg = Zn[i] - Z[i], Gn[i] - G[i]
+            v = H[i].T @ dz
+            den = v @ dg
+            if np.isfinite(den) and abs(den) > skip * np.linalg.norm(v) * np.linalg.norm(dg):
+                H[i] = H[i] + np.outer(dz - H[i] @ dg, v) / den
+        kept += 1
+        Z, G = Zn, Gn
+    return Z, k, np.array(hist)

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 import deqbench as db
 from deqbench import _source
+from tests.conftest import ONE_EACH
 from tests.test_large_data import Counting
 
-ACTS = ["identity", "leaky_relu", "tanh", "sigmoid", "softplus", "relu", "gelu",
-        "skip_tanh(0.25)"]
+ACTS = ONE_EACH
 CASES = ([("linear", "identity", s) for s in ("picard", "anderson", "direct")]
          + [("single_index", a, s) for a in ACTS for s in ("picard", "anderson", "direct")]
          + [("nonlinear", a, s) for a in ACTS for s in ("picard", "anderson")])

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 import deqbench as db
 from deqbench import theory
 from tests import naive
-from tests.conftest import small_problem, symmetric_with_radius
+from tests.conftest import NONLINEAR, small_problem, symmetric_with_radius
 
 TOL = 1e-10
 
@@ -30,8 +30,7 @@ def test_linear_matches_dense_solve(rng, method):
     assert res.history[-1] == res.residual and len(res.history) == res.n_iter + 1
 
 
-@pytest.mark.parametrize("name", ["tanh", "leaky_relu", "sigmoid", "softplus", "relu", "gelu",
-                                  "skip_tanh(0.25)"])
+@pytest.mark.parametrize("name", NONLINEAR)
 @pytest.mark.parametrize("method", ["picard", "anderson"])
 def test_nonlinear_matches_long_picard(rng, name, method):
     A, B, X = small_problem(rng, n=40, d=5, m=8, scale_A=0.6)

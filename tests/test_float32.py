@@ -12,12 +12,11 @@ import pytest
 
 import deqbench as db
 from tests import naive
-from tests.conftest import small_problem
+from tests.conftest import NONLINEAR, small_problem
 
 F32 = np.float32
 TOL = 1e-6
-ACTS = ["tanh", "leaky_relu", "sigmoid", "softplus", "relu", "gelu", "smooth_leaky(0.3)",
-        "skip_tanh(0.25)"]
+ACTS = NONLINEAR
 
 
 def _rel(a, b):

@@ -8,22 +8,12 @@ from hypothesis import strategies as st
 
 import deqbench as db
 from tests import naive
-from tests.conftest import small_problem
+from tests.conftest import NONLINEAR, ONE_EACH, small_problem
 
 CASES = [
     ("linear", "identity"),
-    ("single_index", "identity"),
-    ("single_index", "leaky_relu"),
-    ("single_index", "tanh"),
-    ("single_index", "sigmoid"),
-    ("single_index", "gelu"),
-    ("single_index", "skip_tanh(0.25)"),
-    ("nonlinear", "tanh"),
-    ("nonlinear", "leaky_relu"),
-    ("nonlinear", "softplus"),
-    ("nonlinear", "gelu"),
-    ("nonlinear", "sigmoid"),
-    ("nonlinear", "skip_tanh(0.25)"),
+    *[("single_index", name) for name in ONE_EACH],
+    *[("nonlinear", name) for name in NONLINEAR],
 ]
 
 

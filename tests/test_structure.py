@@ -116,10 +116,12 @@ def test_every_layer_reads_the_tables():
     from deqbench import _fixed_point, _flow, _gradients, _registry, theory
     from deqbench.sweep import TRAIN_PARAMS
 
-    assert _fixed_point.METHODS == _registry.FORWARD == ("picard", "anderson", "direct")
+    assert _fixed_point.METHODS == _registry.FORWARD == ("picard", "anderson", "direct",
+                                                         "broyden")
     assert _gradients.GRAD_METHODS == _registry.ADJOINT
-    assert _registry.ADJOINT == ("picard", "anderson", "direct", "jfb", "neumann")
-    assert _flow.EXACT_GRAD == _registry.EXACT_ADJOINT == ("picard", "anderson", "direct")
+    assert _registry.ADJOINT == ("picard", "anderson", "direct", "jfb", "neumann", "broyden")
+    assert _flow.EXACT_GRAD == _registry.EXACT_ADJOINT == ("picard", "anderson", "direct",
+                                                           "broyden")
     assert theory.MODELS == ("linear", "single_index")
     assert tuple(_registry.MODELS) == ("linear", "single_index", "nonlinear")
     check = TRAIN_PARAMS["solver"][0]
@@ -145,7 +147,7 @@ def test_solver_table_agrees_with_the_kernels():
     assert [n for n, s in SOLVERS.items() if s.inexact] == ["jfb", "neumann"]
     assert {n: s.certificate for n, s in SOLVERS.items()} == {
         "picard": "rate", "anderson": "rate", "direct": "invertible", "jfb": "none",
-        "neumann": "none"}
+        "neumann": "none", "broyden": "none"}
     assert [n for n, s in SOLVERS.items() if s.keeps_evaluation] == ["picard"]
 
 

@@ -8,7 +8,7 @@ library is not installed.
 
 from __future__ import annotations
 
-from . import deqbench_peers, jax_peers, numpy_peers, torch_peers
+from . import broyden_peers, deqbench_peers, jax_peers, numpy_peers, torch_peers
 
 DB = "deqbench"
 #: Peers that solve the same fixed points (the targets compare against the fastest).
@@ -24,6 +24,7 @@ def forward_factories(p):
         ("pytorch eager", lambda: torch_peers.eager_forward(p)),
         ("torchdeq", lambda: torch_peers.torchdeq_forward(p)),
         ("jaxopt", lambda: jax_peers.forward(p)),
+        *broyden_peers.factories(p, "forward"),
     ]
 
 
@@ -35,4 +36,5 @@ def step_factories(p):
         ("pytorch eager", lambda: torch_peers.eager_step(p)),
         ("torchdeq", lambda: torch_peers.torchdeq_step(p)),
         ("jaxopt", lambda: jax_peers.step(p)),
+        *broyden_peers.factories(p, "step"),
     ]

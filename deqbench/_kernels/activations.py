@@ -1,16 +1,39 @@
 """Elementwise activations and derivatives, dispatched on an integer code.
 
-Codes are shared with :mod:`deqbench.activations`; ``param`` is the slope of
-leaky ReLU and of the smooth leaky link ``a x + (1 - a) softplus(x)``, the
-``eps`` of the skip link ``x + eps tanh(x)`` (Appendix A.4 of the paper), and
-ignored by the others. ``MASK`` is not an activation: the
-"map" ``v -> D * v`` with a fixed array ``D`` turns the nonlinear adjoint
-equation into the same ``Z = h(Z M + U)`` form as the forward solve.
+Codes are handed out by the one table of :mod:`deqbench.activations`
+(``ACTIVATIONS``); ``param`` is the activation's parameter (the slope of leaky
+ReLU and of the smooth leaky link ``a x + (1 - a) softplus(x)``, the ``eps``
+of the skip link ``x + eps tanh(x)``, a registered activation's own), ignored
+by the others. ``MASK`` is not an activation: the "map" ``v -> D * v`` with a
+fixed array ``D`` turns the nonlinear adjoint equation into the same
+``Z = h(Z M + U)`` form as the forward solve.
+
+Two kinds of code:
+
+* built-in (``0 <= code < USER``): a branch of its own in :func:`act`,
+  :func:`dact` and a loop of its own in :func:`h_row`, :func:`dh_row`, inlined
+  arithmetic that LLVM vectorises (:mod:`.vmath`);
+* registered (``code >= USER``, :func:`deqbench.register_activation`): slot
+  ``code - USER`` of :data:`TABLE`, a C array of function pointers to the
+  user's ``sigma`` and ``sigma'`` compiled as ``float64(float64 x, float64
+  param)`` C callbacks. The kernels read the table through the linker symbol
+  :data:`SYMBOL` (:func:`_registered`), never through an address baked into
+  their code, so every kernel keeps its on-disk cache and a function
+  registered later (or in another process) is called by the same machine
+  code. The cost: one indirect call per element in float64, no inlining, no
+  SIMD (the generic loops of :func:`h_row` and :func:`dh_row`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
+
+import llvmlite.binding as llb
+import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 from .._jit import jit
 from . import vmath as vm
@@ -25,6 +48,46 @@ GELU = 6
 SMOOTH_LEAKY = 7
 SKIP_TANH = 8
 MASK = -1
+USER = 64
+"""The first code of a registered activation (slot ``code - USER`` of :data:`TABLE`)."""
+SLOTS = 256
+"""Registered activations one process can hold."""
+
+SYMBOL = "deqbench_registered_activations_v1"
+TABLE = (ctypes.c_void_p * (2 * SLOTS))()
+"""Slot ``k``: ``TABLE[2k]`` the address of ``sigma``, ``TABLE[2k + 1]`` that of
+``sigma'``, each a C function ``double f(double x, double param)``; filled by
+:func:`deqbench.register_activation` before it hands out code ``USER + k``."""
+llb.add_symbol(SYMBOL, ctypes.addressof(TABLE))
+
+
+@intrinsic
+def _table_call(typingctx, entry, param, x):
+    """``TABLE[entry](x, param)``: the pointer is loaded from the symbol ``SYMBOL``
+    at run time (resolved by the linker when a kernel is compiled or loaded from
+    the cache), so no address is part of a kernel."""
+    sig = types.float64(types.int64, types.float64, types.float64)
+
+    def codegen(context, builder, signature, args):
+        mod = builder.module
+        slot = ir.IntType(8).as_pointer()
+        table = mod.globals.get(SYMBOL)
+        if table is None:
+            table = ir.GlobalVariable(mod, ir.ArrayType(slot, 2 * SLOTS), SYMBOL)
+            table.linkage = "external"
+        fn = builder.load(builder.gep(table, [ir.Constant(ir.IntType(32), 0), args[0]]))
+        fnty = ir.FunctionType(ir.DoubleType(), [ir.DoubleType(), ir.DoubleType()])
+        return builder.call(builder.bitcast(fn, fnty.as_pointer()), [args[2], args[1]])
+
+    return sig, codegen
+
+
+@jit
+def _registered(code, derivative, param, x):
+    """``sigma(x)`` (``derivative = 0``) or ``sigma'(x)`` (1) of the registered
+    activation ``code``, in float64."""
+    entry = 2 * (np.int64(code) - USER) + derivative
+    return _table_call(entry, np.float64(param), np.float64(x))
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -67,6 +130,8 @@ def act(code, param, x):
         return param * x + (1.0 - param) * vm.softplus(x)
     if code == SKIP_TANH:
         return x + param * vm.tanh(x)
+    if code >= USER:
+        return _registered(code, np.int64(0), param, x)
     return math.nan
 
 
@@ -93,6 +158,8 @@ def dact(code, param, x):
     if code == SKIP_TANH:
         t = vm.tanh(x)
         return 1.0 + param * (1.0 - t * t)
+    if code >= USER:
+        return _registered(code, np.int64(1), param, x)
     return math.nan
 
 

@@ -12,6 +12,7 @@ iterative solver: its kernel (a module of its own), its code, its row of
 from __future__ import annotations
 
 from .._jit import jit
+from .broyden import broyden
 from .fixed_point import anderson, picard
 
 PICARD = 0
@@ -19,6 +20,7 @@ ANDERSON = 1
 DIRECT = 2
 JFB = 3
 NEUMANN = 4
+BROYDEN = 5
 
 ITERATES = 1
 """Iterates to ``tol`` within ``max_iter``; anything but ``CONVERGED`` fails."""
@@ -43,6 +45,7 @@ FLAGS = (
     EXACT_LINEAR,  # DIRECT
     TRUNCATED,  # JFB: the Neumann series with no term past I
     TRUNCATED,  # NEUMANN
+    ITERATES,  # BROYDEN: no test on A predicts its convergence (certificate "none")
 )
 """The flags of each solver, indexed by its code."""
 
@@ -64,9 +67,12 @@ def iterate(solver, Z, M, U, code, param, D, T, Fh, Gh, GG, work, hist, tol, max
     ``work`` ``(2k + 2, k)`` float64 (Anderson, ``k`` its history), ``hist``
     the residual of every iterate (``max_iter + 1`` entries, ``terms + 2``
     truncated); what a solver does not read may be ``(1, ...)`` placeholders of
-    the same dtype. ``terms``: the highest power of a truncated series
-    (``TRUNCATED``; JFB passes 0). ``threads``: numba's thread count.
+    the same dtype; Broyden keeps its ``k`` secant pairs in ``Fh``, ``Gh`` and
+    its second iterate in ``T``. ``terms``: the highest power of a truncated
+    series (``TRUNCATED``; JFB passes 0). ``threads``: numba's thread count.
     """
+    if solver == BROYDEN:
+        return broyden(Z, M, U, code, param, D, T, Fh, Gh, tol, max_iter, hist)
     if solver == ANDERSON:
         return anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, damping,
                         ridge, hist)

@@ -20,18 +20,19 @@ __all__ = ["TRAIN_PARAMS", "build_problem", "run_gd", "run_train", "summarize_hi
 
 
 def _activation(value):
+    """The canonical spelling of an activation name (a registered one written
+    ``"package.module:name"`` keeps its module: each worker imports it)."""
     from ..activations import get_activation
 
     if not isinstance(value, str):
         raise ValueError(f"must be a string, got {value!r}")
     try:
-        return str(get_activation(value))
-    except (TypeError, ValueError):
-        raise ValueError(
-            "must be one of identity, leaky_relu, leaky_relu(slope), tanh, sigmoid, "
-            f"softplus, relu, gelu, smooth_leaky, smooth_leaky(slope), skip_tanh(eps); "
-            f"got {value!r}"
-        ) from None
+        act = get_activation(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc).removeprefix("activation ").removeprefix("activation: ")
+                         ) from None
+    module, sep, _ = value.partition(":")
+    return f"{module.strip()}:{act}" if sep else str(act)
 
 
 #: Parameters of the built-in ``train`` and ``gd`` run functions: name -> (checker, default).
@@ -73,13 +74,15 @@ def _check_train_params(params: dict) -> None:
             spec = SOLVERS.get(params[key])
             if spec is not None and spec.linear_only:
                 raise GridError(f"{key}: {spec.name!r} solves linear maps only (model {model!r})")
-    grad = SOLVERS.get(params["grad_solver"])
+    pair = [SOLVERS.get(params[key]) for key in ("solver", "grad_solver")]
     if params.get("sufficient_stats") is True and (
-        not kind.sufficient_stats or (grad is not None and grad.inexact)
+        not kind.sufficient_stats or any(s is not None and s.certificate == "none" for s in pair)
     ):
         names = " or ".join(repr(k) for k, s in MODELS.items() if s.sufficient_stats)
-        raise GridError(f"sufficient_stats: true needs model {names} and an exact grad_solver, "
-                        f"got model {model!r}, grad_solver {params['grad_solver']!r}")
+        uncertified = ", ".join(repr(k) for k, s in SOLVERS.items() if s.certificate == "none")
+        raise GridError(f"sufficient_stats: true needs model {names} and solvers with a "
+                        f"certificate on A (not {uncertified}), got model {model!r}, solver "
+                        f"{params['solver']!r}, grad_solver {params['grad_solver']!r}")
 
 
 # ---------------------------------------------------------------------------
