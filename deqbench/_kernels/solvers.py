@@ -11,6 +11,8 @@ iterative solver: its kernel (a module of its own), its code, its row of
 
 from __future__ import annotations
 
+import numpy as np
+
 from .._jit import jit
 from .fixed_point import anderson, picard
 
@@ -55,7 +57,7 @@ def has(solver, flag):
 
 @jit
 def iterate(solver, Z, M, U, code, param, D, T, Fh, Gh, GG, work, hist, tol, max_iter, damping,
-            ridge, terms, threads):
+            ridge, terms, threads, tune):
     """Solve ``Z = h(Z M + U)`` in place on ``Z`` (initial guess in) with solver
     ``solver``; return ``(n_iter, residual, status)`` (:mod:`.status`).
 
@@ -65,11 +67,14 @@ def iterate(solver, Z, M, U, code, param, D, T, Fh, Gh, GG, work, hist, tol, max
     the residual of every iterate (``max_iter + 1`` entries, ``terms + 2``
     truncated); what a solver does not read may be ``(1, ...)`` placeholders of
     the same dtype. ``terms``: the highest power of a truncated series
-    (``TRUNCATED``; JFB passes 0). ``threads``: numba's thread count.
+    (``TRUNCATED``; JFB passes 0). ``threads``: numba's thread count; ``tune``:
+    the settings vector (:mod:`.blocks`).
     """
     if solver == ANDERSON:
         return anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, damping,
-                        ridge, hist)
+                        ridge, hist, tune)
     if has(solver, TRUNCATED):
-        return picard(Z, M, U, code, param, D, T, 0.0, terms + 1, 1.0, hist, threads)
-    return picard(Z, M, U, code, param, D, T, tol, max_iter, damping, hist, threads)
+        return picard(Z, M, U, code, param, D, T, 0.0, terms + 1, 1.0, hist, threads,
+                      np.int64(0), tune)
+    return picard(Z, M, U, code, param, D, T, tol, max_iter, damping, hist, threads,
+                  np.int64(0), tune)
