@@ -211,15 +211,16 @@ def measure_pass(sizes, threads, budget, log) -> dict:
 
 
 def pass_crossover(times: dict, default: int) -> int:
-    """The smallest size measured from which the parallel pass is faster at every
-    larger size (twice the largest if never); ``default`` where the measurement
-    cannot tell them apart (it lies between that size and the one below)."""
+    """The smallest size measured at which the parallel pass is faster, and faster
+    at two thirds or more of the larger sizes too (one slow timing does not move
+    it); twice the largest size if none. ``default`` where the measurement cannot
+    tell them apart (it lies between that size and the one below)."""
     sizes = sorted(times)
+    wins = [times[s][1] < times[s][0] for s in sizes]
     cross = 2 * sizes[-1]
-    for s in reversed(sizes):
-        if times[s][1] < times[s][0]:
+    for i, s in enumerate(sizes):
+        if wins[i] and 3 * sum(wins[i:]) >= 2 * (len(sizes) - i):
             cross = s
-        else:
             break
     below = [s for s in sizes if s < cross]
     if (below[-1] if below else 0) < default <= cross:

@@ -308,8 +308,12 @@ def test_pass_crossover():
     t = {256: (1.0, 2.0), 1024: (1.0, 1.5), 4096: (2.0, 1.0), 16384: (4.0, 1.0)}
     assert _calibrate.pass_crossover(t, 1 << 20) == 4096
     assert _calibrate.pass_crossover(t, 2000) == 2000  # between 1024 and 4096: unresolved
-    t[16384] = (1.0, 2.0)  # serial wins at the top: never parallel in range
+    t[16384] = (1.0, 2.0)  # serial wins at the top: from 4096 it wins one of two above
     assert _calibrate.pass_crossover(t, 1 << 14) == 32768
+    t.update({65536: (2.0, 1.0), 1 << 18: (2.0, 1.0)})  # one slow timing among wins
+    assert _calibrate.pass_crossover(t, 1 << 20) == 4096
+    t = {256: (1.0, 2.0), 1024: (1.0, 2.0)}  # never parallel
+    assert _calibrate.pass_crossover(t, 1 << 14) == 2048
 
 
 # --- no result depends on the calibration ------------------------------------------
