@@ -225,6 +225,14 @@ def machine() -> dict:
     from deqbench._platform import vector_isa
 
     info["cpu_flags"] = vector_isa()
+    try:  # the kernels' settings in force: built-in, or a calibration (deqbench calibrate)
+        from deqbench._calibration import in_force
+
+        now = in_force()
+        info["kernel_settings"] = (f"{now.state}, {now.note}: " + ", ".join(
+            f"{k}={v}" for k, v in now.values.items()))
+    except ImportError:  # a deqbench without calibration
+        pass
     return info
 
 
