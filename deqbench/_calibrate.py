@@ -39,7 +39,8 @@ from ._kernels import gradients as g
 from ._kernels.activations import IDENTITY
 from ._threads import single_threaded_blas
 
-__all__ = ["BUDGET", "GRID", "KEEP", "QUICK", "WIDTHS", "calibrate", "fit_rule", "rule_rows"]
+__all__ = ["BUDGET", "GRID", "KEEP", "QUICK", "WIDTHS", "calibrate", "fit_rule", "gemm_table",
+           "rule_rows"]
 
 WIDTHS = (16, 32, 64, 128, 256, 512, 1024)
 N = 8192
@@ -226,6 +227,34 @@ def pass_crossover(times: dict, default: int) -> int:
     if (below[-1] if below else 0) < default <= cross:
         return default
     return cross
+
+
+def gemm_table(widths=WIDTHS, n: int = N, budget: float = 20.0, log=print) -> dict:
+    """GFLOP/s of the row-block gemm ``(n, m) x (m, m)`` as the kernels run it
+    (:func:`~deqbench._kernels.blocks.gemm_rows`, built-in block rows, BLAS on one
+    thread inside numba's threads) with each backend that loads, next to numpy's
+    ``matmul`` of the same shapes (its BLAS's own threads): ``{m: {name: GFLOP/s}}``."""
+    backends = ["blas"]
+    try:
+        _blas.mkl_gemm()
+        backends.append("mkl")
+    except _blas.MklUnavailable as exc:
+        log(f"  mkl not measured: {exc}")
+    share = budget / max(1, len(widths) * (len(backends) + 1))
+    rng = np.random.default_rng(5)
+    out = {}
+    for m in widths:
+        P, Q = rng.standard_normal((n, m)), rng.standard_normal((m, m))
+        C = np.empty((n, m))
+        flops = 2.0 * n * m * m
+        row = {}
+        for b in backends:
+            with single_threaded_blas():
+                row[b] = flops / _best(partial(bl.gemm_rows, P, Q, C, _vector(b)), share) / 1e9
+        row["numpy matmul"] = flops / _best(partial(np.matmul, P, Q, out=C), share) / 1e9
+        out[m] = row
+        log(f"  m = {m:<5} n = {n}: GFLOP/s " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()))
+    return out
 
 
 def calibrate(*, widths=WIDTHS, n: int = N, budget: float = BUDGET, gemm: str = "auto",

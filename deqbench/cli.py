@@ -101,6 +101,12 @@ def cmd_calibrate(args) -> int:
     from ._blas import MklUnavailable
     from ._calibration import cache_path, write
 
+    if args.gemm_table:
+        print(f"row-block gemm (n, m) x (m, m) by backend, numba's {_threads()} threads, "
+              "BLAS on one thread in each; numpy's matmul on its BLAS's threads")
+        _calibrate.gemm_table(args.widths or _calibrate.WIDTHS, args.n or _calibrate.N,
+                              args.budget or 20.0)
+        return 0
     out = Path(args.out) if args.out else cache_path()
     if out is None and not args.dry_run:
         raise RuntimeError("DEQBENCH_CALIBRATION=off: give --out PATH, or --dry-run")
@@ -124,6 +130,12 @@ def cmd_calibrate(args) -> int:
     path = write(out, settings, found["measured"], command.strip())
     print(f"wrote         {path} (deqbench info shows the settings in force)")
     return 0
+
+
+def _threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
 
 
 def cmd_sweep(args) -> int:
@@ -249,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration file to write (default: $DEQBENCH_CALIBRATION, else "
                    "$XDG_CACHE_HOME/deqbench/calibration.json)")
     s.add_argument("--dry-run", action="store_true", help="measure and print, write nothing")
+    s.add_argument("--gemm-table", action="store_true",
+                   help="only print the row-block gemm's GFLOP/s with each backend next to "
+                   "numpy's matmul at the widths (--n rows, --budget seconds), write nothing")
     s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("reproduce", help="run the validation experiments E1-E10",

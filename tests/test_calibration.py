@@ -273,6 +273,14 @@ def test_calibrate_dry_run_and_off(monkeypatch, tmp_path, capsys):
     assert json.loads((tmp_path / "x.json").read_text())["format"] == cal.FORMAT
 
 
+def test_gemm_table_runs(capsys):
+    assert main(["calibrate", "--gemm-table", "--widths", "4,16", "--n", "64",
+                 "--budget", "0.2"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.strip().startswith("m = ")]
+    assert len(rows) == 2 and all("blas" in r and "numpy matmul" in r for r in rows)
+
+
 def test_rule_rows_is_the_kernels_rule():
     rng = np.random.default_rng(0)
     base = cal.defaults()
