@@ -24,6 +24,17 @@ def _version(text) -> tuple:
     return tuple(parts)
 
 
+def numba_blas(info: list) -> list:
+    """The BLAS entries of threadpoolctl's ``info``, less the ``libmkl_rt`` that
+    :func:`mkl_gemm` loaded (the kernels call it by address, never through
+    numba's ``np.dot``)."""
+    import os
+
+    own = {os.path.realpath(v["path"]) for v in _MKL.values() if isinstance(v, dict)}
+    return [i for i in info if i.get("user_api") == "blas"
+            and os.path.realpath(str(i.get("filepath", ""))) not in own]
+
+
 def small_gemm_mnk() -> int:
     """Largest ``M N K`` for which the BLAS that numba's ``np.dot`` calls (SciPy's)
     multiplies without packing: ``10**6`` where every BLAS loaded is OpenBLAS
@@ -38,7 +49,7 @@ def small_gemm_mnk() -> int:
         from threadpoolctl import threadpool_info
     except ImportError:  # pragma: no cover - both are dependencies
         return 0
-    libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    libs = numba_blas(threadpool_info())
     ok = libs and all(
         i.get("internal_api") == "openblas"
         and str(i.get("architecture", "")).lower() in _SMALL_GEMM_CORES

@@ -141,13 +141,9 @@ def machine_key() -> dict:
     from ._platform import cpu_model, vector_isa
 
     _blas.small_gemm_mnk()  # loads SciPy's BLAS, the one numba calls
-    own = {v["path"] for v in _blas._MKL.values() if isinstance(v, dict)}
     blas = sorted({f"{i.get('internal_api')} {i.get('version')} {i.get('architecture', '?')} "
                    f"{os.path.basename(str(i.get('filepath', '')))}"
-                   for i in threadpool_info()
-                   if i.get("user_api") == "blas" and i.get("filepath") not in own
-                   and os.path.realpath(str(i.get("filepath", ""))) not in
-                   {os.path.realpath(p) for p in own}})
+                   for i in _blas.numba_blas(threadpool_info())})
     return {
         "cpu": cpu_model(),
         "machine": platform.machine(),

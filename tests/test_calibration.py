@@ -477,6 +477,9 @@ def test_stopping_groups_do_not_follow_the_blocks():
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_mkl_gemm_matches_np_dot(dtype):
     lib = _mkl()
+    # loaded by deqbench, MKL is neither the BLAS of np.dot nor part of the key
+    assert _blas.small_gemm_mnk() == bl.SMALL_GEMM_MNK
+    assert all("mkl" not in b for b in cal.machine_key()["blas"])
     vec = bl.default_tune()
     vec[bl.TUNE_GEMM] = bl.GEMM_CBLAS
     vec[bl.TUNE_DGEMM], vec[bl.TUNE_SGEMM] = lib["dgemm"], lib["sgemm"]
