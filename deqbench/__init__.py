@@ -31,10 +31,9 @@ from ._gradients import implicit_grad, loss_and_grad
 from ._options import SolverOptions, tol_floor
 from ._results import FixedPointResult, GradResult, LossAndGrad
 from ._training import DIVERGENCE_FACTOR, TrainInterrupted, TrainResult, train
+from ._version import __version__ as __version__
 from ._warnings import CalibrationWarning, ConvergenceWarning, PrecisionWarning
 from .activations import Activation, get_activation
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DIVERGENCE_FACTOR",

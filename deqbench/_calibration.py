@@ -136,9 +136,8 @@ def machine_key() -> dict:
     import scipy
     from threadpoolctl import threadpool_info
 
-    import deqbench
-
     from ._platform import cpu_model, vector_isa
+    from ._version import __version__
 
     _blas.small_gemm_mnk()  # loads SciPy's BLAS, the one numba calls
     blas = sorted({f"{i.get('internal_api')} {i.get('version')} {i.get('architecture', '?')} "
@@ -151,7 +150,7 @@ def machine_key() -> dict:
         "blas": blas,
         "versions": {
             "python": platform.python_version(),
-            "deqbench": deqbench.__version__,
+            "deqbench": __version__,
             "numpy": np.__version__,
             "scipy": scipy.__version__,
             "numba": numba.__version__,
