@@ -15,6 +15,8 @@ first, then parameters:
 * :class:`ConvergenceWarning` - the warning of every solver that misses its tolerance
 * :class:`PrecisionWarning`, :func:`tol_floor` - a tolerance below the dtype's reach
   (every call computes in the dtype of its arrays, float32 or float64)
+* :class:`CalibrationWarning` - a calibration file (``deqbench calibrate``) that does
+  not apply here; the built-in settings run
 * :mod:`deqbench.theory` - the predictions of the theory
 * :mod:`deqbench.data` - seeded problem builders
 * :class:`Activation` - activations usable inside jitted code;
@@ -30,14 +32,14 @@ from ._gradients import implicit_grad, loss_and_grad
 from ._options import SolverOptions, tol_floor
 from ._results import FixedPointResult, GradResult, LossAndGrad
 from ._training import DIVERGENCE_FACTOR, TrainInterrupted, TrainResult, train
-from ._warnings import ConvergenceWarning, PrecisionWarning
+from ._version import __version__ as __version__
+from ._warnings import CalibrationWarning, ConvergenceWarning, PrecisionWarning
 from .activations import Activation, get_activation, register_activation
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DIVERGENCE_FACTOR",
     "Activation",
+    "CalibrationWarning",
     "ConvergenceWarning",
     "FixedPointResult",
     "FlowResult",

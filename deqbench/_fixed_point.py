@@ -6,6 +6,7 @@ import numba
 import numpy as np
 
 from . import _validate as v
+from ._calibration import tune
 from ._chunked import forward_blocks, resolve
 from ._kernels import fixed_point as _fp
 from ._kernels import solvers as _ks
@@ -59,7 +60,7 @@ def solve(spec: Solver, M, U, code, param, D, Z, opts: SolverOptions, T=None, te
         GG = work = np.zeros((1, 1))
     it, res, status = _ks.iterate(spec.code, Z, M, U, code, param, D, T, Fh, Gh, GG, work, hist,
                                   opts.tol, opts.max_iter, opts.damping, opts.anderson_ridge,
-                                  terms, numba.get_num_threads())
+                                  terms, numba.get_num_threads(), tune())
     return it, res, status, hist[: it + 1].copy()
 
 
@@ -225,7 +226,7 @@ def solve_forward(X, A, B, act, spec: Solver, opts: SolverOptions, z0):
 def input_term(X, B):
     """``U = X B^T`` by row blocks (overflow becomes a status downstream)."""
     U = np.empty((X.shape[0], B.shape[0]), X.dtype)
-    gemm_rows(X, np.ascontiguousarray(B.T), U)
+    gemm_rows(X, np.ascontiguousarray(B.T), U, tune())
     return U
 
 
@@ -245,7 +246,7 @@ def direct(C, U, M, tol, what):
     """
     Z = np.zeros_like(U)
     try:
-        _fp.direct_linear(C, U, Z)
+        _fp.direct_linear(C, U, Z, tune())
     except np.linalg.LinAlgError:
         Z[:] = 0.0
         warn(f"{what}(method='direct'): I - A is singular", stacklevel=3)

@@ -6,6 +6,7 @@ import numba
 import numpy as np
 
 from . import _validate as v
+from ._calibration import tune
 from ._chunked import adjoint_blocks, loss_and_grad_blocks, resolve
 from ._fixed_point import (
     check_linear,
@@ -145,11 +146,12 @@ def _adjoint(X, A, B, Z, G, act, spec: Solver, opts: SolverOptions, adj0, U=None
         code, D = IDENTITY, dummy(Z.dtype)
     elif last is not None and has_output_derivative(act.code):
         code, D = MASK, last
-        _g.output_derivative(Z, last, act.code, opts.damping, D)
+        _g.output_derivative(Z, last, act.code, opts.damping, D, tune())
     else:
         code, D = MASK, np.empty((n, m), Z.dtype)
         U = input_term(X, B) if U is None else U
-        _g.preactivation_derivative(Z, np.ascontiguousarray(A.T), U, act.code, act.param, D)
+        _g.preactivation_derivative(Z, np.ascontiguousarray(A.T), U, act.code, act.param, D,
+                                    tune())
     if spec.linear_only:
         Mu, res, status = direct(np.eye(m) - A.T, G, A, opts.tol, "implicit_grad")
         hist, n_iter = np.array([res]), 0
@@ -310,9 +312,9 @@ def _loss_and_grad(X, Y, u, A, B, kind, act, phi, fwd_spec, adj_spec, opts, z0, 
     Z = fwd.z
     G = np.empty(Z.shape, Z.dtype)
     if kind.readout:
-        loss = _g.single_index_loss(Z, Y, u, act.code, act.param, G)
+        loss = _g.single_index_loss(Z, Y, u, act.code, act.param, G, tune())
     else:
-        loss = _g.residual_loss(Z, Y, G)
+        loss = _g.residual_loss(Z, Y, G, tune())
     if w is not None:
         G *= w
     return fwd, loss, _adjoint(X, A, B, Z, G, phi, adj_spec, opts, adj0, U, last)

@@ -48,11 +48,11 @@ def versions() -> dict:
     import numba
     import numpy
 
-    import deqbench
+    from ._version import __version__
 
     return {
         "python": platform.python_version(),
-        "deqbench": deqbench.__version__,
+        "deqbench": __version__,
         "numpy": numpy.__version__,
         "numba": numba.__version__,
     }

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import _validate as v
 from . import theory
+from ._calibration import tune
 from ._chunked import stats_row_bytes
 from ._chunked import sufficient_stats as stream_stats
 from ._fixed_point import check_model, check_params
@@ -435,7 +436,8 @@ def kernel_solve(opts: SolverOptions, fwd_spec, adj_spec) -> _m.Solve:
     """The kernels' :data:`~deqbench._kernels.model.Solve` of validated options and the
     forward and adjoint solvers: the one place it is built. History slots and
     series terms come from the solvers that read them, ``cert_limit`` from
-    :func:`deqbench.theory.certified_rate` (the certificate of ``"rate"`` solvers)."""
+    :func:`deqbench.theory.certified_rate` (the certificate of ``"rate"`` solvers), the
+    kernels' settings from :func:`deqbench._calibration.tune`."""
     return _m.Solve(
         forward=fwd_spec.code,
         adjoint=adj_spec.code,
@@ -447,6 +449,7 @@ def kernel_solve(opts: SolverOptions, fwd_spec, adj_spec) -> _m.Solve:
         neumann_terms=adj_spec.terms(opts),
         cert_limit=theory.certified_rate(opts.tol, opts.max_iter),
         threads=numba.get_num_threads(),
+        tune=tune(),
     )
 
 

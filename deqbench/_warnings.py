@@ -1,11 +1,11 @@
-"""The warning classes of deqbench: failed solves and runs, and tolerances
-below the reach of the data's dtype."""
+"""The warning classes of deqbench: failed solves and runs, tolerances
+below the reach of the data's dtype, and calibration files that do not apply."""
 
 from __future__ import annotations
 
 import warnings
 
-__all__ = ["ConvergenceWarning", "PrecisionWarning"]
+__all__ = ["CalibrationWarning", "ConvergenceWarning", "PrecisionWarning"]
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -26,6 +26,14 @@ class PrecisionWarning(UserWarning):
     """A tolerance below what the data's dtype can resolve (``tol`` under
     :func:`deqbench.tol_floor`, e.g. ``tol < 9.5e-7`` in float32). Issued before
     any work; the call then runs with the tolerance as given."""
+
+
+class CalibrationWarning(UserWarning):
+    """The calibration file (``deqbench calibrate``) was not used: it is corrupt,
+    or it was measured on another machine or with other software, or a
+    ``DEQBENCH_<SETTING>`` variable does not parse. One line, once per change
+    of the file or the environment; the built-in defaults run instead (no
+    result depends on the settings: ``deqbench info`` shows them)."""
 
 
 def warn(message: str, stacklevel: int = 3) -> None:

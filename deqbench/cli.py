@@ -1,4 +1,4 @@
-"""The ``deqbench`` console script: ``info``, ``reproduce``, ``sweep``, ``plot``, ``quiet``.
+"""The ``deqbench`` console script: ``info``, ``calibrate``, ``reproduce``, ``sweep``, ``plot``, ``quiet``.
 
 Run ``deqbench SUBCOMMAND --help`` for the options of each.
 """
@@ -61,25 +61,30 @@ def info_lines() -> list[str]:
         if i.get("user_api") == "openmp":
             lines.append(f"OpenMP        {i.get('internal_api')} {i.get('num_threads')} threads: "
                          f"{i.get('filepath')}")
+    from ._calibration import in_force
+    from ._calibration import info_lines as settings_lines
     from ._kernels import blocks
 
+    now = in_force().values
     lines.append(f"thread policy numba's {numba.get_num_threads()} threads split the samples into "
-                 f"row blocks of {blocks.BLOCK_BYTES >> 10} KiB per array "
-                 f"({blocks.MIN_ROWS}-{blocks.MAX_ROWS} rows; at least {blocks.WIDE_ROWS} "
-                 f"once the m x m matrix exceeds {blocks.WIDE_BYTES >> 10} KiB); BLAS runs "
+                 f"row blocks of {now['block_bytes'] >> 10} KiB per array "
+                 f"({now['min_rows']}-{now['max_rows']} rows; at least {now['wide_rows']} "
+                 f"once the m x m matrix exceeds {now['wide_bytes'] >> 10} KiB); BLAS runs "
                  "single-threaded inside each block while a deqbench call runs")
-    if blocks.SMALL_GEMM_MNK:
+    example = blocks.block_rows(1 << 20, 256, in_force().vector)
+    if now["small_gemm_mnk"]:
         lines.append(f"small gemm    BLAS multiplies unpacked while rows m^2 <= "
-                     f"{blocks.SMALL_GEMM_MNK}: blocks of the most rows (a multiple of 4, at "
-                     f"least {blocks.SMALL_MIN_ROWS}) that keep it, e.g. "
-                     f"{blocks.block_rows(1 << 20, 256)} rows at m = 256")
+                     f"{now['small_gemm_mnk']}: blocks of the most rows (a multiple of 4, at "
+                     f"least {now['small_min_rows']}) that keep it, e.g. {example} rows at "
+                     "m = 256")
     else:
-        lines.append("small gemm    no unpacked small-matrix path known for this BLAS: "
-                     "blocks by bytes alone")
-    lines.append(f"crossovers    element passes parallel from {blocks.PASS_PARALLEL_MIN} elements; "
-                 f"gemm_tn: one share of the rows per thread, up to {blocks.MAX_PARTS} "
-                 f"while partials fit {blocks.PARTS_BYTES >> 10} KiB, {blocks.MIN_ROWS} rows "
-                 f"at least (re-measure: python -m tools.calibrate)")
+        lines.append("small gemm    no unpacked small-matrix path in force: blocks by bytes "
+                     f"alone ({example} rows at m = 256)")
+    lines.append(f"crossovers    element passes parallel from {now['pass_parallel_min']} "
+                 f"elements; gemm_tn: one share of the rows per thread, up to "
+                 f"{blocks.MAX_PARTS} while partials fit {blocks.PARTS_BYTES >> 10} KiB, "
+                 f"{blocks.MIN_ROWS} rows at least")
+    lines.extend(settings_lines())
     lines.append(f"CPU           {cpu_model()} ({vector_isa()}); {os.cpu_count()} logical CPUs, "
                  f"{default_workers()} usable by this process")
     lines.append(f"platform      {platform.platform()}")
@@ -89,6 +94,48 @@ def info_lines() -> list[str]:
 def cmd_info(args) -> int:
     print("\n".join(info_lines()))
     return 0
+
+
+def cmd_calibrate(args) -> int:
+    from . import _calibrate
+    from ._blas import MklUnavailable
+    from ._calibration import cache_path, write
+
+    if args.gemm_table:
+        print(f"row-block gemm (n, m) x (m, m) by backend, numba's {_threads()} threads, "
+              "BLAS on one thread in each; numpy's matmul on its BLAS's threads")
+        _calibrate.gemm_table(args.widths or _calibrate.WIDTHS, args.n or _calibrate.N,
+                              args.budget or 20.0)
+        return 0
+    out = Path(args.out) if args.out else cache_path()
+    if out is None and not args.dry_run:
+        raise RuntimeError("DEQBENCH_CALIBRATION=off: give --out PATH, or --dry-run")
+    opts = dict(_calibrate.QUICK) if args.quick else {}
+    if args.widths:
+        opts["widths"] = args.widths
+    if args.n:
+        opts["n"] = args.n
+    if args.budget is not None:
+        opts["budget"] = args.budget
+    try:
+        found = _calibrate.calibrate(gemm=args.gemm, **opts)
+    except MklUnavailable as exc:
+        raise RuntimeError(f"--gemm mkl: {exc}") from exc
+    settings = found["settings"]
+    print("settings      " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    if args.dry_run:
+        print("not written (--dry-run)")
+        return 0
+    command = "deqbench calibrate " + " ".join(args.argv)
+    path = write(out, settings, found["measured"], command.strip())
+    print(f"wrote         {path} (deqbench info shows the settings in force)")
+    return 0
+
+
+def _threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
 
 
 def cmd_sweep(args) -> int:
@@ -203,6 +250,34 @@ def build_parser() -> argparse.ArgumentParser:
                        "the CPU.")
     s.set_defaults(func=cmd_info)
 
+    s = sub.add_parser("calibrate", help="measure the kernels' settings on this machine",
+                       description="Time the block-resident Picard iteration by block rows at "
+                       "several widths (with each gemm backend: numba's np.dot, and MKL's where "
+                       "libmkl_rt loads) and the element passes on one thread against all, pick "
+                       "the block rule, small-gemm bound, parallel crossover and gemm, and write "
+                       "them to the per-user calibration file (about two minutes; run it on a "
+                       "quiet machine). No result depends on them: they only make the kernels "
+                       "faster. 'deqbench info' shows the settings in force.")
+    s.add_argument("--quick", action="store_true",
+                   help="tiny sizes in a few seconds (a check of the machinery, not a "
+                   "measurement)")
+    s.add_argument("--widths", type=_widths, default=None, metavar="M1,M2,...",
+                   help="widths m to time (default: 16,32,64,128,256,512,1024)")
+    s.add_argument("--n", type=_positive_int, default=None,
+                   help="rows of the timed problems (default: 8192)")
+    s.add_argument("--budget", type=_positive_float, default=None, metavar="SECONDS",
+                   help="seconds of timing (default: 90)")
+    s.add_argument("--gemm", choices=("auto", "blas", "mkl"), default="auto",
+                   help="gemm backends to time: every one that loads (auto), or one")
+    s.add_argument("--out", default=None, metavar="PATH",
+                   help="calibration file to write (default: $DEQBENCH_CALIBRATION, else "
+                   "$XDG_CACHE_HOME/deqbench/calibration.json)")
+    s.add_argument("--dry-run", action="store_true", help="measure and print, write nothing")
+    s.add_argument("--gemm-table", action="store_true",
+                   help="only print the row-block gemm's GFLOP/s with each backend next to "
+                   "numpy's matmul at the widths (--n rows, --budget seconds), write nothing")
+    s.set_defaults(func=cmd_calibrate)
+
     s = sub.add_parser("reproduce", help="run the validation experiments E1-E13",
                        description="Run the validation experiments (docs/theory.md §3-§7) and "
                        "write runs.csv, histories.csv, PNG figures and summary.md (one row per "
@@ -289,6 +364,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be integers separated by commas, got "
+                                         f"{text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"widths must be >= 1, got {text!r}")
+    return values
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
 def _nonnegative_int(text: str) -> int:
     try:
         value = int(text)
@@ -315,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)[1:]
     if getattr(args, "scheduler", None) and args.executor != "dask":
         parser.error("--scheduler needs --executor dask")
     try:

@@ -38,14 +38,14 @@ lr = [0.01, 0.03]
 
 
 def test_help_on_every_subcommand(capsys):
-    for cmd in ([], ["info"], ["reproduce"], ["sweep"], ["plot"], ["quiet"]):
+    for cmd in ([], ["info"], ["calibrate"], ["reproduce"], ["sweep"], ["plot"], ["quiet"]):
         with pytest.raises(SystemExit) as exc:
             main([*cmd, "--help"])
         assert exc.value.code == 0
         out = capsys.readouterr().out
         assert "usage: deqbench" in out
     sub = build_parser()._subparsers._group_actions[0].choices
-    assert set(sub) == {"info", "reproduce", "sweep", "plot", "quiet"}
+    assert set(sub) == {"info", "calibrate", "reproduce", "sweep", "plot", "quiet"}
 
 
 def test_console_script_module_runs():

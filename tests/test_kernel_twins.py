@@ -188,14 +188,16 @@ def _blocks_problem(seed, norm):
 
 @pytest.mark.parametrize("threads", [1, 2, 5])
 @pytest.mark.parametrize("code", [IDENTITY, MASK, TANH])
-@pytest.mark.parametrize("rows_arg", [0, 333])
+@pytest.mark.parametrize("rows_arg", [0, 333, 1000])
 def test_picard_blocks_stop_on_their_own(threads, code, rows_arg):
-    """Blocks of different difficulty stop at different iterations; iterates,
-    count, status and the batch history match the NumPy reference, with the
-    block size in force (``rows_arg = 0``) and with one that ``calibrate --picard``
-    passes (10 blocks, the last of 3 rows)."""
+    """Stopping groups of different difficulty stop at different iterations;
+    iterates, count, status and the batch history match the NumPy reference
+    (groups of ``group_rows``), with the block size in force (``rows_arg = 0``)
+    and with ones that ``calibrate --picard`` passes: 333 rows (blocks of one
+    group of 431 rows, each in two gemms) and 1000 (blocks of two groups, the
+    last one ragged group); the blocks change nothing."""
     rng, n, rows, _, _ = _blocks_problem(3, 0.8)
-    rows = rows_arg or rows
+    assert rows == bl.group_rows(n, M) and 333 < rows < 1000 < 3 * rows
     Q = np.linalg.qr(rng.standard_normal((M, M)))[0]
     lam = np.full(M, 0.1)
     lam[0] = 0.8  # one slow direction
@@ -310,11 +312,15 @@ def test_packed_rows_rule():
 
 
 @pytest.mark.parametrize("mnk", [0, 10**6])
-def test_block_rows_rule(monkeypatch, mnk):
+def test_block_rows_rule(mnk):
     """Without an unpacked small gemm the byte rule; with one, the most rows (a
     multiple of 4, at least SMALL_MIN_ROWS) that keep ``rows m^2`` within it."""
-    monkeypatch.setattr(bl, "SMALL_GEMM_MNK", mnk)
-    rule = bl.block_rows.py_func  # reads the patched global (the jitted one froze it)
+    tune = bl.default_tune()
+    tune[bl.TUNE_SMALL_GEMM_MNK] = mnk  # the bound as a setting, at run time
+
+    def rule(n, m):
+        return bl.block_rows(n, m, tune)
+
     for m in (1, 16, 32, 64, 88, 89, 96, 128, 192, 256, 320, 353, 354, 512, 1024, 10**6):
         packed = bl.packed_rows(10**6, m)
         r = rule(10**6, m)
@@ -330,10 +336,15 @@ def test_block_rows_rule(monkeypatch, mnk):
 
 
 def test_block_rows_compiled_with_this_blas():
-    """The jitted rule and the BLAS's small path as detected now agree."""
+    """The jitted rule and the BLAS's small path as detected now agree; the
+    built-in settings vector gives the built-in rule, which is also the rule of
+    Picard's stopping groups."""
     assert bl.SMALL_GEMM_MNK == small_gemm_mnk()
+    tune = bl.default_tune()
+    assert tune[bl.TUNE_SMALL_GEMM_MNK] == small_gemm_mnk()
     for m in (16, 96, 256, 320, 1024):
-        assert bl.block_rows(8192, m) == bl.block_rows.py_func(8192, m)
+        assert bl.block_rows(8192, m) == bl.block_rows(8192, m, tune) == bl.group_rows(8192, m)
+        assert bl.packed_rows(8192, m) == bl.packed_rows(8192, m, tune)
 
 
 @pytest.mark.parametrize(("libs", "expected"), [

@@ -13,6 +13,11 @@ Why (``python -m tools.calibrate``; figures, machine and command in
 whole batch with BLAS's own threads pays a thread hand-off per call and
 streams the batch through memory once for the gemm and again for the pass,
 while blocks keep both threads busy on cache-resident rows.
+
+The block rows, the small-gemm bound, the parallel crossover of element passes
+and the gemm itself are settings, read at run time from the ``tune`` vector
+(``TUNE_*`` below; ``deqbench calibrate`` measures them, ``deqbench info``
+shows them): the constants here are their built-in values.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 
 from .._blas import small_gemm_mnk
 from .._jit import jit, prange, twins
+from .cblas import cblas_gemm
 
 #: Target bytes of one ``rows x m`` float64 block of one array, and the
 #: bounds on its rows: past it the blocks of Z, U and T plus BLAS's packing
@@ -68,69 +74,182 @@ def flat(a):
 SMALL_GEMM_MNK = small_gemm_mnk()
 SMALL_MIN_ROWS = 8
 
+# --- the settings vector ----------------------------------------------------
+# The constants above are the built-in defaults. What the kernels run with
+# comes in at run time as ``tune``, an int64 vector of TUNE_LEN entries
+# (deqbench._calibration builds it from the defaults, a calibration file and
+# the environment), so a new calibration recompiles nothing; ``tune=None``
+# (callers that pass none: tests, benchmarks) means the defaults.
+TUNE_BLOCK_BYTES = 0
+TUNE_MIN_ROWS = 1
+TUNE_MAX_ROWS = 2
+TUNE_WIDE_BYTES = 3
+TUNE_WIDE_ROWS = 4
+TUNE_SMALL_GEMM_MNK = 5
+TUNE_SMALL_MIN_ROWS = 6
+TUNE_PASS_PARALLEL_MIN = 7
+TUNE_GEMM = 8
+"""Which gemm the row-block kernels call: :data:`GEMM_BLAS` or :data:`GEMM_CBLAS`."""
+TUNE_DGEMM = 9
+"""Address of ``cblas_dgemm`` (``GEMM_CBLAS``), 0 otherwise; a run-time value,
+never compiled in, so the on-disk kernel cache stays valid across processes."""
+TUNE_SGEMM = 10
+"""Address of ``cblas_sgemm``, as :data:`TUNE_DGEMM`."""
+TUNE_LEN = 11
 
-@jit
-def packed_rows(n, width):
-    """Rows per block by bytes alone (:data:`BLOCK_BYTES`, :data:`MIN_ROWS`,
-    :data:`MAX_ROWS`, the wide rule), for gemms BLAS packs."""
-    r = BLOCK_BYTES // (8 * max(width, 1))
-    r = max(MIN_ROWS, min(MAX_ROWS, r))
-    if 8 * width * width > WIDE_BYTES:
+GEMM_BLAS = 0
+"""numba's ``np.dot``: the BLAS SciPy ships (OpenBLAS from the wheels)."""
+GEMM_CBLAS = 1
+"""``cblas_dgemm`` / ``cblas_sgemm`` at the addresses of the vector (MKL's)."""
+
+
+def default_tune() -> np.ndarray:
+    """The settings vector of the built-in defaults (the constants above)."""
+    tune = np.zeros(TUNE_LEN, np.int64)
+    tune[TUNE_BLOCK_BYTES] = BLOCK_BYTES
+    tune[TUNE_MIN_ROWS] = MIN_ROWS
+    tune[TUNE_MAX_ROWS] = MAX_ROWS
+    tune[TUNE_WIDE_BYTES] = WIDE_BYTES
+    tune[TUNE_WIDE_ROWS] = WIDE_ROWS
+    tune[TUNE_SMALL_GEMM_MNK] = SMALL_GEMM_MNK
+    tune[TUNE_SMALL_MIN_ROWS] = SMALL_MIN_ROWS
+    tune[TUNE_PASS_PARALLEL_MIN] = PASS_PARALLEL_MIN
+    tune[TUNE_GEMM] = GEMM_BLAS
+    return tune
+
+
+@jit(inline="always")
+def _packed(n, width, block_bytes, min_rows, max_rows, wide_bytes, wide_rows):
+    r = block_bytes // (8 * max(width, 1))
+    r = max(min_rows, min(max_rows, r))
+    if 8 * width * width > wide_bytes:
         # wide, but at least two blocks where n allows (both cores of the
         # calibration machine busy at small n)
-        r = max(r, min(WIDE_ROWS, (n + 1) // 2))
-    return min(r, max(n, 1))
+        r = max(r, min(wide_rows, (n + 1) // 2))
+    return max(min(r, max(n, 1)), 1)
 
 
-@jit
-def block_rows(n, width):
-    """Rows per block for arrays of ``width`` float64 columns whose gemm is
-    ``rows x width`` times ``width x width`` or narrower, untransposed:
-    :func:`packed_rows`, fewer where that keeps BLAS on its unpacked small
-    path (:data:`SMALL_GEMM_MNK`). float32 blocks get the same rows: half the
-    bytes, and OpenBLAS's single-precision path has the same bound."""
-    r = packed_rows(n, width)
+@jit(inline="always")
+def _small(n, width, r, small_mnk, small_min):
     w2 = max(width, 1) * max(width, 1)
-    if SMALL_GEMM_MNK > 0 and r * w2 > SMALL_GEMM_MNK:
-        s = SMALL_GEMM_MNK // w2 // 4 * 4
-        if s >= SMALL_MIN_ROWS:
+    if small_mnk > 0 and r * w2 > small_mnk:
+        s = small_mnk // w2 // 4 * 4
+        if s >= small_min:
             r = min(s, max(n, 1))
     return r
 
 
-def _gemm_rows(P, Q, out, rows):
+@jit
+def packed_rows(n, width, tune=None):
+    """Rows per block by bytes alone (:data:`BLOCK_BYTES`, :data:`MIN_ROWS`,
+    :data:`MAX_ROWS`, the wide rule), for gemms BLAS packs; the settings of
+    ``tune`` when given."""
+    if tune is None:
+        return _packed(n, width, BLOCK_BYTES, MIN_ROWS, MAX_ROWS, WIDE_BYTES, WIDE_ROWS)
+    return _packed(n, width, tune[TUNE_BLOCK_BYTES], tune[TUNE_MIN_ROWS], tune[TUNE_MAX_ROWS],
+                   tune[TUNE_WIDE_BYTES], tune[TUNE_WIDE_ROWS])
+
+
+@jit
+def group_rows(n, width):
+    """Rows of Picard's stopping groups (:func:`~.fixed_point.picard`): the
+    built-in rule of :func:`block_rows`, whatever the settings in force, so
+    that no result depends on the calibration (docs/theory.md §3)."""
+    r = _packed(n, width, BLOCK_BYTES, MIN_ROWS, MAX_ROWS, WIDE_BYTES, WIDE_ROWS)
+    return _small(n, width, r, SMALL_GEMM_MNK, SMALL_MIN_ROWS)
+
+
+@jit
+def block_rows(n, width, tune=None):
+    """Rows per block for arrays of ``width`` float64 columns whose gemm is
+    ``rows x width`` times ``width x width`` or narrower, untransposed:
+    :func:`packed_rows`, fewer where that keeps BLAS on its unpacked small
+    path (:data:`SMALL_GEMM_MNK`). float32 blocks get the same rows: half the
+    bytes, and OpenBLAS's single-precision path has the same bound. The
+    settings of ``tune`` when given, else the built-in ones."""
+    if tune is None:
+        return group_rows(n, width)
+    r = packed_rows(n, width, tune)
+    return _small(n, width, r, tune[TUNE_SMALL_GEMM_MNK], tune[TUNE_SMALL_MIN_ROWS])
+
+
+@jit
+def pass_parallel(size, tune=None):
+    """Whether an element pass over ``size`` elements runs on numba's threads
+    (:data:`PASS_PARALLEL_MIN`, or the setting of ``tune``)."""
+    if tune is None:
+        return size >= PASS_PARALLEL_MIN
+    return size >= tune[TUNE_PASS_PARALLEL_MIN]
+
+
+@jit(inline="always")
+def _unit_rows(a):
+    """Leading dimension of a 2-D array whose rows are contiguous (0 if they are not)."""
+    isz = a.itemsize
+    if a.shape[1] == 1 or a.strides[1] == isz:
+        lead = a.strides[0] // isz
+        if a.shape[0] == 1:
+            lead = max(lead, a.shape[1])
+        if lead >= max(a.shape[1], 1) and lead * isz == a.strides[0]:
+            return lead
+    return 0
+
+
+@jit
+def gemm(a, b, out, tune=None):
+    """``out <- a @ b`` (2-D, one dtype): numba's ``np.dot``, or the CBLAS gemm
+    whose address ``tune`` holds when its :data:`TUNE_GEMM` is
+    :data:`GEMM_CBLAS` (operands whose rows are not contiguous, and empty
+    products, stay with ``np.dot``). Every gemm of the row-block kernels goes
+    through here."""
+    if tune is not None:
+        if tune[TUNE_GEMM] == GEMM_CBLAS:
+            m, k = a.shape
+            n = b.shape[1]
+            lda = _unit_rows(a)
+            ldb = _unit_rows(b)
+            ldc = _unit_rows(out)
+            addr = tune[TUNE_DGEMM] if a.itemsize == 8 else tune[TUNE_SGEMM]
+            if m > 0 and n > 0 and k > 0 and lda > 0 and ldb > 0 and ldc > 0 and addr != 0:
+                cblas_gemm(addr, m, n, k, a, lda, b, ldb, out, ldc)
+                return
+    np.dot(a, b, out)
+
+
+def _gemm_rows(P, Q, out, rows, tune=None):
     n = P.shape[0]
     for b in prange((n + rows - 1) // rows):
         i0 = b * rows
         i1 = min(i0 + rows, n)
-        np.dot(P[i0:i1], Q, out[i0:i1])
+        gemm(P[i0:i1], Q, out[i0:i1], tune)
 
 
 _gemm_rows_s, _gemm_rows_p = twins(_gemm_rows)
 
 
 @jit
-def _gemm_by_blocks(P, Q, out):
+def _gemm_by_blocks(P, Q, out, tune):
     n = P.shape[0]
-    rows = block_rows(n, max(P.shape[1], Q.shape[1]))
+    rows = block_rows(n, max(P.shape[1], Q.shape[1]), tune)
     if n > rows:
-        _gemm_rows_p(P, Q, out, rows)
+        _gemm_rows_p(P, Q, out, rows, tune)
     else:
-        _gemm_rows_s(P, Q, out, rows)
+        _gemm_rows_s(P, Q, out, rows, tune)
 
 
 @jit
-def gemm_rows(P, Q, out):
-    """``out <- P @ Q`` block by block of rows of ``P`` (``n x k`` times ``k x m``).
+def gemm_rows(P, Q, out, tune=None):
+    """``out <- P @ Q`` block by block of rows of ``P`` (``n x k`` times ``k x m``;
+    :func:`block_rows` of ``tune``, each block's product by :func:`gemm`).
 
     A ``Q`` that is not C-contiguous (a transposed matrix) is copied first, a
     ``k x m`` copy against ``2 n k m`` flops: OpenBLAS's small path refuses a
     transposed right operand, and the copy lets the blocks take it (faster from
     m = 64 to 256, level at 512: ``results/calibrate/README.md``)."""
     if Q.flags.c_contiguous:
-        _gemm_by_blocks(P, Q, out)
+        _gemm_by_blocks(P, Q, out, tune)
     else:
-        _gemm_by_blocks(P, np.ascontiguousarray(Q), out)
+        _gemm_by_blocks(P, np.ascontiguousarray(Q), out, tune)
 
 
 def _gemm_tn(P, Q, out, work, chunk):

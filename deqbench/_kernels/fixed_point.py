@@ -12,9 +12,13 @@ work buffers from the caller, allocates nothing in its loop and returns
 call, numba compiles one specialisation each); the squared norms behind the
 residual are accumulated in float64 whatever the dtype. ``hist[k]`` is the relative residual
 ``||h(Z_k M + U) - Z_k||_F / ||h(Z_k M + U)||_F`` of iterate ``k`` (Picard:
-of the batch whose row blocks hold iterate ``min(k, k_b)``, each block
-stopping on its own, :func:`picard`); the returned ``Z`` is the iterate whose
-residual is reported.
+of the batch whose stopping groups of rows hold iterate ``min(k, k_g)``, each
+group stopping on its own, :func:`picard`); the returned ``Z`` is the iterate
+whose residual is reported.
+
+The block sizes and the gemm come from the settings vector ``tune``
+(:mod:`.blocks`; ``None``: the built-in ones); no result depends on them
+beyond rounding.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 
 from .._jit import jit, pjit, prange, twins
 from .activations import IDENTITY, MASK, h_row
-from .blocks import PASS_PARALLEL_MIN, block_rows, flat, gemm_rows
+from .blocks import block_rows, flat, gemm, gemm_rows, group_rows, pass_parallel
 from .status import CONVERGED, DIVERGED, MAX_ITER, RUNNING
 
 GROWTH = 1e8  # absolute residual may not exceed GROWTH x the first one (else DIVERGED)
@@ -96,28 +100,28 @@ def _finish_anderson(Z, U, code, param, D, Fs, Gs, i0, i1):
     return dd, ff
 
 
-def _evaluate(Z, M, U, code, param, D, T, beta, rows):
+def _evaluate(Z, M, U, code, param, D, T, beta, rows, tune=None):
     n = T.shape[0]
     dd = 0.0
     ff = 0.0
     for b in prange((n + rows - 1) // rows):
         i0 = b * rows
         i1 = min(i0 + rows, n)
-        np.dot(Z[i0:i1], M, T[i0:i1])
+        gemm(Z[i0:i1], M, T[i0:i1], tune)
         a, c = _finish(Z, U, code, param, D, T, i0, i1, beta)
         dd += a
         ff += c
     return dd, ff
 
 
-def _anderson_eval(Z, M, U, code, param, D, Fs, Gs, rows):
+def _anderson_eval(Z, M, U, code, param, D, Fs, Gs, rows, tune=None):
     n = Fs.shape[0]
     dd = 0.0
     ff = 0.0
     for b in prange((n + rows - 1) // rows):
         i0 = b * rows
         i1 = min(i0 + rows, n)
-        np.dot(Z[i0:i1], M, Fs[i0:i1])
+        gemm(Z[i0:i1], M, Fs[i0:i1], tune)
         a, c = _finish_anderson(Z, U, code, param, D, Fs, Gs, i0, i1)
         dd += a
         ff += c
@@ -135,6 +139,8 @@ def evaluate(Z, M, U, code, param, D, T, beta):
     Per block of :func:`~.blocks.block_rows` rows: one single-threaded BLAS
     gemm, then the activation, the residual norms and the damping while the
     block is in cache; blocks go to numba's threads when there are two or more.
+    The built-in block rows and gemm (one evaluation: the residual checks of
+    the callers; the solvers' own evaluations read the settings in force).
     """
     rows = block_rows(Z.shape[0], Z.shape[1])
     if Z.shape[0] > rows:
@@ -143,13 +149,13 @@ def evaluate(Z, M, U, code, param, D, T, beta):
 
 
 @jit
-def anderson_eval(Z, M, U, code, param, D, Fs, Gs):
+def anderson_eval(Z, M, U, code, param, D, Fs, Gs, tune=None):
     """``Fs <- h(Z M + U)``, ``Gs <- Fs - Z``; return ``(||Gs||^2, ||Fs||^2)``,
-    block by block as :func:`evaluate`."""
-    rows = block_rows(Z.shape[0], Z.shape[1])
+    block by block as :func:`evaluate`, with the settings ``tune``."""
+    rows = block_rows(Z.shape[0], Z.shape[1], tune)
     if Z.shape[0] > rows:
-        return _anderson_eval_p(Z, M, U, code, param, D, Fs, Gs, rows)
-    return _anderson_eval_s(Z, M, U, code, param, D, Fs, Gs, rows)
+        return _anderson_eval_p(Z, M, U, code, param, D, Fs, Gs, rows, tune)
+    return _anderson_eval_s(Z, M, U, code, param, D, Fs, Gs, rows, tune)
 
 
 @jit
@@ -201,16 +207,21 @@ def stopping(dd, ff, k, r0, res, tol, max_iter, hist):
 
 
 @jit
-def _picard_lane(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, j0, r0s, sums, out,
-                 lane):
+def _picard_lane(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, group, j0, r0s, sums,
+                 out, lane, tune):
     """Lane ``lane``'s share of one round (:func:`_picard_blocks`): blocks
     ``lane, lane + lanes, ...`` iterated from their next evaluation up to
     evaluation ``j0 + ROUND - 1`` or their stop, each in cache meanwhile.
 
-    For evaluation ``j0 + i`` of a block it adds ``(dd, ff, 1)`` to
-    ``sums[lane, i, :3]``, and a stopped block's last ``(dd, ff)`` to
+    A block is ``max(1, rows // group)`` stopping groups of ``group`` rows
+    (:func:`~.blocks.group_rows`); its running groups share their next
+    evaluation and are iterated together, gemms of at most ``rows`` rows over
+    each run of consecutive running groups, and each group stops on its own
+    rule (its iterates are its rows of the batch iteration's, whatever the
+    blocks). For evaluation ``j0 + i`` of a group it adds ``(dd, ff, 1)`` to
+    ``sums[lane, i, :3]``, and a stopped group's last ``(dd, ff)`` to
     ``sums[lane, i + 1, 3:]`` (it keeps them for every later evaluation).
-    ``out[b] = (next evaluation, status)``, ``r0s[b]`` the block's first
+    ``out[g] = (next evaluation, status)``, ``r0s[g]`` the group's first
     absolute residual (negative before it). Compiled once and called by the
     serial and the parallel round alike: as the body of a ``prange`` loop it
     was compiled into both twins (three loops of :func:`_finish`, every
@@ -218,55 +229,75 @@ def _picard_lane(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, j0, r0s,
     """
     n = Z.shape[0]
     lanes = sums.shape[0]
-    nb = (n + rows - 1) // rows
+    ng = out.shape[0]
+    per = max(1, rows // group)
+    nb = (ng + per - 1) // per
     for b in range(lane, nb, lanes):
-        if out[b, 1] != RUNNING:
-            continue
-        i0 = b * rows
-        i1 = min(i0 + rows, n)
-        z = Z[i0:i1]
-        x = T[i0:i1]
-        u = U[i0:i1]
-        d = D[i0:i1] if code == MASK else D[0:1]
-        r0 = r0s[b]
-        k = out[b, 0]
-        status = RUNNING
-        while status == RUNNING and k < j0 + ROUND:
-            cur = z if k % 2 == 0 else x
-            nxt = x if k % 2 == 0 else z
-            np.dot(cur, M, nxt)
-            dd, ff = _finish(cur, u, code, param, d, nxt, 0, i1 - i0, beta)
+        g0 = b * per
+        g1 = min(g0 + per, ng)
+        k = np.int64(-1)
+        for g in range(g0, g1):
+            if out[g, 1] == RUNNING:
+                k = out[g, 0]
+                break
+        while k >= 0 and k < j0 + ROUND:
+            cur = Z if k % 2 == 0 else T
+            nxt = T if k % 2 == 0 else Z
+            g = g0
+            while g < g1:  # the gemms, over each run of running groups
+                if out[g, 1] != RUNNING:
+                    g += 1
+                    continue
+                h = g + 1
+                while h < g1 and out[h, 1] == RUNNING:
+                    h += 1
+                e = min(h * group, n)
+                for s in range(g * group, e, rows):
+                    gemm(cur[s:min(s + rows, e)], M, nxt[s:min(s + rows, e)], tune)
+                g = h
             i = k - j0
-            sums[lane, i, 0] += dd
-            sums[lane, i, 1] += ff
-            sums[lane, i, 2] += 1.0
-            status, r0 = _rule(dd, ff, k, r0, tol, max_iter)
-            if status == RUNNING:
-                k += 1
-            else:
+            going = False
+            for g in range(g0, g1):
+                if out[g, 1] != RUNNING:
+                    continue
+                i0 = g * group
+                i1 = min(i0 + group, n)
+                d = D[i0:i1] if code == MASK else D[0:1]
+                dd, ff = _finish(cur[i0:i1], U[i0:i1], code, param, d, nxt[i0:i1], 0, i1 - i0,
+                                 beta)
+                sums[lane, i, 0] += dd
+                sums[lane, i, 1] += ff
+                sums[lane, i, 2] += 1.0
+                status, r0 = _rule(dd, ff, k, r0s[g], tol, max_iter)
+                r0s[g] = r0
+                if status == RUNNING:
+                    out[g, 0] = k + 1
+                    going = True
+                    continue
+                out[g, 0] = k
+                out[g, 1] = status
                 sums[lane, i + 1, 3] += dd
                 sums[lane, i + 1, 4] += ff
-        if status != RUNNING and k % 2 == 1:
-            # the reported iterate is in T: Z gets it, T its evaluation
-            zf = flat(z)
-            xf = flat(x)
-            for j in range(zf.shape[0]):
-                v = zf[j]
-                zf[j] = xf[j]
-                xf[j] = v
-        r0s[b] = r0
-        out[b, 0] = k
-        out[b, 1] = status
+                if k % 2 == 1:
+                    # the reported iterate is in T: Z gets it, T its evaluation
+                    zf = flat(Z[i0:i1])
+                    xf = flat(T[i0:i1])
+                    for j in range(zf.shape[0]):
+                        v = zf[j]
+                        zf[j] = xf[j]
+                        xf[j] = v
+            k = k + 1 if going else np.int64(-1)
 
 
 @pjit
-def _picard_blocks(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, j0, r0s, sums, out):
+def _picard_blocks(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, group, j0, r0s, sums,
+                   out, tune):
     """One round of :func:`picard`: every running block iterated up to
     evaluation ``j0 + ROUND - 1`` or its stop, one lane per thread
     (:func:`_picard_lane`; lanes own their blocks and their sums: no races)."""
     for lane in prange(sums.shape[0]):
-        _picard_lane(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, j0, r0s, sums,
-                     out, np.int64(lane))
+        _picard_lane(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, group, j0, r0s,
+                     sums, out, np.int64(lane), tune)
 
 
 @jit(fastmath=False)
@@ -299,59 +330,66 @@ def _batch_history(sums, j0, held, hist):
 
 
 @jit
-def picard(Z, M, U, code, param, D, T, tol, max_iter, beta, hist, threads, rows=0):
+def picard(Z, M, U, code, param, D, T, tol, max_iter, beta, hist, threads, rows=0, tune=None):
     """Damped Picard ``Z <- (1 - beta) Z + beta h(Z M + U)``; ``T`` is work space.
 
-    Block-resident: each block of :func:`~.blocks.block_rows` rows is iterated
-    on its own, ``ROUND`` evaluations at a time while its rows of ``Z``, ``U``
-    and ``T`` stay in cache, until it meets the rule ``||F(Z_b) - Z_b|| <= tol
-    ||F(Z_b)||`` itself; blocks go to ``threads`` lanes (numba's thread count,
-    which a cached kernel cannot read; any count gives the same ``Z``).
-    Samples are independent, so a block's iterates are exactly its rows of the
-    batch iteration's, and the blocks' rules together imply the batch rule;
-    easy blocks stop early. ``hist[k]`` is the relative residual of the batch
-    whose blocks hold iterate ``min(k, k_b)``; the iteration count returned
-    is the largest ``k_b``, the status the worst (diverged, then max_iter),
-    the residual that of the returned ``Z`` (the last finite entry of
-    ``hist`` when a block went non-finite).
+    Block-resident: each block of :func:`~.blocks.block_rows` rows (of the
+    settings ``tune``) is iterated ``ROUND`` evaluations at a time while its
+    rows of ``Z``, ``U`` and ``T`` stay in cache; blocks go to ``threads``
+    lanes (numba's thread count, which a cached kernel cannot read; any count
+    gives the same ``Z``). The stopping rule ``||F(Z_g) - Z_g|| <= tol
+    ||F(Z_g)||`` is met by each stopping group ``g`` of
+    :func:`~.blocks.group_rows` rows on its own, a fixed split of the rows that
+    the blocks are built from (whole groups, or a group in several gemms), so
+    that neither ``Z`` nor the counts depend on the blocks (docs/theory.md §3).
+    Samples are independent, so a group's iterates are exactly its rows of the
+    batch iteration's, and the groups' rules together imply the batch rule;
+    easy groups stop early. ``hist[k]`` is the relative residual of the batch
+    whose groups hold iterate ``min(k, k_g)``; the iteration count returned is
+    the largest ``k_g``, the status the worst (diverged, then max_iter), the
+    residual that of the returned ``Z`` (the last finite entry of ``hist``
+    when a group went non-finite).
 
-    ``rows``: rows per block, :func:`~.blocks.block_rows` when not positive
-    (``python -m tools.calibrate --picard`` times other sizes).
+    ``rows``: rows per block, :func:`~.blocks.block_rows` of ``tune`` when not
+    positive (``python -m tools.calibrate --picard`` and ``deqbench
+    calibrate`` time other sizes).
 
-    On return ``Z`` holds each block's reported iterate and ``T`` its
+    On return ``Z`` holds each group's reported iterate and ``T`` its
     evaluation ``Z + beta (h(Z M + U) - Z)``: the nonlinear adjoint reads
     ``h'`` off it instead of paying another gemm (:func:`~.gradients.output_derivative`).
     """
     n = Z.shape[0]
     if rows <= 0:
-        rows = block_rows(n, Z.shape[1])
-    nb = max((n + rows - 1) // rows, 1)
-    lanes = max(1, min(threads, nb))
+        rows = block_rows(n, Z.shape[1], tune)
+    group = group_rows(n, Z.shape[1])
+    ng = max((n + group - 1) // group, 1)
+    per = max(1, rows // group)
+    lanes = max(1, min(threads, (ng + per - 1) // per))
     sums = np.empty((lanes, ROUND + 1, 5))
-    out = np.zeros((nb, 2), np.int64)
+    out = np.zeros((ng, 2), np.int64)
     out[:, 1] = RUNNING
-    r0s = np.full(nb, -1.0)
+    r0s = np.full(ng, -1.0)
     held = np.zeros(2)
     k = 0
     j0 = np.int64(0)
     while True:
         sums[:] = 0.0
         if lanes > 1:
-            _picard_blocks(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, j0, r0s,
-                           sums, out)
+            _picard_blocks(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, group, j0,
+                           r0s, sums, out, tune)
         else:
-            _picard_lane(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, j0, r0s, sums,
-                         out, np.int64(0))
+            _picard_lane(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, group, j0, r0s,
+                         sums, out, np.int64(0), tune)
         k = max(k, _batch_history(sums, j0, held, hist))
         running = False
-        for b in range(nb):
-            running = running or out[b, 1] == RUNNING
+        for g in range(ng):
+            running = running or out[g, 1] == RUNNING
         if not running:
             break
         j0 += ROUND
     status = CONVERGED
-    for b in range(nb):
-        s = out[b, 1]
+    for g in range(ng):
+        s = out[g, 1]
         if s == DIVERGED or (s == MAX_ITER and status == CONVERGED):
             status = s
     res = np.inf
@@ -440,7 +478,8 @@ _anderson_mix_s, _anderson_mix_p = twins(_anderson_mix)
 
 
 @jit
-def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, ridge, hist):
+def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, ridge, hist,
+             tune=None):
     """Anderson acceleration (type II) with history ``Fh.shape[0]``.
 
     ``Fh``, ``Gh``: ``(k, n, m)`` ring buffers of map values and residuals;
@@ -452,11 +491,12 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
     ||F||`` is at most ``MINIMISER_SHARE tol``, the next iterate is the
     minimiser ``sum_p alpha_p Z_p`` itself (mix 0; Walker and Ni: Anderson's
     iterate is one map step from the GMRES iterate, a step that multiplies its
-    residual by ``A^T`` on a linear map, docs/theory.md §3).
+    residual by ``A^T`` on a linear map, docs/theory.md §3). Block rows,
+    gemm and the parallel crossover of its passes: the settings ``tune``.
     """
     kmax = Fh.shape[0]
-    par = Z.size >= PASS_PARALLEL_MIN
-    rows = block_rows(Z.shape[0], Z.shape[1])
+    par = pass_parallel(Z.size, tune)
+    rows = block_rows(Z.shape[0], Z.shape[1], tune)
     H = work[:kmax, :]
     L = work[kmax : 2 * kmax, :]
     w = work[2 * kmax]
@@ -467,7 +507,7 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
     minimiser = False  # whether Z is the last window's minimiser (mix 0)
     while True:
         s = k % kmax
-        dd, ff = anderson_eval(Z, M, U, code, param, D, Fh[s], Gh[s])
+        dd, ff = anderson_eval(Z, M, U, code, param, D, Fh[s], Gh[s], tune)
         status, res, r0 = stopping(dd, ff, k, r0, res, tol, max_iter, hist)
         if status != RUNNING:
             break
@@ -532,11 +572,11 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
 
 
 @jit
-def direct_linear(C, U, Z):
+def direct_linear(C, U, Z, tune=None):
     """Exact linear fixed point ``Z = U C^{-T}``: ``C^{-1}`` by LU (``m^3``, in
     ``C``'s dtype, float64 from the callers), rounded to ``U``'s dtype, then one
     gemm by row blocks (``2 m^2 n``, as the training loop's direct step)."""
     m = C.shape[0]
     CiT = np.empty((m, m), U.dtype)
     CiT[:, :] = np.linalg.inv(C).T
-    gemm_rows(U, CiT, Z)
+    gemm_rows(U, CiT, Z, tune)

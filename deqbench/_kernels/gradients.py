@@ -2,24 +2,23 @@
 
 Each kernel streams its arrays once per step; element passes go parallel
 only from ``PASS_PARALLEL_MIN`` elements on, gemm + pass kernels work in row
-blocks like :mod:`.fixed_point` (see :mod:`.blocks`).
+blocks like :mod:`.fixed_point` (see :mod:`.blocks`); both read the settings
+vector ``tune`` (``None``: the built-in settings).
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from .._jit import jit, prange, twins
 from .activations import act, dact, dh_from_output_row, dh_row
-from .blocks import PASS_PARALLEL_MIN, block_rows, flat
+from .blocks import block_rows, flat, gemm, pass_parallel
 
 
-def _preactivation_derivative(Z, AT, U, code, param, D, rows):
+def _preactivation_derivative(Z, AT, U, code, param, D, rows, tune=None):
     n, m = D.shape
     for b in prange((n + rows - 1) // rows):
         i0 = b * rows
         i1 = min(i0 + rows, n)
-        np.dot(Z[i0:i1], AT, D[i0:i1])
+        gemm(Z[i0:i1], AT, D[i0:i1], tune)
         dh_row(code, param, flat(D[i0:i1]), flat(U[i0:i1]))
 
 
@@ -27,12 +26,12 @@ _preactivation_derivative_s, _preactivation_derivative_p = twins(_preactivation_
 
 
 @jit
-def preactivation_derivative(Z, AT, U, code, param, D):
+def preactivation_derivative(Z, AT, U, code, param, D, tune=None):
     """``D <- phi'(Z A^T + U)`` (``D`` doubles as the gemm output), by row blocks."""
-    rows = block_rows(Z.shape[0], Z.shape[1])
+    rows = block_rows(Z.shape[0], Z.shape[1], tune)
     if Z.shape[0] > rows:
-        return _preactivation_derivative_p(Z, AT, U, code, param, D, rows)
-    return _preactivation_derivative_s(Z, AT, U, code, param, D, rows)
+        return _preactivation_derivative_p(Z, AT, U, code, param, D, rows, tune)
+    return _preactivation_derivative_s(Z, AT, U, code, param, D, rows, tune)
 
 
 def _output_derivative(Z, T, code, beta, D, rows):
@@ -55,15 +54,15 @@ _output_derivative_s, _output_derivative_p = twins(_output_derivative)
 
 
 @jit
-def output_derivative(Z, T, code, beta, D):
+def output_derivative(Z, T, code, beta, D, tune=None):
     """``D <- phi'(Z A^T + U)`` without the gemm, from the last Picard evaluation of ``Z``,
     ``T = Z + beta (phi(Z A^T + U) - Z)`` (:func:`~.fixed_point.picard` leaves it there),
     for the activations of :func:`~.activations.has_output_derivative`. One element pass
     where :func:`preactivation_derivative` pays a gemm as costly as a map evaluation; the
     values agree to rounding (``phi`` recovered from ``T``, within an ulp when
     ``beta = 1``)."""
-    rows = block_rows(D.shape[0], D.shape[1])
-    if D.size >= PASS_PARALLEL_MIN and D.shape[0] > rows:
+    rows = block_rows(D.shape[0], D.shape[1], tune)
+    if pass_parallel(D.size, tune) and D.shape[0] > rows:
         return _output_derivative_p(Z, T, code, beta, D, rows)
     return _output_derivative_s(Z, T, code, beta, D, rows)
 
@@ -91,10 +90,10 @@ _residual_loss_s, _residual_loss_p = twins(_residual_loss)
 
 
 @jit
-def residual_loss(Z, Y, G):
+def residual_loss(Z, Y, G, tune=None):
     """Squared loss ``||Z - Y||^2 / 2n``; ``G <- (Z - Y) / n``."""
-    rows = block_rows(Z.shape[0], Z.shape[1])
-    if Z.size >= PASS_PARALLEL_MIN:
+    rows = block_rows(Z.shape[0], Z.shape[1], tune)
+    if pass_parallel(Z.size, tune):
         return _residual_loss_p(Z, Y, G, rows)
     return _residual_loss_s(Z, Y, G, rows)
 
@@ -119,10 +118,10 @@ _single_index_loss_s, _single_index_loss_p = twins(_single_index_loss)
 
 
 @jit
-def single_index_loss(Z, y, u, code, param, G):
+def single_index_loss(Z, y, u, code, param, G, tune=None):
     """``yhat = sigma(Z u)``, loss ``sum (yhat - y)^2 / 2n``;
     ``G <- outer(r sigma'(s), u) / n``."""
-    if Z.size >= PASS_PARALLEL_MIN:
+    if pass_parallel(Z.size, tune):
         return _single_index_loss_p(Z, y, u, code, param, G)
     return _single_index_loss_s(Z, y, u, code, param, G)
 
@@ -140,8 +139,8 @@ _single_index_predict_s, _single_index_predict_p = twins(_single_index_predict)
 
 
 @jit
-def single_index_predict(Z, u, code, param, out):
+def single_index_predict(Z, u, code, param, out, tune=None):
     """``out <- sigma(Z u)``."""
-    if Z.size >= PASS_PARALLEL_MIN:
+    if pass_parallel(Z.size, tune):
         return _single_index_predict_p(Z, u, code, param, out)
     return _single_index_predict_s(Z, u, code, param, out)

@@ -108,10 +108,12 @@ Model = namedtuple("Model", ["kind", "X", "Y", "y", "u", "code", "param"])
 #: slots of the work buffers, 0 when neither solver keeps a history),
 #: ``neumann_terms`` (the highest power of a truncated adjoint series, 0 for JFB),
 #: ``cert_limit``, the largest spectral radius of the iteration matrix that
-#: :func:`certify` accepts (:func:`deqbench.theory.certified_rate`), and ``threads``.
+#: :func:`certify` accepts (:func:`deqbench.theory.certified_rate`), ``threads``
+#: and ``tune``, the settings vector of the row-block kernels (:mod:`.blocks`;
+#: None, the default: the built-in settings).
 Solve = namedtuple("Solve", ["forward", "adjoint", "tol", "max_iter", "damping",
                              "anderson_ridge", "anderson_history", "neumann_terms",
-                             "cert_limit", "threads"])
+                             "cert_limit", "threads", "tune"], defaults=(None,))
 
 #: The n-independent path: ``use`` it or not, ``Sxx = X^T X / n``, the
 #: least-squares ``W_star`` and the global minimum ``L_star``.
@@ -347,7 +349,8 @@ def _iterate(solver, Z, M, U, code, param, ws, solve):
     buffers and options; returns ``(n_iter, status)``."""
     k, res, st = iterate(solver, Z, M, U, code, param, ws.D, ws.T, ws.Fh, ws.Gh, ws.GG,
                          ws.work, ws.hist, solve.tol, solve.max_iter, solve.damping,
-                         solve.anderson_ridge, solve.neumann_terms, solve.threads)
+                         solve.anderson_ridge, solve.neumann_terms, solve.threads,
+                         solve.tune)
     return k, st
 
 
@@ -367,7 +370,7 @@ def sample_eval(model, A, B, solve, warm, ws, gA, gB):
     for i in range(m):
         for j in range(B.shape[1]):
             BT[j, i] = B[i, j]
-    gemm_rows(X, BT, U)
+    gemm_rows(X, BT, U, solve.tune)
     fcode = model.code if model.kind == NONLINEAR else IDENTITY
     have_inv = False
     # forward
@@ -376,7 +379,7 @@ def sample_eval(model, A, B, solve, warm, ws, gA, gB):
         if not _invert_c(A, Ci):
             return np.nan, 0, 0, FP_FAILED
         have_inv = True
-        gemm_rows(U, Ci.T, Z)
+        gemm_rows(U, Ci.T, Z, solve.tune)
         if not all_finite(Z):
             return np.nan, 0, 0, FP_FAILED
     else:
@@ -387,24 +390,25 @@ def sample_eval(model, A, B, solve, warm, ws, gA, gB):
             return np.nan, kf, 0, FP_FAILED
     # loss and dL/dZ
     if model.kind == SINGLE_INDEX:
-        loss = _g.single_index_loss(Z, model.y, model.u, model.code, model.param, G)
+        loss = _g.single_index_loss(Z, model.y, model.u, model.code, model.param, G,
+                                    solve.tune)
     else:
-        loss = _g.residual_loss(Z, model.Y, G)
+        loss = _g.residual_loss(Z, model.Y, G, solve.tune)
     if not np.isfinite(loss):
         return loss, kf, 0, NONFINITE
     # adjoint
     acode = IDENTITY
     if model.kind == NONLINEAR:
         if has(solve.forward, KEEPS_EVALUATION) and has_output_derivative(fcode):
-            _g.output_derivative(Z, ws.T, fcode, solve.damping, D)  # no gemm
+            _g.output_derivative(Z, ws.T, fcode, solve.damping, D, solve.tune)  # no gemm
         else:
-            _g.preactivation_derivative(Z, AT, U, model.code, model.param, D)
+            _g.preactivation_derivative(Z, AT, U, model.code, model.param, D, solve.tune)
         acode = MASK
     kb = 0
     if has(solve.adjoint, EXACT_LINEAR):
         if not have_inv and not _invert_c(A, Ci):
             return np.nan, kf, 0, FP_FAILED
-        gemm_rows(G, Ci, Mu)
+        gemm_rows(G, Ci, Mu, solve.tune)
     else:
         truncated = has(solve.adjoint, TRUNCATED)
         if truncated or not warm:  # a truncated series always starts from zero

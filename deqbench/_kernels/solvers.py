@@ -11,6 +11,8 @@ iterative solver: its kernel (a module of its own), its code, its row of
 
 from __future__ import annotations
 
+import numpy as np
+
 from .._jit import jit
 from .broyden import broyden
 from .fixed_point import anderson, picard
@@ -58,7 +60,7 @@ def has(solver, flag):
 
 @jit
 def iterate(solver, Z, M, U, code, param, D, T, Fh, Gh, GG, work, hist, tol, max_iter, damping,
-            ridge, terms, threads):
+            ridge, terms, threads, tune):
     """Solve ``Z = h(Z M + U)`` in place on ``Z`` (initial guess in) with solver
     ``solver``; return ``(n_iter, residual, status)`` (:mod:`.status`).
 
@@ -69,13 +71,16 @@ def iterate(solver, Z, M, U, code, param, D, T, Fh, Gh, GG, work, hist, tol, max
     truncated); what a solver does not read may be ``(1, ...)`` placeholders of
     the same dtype; Broyden keeps its ``k`` secant pairs in ``Fh``, ``Gh`` and
     its second iterate in ``T``. ``terms``: the highest power of a truncated
-    series (``TRUNCATED``; JFB passes 0). ``threads``: numba's thread count.
+    series (``TRUNCATED``; JFB passes 0). ``threads``: numba's thread count;
+    ``tune``: the settings vector (:mod:`.blocks`).
     """
     if solver == BROYDEN:
         return broyden(Z, M, U, code, param, D, T, Fh, Gh, tol, max_iter, hist)
     if solver == ANDERSON:
         return anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, damping,
-                        ridge, hist)
+                        ridge, hist, tune)
     if has(solver, TRUNCATED):
-        return picard(Z, M, U, code, param, D, T, 0.0, terms + 1, 1.0, hist, threads)
-    return picard(Z, M, U, code, param, D, T, tol, max_iter, damping, hist, threads)
+        return picard(Z, M, U, code, param, D, T, 0.0, terms + 1, 1.0, hist, threads,
+                      np.int64(0), tune)
+    return picard(Z, M, U, code, param, D, T, tol, max_iter, damping, hist, threads,
+                  np.int64(0), tune)

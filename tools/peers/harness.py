@@ -44,13 +44,14 @@ def bench_case(workload: str, p, factories, *, grads: bool, reps: int, log) -> l
         np.empty((p.n, p.m)),
     )
     fns["numpy matmul"] = lambda: np.matmul(Zm, Mm, out=Tm)
+    fns.update(torch_matmul(Zm, Mm))
     t0 = time.perf_counter()
     times = interleaved(fns, reps, known=warm)
     log(f"  {workload} {p.name}: {time.perf_counter() - t0:.1f} s for {reps} rounds")
     t_db = float(np.median(times[DB])) if DB in times else np.nan
     db = outcomes.get(DB)
     rows = []
-    for name in [n for n, _ in factories] + ["numpy matmul"]:
+    for name in [n for n, _ in factories] + list(MATMULS):
         if name in notes:
             rows.append(dict(workload=workload, m=p.m, n=p.n, d=p.d, peer=name, note=notes[name]))
             continue
@@ -58,7 +59,7 @@ def bench_case(workload: str, p, factories, *, grads: bool, reps: int, log) -> l
             continue
         t = times[name]
         med = float(np.median(t))
-        if name == "numpy matmul":
+        if name in MATMULS:
             flops, fe, be = P.flops_map(p), "", ""
         else:
             o = outcomes[name]
@@ -94,7 +95,36 @@ def bench_case(workload: str, p, factories, *, grads: bool, reps: int, log) -> l
                 note="",
             )
         )
-    return rows
+    return rows + best_matmul(rows)
+
+
+#: The gemms of each case's shapes ``(n, m) x (m, m)``, timed in the same rounds:
+#: numpy's (its BLAS) and torch's (its own, MKL on x86 wheels) where installed.
+MATMULS = ("numpy matmul", "torch matmul")
+BEST = "best matmul"
+
+
+def torch_matmul(Z, M) -> dict:
+    """``{"torch matmul": callable}`` on the same arrays (shared memory), or ``{}``
+    without torch (its threads as the torch peers set them)."""
+    from .torch_peers import torch
+
+    if torch is None:
+        return {}
+    Zt, Mt = torch.from_numpy(Z), torch.from_numpy(M)
+    Tt = torch.empty_like(Zt)
+    return {"torch matmul": lambda: torch.matmul(Zt, Mt, out=Tt)}
+
+
+def best_matmul(rows) -> list[dict]:
+    """The machine's best gemm for the case: a copy of the faster matmul row (by
+    median) as peer ``"best matmul"``, its ``note`` naming which; the efficiency
+    reference of the targets, next to numpy's."""
+    mm = [r for r in rows if r["peer"] in MATMULS and "median_s" in r]
+    if not mm:
+        return []
+    best = min(mm, key=lambda r: r["median_s"])
+    return [dict(best, peer=BEST, note=best["peer"])]
 
 
 def memory_rows(m: int, n: int, configs, log) -> list[dict]:
@@ -196,6 +226,14 @@ def machine() -> dict:
     from deqbench._platform import vector_isa
 
     info["cpu_flags"] = vector_isa()
+    try:  # the kernels' settings in force: built-in, or a calibration (deqbench calibrate)
+        from deqbench._calibration import in_force
+
+        now = in_force()
+        info["kernel_settings"] = (f"{now.state}, {now.note}: " + ", ".join(
+            f"{k}={v}" for k, v in now.values.items()))
+    except ImportError:  # a deqbench without calibration
+        pass
     return info
 
 

@@ -4,8 +4,10 @@
 ``peers.csv`` of the all-threads runs (``m16-256``, ``m1024``) and the
 one-thread runs (``1thread``, ``1thread-m1024``) and prints one Markdown row
 per workload and width: deqbench's speed-up over the fastest iterative peer
-(named) and its GFLOP/s against numpy's matmul of the same shapes, measured in
-the same rounds. A width missing from the results prints ``-``.
+(named) and its GFLOP/s against the machine's best matmul of the same shapes
+(the faster of numpy's and torch's, ``best matmul`` in the CSV; numpy's in runs
+without it), measured in the same rounds. A width missing from the results
+prints ``-``.
 
 A setting may hold repeated runs, each in its own ``run*/`` folder (a
 ``peers.csv`` in the setting's folder counts as one more): the machine's
@@ -60,7 +62,8 @@ def _one_run(group) -> tuple:
              if p in group and group[p]["median_s"]]
     speed, peer = (min(peers)[0] / t, min(peers)[1]) if peers else (np.nan, "")
     dq = float(group["deqbench"]["gflops"])
-    mm = float(group["numpy matmul"]["gflops"]) if "numpy matmul" in group else np.nan
+    ref = "best matmul" if "best matmul" in group else "numpy matmul"
+    mm = float(group[ref]["gflops"]) if ref in group else np.nan
     return speed, peer, 100 * dq / mm, dq, mm
 
 
