@@ -52,7 +52,8 @@ def test_inject_routes_every_kernel_product(tmp_path):
               for p in kdir.glob("*.py")}
     done = inject.inject(tree)
     assert done == {k: v for k, v in before.items() if v}
-    assert {"blocks.py", "fixed_point.py"} <= set(done)  # the row-block gemms, Picard's own
+    # the row-block gemms: Picard's and every solve's products go through blocks.gemm
+    assert "blocks.py" in done
     for mod in kdir.glob("*.py"):
         text = mod.read_text()
         if mod.name in done:
@@ -176,7 +177,8 @@ def test_injection_adds_its_share_to_every_gated_time_benchmark(tmp_path):
     plain, inj = out["plain"], out["injected"]
     assert plain.keys() == inj.keys()
     counted = {k for k, v in plain.items() if "flops" in v}
-    assert {k for k, v in inj.items() if "flops" in v} == counted
+    assert {k for k, v in inj.items() if "flops" in v} == counted, (
+        {k: (plain[k], inj[k]) for k in plain if ("flops" in plain[k]) != ("flops" in inj[k])})
     for key in set(plain) - counted:  # only the SIMD activations may be missing
         assert "not usable in pure-python" in plain[key]["skipped"], (key, plain[key])
     # every gated class that times something is counted at least once

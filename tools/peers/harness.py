@@ -107,7 +107,7 @@ BEST = "best matmul"
 def torch_matmul(Z, M) -> dict:
     """``{"torch matmul": callable}`` on the same arrays (shared memory), or ``{}``
     without torch (its threads as the torch peers set them)."""
-    from .torch_peers import torch
+    from benchmarks.peers.torch_peers import torch
 
     if torch is None:
         return {}
