@@ -1,0 +1,72 @@
+"""The eighteen defects of the bad-input audit (issue 31), one test each (D1-D18):
+no silent wrong answer, no hang, no raw traceback. The property test over the
+whole public API is tests/test_properties.py."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import deqbench as db
+from deqbench import theory
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _setup():
+    X, Y, _ = db.data.linear_teacher(64, 4, 3, seed=0)
+    A, B = db.data.init_params(4, 3, scale_A=0.5, scale_B=1, seed=1)
+    return X, Y, A, B
+
+
+def _child(code: str, timeout: float = 300, memory_gb: float = 4.0):
+    """Run ``code`` in a fresh interpreter under a memory cap and a time limit (a defect
+    that hangs or eats memory fails the test instead of the test run)."""
+    head = textwrap.dedent(f"""
+        import resource, warnings
+        lim = int({memory_gb} * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+        warnings.simplefilter("ignore")
+        import numpy as np
+        import deqbench as db
+        X, Y, _ = db.data.linear_teacher(64, 4, 3, seed=0)
+        A, B = db.data.init_params(4, 3, scale_A=0.5, scale_B=1, seed=1)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        return subprocess.run([sys.executable, "-c", head + textwrap.dedent(code)], env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hung: no answer within {timeout} s")
+
+
+# --- hang and crash ---------------------------------------------------------------------
+
+
+def test_d1_flow_with_unreachable_tolerances_ends_with_a_status():
+    # the first step size was NaN and the compiled loop never exited (nor heard Ctrl-C)
+    r = _child("""
+        r = db.flow("linear", X, Y, A, B, t_end=1, rtol=1e-200, atol=1e-200)
+        print(r.status, r.n_steps, r.t)
+    """)
+    assert r.returncode == 0, r.stderr[-2000:]
+    status, n_steps, t = r.stdout.split()
+    assert status == "step_too_small" and int(n_steps) == 0 and float(t) == 0.0
+
+
+# --- silent wrong answers ---------------------------------------------------------------
+
+
+def test_d13_flow_step_floor_is_relative_to_t_not_t_end():
+    X, Y, A, B = _setup()
+    near = db.flow("linear", X, Y, A, B, t_end=1e11, stop_loss=0.2)
+    for t_end in (1e12, 1e200):
+        far = db.flow("linear", X, Y, A, B, t_end=t_end, stop_loss=0.2)
+        assert far.status == "converged" and far.n_steps > 0
+        assert far.t == pytest.approx(near.t, rel=1e-6)
