@@ -70,3 +70,27 @@ def test_d13_flow_step_floor_is_relative_to_t_not_t_end():
         far = db.flow("linear", X, Y, A, B, t_end=t_end, stop_loss=0.2)
         assert far.status == "converged" and far.n_steps > 0
         assert far.t == pytest.approx(near.t, rel=1e-6)
+
+
+def test_d2_memmap_truncated_under_a_reader_is_an_error_not_sigbus(tmp_path):
+    # read_teacher's memmaps, truncated before or while a chunked call reads them
+    r = _child(f"""
+        from deqbench import _source
+        root = db.data.write_teacher({str(tmp_path)!r}, "linear", 20000, 4, 3, seed=0)
+        Xm, Ym, _, _ = db.data.read_teacher(root)
+        src = _source.open_source("X", Xm)  # opened (validated) whole, then cut short
+        os_truncate = __import__("os").truncate
+        os_truncate(root / "X.npy", 200_000)
+        try:
+            src.read(15000, 17000)
+        except OSError as exc:
+            print("read:", exc)
+        try:
+            db.loss_and_grad("linear", Xm, Ym, A, B, chunk=2000)
+        except ValueError as exc:
+            print("call:", exc)
+    """)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    read, call = r.stdout.splitlines()
+    assert read.startswith("read:") and "short read" in read
+    assert call.startswith("call: X:") and "X.npy" in call and "truncated" in call
