@@ -137,3 +137,29 @@ def choice(name: str, value, options) -> str:
     if value not in options:
         raise ValueError(f"{name} must be one of {sorted(options)}, got {_describe(value)}")
     return value
+
+
+def seed(name: str, value):
+    """A seed of ``numpy.random.default_rng``: an integer >= 0, a ``SeedSequence``, a
+    ``Generator`` or a ``BitGenerator`` (returned as given), or None (fresh entropy)."""
+    if value is None or isinstance(value, (np.random.SeedSequence, np.random.Generator,
+                                           np.random.BitGenerator)):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer >= 0 or a numpy SeedSequence, got "
+                        f"{_describe(value)}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer >= 0 or a numpy SeedSequence, got "
+                        f"{_describe(value)}") from None
+    if v < 0:
+        raise ValueError(f"{name} must be >= 0, got {v}")
+    return v
+
+
+def boolean(name: str, value) -> bool:
+    """A strict flag: ``True``/``False`` (or NumPy's), never ``1``, ``1.0`` or a string."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {_describe(value)}")

@@ -94,3 +94,61 @@ def test_d2_memmap_truncated_under_a_reader_is_an_error_not_sigbus(tmp_path):
     read, call = r.stdout.splitlines()
     assert read.startswith("read:") and "short read" in read
     assert call.startswith("call: X:") and "X.npy" in call and "truncated" in call
+
+
+def test_d5_teacher_files_that_disagree_are_detected(tmp_path, monkeypatch):
+    a = db.data.write_teacher(tmp_path / "a", "linear", 300, 4, 3, seed=0)
+    b = db.data.write_teacher(tmp_path / "b", "linear", 300, 4, 3, seed=1)
+    (a / "X.npy").write_bytes((b / "X.npy").read_bytes())  # X of another seed
+    with pytest.raises(ValueError, match=r"X\.npy.*checksum"):
+        db.data.read_teacher(a)
+    # an overwrite interrupted while it writes the data leaves the old teacher whole;
+    # interrupted while it renames the files into place, a directory with no
+    # teacher.json (never the old teacher.json beside new data)
+    c = db.data.write_teacher(tmp_path / "c", "linear", 300, 4, 3, seed=0)
+    want = np.array(db.data.read_teacher(c)[0])
+    real_replace = os.replace
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def killed_second(src, dst):
+        if Path(dst).name == "Y.npy":
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(np, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        db.data.write_teacher(c, "linear", 300, 4, 3, seed=1, overwrite=True)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(db.data.read_teacher(c)[0], want)
+    monkeypatch.setattr(os, "replace", killed_second)
+    with pytest.raises(KeyboardInterrupt):
+        db.data.write_teacher(c, "linear", 300, 4, 3, seed=1, overwrite=True)
+    monkeypatch.undo()
+    with pytest.raises(FileNotFoundError, match="teacher.json"):
+        db.data.read_teacher(c)
+    assert not [p for p in c.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_d12_bad_teacher_directories_and_builder_arguments(tmp_path):
+    root = db.data.write_teacher(tmp_path / "t", "linear", 300, 4, 3, seed=0)
+    meta = root / "teacher.json"
+    good = meta.read_text()
+    meta.write_text(good[:-20])
+    with pytest.raises(ValueError, match="teacher.json.*not valid JSON"):
+        db.data.read_teacher(root)
+    meta.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="teacher.json.*JSON object"):
+        db.data.read_teacher(root)
+    meta.write_text(good)
+    with open(root / "X.npy", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(ValueError, match=r"X\.npy.*truncated"):
+        db.data.read_teacher(root)
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        db.data.linear_teacher(10, 2, 2, seed=-1)
+    with pytest.raises(TypeError, match="seed must be"):
+        db.data.init_params(2, 2, scale_A=0.5, scale_B=1.0, seed=1.5)
+    with pytest.raises(TypeError, match="leaky_relu slope must be a real number, got '0.5'"):
+        db.Activation("leaky_relu", "0.5")
