@@ -28,7 +28,7 @@ def tol_floor(dtype) -> float:
     carries rounding of a few eps (one gemm, one activation per entry), so a
     smaller ``tol`` is met by chance or never (docs/theory.md §3).
     """
-    return TOL_FLOOR_EPS * float(np.finfo(dtype).eps)
+    return TOL_FLOOR_EPS * float(np.finfo(v.float_dtype("dtype", dtype)).eps)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,18 @@ def compute_dtype(name: str, dtype) -> np.dtype:
     return dtype if dtype == np.float32 else np.dtype(np.float64)
 
 
+def float_dtype(name: str, dtype) -> np.dtype:
+    """``dtype`` as a NumPy real floating dtype, or a ``TypeError`` naming ``name``."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind != "f":
+        raise TypeError(f"{name} must be a real floating-point dtype (float32, float64), got "
+                        f"{_describe(dtype)}")
+    return dt
+
+
 def same_dtype(name: str, got, ref: str, want) -> None:
     """``TypeError`` unless ``got == want``: every array of a call shares one dtype."""
     if np.dtype(got) != np.dtype(want):
@@ -104,12 +116,14 @@ def positive(name: str, value, *, allow_zero: bool = False) -> float:
     return v
 
 
-def real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+def real(name: str, value, *, allow_nan: bool = False) -> float:
+    """A finite real number (``allow_nan``: or NaN, e.g. "no prediction")."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {_describe(value)}")
     v = float(value)
-    if not np.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {_describe(value)}")
+    if not (np.isfinite(v) or (allow_nan and np.isnan(v))):
+        raise ValueError(f"{name} must be finite{' or NaN' if allow_nan else ''}, got "
+                         f"{_describe(value)}")
     return v
 
 

@@ -309,10 +309,15 @@ def smoothness(model: str, X, Y, A, B, *, u=None, activation: str | Activation =
     the points a caller passes; the maximum over them is an estimate of the
     constant of the descent lemma, not a bound.
     """
+    import warnings
+
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     from ._gradients import loss_and_grad
+    from ._warnings import ConvergenceWarning
 
+    v.choice("model", model, ("linear", "single_index", "nonlinear"))
+    rtol = v.positive("rtol", rtol)
     A = _square("A", A)
     B = v.as_float64("B", B, shape=(A.shape[0], None))
     m, d = B.shape
@@ -321,6 +326,9 @@ def smoothness(model: str, X, Y, A, B, *, u=None, activation: str | Activation =
     kw = dict(u=u, activation=activation, solver=solver, tol=1e-13, max_iter=100_000)
     p0 = np.concatenate([A.ravel(), B.ravel()])
     h = 1e-5 * max(1.0, float(np.max(np.abs(p0))))
+    if model != "nonlinear" and np.linalg.cond(np.eye(m) - A) * np.finfo(float).eps >= 1.0:
+        raise ValueError("A: I - A is singular to working precision; the loss and its "
+                         "Hessian are not defined there")
 
     if model == "linear":  # sufficient statistics (§8): n-independent gradients
         X = v.as_float64("X", X, shape=(None, d))
@@ -331,10 +339,20 @@ def smoothness(model: str, X, Y, A, B, *, u=None, activation: str | Activation =
         Ap, Bp = p[: m * m].reshape(m, m), p[m * m:].reshape(m, d)
         if model == "linear":
             C = np.eye(m) - Ap
-            W = np.linalg.solve(C, Bp)
-            gB = np.linalg.solve(C.T, W @ Sxx - Syx)
+            try:
+                W = np.linalg.solve(C, Bp)
+                gB = np.linalg.solve(C.T, W @ Sxx - Syx)
+            except np.linalg.LinAlgError:
+                raise ValueError(f"A: I - A is singular within the difference step {h:.3g} "
+                                 "of A; the Hessian is not defined there") from None
             return np.concatenate([np.ravel(gB @ W.T), np.ravel(gB)])
-        res = loss_and_grad(model, X, Y, Ap.copy(), Bp.copy(), **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # said below, as an error
+            res = loss_and_grad(model, X, Y, Ap.copy(), Bp.copy(), **kw)
+        if not res.converged:
+            raise ValueError(f"A: the fixed point at A (or within the difference step {h:.3g} "
+                             f"of it) did not converge (forward {res.fp_status!r}, adjoint "
+                             f"{res.adj_status!r}); the Hessian needs exact gradients")
         return np.concatenate([np.ravel(res.grad_A), np.ravel(res.grad_B)])
 
     def hv(x):
@@ -361,8 +379,15 @@ def least_squares(X, Y) -> tuple[np.ndarray, float]:
     ``L*`` is the mean of the squared residuals (no cancellation).
     """
     X = v.as_float64("X", X)
-    Y = np.asarray(Y, dtype=np.float64)
-    sol = np.linalg.lstsq(X, Y, rcond=None)[0]
+    ndim = np.ndim(Y)
+    if ndim not in (1, 2):
+        raise ValueError(f"Y must be 1- or 2-dimensional, got shape {np.shape(Y)}")
+    Y = v.as_float64("Y", Y, ndim=ndim, shape=(X.shape[0], None)[:ndim])
+    try:
+        sol = np.linalg.lstsq(X, Y, rcond=None)[0]
+    except np.linalg.LinAlgError as exc:
+        raise ValueError(f"X: the least-squares solve failed ({exc}); X spans too many "
+                         "orders of magnitude for float64") from None
     r = X @ sol - Y
     return np.ascontiguousarray(sol.T), float(0.5 * np.sum(r * r) / X.shape[0])
 
@@ -414,6 +439,9 @@ def empirical_factor(losses, L_star, steps=None) -> float:
     k = np.arange(L.size, dtype=np.float64) if steps is None else np.asarray(steps, float)
     if k.shape != L.shape:
         raise ValueError(f"steps must have the shape of losses {L.shape}, got {k.shape}")
+    if not (np.isfinite(k).all() and np.all(np.diff(k) > 0)):
+        raise ValueError("steps must be strictly increasing finite numbers (the step of each "
+                         f"loss), got {v._describe(steps)}")
     if L.size < 3:
         return math.nan
     Ls = v.real("L_star", L_star)
@@ -451,10 +479,8 @@ def rate_check(losses, L_star, predicted, steps=None, *, local=False) -> dict:
     the theorem) or ``"no fit"`` (NaN empirical factor: too few points in
     the window, which is not a pass either).
     """
+    pred = v.real("predicted", predicted, allow_nan=True)
     emp = empirical_factor(losses, L_star, steps)
-    pred = float(predicted)
-    if math.isinf(pred):
-        raise ValueError(f"predicted must be finite or NaN, got {predicted!r}")
     ratio = emp / pred if pred > 0 else (math.nan if math.isnan(pred) else math.inf)
     violated = bool(np.isfinite(emp) and emp > pred + 1e-12)
     if math.isnan(pred):
@@ -474,8 +500,14 @@ def rate_check(losses, L_star, predicted, steps=None, *, local=False) -> dict:
 def predicted_fp_iters(rate, tol, *, gap=None) -> float:
     """Predicted Picard iterations from ``Z0 = 0`` to the relative residual ``tol``.
 
-    ``K = ceil(log(tol / gap) / log(rate))``, at least 1; ``inf`` when
-    ``rate >= 1`` or ``gap <= 0``, 1 when ``rate = 0``.
+    The count of the slowest mode: an eigenvalue ``lam`` of ``A`` at distance
+    ``gap = |1 - lam|`` from 1, iterated at the rate ``mu = max(rate, 1 - gap)``,
+    has relative residual ``gap mu^k / (1 - lam mu^k)`` after ``k`` iterations
+    (exactly, for the scalar map ``z -> lam z + u``), so
+    ``K = ceil(log(1 + gap (1 - tol) / tol) / -log(mu))``, at least 1: about
+    ``log(gap / tol) / log(rate)`` when ``gap >> tol``, and about ``1 / tol`` as
+    ``gap -> 0``. ``inf`` when ``rate >= 1`` or ``gap <= 0``; 1 when ``rate = 0``
+    or ``tol >= 1``.
 
     Parameters
     ----------
@@ -502,10 +534,15 @@ def predicted_fp_iters(rate, tol, *, gap=None) -> float:
     gap = 1.0 - rate if gap is None else v.real("gap", gap)
     if rate >= 1.0 or gap <= 0.0:
         return math.inf
-    target = tol / gap
-    if rate == 0.0 or target >= 1.0:
+    if rate == 0.0 or tol >= 1.0:
         return 1.0
-    return float(max(1, math.ceil(math.log(target) / math.log(rate))))
+    # the slowest mode iterates at mu = 1 - e: its eigenvalue is gap away from 1, so no
+    # damping makes it faster than 1 - gap; log1p keeps e, gap/tol down to 1e-300
+    e = min(1.0 - rate, gap)
+    x = gap * (1.0 - tol) / tol
+    top = math.log1p(x) if math.isfinite(x) else math.log(gap) + math.log1p(-tol) - math.log(tol)
+    k = top / -math.log1p(-e)
+    return float(max(1, math.ceil(k))) if math.isfinite(k) else math.inf
 
 
 CERT_MARGIN = 1e-6
@@ -571,6 +608,9 @@ def loglog_fit(x, y) -> tuple[float, float]:
     distinct ``x`` remain.
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.ndim != 1 or y.shape != x.shape:
+        raise ValueError(f"y must have the shape of x, both 1-D, got x {x.shape} and y "
+                         f"{y.shape}")
     ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
     if ok.sum() < 2 or np.unique(x[ok]).size < 2:
         return math.nan, math.nan

@@ -152,3 +152,42 @@ def test_d12_bad_teacher_directories_and_builder_arguments(tmp_path):
         db.data.init_params(2, 2, scale_A=0.5, scale_B=1.0, seed=1.5)
     with pytest.raises(TypeError, match="leaky_relu slope must be a real number, got '0.5'"):
         db.Activation("leaky_relu", "0.5")
+
+
+def _picard_count(lam: float, tol: float) -> int:
+    """Iterations of ``z <- lam z + 1`` from 0 to ``|F(z) - z| <= tol |F(z)|`` (reference)."""
+    z, k = 0.0, 0
+    while True:
+        f = lam * z + 1.0
+        if abs(f - z) <= tol * abs(f):
+            return k
+        z, k = f, k + 1
+
+
+def test_d15_predicted_fp_iters_near_rate_one():
+    # tol >= gap: the old leading-order formula said 1 iteration
+    for lam, tol in ((0.9999, 1e-3), (0.99999, 1e-4), (0.999, 1e-3), (0.99, 1e-10)):
+        assert theory.predicted_fp_iters(lam, tol) == _picard_count(lam, tol)
+        r = db.fixed_point(np.ones((1, 1)), np.array([[lam]]), np.ones((1, 1)), tol=tol,
+                           max_iter=10**6)
+        assert abs(r.n_iter - theory.predicted_fp_iters(lam, tol)) <= 1
+    # the slowest mode at distance gap from 1: about 1/tol iterations as gap -> 0
+    for rate, gap in ((1 - 1e-16, None), (0.5, 1e-300)):
+        k = theory.predicted_fp_iters(rate, 1e-10, gap=gap)
+        assert k == pytest.approx(1e10, rel=1e-3)
+
+
+def test_d11_theory_bad_arguments_name_the_argument():
+    X, Y, A, B = _setup()
+    with pytest.raises(ValueError, match="A: I - A is singular"):
+        theory.smoothness("linear", X, Y, np.eye(3), B)
+    with pytest.raises(ValueError, match=r"Y must have shape \(64"):
+        theory.least_squares(X, Y[:10])
+    with pytest.raises(ValueError, match="steps must be strictly increasing"):
+        theory.empirical_factor([4.0, 2.0, 1.0, 0.5], 0.0, steps=[1, 1, 1, 1])
+    with pytest.raises(TypeError, match="predicted must be a real number, got None"):
+        theory.rate_check([4.0, 2.0, 1.0, 0.5], 0.0, None)
+    with pytest.raises(ValueError, match="y must have the shape of x"):
+        theory.loglog_fit([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(TypeError, match="dtype must be a real floating"):
+        db.tol_floor(np.int64)
