@@ -191,3 +191,108 @@ def test_d11_theory_bad_arguments_name_the_argument():
         theory.loglog_fit([1.0, 2.0, 3.0], [1.0, 2.0])
     with pytest.raises(TypeError, match="dtype must be a real floating"):
         db.tol_floor(np.int64)
+
+
+# --- lost or mixed data (sweeps) --------------------------------------------------------
+
+SWEEP_GRID = """
+[sweep]
+run = "sweep_helpers:draw"
+seed = 3
+replicates = 2
+[grid]
+a = [0, 1, 2]
+fail = [false, true]
+"""
+
+
+def _sweep_api():
+    sys.path.insert(0, str(ROOT / "tests")) if str(ROOT / "tests") not in sys.path else None
+    from deqbench.sweep import parse_grid, run_sweep, sweep_status
+
+    return parse_grid, run_sweep, sweep_status
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_d6_truncated_parquet_tables_are_detected_and_their_runs_done_again(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    parse_grid, run_sweep, sweep_status = _sweep_api()
+    g = parse_grid(SWEEP_GRID)
+    out = tmp_path / "s"
+    run_sweep(g, out, executor="serial", progress=False)
+    want = pq.read_table(out / "histories.parquet").drop_columns(["_seq"]).to_pylist()
+    assert len(want) == 6 * 3  # the 6 ok runs, 3 steps each
+
+    _truncate(out / "histories.parquet")  # every history lost: their runs are not done
+    st = sweep_status(out)
+    assert (st["done"], st["remaining"]) == (6, 6) and st["damaged"] == 6
+    res = run_sweep(g, out, executor="serial", progress=False)
+    assert (res.skipped, res.ok, res.damaged) == (6, 6, 1)
+    assert pq.read_table(out / "histories.parquet").drop_columns(["_seq"]).to_pylist() == want
+    assert (out / "histories.parquet.damaged").exists()  # kept aside, not deleted
+
+    _truncate(out / "runs.parquet")  # every record lost: no raw ArrowInvalid
+    st = sweep_status(out)
+    assert st["done"] == 0 and st["damaged"] >= 1
+    res = run_sweep(g, out, executor="serial", progress=False)
+    assert (res.skipped, res.ok, res.failed) == (0, 6, 6)
+    assert len(pq.read_table(out / "runs.parquet")) == 12
+    assert pq.read_table(out / "histories.parquet").drop_columns(["_seq"]).to_pylist() == want
+
+
+def test_d17_status_counts_what_a_resume_would_find(tmp_path, capsys):
+    parse_grid, run_sweep, sweep_status = _sweep_api()
+    from deqbench.cli import main
+    from deqbench.sweep import execute
+
+    g = parse_grid(SWEEP_GRID)
+    # an uncompacted Parquet sweep (one part per run, as a killed one leaves it) whose
+    # history part of a finished run is gone: that run is not done
+    pytest.importorskip("pyarrow")
+    from deqbench.sweep.parquet import ParquetStore
+
+    out = tmp_path / "parquet"
+    with ParquetStore(out) as store:
+        store.write_meta({"name": g.name, "runs": len(g), "grid_hash": g.hash,
+                          "format": "parquet"})
+        for spec in g.specs:
+            store.write(execute(spec))
+            store.flush()
+    next((out / "parts").glob("hist-*.parquet")).unlink()
+    st = sweep_status(out)
+    assert (st["done"], st["remaining"], st["damaged"]) == (11, 1, 1)
+    res = run_sweep(g, out, executor="serial", progress=False)
+    assert (res.skipped, res.ok + res.failed) == (11, 1)
+    # the CSV store: a record whose history file is gone
+    out = tmp_path / "csv"
+    run_sweep(g, out, executor="serial", progress=False, format="csv")
+    next((out / "histories").glob("*.csv")).unlink()
+    st = sweep_status(out)
+    assert (st["done"], st["remaining"], st["damaged"]) == (11, 1, 1)
+    res = run_sweep(g, out, executor="serial", progress=False)
+    assert (res.skipped, res.ok + res.failed) == (11, 1)
+    # a directory that is not a sweep: one line, not "sweep None, ? runs"
+    (tmp_path / "plain").mkdir()
+    assert main(["sweep", "--status", str(tmp_path / "plain")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a sweep directory" in err[0]
+
+
+def test_d18_unreadable_sweep_json_needs_force(tmp_path):
+    parse_grid, run_sweep, _ = _sweep_api()
+    from deqbench.sweep import SweepError
+
+    out = tmp_path / "s"
+    run_sweep(parse_grid(SWEEP_GRID), out, executor="serial", progress=False)
+    meta = (out / "sweep.json").read_text()
+    (out / "sweep.json").write_text(meta[: len(meta) // 2])
+    other = parse_grid(SWEEP_GRID.replace("a = [0, 1, 2]", "a = [7]"))
+    with pytest.raises(SweepError, match="sweep.json.*unreadable.*--force"):
+        run_sweep(other, out, executor="serial", progress=False)
+    assert (out / "sweep.json").read_text() == meta[: len(meta) // 2]  # left as it was
+    res = run_sweep(other, out, executor="serial", progress=False, force=True)
+    assert res.ok + res.failed == 4  # a = 7, fail or not, two replicates

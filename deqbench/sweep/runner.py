@@ -229,7 +229,10 @@ def run_sweep(
     out = Path(out)
     with _open_store(out, format) as store:
         try:
-            store.write_meta({**_meta(grid, store.meta(), force), "format": store.format})
+            old = store.meta()
+            if old is None and not force:
+                _check_no_meta(out)
+            store.write_meta({**_meta(grid, old, force), "format": store.format})
         except SweepError as exc:
             raise SweepError(f"{out}: {exc}") from None
         except OSError as exc:
@@ -238,6 +241,17 @@ def run_sweep(
                     progress=progress, retry_failed=retry_failed, run_fn=run_fn,
                     table_interval=table_interval, stream=stream, retries=retries,
                     connect_timeout=connect_timeout)
+
+
+def _check_no_meta(out: Path) -> None:
+    """A ``sweep.json`` that exists but does not read (torn, edited) hides which grid the
+    directory holds: a :class:`SweepError` that says to pass ``force``."""
+    from .store import META
+
+    if (out / META).exists():
+        raise SweepError(f"{META} is unreadable: which grid this directory holds cannot be "
+                         "told; use another --out, or --force to add these runs to it "
+                         f"({META} is then rewritten for this grid)")
 
 
 def _open_store(out: Path, format: str | None) -> Store:
