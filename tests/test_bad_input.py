@@ -277,6 +277,7 @@ def test_d17_status_counts_what_a_resume_would_find(tmp_path, capsys):
     assert (res.skipped, res.ok + res.failed) == (11, 1)
     # a directory that is not a sweep: one line, not "sweep None, ? runs"
     (tmp_path / "plain").mkdir()
+    capsys.readouterr()
     assert main(["sweep", "--status", str(tmp_path / "plain")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a sweep directory" in err[0]
@@ -296,3 +297,54 @@ def test_d18_unreadable_sweep_json_needs_force(tmp_path):
     assert (out / "sweep.json").read_text() == meta[: len(meta) // 2]  # left as it was
     res = run_sweep(other, out, executor="serial", progress=False, force=True)
     assert res.ok + res.failed == 4  # a = 7, fail or not, two replicates
+
+
+# --- raw tracebacks or unclear errors (the command line) --------------------------------
+
+
+def _cli(*args, cwd=None):
+    """``deqbench ARGS`` in a subprocess: (exit status, stderr lines)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    r = subprocess.run([sys.executable, "-m", "deqbench.cli", *map(str, args)], env=env,
+                       capture_output=True, text=True, timeout=300, cwd=cwd)
+    return r.returncode, r.stderr.strip().splitlines()
+
+
+def _one_line_error(rc, err, *words):
+    assert rc == 2 and len(err) == 1, (rc, err)
+    assert "Traceback" not in err[0] and all(w in err[0] for w in words), err
+
+
+def test_d7_unknown_experiment_is_one_line(tmp_path):
+    rc, err = _cli("reproduce", "--only", "E99", "--out", tmp_path / "r")
+    _one_line_error(rc, err, "E99", "only")
+
+
+def test_d8_plot_of_other_tables_is_one_line_or_plots_what_exists(tmp_path):
+    # what reproduce --only E5 writes (its summary says to re-plot with deqbench plot)
+    e5 = tmp_path / "e5"
+    e5.mkdir()
+    (e5 / "runs.csv").write_text("run_id,experiment,label,status,rho,tol,n_iter\n"
+                                 "r1,E5,picard,converged,0.5,1e-10,33\n")
+    (e5 / "histories.csv").write_text("run_id,step,residual\nr1,0,1.0\nr1,1,0.5\n")
+    rc, err = _cli("plot", e5)
+    assert rc == 0 and not any("Traceback" in line for line in err), err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "runs.parquet").write_bytes(b"PAR1 not really")
+    rc, err = _cli("plot", bad)
+    _one_line_error(rc, err, "runs.parquet")
+    (bad / "runs.parquet").unlink()
+    (bad / "runs.csv").write_text("run_id,status\nr1,ok\n")
+    (bad / "histories.csv").write_text("step,loss\n0,1.0\n")
+    rc, err = _cli("plot", bad)
+    _one_line_error(rc, err, "histories.csv", "run_id")
+
+
+def test_d16_bad_connect_timeout_is_one_line(tmp_path):
+    grid = tmp_path / "g.toml"
+    grid.write_text(SWEEP_GRID)
+    for value in ("-1", "nan", "inf", "abc"):
+        rc, err = _cli("sweep", grid, "--out", tmp_path / "o", "--connect-timeout", value)
+        _one_line_error(rc, err, "--connect-timeout", value)
+    assert not (tmp_path / "o").exists()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import _validate as v
 from .._platform import versions
 from .executors import EXECUTORS, Feed, failure_record, iter_runs
 from .grid import Grid
@@ -225,6 +226,7 @@ def run_sweep(
         raise ValueError(f"workers must be >= 1, got {workers!r}")
     if isinstance(retries, bool) or int(retries) != retries or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+    connect_timeout = v.positive("connect_timeout", connect_timeout)
     _check_run_fn(run_fn, executor)
     out = Path(out)
     with _open_store(out, format) as store:
