@@ -348,3 +348,18 @@ def test_d16_bad_connect_timeout_is_one_line(tmp_path):
         rc, err = _cli("sweep", grid, "--out", tmp_path / "o", "--connect-timeout", value)
         _one_line_error(rc, err, "--connect-timeout", value)
     assert not (tmp_path / "o").exists()
+
+
+def test_d10_train_on_files_beyond_float64_range_is_a_status_like_in_memory(tmp_path, capfd):
+    X, Y, A, B = _setup()
+    np.save(tmp_path / "X.npy", X * 1e300)
+    np.save(tmp_path / "Y.npy", Y)
+    kw = dict(lr=0.1, steps=5)
+    with pytest.warns(db.ConvergenceWarning):
+        mem = db.train("linear", X * 1e300, Y, A, B, **kw)
+    with pytest.warns(db.ConvergenceWarning):
+        disk = db.train("linear", tmp_path / "X.npy", tmp_path / "Y.npy", A, B, **kw)
+    assert disk.status == mem.status == "diverged"
+    assert np.isfinite(disk.A).all() and np.isfinite(disk.B).all()
+    out, err = capfd.readouterr()
+    assert "DLASCL" not in out + err and "illegal value" not in out + err
