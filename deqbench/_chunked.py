@@ -107,8 +107,8 @@ def sufficient_stats(X: BlockSource, Y: BlockSource, chunk: int) -> SufficientSt
 
 # --- evaluation in row blocks ------------------------------------------------------
 
-_RANK = {"converged": 0, "truncated": 0, "inaccurate": 1, "max_iter": 2, "diverged": 3,
-         "read_error": 4}
+_RANK = {"converged": 0, "truncated": 0, "inaccurate": 1, "underflow": 1, "max_iter": 2,
+         "diverged": 3, "read_error": 4}
 
 
 def row_bytes(d: int, m: int, anderson_history: int, dtype) -> int:

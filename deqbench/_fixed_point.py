@@ -65,6 +65,12 @@ def solve(spec: Solver, M, U, code, param, D, Z, opts: SolverOptions, T=None, te
 
 
 def warn_failure(what: str, status: str, n_iter: int, residual: float, tol: float) -> None:
+    if status == "underflow":
+        warn(f"{what} stopped with status='underflow' after {n_iter} iterations: its values "
+             "are too small for float64's squared norms to tell whether the relative residual "
+             f"is below tol {tol:.1e}; returning the last iterate (scale the data up by a "
+             "power of two)", stacklevel=3)
+        return
     warn(
         f"{what} did not converge: status={status!r} after {n_iter} iterations, "
         f"relative residual {residual:.3e} > tol {tol:.1e}; returning the last finite iterate",

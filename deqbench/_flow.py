@@ -165,7 +165,7 @@ def flow(
     t_end = v.positive("t_end", t_end)
     rtol = v.positive("rtol", rtol)
     atol = v.positive("atol", atol)
-    max_steps = v.integer("max_steps", max_steps, minimum=1)
+    max_steps = v.integer("max_steps", max_steps, minimum=1, maximum=v.MAX_STEPS)
     h0 = 0.0 if h0 is None else v.positive("h0", h0)
     run = prepare(
         model, X, Y, A0, B0, u=u, activation=activation, solver=solver, grad_solver=None,

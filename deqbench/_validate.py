@@ -127,8 +127,26 @@ def real(name: str, value, *, allow_nan: bool = False) -> float:
     return v
 
 
-def integer(name: str, value, *, minimum: int) -> int:
-    if isinstance(value, bool):
+MAX_ITERATIONS = 10**7
+"""Largest ``max_iter`` and ``neumann_terms``: a solve keeps one float64 of residual
+history per iteration, allocated before it starts (80 MB at the bound)."""
+MAX_ANDERSON_HISTORY = 256
+"""Largest ``anderson_history``: Anderson keeps two ``(history, n, m)`` buffers and
+solves a ``history x history`` system per iteration."""
+MAX_STEPS = 2**53
+"""Largest count of steps (``steps``, ``max_steps``, ``record_every``,
+``spectral_every``): the history stores step numbers as float64, exact up to 2**53."""
+
+
+def _bound_str(x: int) -> str:
+    return "2**53" if x == MAX_STEPS else str(x)
+
+
+def integer(name: str, value, *, minimum: int, maximum: int | None = None) -> int:
+    """An integer (not a bool) in ``[minimum, maximum]``; the bounds of counts that size
+    an allocation are documented (:data:`MAX_ITERATIONS`, :data:`MAX_ANDERSON_HISTORY`,
+    :data:`MAX_STEPS`) and checked before it."""
+    if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an integer, got {_describe(value)}")
     try:
         v = operator.index(value)
@@ -136,7 +154,29 @@ def integer(name: str, value, *, minimum: int) -> int:
         raise TypeError(f"{name} must be an integer, got {_describe(value)}") from None
     if v < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name} must be <= {_bound_str(maximum)}, got {v}")
     return v
+
+
+def tolerance(name: str, value) -> float:
+    """A relative tolerance in (0, 1): a relative residual starts at 1 (from zero), so a
+    tolerance of 1 or more is met before any work."""
+    v = positive(name, value)
+    if not v < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {_describe(value)}")
+    return v
+
+
+def flag(name: str, value, *, also=()):
+    """A strict flag: ``True``/``False`` (NumPy's too, returned as ``bool``), or one of the
+    strings ``also``; never ``1``, ``1.0`` or None, which would pass ``== True`` tests."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str) and value in also:
+        return value
+    allowed = ", ".join([*(repr(a) for a in also), "True", "False"])
+    raise TypeError(f"{name} must be one of {allowed}, got {_describe(value)}")
 
 
 def unit_interval(name: str, value) -> float:
@@ -173,7 +213,5 @@ def seed(name: str, value):
 
 
 def boolean(name: str, value) -> bool:
-    """A strict flag: ``True``/``False`` (or NumPy's), never ``1``, ``1.0`` or a string."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise TypeError(f"{name} must be True or False, got {_describe(value)}")
+    """:func:`flag` without alternatives."""
+    return flag(name, value)

@@ -193,6 +193,90 @@ def test_d11_theory_bad_arguments_name_the_argument():
         db.tol_floor(np.int64)
 
 
+def _linear_fixed_point(X, A, B):
+    """NumPy reference: ``Z = X B^T (I - A^T)^{-1}`` by a dense solve."""
+    return np.linalg.solve(np.eye(A.shape[0]) - A, B @ X.T).T
+
+
+def test_d3_underflow_is_a_status_not_a_converged_zero():
+    X, Y, A, B = _setup()
+    for method in ("picard", "anderson"):
+        for scale in (1e-160, 1e-170, 1e-300):
+            with pytest.warns(db.ConvergenceWarning, match="underflow"):
+                r = db.fixed_point(X * scale, A, B, method=method)
+            assert r.status == "underflow" and not r.converged, (method, scale)
+    with pytest.warns(db.ConvergenceWarning, match="underflow"):
+        g = db.implicit_grad(X, A, B, _linear_fixed_point(X, A, B), np.full((64, 3), 1e-170))
+    assert g.status == "underflow" and not g.converged
+    # exactly zero data: zero is the exact fixed point
+    r = db.fixed_point(np.zeros_like(X), A, B)
+    assert r.converged and r.status == "converged" and not r.z.any()
+    # float32: the squared norms are taken in float64, so float32's whole range is resolved
+    X32, A32, B32 = (a.astype(np.float32) for a in (X, A, B))
+    want = _linear_fixed_point(X, A, B)
+    for scale in (1e-20, 1e-22, 1e-30):
+        for method in ("picard", "anderson"):
+            r = db.fixed_point(X32 * np.float32(scale), A32, B32, method=method)
+            assert r.converged, (method, scale)
+            err = np.linalg.norm(r.z / np.float32(scale) - want) / np.linalg.norm(want)
+            assert err < 1e-4, (method, scale, err)
+
+
+def test_d4_sufficient_stats_takes_a_bool_or_auto_only():
+    X, Y, A, B = _setup()
+    for bad in (1, 1.0, "yes", None):
+        with pytest.raises(TypeError, match="sufficient_stats must be"):
+            db.train("linear", X, Y, A, B, lr=0.1, steps=2, grad_solver="jfb",
+                     sufficient_stats=bad)
+        with pytest.raises(TypeError, match="sufficient_stats must be"):
+            db.train("nonlinear", X, Y, A, B, lr=0.1, steps=2, activation="tanh",
+                     sufficient_stats=bad)
+    with pytest.raises(ValueError, match="sufficient_stats=True needs"):
+        db.train("linear", X, Y, A, B, lr=0.1, steps=2, grad_solver="jfb",
+                 sufficient_stats=np.True_)
+    with pytest.raises(TypeError, match="sufficient_stats must be"):
+        db.flow("linear", X, Y, A, B, t_end=1.0, sufficient_stats=0)
+    with pytest.raises(TypeError, match="warm_start must be"):
+        db.train("linear", X, Y, A, B, lr=0.1, steps=2, warm_start=1)
+    r = db.train("linear", X, Y, A, B, lr=0.1, steps=2, sufficient_stats=np.False_)
+    assert not r.sufficient_stats
+
+
+def test_d9_integer_options_have_a_bound_checked_before_allocation():
+    X, Y, A, B = _setup()
+    train = dict(lr=0.1, steps=2)
+    cases = [
+        (lambda: db.fixed_point(X, A, B, max_iter=10**12), "max_iter must be <= 10000000"),
+        (lambda: db.fixed_point(X, A, B, method="anderson", anderson_history=10**6),
+         "anderson_history must be <= 256"),
+        (lambda: db.implicit_grad(X, A, B, X[:, :3], X[:, :3], method="neumann",
+                                  neumann_terms=10**12), "neumann_terms must be <= 10000000"),
+        (lambda: db.loss_and_grad("linear", X, Y, A, B, max_iter=2**63), "max_iter must be <="),
+        (lambda: db.train("linear", X, Y, A, B, lr=0.1, steps=2**63), "steps must be <= 2**53"),
+        (lambda: db.train("linear", X, Y, A, B, record_every=2**63, **train),
+         "record_every must be <= 2**53"),
+        (lambda: db.train("linear", X, Y, A, B, spectral_every=2**63, **train),
+         "spectral_every must be <= 2**53"),
+        (lambda: db.flow("linear", X, Y, A, B, t_end=1.0, max_steps=2**63),
+         "max_steps must be <= 2**53"),
+        (lambda: db.fixed_point(X, A, B, chunk=2**63), "chunk must be <= n = 64"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message.replace("*", r"\*")):
+            call()
+
+
+def test_d14_tol_must_be_below_one():
+    X, Y, A, B = _setup()
+    for tol in (1.0, 10.0, 1e300):
+        with pytest.raises(ValueError, match=r"tol must be in \(0, 1\)"):
+            db.fixed_point(X, A, B, tol=tol)
+        with pytest.raises(ValueError, match=r"tol must be in \(0, 1\)"):
+            db.loss_and_grad("linear", X, Y, A, B, tol=tol)
+        with pytest.raises(ValueError, match=r"tol must be in \(0, 1\)"):
+            db.train("linear", X, Y, A, B, lr=0.1, steps=1, tol=tol)
+
+
 # --- lost or mixed data (sweeps) --------------------------------------------------------
 
 SWEEP_GRID = """
