@@ -43,7 +43,8 @@ class PairwiseSum:
         a = np.asarray(a, dtype=np.float64)
         size = 1
         while self._stack and self._stack[-1][0] == size:
-            a = self._stack.pop()[1] + a
+            with np.errstate(over="ignore", invalid="ignore"):  # beyond float64: inf, NaN
+                a = self._stack.pop()[1] + a
             size *= 2
         self._stack.append((size, a))
 
@@ -51,8 +52,9 @@ class PairwiseSum:
         if not self._stack:
             raise ValueError("PairwiseSum.total of an empty sum")
         out = self._stack[-1][1].copy()  # smallest partials first
-        for _, a in reversed(self._stack[:-1]):
-            out += a
+        with np.errstate(over="ignore", invalid="ignore"):
+            for _, a in reversed(self._stack[:-1]):
+                out += a
         return out
 
 

@@ -52,9 +52,10 @@ class FlowResult:
         ``DIVERGENCE_FACTOR * L_0``), ``"fixed_point_failed"`` (the step size
         collapsed because solves kept failing, or because ``solver`` is not
         certified to solve the fixed point beyond that point, docs/theory.md
-        §3), ``"step_too_small"`` (the tries of the next
-        step were rejected down to the floor ``1e-14 max(|t|, h_1)``, ``h_1`` the
-        first step: docs/theory.md §5, step floor) or ``"interrupted"`` (Ctrl-C; only on :attr:`~deqbench.TrainInterrupted.result`).
+        §3), ``"step_too_small"`` (the tries of the next step were rejected down
+        to the floor ``1e-14 max(|t|, h_1)``, ``h_1`` the first step:
+        docs/theory.md §5, step floor) or ``"interrupted"`` (Ctrl-C; only on
+        :attr:`~deqbench.TrainInterrupted.result`).
     history : dict of 1-D arrays
         The keys of :func:`deqbench.train` plus ``t``; ``step`` counts
         accepted steps.

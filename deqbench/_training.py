@@ -379,7 +379,7 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
             read_error = exc
         else:
             Wstar, Ls = stats.least_squares()
-            Wstar, Sxx = Wstar.astype(dtype), stats.Sxx.astype(dtype)
+            Wstar, Sxx = v.rounded(Wstar, dtype), v.rounded(stats.Sxx, dtype)
             if L_star is None:
                 L_star = Ls
             # as below: the kernel's excess is over Ls, shifted to the caller's L_star
@@ -397,7 +397,7 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
             # statistics accumulated in float64 (as on disk), then rounded to the dtype
             stats = stream_stats(open_source("X", X), open_source("Y", Y),
                                  check_chunk("auto", n, stats_row_bytes(d, m, dtype)))
-            Wstar, Sxx = W.astype(dtype), stats.Sxx.astype(dtype)
+            Wstar, Sxx = v.rounded(W, dtype), v.rounded(stats.Sxx, dtype)
             kernel_Lstar, excess_shift = Ls, Ls - L_star
     if L_star is None:
         L_star = kernel_Lstar = math.nan

@@ -176,7 +176,8 @@ def flag(name: str, value, *, also=()):
     if isinstance(value, str) and value in also:
         return value
     allowed = ", ".join([*(repr(a) for a in also), "True", "False"])
-    raise TypeError(f"{name} must be one of {allowed}, got {_describe(value)}")
+    error = ValueError if isinstance(value, str) else TypeError  # a string: a wrong value
+    raise error(f"{name} must be one of {allowed}, got {_describe(value)}")
 
 
 def unit_interval(name: str, value) -> float:
@@ -215,3 +216,10 @@ def seed(name: str, value):
 def boolean(name: str, value) -> bool:
     """:func:`flag` without alternatives."""
     return flag(name, value)
+
+
+def rounded(x, dtype) -> np.ndarray:
+    """``x`` rounded to ``dtype``; values beyond its range become inf without numpy's
+    overflow warning (a computation on them reports a status)."""
+    with np.errstate(over="ignore"):
+        return np.asarray(x).astype(dtype)

@@ -35,6 +35,31 @@ def _rng(seed) -> np.random.Generator:
     return np.random.default_rng(v.seed("seed", seed))
 
 
+def memory_bytes() -> int:
+    """This machine's physical memory (0 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _finite_result(name: str, value, out) -> None:
+    """A ``ValueError`` naming ``name`` when ``value`` made entries of ``out`` overflow."""
+    if not np.isfinite(out).all():
+        raise ValueError(f"{name}={value!r} is too large: the data it scales overflow float64")
+
+
+def _fits(names: str, elements: int) -> None:
+    """The in-memory builders' bound, checked before they allocate: ``elements``
+    float64 values at most half the physical memory; a ``ValueError`` naming the
+    sizes otherwise (:func:`write_teacher` writes any size to disk)."""
+    limit = memory_bytes() // 2
+    if limit and elements * 8 > limit:
+        raise ValueError(f"{names} ask for {elements * 8 / 2**30:.3g} GiB of float64 arrays, "
+                         f"more than half of this machine's {2 * limit / 2**30:.3g} GiB; write "
+                         "data that large to disk with write_teacher")
+
+
 def linear_teacher(n: int, d: int, m: int, *, noise: float = 0.0, seed=0):
     """Linear teacher ``Y = X W*^T + noise``.
 
@@ -49,12 +74,15 @@ def linear_teacher(n: int, d: int, m: int, *, noise: float = 0.0, seed=0):
     d = v.integer("d", d, minimum=1)
     m = v.integer("m", m, minimum=1)
     noise = v.positive("noise", noise, allow_zero=True)
+    _fits("n, d, m", n * (d + 2 * m) + m * d)
     rng = _rng(seed)
     X = rng.standard_normal((n, d))
     W = rng.standard_normal((m, d)) / np.sqrt(d)
     Y = X @ W.T
     if noise > 0:
-        Y += noise * rng.standard_normal((n, m))
+        with np.errstate(over="ignore"):
+            Y += noise * rng.standard_normal((n, m))
+        _finite_result("noise", noise, Y)
     return X, Y, W
 
 
@@ -69,6 +97,7 @@ def single_index_teacher(n: int, d: int, *, activation: str | Activation, noise:
     n = v.integer("n", n, minimum=1)
     d = v.integer("d", d, minimum=1)
     noise = v.positive("noise", noise, allow_zero=True)
+    _fits("n, d", n * (d + 3) + d)
     act = get_activation(activation)
     rng = _rng(seed)
     X = rng.standard_normal((n, d))
@@ -76,7 +105,9 @@ def single_index_teacher(n: int, d: int, *, activation: str | Activation, noise:
     theta /= np.linalg.norm(theta)
     y = act(X @ theta)
     if noise > 0:
-        y += noise * rng.standard_normal(n)
+        with np.errstate(over="ignore"):
+            y += noise * rng.standard_normal(n)
+        _finite_result("noise", noise, y)
     return X, y, theta
 
 
@@ -97,12 +128,18 @@ def init_params(d: int, m: int, *, scale_A: float, scale_B: float, seed=0):
     m = v.integer("m", m, minimum=1)
     scale_A = v.positive("scale_A", scale_A, allow_zero=True)
     scale_B = v.positive("scale_B", scale_B, allow_zero=True)
+    _fits("d, m", 4 * m * m + 2 * m * d)
     rng = _rng(seed)
     R = rng.standard_normal((m, m))
-    B0 = scale_B * rng.standard_normal((m, d)) / np.sqrt(d)
+    with np.errstate(over="ignore"):
+        B0 = scale_B * rng.standard_normal((m, d)) / np.sqrt(d)
+    _finite_result("scale_B", scale_B, B0)
     A0 = np.zeros((m, m))
     if scale_A > 0:
-        A0 = scale_A * R / np.linalg.norm(R, 2)
+        with np.errstate(over="ignore"):
+            A0 = scale_A * R / np.linalg.norm(R, 2)
+        if not np.isfinite(A0).all():  # scale_A near float64's largest: scale R first
+            A0 = R / np.linalg.norm(R, 2) * scale_A
     return A0, B0
 
 
@@ -113,9 +150,14 @@ def symmetric_with_spectrum(eigenvalues, *, seed=0) -> np.ndarray:
 
     ``seed``: int, ``SeedSequence`` or ``Generator`` (drawn from in place).
     """
-    lam = np.asarray(eigenvalues, dtype=float)
+    try:
+        lam = np.asarray(eigenvalues, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError("eigenvalues must be a sequence of real numbers, got "
+                        f"{v._describe(eigenvalues)}") from None
     if lam.ndim != 1 or lam.size == 0 or not np.isfinite(lam).all():
         raise ValueError(f"eigenvalues must be a non-empty finite 1-D sequence, got {lam!r}")
+    _fits("eigenvalues", 4 * lam.size * lam.size)
     V, _ = np.linalg.qr(_rng(seed).standard_normal((lam.size, lam.size)))
     return np.ascontiguousarray((V * lam) @ V.T)
 
@@ -296,7 +338,9 @@ def _write_data(paths, kind, n, d, m, act, noise, seed, block_rows) -> None:
         e = min(s + _TILE, n)
         Y[s:e] = X[s:e] @ star.T if kind == "linear" else act(X[s:e] @ star)
         if noise > 0:
-            Y[s:e] += noise * rng.standard_normal(Y[s:e].shape)
+            with np.errstate(over="ignore"):
+                Y[s:e] += noise * rng.standard_normal(Y[s:e].shape)
+            _finite_result("noise", noise, Y[s:e])
     X.flush()
     Y.flush()
     del X, Y

@@ -206,7 +206,7 @@ def recorder(H, A0, B0, record_every, spectral_every):
 def sumsq(P):
     s = 0.0  # float64 accumulator for float32 arrays too
     for x in P.ravel():
-        s += x * x
+        s += np.float64(x) * np.float64(x)  # squared in float64 (no float32 overflow)
     return s
 
 
