@@ -259,6 +259,9 @@ def test_d9_integer_options_have_a_bound_checked_before_allocation():
          "max_steps must be <= 2**53"),
         (lambda: db.fixed_point(X, A, B, chunk=2**63), "chunk must be <= n = 64"),
     ]
+    parse_grid, run_sweep, _ = _sweep_api()
+    cases.append((lambda: run_sweep(parse_grid(SWEEP_GRID), "unused", workers=10**6),
+                  "workers must be <= 1024"))
     for call, message in cases:
         with pytest.raises(ValueError, match=message.replace("*", r"\*")):
             call()

@@ -31,6 +31,10 @@ FORMATS = ("csv", "parquet")
 #: thousand per second).
 FLUSH_RUNS = 2048
 
+MAX_WORKERS = 1024
+"""Most worker processes a sweep starts (each is an interpreter with numba loaded, and
+the local pool starts them all at once)."""
+
 __all__ = ["Progress", "SweepResult", "run_sweep"]
 
 
@@ -188,8 +192,8 @@ def run_sweep(
         Sweep directory (created if needed), locked while the sweep runs.
     executor : {"local", "dask", "serial"}
         ``local``: a pool of ``workers`` spawned processes (default: the usable
-        CPUs), which replaces a worker that dies and enforces the grid's
-        ``timeout``; ``dask``: a Dask cluster (``scheduler`` address, or a new
+        CPUs; at most :data:`MAX_WORKERS`), which replaces a worker that dies and
+        enforces the grid's ``timeout``; ``dask``: a Dask cluster (``scheduler`` address, or a new
         ``LocalCluster``); ``serial``: in this process (debugging).
     retry_failed : bool
         Also re-run stored runs whose status is a failure (including ``crashed``).
@@ -222,8 +226,8 @@ def run_sweep(
     """
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
-    if workers is not None and (isinstance(workers, bool) or int(workers) < 1):
-        raise ValueError(f"workers must be >= 1, got {workers!r}")
+    if workers is not None:
+        workers = v.integer("workers", workers, minimum=1, maximum=MAX_WORKERS)
     if isinstance(retries, bool) or int(retries) != retries or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
     connect_timeout = v.positive("connect_timeout", connect_timeout)
