@@ -485,7 +485,7 @@ def empirical_factor(losses, L_star, steps=None) -> float:
     k = np.arange(L.size, dtype=np.float64) if steps is None else _vector("steps", steps)
     if k.shape != L.shape:
         raise ValueError(f"steps must have the shape of losses {L.shape}, got {k.shape}")
-    if not (np.isfinite(k).all() and np.all(np.diff(k) > 0)):
+    if not (np.isfinite(k).all() and np.all(k[1:] > k[:-1])):
         raise ValueError("steps must be strictly increasing finite numbers (the step of each "
                          f"loss), got {v._describe(steps)}")
     if L.size < 3:
