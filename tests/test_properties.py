@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import deqbench as db
 from deqbench import theory
 
-EXAMPLES = settings(max_examples=300, deadline=None, derandomize=True, database=None,
+EXAMPLES = settings(max_examples=600, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 ALARM_S = 60
 OURS = (db.ConvergenceWarning, db.PrecisionWarning)
