@@ -220,6 +220,23 @@ def test_d3_underflow_is_a_status_not_a_converged_zero():
             assert err < 1e-4, (method, scale, err)
 
 
+def test_overflowing_input_term_is_diverged_not_a_saturated_answer():
+    # found by the property test: X B^T beyond float32 came out of the gemm as -inf
+    # (true value +4.4e38), and relu(-inf) = 0 made z = 0 look converged; relu(NaN) was 0
+    X = np.array([[1.2573022e29, -1.3210486e29]], dtype=np.float32)
+    B = np.array([[-1.594602e10, 2.6173253e9], [-2.7457267e9, -5.9069937e9]], np.float32)
+    A = np.zeros((2, 2), np.float32)
+    for act in ("relu", "tanh", "identity"):
+        with pytest.warns(db.ConvergenceWarning, match="overflows float32"):
+            r = db.fixed_point(X, A, B, activation=act)
+        assert r.status == "diverged" and not r.converged
+    with pytest.warns(db.ConvergenceWarning):
+        t = db.train("nonlinear", X, np.zeros((1, 2), np.float32), A, B, lr=0.1, steps=2,
+                     activation="relu")
+    assert t.status == "diverged"
+    assert np.isnan(db.get_activation("relu")(np.array([np.nan])))[0]
+
+
 def test_d4_sufficient_stats_takes_a_bool_or_auto_only():
     X, Y, A, B = _setup()
     for bad in (1, 1.0, np.float64(1.0), None):

@@ -48,18 +48,18 @@ def _compiled():
             A, B = db.data.init_params(3, 2, scale_A=0.5, scale_B=1.0, seed=1)
             X, Y, A, B = (a.astype(dt) for a in (X, Y, A, B))
             y = Y[:, 0].copy()
-            for method in ("picard", "anderson", "direct"):
+            for method in ("picard", "anderson", "broyden", "direct"):
                 for chunk in (None, 5):
                     db.fixed_point(X, A, B, method=method, chunk=chunk)
             Z = db.fixed_point(X, A, B).z
-            for method in ("picard", "anderson", "direct", "jfb", "neumann"):
+            for method in ("picard", "anderson", "broyden", "direct", "jfb", "neumann"):
                 for chunk in (None, 5):
                     db.implicit_grad(X, A, B, Z, Z, method=method, chunk=chunk)
                     db.implicit_grad(X, A, B, Z, Z, method=method, chunk=chunk,
                                      activation="identity" if method == "direct" else "tanh")
             for model, act, yy in (("linear", "identity", Y), ("single_index", "tanh", y),
                                    ("nonlinear", "tanh", Y)):
-                for solver in ("picard", "anderson"):
+                for solver in ("picard", "anderson", "broyden"):
                     db.loss_and_grad(model, X, yy, A, B, activation=act, solver=solver)
                     for ss in (False, "auto"):
                         db.train(model, X, yy, A, B, lr=0.01, steps=2, activation=act,
@@ -221,7 +221,8 @@ def _tol_used(tol, dtype):
 
 
 @EXAMPLES
-@given(problems(), st.sampled_from(["picard"] * 3 + ["anderson"] * 2 + ["direct", "bogus"]),
+@given(problems(), st.sampled_from(["picard"] * 3 + ["anderson"] * 2 + ["broyden", "direct",
+                                                                         "bogus"]),
        options(SOLVE_OK, SOLVE_BAD))
 def test_fixed_point(prob, method, kw):
     X, A, B = prob
@@ -245,7 +246,8 @@ GRAD_BAD = {**{k: SOLVE_BAD[k] for k in ("tol", "max_iter", "activation", "chunk
 
 
 @EXAMPLES
-@given(problems(), st.sampled_from(["picard", "anderson", "direct", "jfb", "neumann", "x"]),
+@given(problems(), st.sampled_from(["picard", "anderson", "broyden", "direct", "jfb", "neumann",
+                                    "x"]),
        options(GRAD_OK, GRAD_BAD), st.data())
 def test_implicit_grad(prob, method, kw, data):
     X, A, B = prob
@@ -267,8 +269,9 @@ def test_implicit_grad(prob, method, kw, data):
 
 
 LOSS_OK = {**{k: SOLVE_OK[k] for k in ("tol", "max_iter", "activation")},
-           "solver": st.sampled_from(["picard", "anderson", "direct"]),
-           "grad_solver": st.sampled_from([None, None, "picard", "jfb", "neumann", "direct"])}
+           "solver": st.sampled_from(["picard", "anderson", "broyden", "direct"]),
+           "grad_solver": st.sampled_from([None, None, "picard", "jfb", "neumann", "direct",
+                                           "broyden"])}
 LOSS_BAD = {**{k: SOLVE_BAD[k] for k in ("tol", "max_iter", "activation")},
             "solver": st.sampled_from(["newton", 1]), "grad_solver": st.just("magic")}
 
@@ -312,7 +315,7 @@ RUN_BAD = dict(
     sufficient_stats=st.sampled_from([1, 1.0, None, "yes"]),
     spectral_every=st.sampled_from([0, 2**63, "x"]),
 )
-TRAIN_OK = {**RUN_OK, "solver": st.sampled_from(["picard", "anderson", "direct"]),
+TRAIN_OK = {**RUN_OK, "solver": st.sampled_from(["picard", "anderson", "broyden", "direct"]),
             "lr": st.sampled_from([1e-3, 0.1, 0.1, 1.0, 100.0]),
             "steps": st.sampled_from([1, 5, 20])}
 TRAIN_BAD = {**RUN_BAD, "solver": st.just("newton"),
