@@ -206,7 +206,7 @@ def recorder(H, A0, B0, record_every, spectral_every):
 def sumsq(P):
     s = 0.0  # float64 accumulator for float32 arrays too
     for x in P.ravel():
-        s += x * x
+        s += np.float64(x) * np.float64(x)  # squared in float64 (no float32 overflow)
     return s
 
 
@@ -371,6 +371,8 @@ def sample_eval(model, A, B, solve, warm, ws, gA, gB):
         for j in range(B.shape[1]):
             BT[j, i] = B[i, j]
     gemm_rows(X, BT, U, solve.tune)
+    if not all_finite(U):  # X B^T beyond the dtype (a saturating phi would hide it)
+        return np.nan, 0, 0, NONFINITE
     fcode = model.code if model.kind == NONLINEAR else IDENTITY
     have_inv = False
     # forward
