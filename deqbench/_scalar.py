@@ -19,8 +19,8 @@ from ._kernels import scalar as _k
 from ._threads import single_threaded_blas
 from .activations import get_activation
 
-__all__ = ["ScalarTrainResult", "solve_scalar", "train_scalar", "BACKWARDS", "SOLVE_STATUS",
-           "RUN_STATUS"]
+__all__ = ["ScalarTrainResult", "loss_and_grad_scalar", "solve_scalar", "train_scalar",
+           "BACKWARDS", "SOLVE_STATUS", "RUN_STATUS"]
 
 #: Backward factors replacing ``1 / (1 - a)``: exact, JFB (``1``), damped Neumann.
 BACKWARDS = {"exact": _k.EXACT, "jfb": _k.JFB, "neumann": _k.NEUMANN}
@@ -103,6 +103,51 @@ def solve_scalar(X, w, b, activation="identity", tol=1e-12, y0=None, *, max_iter
     return y, iters, SOLVE_STATUS[st]
 
 
+def _backward(backward, neumann_terms, neumann_damping):
+    """``(kind, terms, damping)`` of a backward argument, checked."""
+    kind = BACKWARDS[v.choice("backward", backward, BACKWARDS)]
+    if kind == _k.NEUMANN:
+        if neumann_terms is None:
+            raise ValueError("neumann_terms must be given for backward='neumann' (the highest "
+                             "power of the series: 1 for the paper's two terms 1 + a)")
+        terms = v.integer("neumann_terms", neumann_terms, minimum=0)
+        return kind, terms, v.unit_interval("neumann_damping", neumann_damping)
+    if neumann_terms is not None or neumann_damping != 1.0:
+        raise ValueError(f"neumann_terms and neumann_damping apply to backward='neumann' only, "
+                         f"got backward={backward!r}")
+    return kind, 0, 1.0
+
+
+def loss_and_grad_scalar(X, Y, w, b, *, activation="identity", backward="exact",
+                         neumann_terms=None, neumann_damping=1.0, tol=1e-12, max_newton=100,
+                         threads=None):
+    """``(loss, grad_w, grad_b, status, y)`` at ``(w, b)``: ``L = sum (y - Y)^2 / (2 n)``
+    and its gradient through the closed-form implicit derivative, ``1 / (1 - a)``
+    replaced by the ``backward`` factor (see :func:`train_scalar`). ``status`` is
+    the forward solve's; off ``converged`` the loss and gradient are NaN."""
+    X = v.as_matrix("X", X)
+    n, d = X.shape
+    Y = v.as_matrix("Y", Y, ndim=1, shape=(n,), dtype=X.dtype, ref="X")
+    w = v.as_matrix("w", w, ndim=1, shape=(d,), dtype=X.dtype, ref="X")
+    b = v.real("b", b)
+    tol = v.positive("tol", tol)
+    max_newton = v.integer("max_newton", max_newton, minimum=1)
+    kind, terms, damping = _backward(backward, neumann_terms, neumann_damping)
+    link = _link(activation)
+    P = _k.pack(X, Y)
+    opts = _opts(tol=tol, max_iter=max_newton, dtype=X.dtype, kind=kind, terms=terms,
+                 damping=damping, predict=False, threads=threads)
+    g = np.full(d + 1, np.nan)
+    with single_threaded_blas():
+        st, loss = _k.evaluate(link, P, w, b, True, opts, g)[:2]
+    st = int(st)
+    y = _k.field(P, _k.F_Y)
+    if st != _k.CONVERGED:
+        g[:] = np.nan
+        y[:] = np.nan
+    return float(loss), g[:d].astype(X.dtype), float(g[d]), SOLVE_STATUS[st], y
+
+
 def train_scalar(X, Y, w0, b0, *, lr, steps, activation="identity", backward="exact",
                  neumann_terms=None, neumann_damping=1.0, tol=1e-12, max_newton=100,
                  record_every=1, stop_loss=None, X_eval=None, Y_eval=None, target=None,
@@ -147,18 +192,7 @@ def train_scalar(X, Y, w0, b0, *, lr, steps, activation="identity", backward="ex
     max_newton = v.integer("max_newton", max_newton, minimum=1)
     record_every = v.integer("record_every", record_every, minimum=1)
     stop = -1.0 if stop_loss is None else v.positive("stop_loss", stop_loss, allow_zero=True)
-    kind = BACKWARDS[v.choice("backward", backward, BACKWARDS)]
-    if kind == _k.NEUMANN:
-        if neumann_terms is None:
-            raise ValueError("neumann_terms must be given for backward='neumann' (the highest "
-                             "power of the series: 1 for the paper's two terms 1 + a)")
-        terms = v.integer("neumann_terms", neumann_terms, minimum=0)
-        damping = v.unit_interval("neumann_damping", neumann_damping)
-    else:
-        if neumann_terms is not None or neumann_damping != 1.0:
-            raise ValueError(f"neumann_terms and neumann_damping apply to backward='neumann' "
-                             f"only, got backward={backward!r}")
-        terms, damping = 0, 1.0
+    kind, terms, damping = _backward(backward, neumann_terms, neumann_damping)
     if (X_eval is None) != (Y_eval is None):
         raise ValueError("X_eval and Y_eval must be given together")
     if X_eval is not None:
