@@ -55,7 +55,8 @@ def _link(activation) -> _k.Link:
     act = get_activation(activation)
     dmin, dmax = act.derivative_bounds()
     vlo, vhi = act.value_bounds()
-    return _k.Link(act.code, act.param, float(dmin), float(dmax), float(vlo), float(vhi))
+    return _k.Link(act.code, act.param, float(dmin), float(dmax), float(vlo), float(vhi),
+                   float(act.curvature_bound()))
 
 
 def _feps(dtype) -> float:

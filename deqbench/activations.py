@@ -11,8 +11,10 @@ Inside kernels an activation is the integer ``code`` and float ``param`` of
 What solvers need to know about each activation is data here, in one place:
 the exact range of ``sigma'`` on the real line (:meth:`Activation.derivative_bounds`,
 the uniqueness guard of a scalar equilibrium and the rate theorems), where
-``sigma''`` changes sign (``DERIVATIVE_EXTREMES``) and the range of ``sigma``
-itself (:meth:`Activation.value_bounds`, a bracket for a scalar equilibrium).
+``sigma''`` changes sign (``DERIVATIVE_EXTREMES``), the range of ``sigma``
+itself (:meth:`Activation.value_bounds`, a bracket for a scalar equilibrium)
+and the supremum of ``|sigma''|`` (:meth:`Activation.curvature_bound`, which
+certifies a Newton step without evaluating it).
 """
 
 from __future__ import annotations
@@ -123,6 +125,23 @@ class Activation:
             "gelu": (GELU_DERIVATIVE_MIN, GELU_DERIVATIVE_MAX),
             "smooth_leaky": (self.param, 1.0),
             "skip_tanh": (1.0, 1.0 + self.param),
+        }[self.name]
+
+    def curvature_bound(self) -> float:
+        """``sup |sigma''|`` on the real line (``inf`` at a kink): tanh's at
+        ``tanh = 1/sqrt(3)``, ``4 / (3 sqrt 3)``; sigmoid's at ``sigma = (3 - sqrt 3) / 6``,
+        ``sqrt(3) / 18``; gelu's ``phi(s) (2 - s^2)`` at 0, ``2 / sqrt(2 pi)``."""
+        tanh2 = 4.0 / (3.0 * math.sqrt(3.0))
+        return {
+            "identity": 0.0,
+            "leaky_relu": math.inf,
+            "tanh": tanh2,
+            "sigmoid": math.sqrt(3.0) / 18.0,
+            "softplus": 0.25,
+            "relu": math.inf,
+            "gelu": 2.0 / math.sqrt(2.0 * math.pi),
+            "smooth_leaky": (1.0 - self.param) / 4.0,
+            "skip_tanh": self.param * tanh2,
         }[self.name]
 
     def value_bounds(self) -> tuple[float, float]:

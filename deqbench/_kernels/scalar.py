@@ -26,6 +26,14 @@ also bracket it by their range. From the second evaluation on, each sample
 keeps the intersection of its brackets, and a Newton step that leaves it, or
 that follows a step which did not halve ``|g|``, is replaced by bisection.
 
+Certified steps: a Newton step ``delta = g(y) / g'(y)`` is accepted without
+evaluating ``y - delta`` when ``K |b delta| <= tol``, ``K = sup |sigma''|``
+(:meth:`deqbench.activations.Activation.curvature_bound`; ``inf`` at a kink,
+so never there): then ``|g(y - delta)| <= K (b delta)^2 / 2`` (Taylor, ``g'' =
+-b^2 sigma''``), far below ``tol``, and ``sigma'`` there is within ``tol`` of
+``sigma'`` at ``y``, which the gradient uses (the root's own tolerance moves it
+by as much). The largest residual reported counts that bound for such samples.
+
 Implicit gradient, per sample, with ``s = s0 + b y``, ``a = b sigma'(s)``:
 ``dy/dw = sigma'(s) x / (1 - a)``, ``dy/db = sigma'(s) y / (1 - a)``. The
 backward variants of the paper's Appendix A.3 replace ``1 / (1 - a)`` by a
@@ -126,8 +134,9 @@ ScalarOpts = namedtuple("ScalarOpts", ["lr", "steps", "stop_loss", "divergence_f
                                        "predict", "record_every", "threads"])
 
 #: The activation: kernel ``code``, ``param``, ``dmin``, ``dmax`` (range of
-#: ``sigma'`` on the line), ``vlo``, ``vhi`` (range of ``sigma``).
-Link = namedtuple("Link", ["code", "param", "dmin", "dmax", "vlo", "vhi"])
+#: ``sigma'`` on the line), ``vlo``, ``vhi`` (range of ``sigma``), ``curv``
+#: (``sup |sigma''|``, ``inf`` at a kink).
+Link = namedtuple("Link", ["code", "param", "dmin", "dmax", "vlo", "vhi", "curv"])
 
 #: A packed data set (:func:`pack`): ``XT`` and ``ws`` as in the module
 #: docstring, ``part`` the per-block partials (float64, ``nb x (d + P_LEN)``),
@@ -250,11 +259,13 @@ def factor(kind, terms, damping, a):
 
 
 @jit(inline="always")
-def _first(code, param, vlo, vhi, b, sg, ginv, tol, feps, st, m):
-    """The first evaluation of every sample of a block: converged ones are
-    done (``F_RP = -1``), the others take a Newton step inside the bracket of
-    this evaluation (``|y - y*| <= |g| / gmin``, and the range of sigma).
-    Returns ``(still active, non-finite, max |g| of the converged)``."""
+def _first(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, st, m):
+    """The first evaluation of every sample of a block. A sample is done
+    (``F_RP = -1``) when ``|g| <= tol``, or when its Newton step ``delta`` is
+    certified (module docstring); the others take the Newton step inside the
+    bracket of this evaluation (``|y - y*| <= |g| / gmin``, and the range of
+    sigma). Returns ``(still active, non-finite, bits of the largest |g| (or
+    bound) of the done)``."""
     nact = 0
     nbad = 0
     rbits = 0
@@ -264,31 +275,38 @@ def _first(code, param, vlo, vhi, b, sg, ginv, tol, feps, st, m):
         v, d = value_and_slope(code, param, s)
         r = yi - v
         ar = abs(r)
-        conv = ar <= max(tol, feps * (abs(yi) + abs(v) + abs(d * s)))
+        toli = max(tol, feps * (abs(yi) + abs(v) + abs(d * s)))
+        conv = ar <= toli
         finite = ar < math.inf
         w = ar * ginv
         below = r * sg > 0.0  # the root is below y
         lo = max(vlo, yi - w) if below else yi
         hi = yi if below else min(vhi, yi + w)
         q = 1.0 / (1.0 - b * d)  # kept: the backward factor of the root (_sums)
-        p = yi - r * q
-        ynew = p if (p > lo) & (p < hi) else 0.5 * (lo + hi)
-        go = finite & (not conv)
+        delta = r * q
+        p = yi - delta
+        inside = (p > lo) & (p < hi)
+        bound = 0.5 * curv * (b * delta) * (b * delta)
+        cert = inside & (curv * abs(b * delta) <= toli)
+        ynew = p if inside else 0.5 * (lo + hi)
+        done = finite & (conv | cert)
+        go = finite & (not done)
         st[F_DV * R + i] = d
         st[F_C * R + i] = q
-        st[F_Y * R + i] = ynew if go else yi
+        st[F_Y * R + i] = yi if conv else ynew
         st[F_RP * R + i] = ar if go else (-1.0 if finite else math.nan)
         nact += 1 if go else 0
         nbad += 0 if finite else 1
-        rbits = max(rbits, _bits(ar) if conv else 0)
+        rbits = max(rbits, _bits(ar if conv else bound) if done else 0)
     return nact, nbad, rbits
 
 
 @jit(inline="always")
-def _again(code, param, vlo, vhi, b, sg, ginv, tol, feps, st, m, k):
+def _again(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, st, m, k):
     """Evaluation ``k >= 2`` of the samples still active (``F_RP >= 0``),
     bracketed (``F_LO``, ``F_HI``), with bisection where a Newton step leaves
-    the bracket or the last step did not halve ``|g|``."""
+    the bracket or the last step did not halve ``|g|``; done as in
+    :func:`_first`."""
     nact = 0
     nbad = 0
     rbits = 0
@@ -300,7 +318,8 @@ def _again(code, param, vlo, vhi, b, sg, ginv, tol, feps, st, m, k):
         v, d = value_and_slope(code, param, s)
         r = yi - v
         ar = abs(r)
-        conv = ar <= max(tol, feps * (abs(yi) + abs(v) + abs(d * s)))
+        toli = max(tol, feps * (abs(yi) + abs(v) + abs(d * s)))
+        conv = ar <= toli
         finite = ar < math.inf
         w = ar * ginv
         below = r * sg > 0.0
@@ -309,26 +328,30 @@ def _again(code, param, vlo, vhi, b, sg, ginv, tol, feps, st, m, k):
         lo = max(lo0, yi - w) if below else max(lo0, yi)
         hi = min(hi0, yi) if below else min(hi0, yi + w)
         q = 1.0 / (1.0 - b * d)
-        p = yi - r * q
-        newton = (p > lo) & (p < hi) & (ar <= SHRINK * rp)
-        ynew = p if newton else 0.5 * (lo + hi)
-        go = active & finite & (not conv)
-        done = active & (not go)
+        delta = r * q
+        p = yi - delta
+        inside = (p > lo) & (p < hi)
+        bound = 0.5 * curv * (b * delta) * (b * delta)
+        cert = inside & (curv * abs(b * delta) <= toli)
+        newton = inside & (ar <= SHRINK * rp)
+        ynew = p if newton | cert else 0.5 * (lo + hi)
+        done = active & finite & (conv | cert)
+        go = active & finite & (not done)
         st[F_DV * R + i] = d if active else st[F_DV * R + i]
         st[F_C * R + i] = q if active else st[F_C * R + i]
-        st[F_Y * R + i] = ynew if go else yi
+        st[F_Y * R + i] = ynew if (go | (done & (not conv))) else yi
         st[F_LO * R + i] = lo if go else lo0
         st[F_HI * R + i] = hi if go else hi0
-        st[F_RP * R + i] = ar if go else ((-float(k) if finite else math.nan) if done else rp)
+        st[F_RP * R + i] = ar if go else (-float(k) if done else (math.nan if active else rp))
         nact += 1 if go else 0
         nbad += 1 if (active & (not finite)) else 0
-        rbits = max(rbits, _bits(ar) if (active & conv) else 0)
+        rbits = max(rbits, _bits(ar if conv else bound) if done else 0)
     return nact, nbad, rbits
 
 
 @jit(inline="always")
-def _newton(code, param, vlo, vhi, b, sg, ginv, tol, feps, max_iter, st, m):
-    nact, nbad, rbits = _first(code, param, vlo, vhi, b, sg, ginv, tol, feps, st, m)
+def _newton(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, max_iter, st, m):
+    nact, nbad, rbits = _first(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, st, m)
     itsum = m
     k = 1
     if nact > 0:
@@ -338,7 +361,7 @@ def _newton(code, param, vlo, vhi, b, sg, ginv, tol, feps, max_iter, st, m):
     while nact > 0 and nbad == 0 and k < max_iter:
         k += 1
         itsum += nact
-        nact, bad, rk = _again(code, param, vlo, vhi, b, sg, ginv, tol, feps, st, m, k)
+        nact, bad, rk = _again(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, st, m, k)
         nbad += bad
         rbits = max(rbits, rk)
     status = NONFINITE if nbad > 0 else (MAX_ITER if nact > 0 else CONVERGED)
@@ -355,19 +378,22 @@ def solve_block(link, b, sg, ginv, tol, feps, max_iter, st, m):
     ``(status, evaluations of the slowest sample, sum of evaluations, max |g|)``.
     Identity starts from the closed form ``s0 / (1 - b)`` (one evaluation
     confirms it)."""
-    code, param, vlo, vhi = link.code, link.param, link.vlo, link.vhi
+    code, param, vlo, vhi, curv = link.code, link.param, link.vlo, link.vhi, link.curv
     if code == IDENTITY:
         inv = 1.0 / (1.0 - b)
         for i in range(m):
             st[F_Y * R + i] = float(st[F_S0 * R + i]) * inv
-        return _newton(IDENTITY, param, vlo, vhi, b, sg, ginv, tol, feps, max_iter, st, m)
+        return _newton(IDENTITY, param, vlo, vhi, curv, b, sg, ginv, tol, feps, max_iter, st,
+                       m)
     if code == TANH:
-        return _newton(TANH, param, vlo, vhi, b, sg, ginv, tol, feps, max_iter, st, m)
+        return _newton(TANH, param, vlo, vhi, curv, b, sg, ginv, tol, feps, max_iter, st, m)
     if code == SIGMOID:
-        return _newton(SIGMOID, param, vlo, vhi, b, sg, ginv, tol, feps, max_iter, st, m)
+        return _newton(SIGMOID, param, vlo, vhi, curv, b, sg, ginv, tol, feps, max_iter, st,
+                       m)
     if code == SKIP_TANH:
-        return _newton(SKIP_TANH, param, vlo, vhi, b, sg, ginv, tol, feps, max_iter, st, m)
-    return _newton(code, param, vlo, vhi, b, sg, ginv, tol, feps, max_iter, st, m)
+        return _newton(SKIP_TANH, param, vlo, vhi, curv, b, sg, ginv, tol, feps, max_iter, st,
+                       m)
+    return _newton(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, max_iter, st, m)
 
 
 # --- one pass over the samples ------------------------------------------------------
@@ -382,13 +408,22 @@ def _start(link, xt, w, db, warm, predict, st, m, d):
     for i in range(m):
         st[F_GE * R + i] = 0.0
     j0 = 0
-    while j0 + 4 <= d:  # four features a sweep: a quarter of the accumulator traffic
+    while j0 + 8 <= d:  # eight features a sweep: an eighth of the accumulator traffic
+        x0, x1, x2, x3 = (xt[(j0 + 0) * R:(j0 + 1) * R], xt[(j0 + 1) * R:(j0 + 2) * R],
+                          xt[(j0 + 2) * R:(j0 + 3) * R], xt[(j0 + 3) * R:(j0 + 4) * R])
+        x4, x5, x6, x7 = (xt[(j0 + 4) * R:(j0 + 5) * R], xt[(j0 + 5) * R:(j0 + 6) * R],
+                          xt[(j0 + 6) * R:(j0 + 7) * R], xt[(j0 + 7) * R:(j0 + 8) * R])
         w0, w1, w2, w3 = float(w[j0]), float(w[j0 + 1]), float(w[j0 + 2]), float(w[j0 + 3])
-        # views: indices from 0, so no negative-index wraparound is left in the loop
-        x0 = xt[j0 * R:(j0 + 1) * R]
-        x1 = xt[(j0 + 1) * R:(j0 + 2) * R]
-        x2 = xt[(j0 + 2) * R:(j0 + 3) * R]
-        x3 = xt[(j0 + 3) * R:(j0 + 4) * R]
+        w4, w5, w6, w7 = (float(w[j0 + 4]), float(w[j0 + 5]), float(w[j0 + 6]),
+                          float(w[j0 + 7]))
+        for i in range(m):  # views: indices from 0, no negative-index wraparound in the loop
+            st[F_GE * R + i] += ((w0 * x0[i] + w1 * x1[i] + w2 * x2[i] + w3 * x3[i])
+                                 + (w4 * x4[i] + w5 * x5[i] + w6 * x6[i] + w7 * x7[i]))
+        j0 += 8
+    while j0 + 4 <= d:
+        x0, x1, x2, x3 = (xt[(j0 + 0) * R:(j0 + 1) * R], xt[(j0 + 1) * R:(j0 + 2) * R],
+                          xt[(j0 + 2) * R:(j0 + 3) * R], xt[(j0 + 3) * R:(j0 + 4) * R])
+        w0, w1, w2, w3 = float(w[j0]), float(w[j0 + 1]), float(w[j0 + 2]), float(w[j0 + 3])
         for i in range(m):
             st[F_GE * R + i] += w0 * x0[i] + w1 * x1[i] + w2 * x2[i] + w3 * x3[i]
         j0 += 4
@@ -419,50 +454,69 @@ def _start(link, xt, w, db, warm, predict, st, m, d):
 def _sums(xt, b, grad, opts, st, pr, m, d):
     """Loss, backward weights ``g = (y - Y) sigma' factor``, ``sum g y``, ``X^T g``
     (``grad``) and the predictor's ``c = sigma' / (1 - a)`` of a solved block."""
-    for i in range(m):
-        inv = float(st[F_C * R + i])  # 1 / (1 - b sigma'), from the solve
-        st[F_C * R + i] = float(st[F_DV * R + i]) * inv
-        st[F_GE * R + i] = inv
-    if opts.kind == JFB:
+    loss = 0.0
+    gb = 0.0
+    if opts.kind == EXACT:  # one loop: the factor is the solve's 1 / (1 - b sigma')
         for i in range(m):
-            st[F_GE * R + i] = 1.0
-    elif opts.kind == NEUMANN:
+            inv = float(st[F_C * R + i])
+            di = float(st[F_DV * R + i])
+            yi = float(st[F_Y * R + i])
+            e = yi - float(st[F_T * R + i])
+            g = e * di * inv
+            st[F_C * R + i] = di * inv
+            st[F_GE * R + i] = g
+            loss += e * e
+            gb += g * yi
+    else:
+        for i in range(m):
+            st[F_C * R + i] = float(st[F_DV * R + i]) * float(st[F_C * R + i])
+            st[F_GE * R + i] = 1.0 if opts.kind == JFB else 0.0
         lam = opts.damping
-        for i in range(m):
-            st[F_GE * R + i] = 0.0
-        for _ in range(opts.terms + 1):
+        for _ in range(opts.terms + 1 if opts.kind == NEUMANN else 0):
             for i in range(m):
                 q = 1.0 - lam + lam * b * float(st[F_DV * R + i])
                 st[F_GE * R + i] = q * float(st[F_GE * R + i]) + lam
-    loss = 0.0
-    gb = 0.0
-    for i in range(m):
-        yi = float(st[F_Y * R + i])
-        e = yi - float(st[F_T * R + i])
-        g = e * float(st[F_DV * R + i]) * float(st[F_GE * R + i])
-        st[F_GE * R + i] = g
-        loss += e * e
-        gb += g * yi
+        for i in range(m):
+            yi = float(st[F_Y * R + i])
+            e = yi - float(st[F_T * R + i])
+            g = e * float(st[F_DV * R + i]) * float(st[F_GE * R + i])
+            st[F_GE * R + i] = g
+            loss += e * e
+            gb += g * yi
     pr[d + _P_LOSS] = loss
     pr[d + _P_GB] = gb
     if grad:
         j0 = 0
-        while j0 + 4 <= d:
-            a0 = a1 = a2 = a3 = 0.0
-            x0 = xt[j0 * R:(j0 + 1) * R]
-            x1 = xt[(j0 + 1) * R:(j0 + 2) * R]
-            x2 = xt[(j0 + 2) * R:(j0 + 3) * R]
-            x3 = xt[(j0 + 3) * R:(j0 + 4) * R]
+        while j0 + 8 <= d:
+            x0, x1, x2, x3 = (xt[(j0 + 0) * R:(j0 + 1) * R], xt[(j0 + 1) * R:(j0 + 2) * R],
+                              xt[(j0 + 2) * R:(j0 + 3) * R], xt[(j0 + 3) * R:(j0 + 4) * R])
+            x4, x5, x6, x7 = (xt[(j0 + 4) * R:(j0 + 5) * R], xt[(j0 + 5) * R:(j0 + 6) * R],
+                              xt[(j0 + 6) * R:(j0 + 7) * R], xt[(j0 + 7) * R:(j0 + 8) * R])
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
             for i in range(m):
                 g = float(st[F_GE * R + i])
                 a0 += g * float(x0[i])
                 a1 += g * float(x1[i])
                 a2 += g * float(x2[i])
                 a3 += g * float(x3[i])
-            pr[j0] = a0
-            pr[j0 + 1] = a1
-            pr[j0 + 2] = a2
-            pr[j0 + 3] = a3
+                a4 += g * float(x4[i])
+                a5 += g * float(x5[i])
+                a6 += g * float(x6[i])
+                a7 += g * float(x7[i])
+            pr[j0], pr[j0 + 1], pr[j0 + 2], pr[j0 + 3] = a0, a1, a2, a3
+            pr[j0 + 4], pr[j0 + 5], pr[j0 + 6], pr[j0 + 7] = a4, a5, a6, a7
+            j0 += 8
+        while j0 + 4 <= d:
+            x0, x1, x2, x3 = (xt[(j0 + 0) * R:(j0 + 1) * R], xt[(j0 + 1) * R:(j0 + 2) * R],
+                              xt[(j0 + 2) * R:(j0 + 3) * R], xt[(j0 + 3) * R:(j0 + 4) * R])
+            a0 = a1 = a2 = a3 = 0.0
+            for i in range(m):
+                g = float(st[F_GE * R + i])
+                a0 += g * float(x0[i])
+                a1 += g * float(x1[i])
+                a2 += g * float(x2[i])
+                a3 += g * float(x3[i])
+            pr[j0], pr[j0 + 1], pr[j0 + 2], pr[j0 + 3] = a0, a1, a2, a3
             j0 += 4
         for j in range(j0, d):
             acc = 0.0
