@@ -433,3 +433,39 @@ def test_bad_input_names_the_argument():
         solve_scalar(np.full((2, 2), np.nan), w, 0.1)
     with pytest.raises(ValueError, match=r"y0 must have shape \(10,\)"):
         solve_scalar(X, w, 0.1, y0=np.zeros(3))
+
+
+def test_a_run_in_slices_is_the_run_in_one_call():
+    """gd_run stops at k_stop (RUNNING) and goes on from there, as train does for
+    Ctrl-C; gd_stop ends a stopped run at its last evaluated step."""
+    from deqbench._scalar import HISTORY, _link, _opts
+
+    X, Y, xi, rng = _teacher(19, 90, 3, "tanh")
+    w0 = xi + 0.2 * rng.standard_normal(3)
+    whole = train_scalar(X, Y, w0, 0.1, lr=0.4, steps=40, activation="tanh", record_every=3,
+                         record_theta=True)
+    link = _link("tanh")
+    opts = _opts(lr=0.4, steps=40, tol=1e-12, max_iter=100, dtype=X.dtype, record_every=3)
+    P, E = K.pack(X, Y), K.pack(np.empty((0, 3)), np.empty(0))
+    w, bb, tgt = w0.copy(), np.array([0.1]), np.empty(0)
+    H, T = np.full((16, K.NCOL), np.nan), np.full((16, 4), np.nan)
+    state = K.gd_state(3, X.dtype)
+    for k_stop in (1, 7, 8, 23):
+        status, _, _ = K.gd_run(link, P, E, w, bb, tgt, opts, state, H, T, k_stop)
+        assert status == K.RUNNING and state.ints[0] == k_stop
+    status, last, nrec = K.gd_run(link, P, E, w, bb, tgt, opts, state, H, T, 41)
+    assert status == K.RUN_MAX_STEPS and last == 40
+    np.testing.assert_array_equal(np.r_[w, bb], np.r_[whole.w, whole.b])
+    np.testing.assert_array_equal(H[:nrec, HISTORY["loss"]], whole.history["loss"])
+    np.testing.assert_array_equal(T[:nrec], whole.history["theta"])
+    # stopped with step 11's parameters not yet evaluated: back to step 10's, the last
+    # evaluated step, recorded as the last row (its cadence skipped it)
+    w, bb, P = w0.copy(), np.array([0.1]), K.pack(X, Y)  # P holds no warm start
+    H, T = np.full((16, K.NCOL), np.nan), np.full((16, 4), np.nan)
+    state = K.gd_state(3, X.dtype)
+    K.gd_run(link, P, E, w, bb, tgt, opts, state, H, T, 11)
+    last, nrec = K.gd_stop(link, E, w, bb, tgt, opts, state, H, T)
+    assert last == 10 and H[nrec - 1, HISTORY["step"]] == 10
+    np.testing.assert_array_equal(np.r_[w, bb], T[nrec - 1])
+    assert not np.array_equal(T[nrec - 1], T[nrec - 2])
+    np.testing.assert_array_equal(H[:nrec - 1, HISTORY["loss"]], whole.history["loss"][:4])

@@ -749,3 +749,22 @@ def gd_run(link, P, E, w, bb, tgt, opts, state, H, T, k_stop):
     ints[_STATUS] = status
     state.L0[0] = L0
     return status, last, nrec
+
+
+@jit
+def gd_stop(link, E, w, bb, tgt, opts, state, H, T):
+    """End a run that :func:`gd_run` left :data:`RUNNING` (an interrupted
+    caller): ``(w, b)`` back to the last evaluated step, recorded as the last
+    row unless it already was. Returns ``(last step, records)``."""
+    ints = state.ints
+    nrec = ints[_NREC]
+    if ints[_STATUS] == RUNNING and ints[_K] > ints[_LAST]:
+        w[:] = state.wp
+        bb[0] = state.bp[0]
+        if ints[_GOOD] == 0:
+            nrec = _record(H, T, nrec, state.good, w, float(bb[0]), link, E, opts, tgt,
+                           T.shape[1] == w.shape[0] + 1)
+            ints[_NREC] = nrec
+            ints[_GOOD] = 1
+        ints[_K] = ints[_LAST]
+    return ints[_LAST], nrec
