@@ -140,7 +140,7 @@ def loss_and_grad_scalar(X, Y, w, b, *, activation="identity", backward="exact",
                  damping=damping, predict=False, threads=threads)
     g = np.full(d + 1, np.nan)
     with single_threaded_blas():
-        st, loss = _k.evaluate(link, P, w, b, True, opts, g)[:2]
+        st, loss = _k.evaluate(link, P, w, b, np.int64(1), opts, g)[:2]
     st = int(st)
     y = _k.field(P, _k.F_Y)
     if st != _k.CONVERGED:

@@ -553,8 +553,9 @@ _pass_s, _pass_p = twins(_pass)
 @jit
 def evaluate(link, P, w, b, grad, opts, gw):
     """Solve the equilibria of the packed set ``P`` at ``(w, b)``, warm-started
-    when ``P`` holds a solution; loss and (``grad``) gradient into ``gw``
-    (length ``d + 1``). Returns ``(status, loss, max evaluations, mean
+    when ``P`` holds a solution; loss and (``grad``, an int64 flag: a literal
+    bool would compile the pass once per value) gradient into ``gw`` (length
+    ``d + 1``). Returns ``(status, loss, max evaluations, mean
     evaluations, max |g|)``."""
     n, d = P.n, P.d
     sg, gmin = guard(b, link.dmin, link.dmax)
@@ -606,7 +607,7 @@ def solve(link, P, w, b, warm, opts):
     ``(status, max evaluations, mean evaluations, max |g|)``."""
     P.ints[0] = 1 if warm else 0
     P.prev[0] = b
-    st, _, itmax, itmean, rmax = evaluate(link, P, w, b, False, opts, np.empty(0))
+    st, _, itmax, itmean, rmax = evaluate(link, P, w, b, np.int64(0), opts, np.empty(0))
     return st, itmax, itmean, rmax
 
 
@@ -636,7 +637,7 @@ def _record(H, T, nrec, row, w, b, link, E, opts, tgt, theta):
     ``(w, b)``; ``T`` gets ``(w, b)`` when ``theta``."""
     d = w.shape[0]
     if E.n > 0:
-        st, le = evaluate(link, E, w, b, False, opts, np.empty(0))[:2]
+        st, le = evaluate(link, E, w, b, np.int64(0), opts, np.empty(0))[:2]
         row[H_EVAL_LOSS] = le if st == CONVERGED else math.nan
     if tgt.shape[0] == d + 1:
         e = (b - tgt[d]) ** 2
@@ -680,7 +681,7 @@ def gd_run(link, P, E, w, bb, tgt, opts, state, H, T, k_stop):
     status = RUNNING
     while True:
         b = float(bb[0])
-        st, loss, itmax, itmean, rmax = evaluate(link, P, w, b, True, opts, g)
+        st, loss, itmax, itmean, rmax = evaluate(link, P, w, b, np.int64(1), opts, g)
         failed = st != CONVERGED
         if not failed and not (abs(loss) < math.inf):
             failed = True
