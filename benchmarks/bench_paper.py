@@ -5,7 +5,7 @@ the first ``STEPS`` updates of seed 100 each.
 
 The first steps are the dearest for deqbench (2-3 Newton evaluations per sample
 before the warm start settles to one): the ratio of the whole run is
-``python -m benchmarks.peers.paper_peers a3``. Skipped on commits without the
+``python -m tools.peers.paper_peers a3``. Skipped on commits without the
 scalar kernels.
 """
 

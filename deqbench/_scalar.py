@@ -16,18 +16,15 @@ import numpy as np
 
 from . import _validate as v
 from ._kernels import scalar as _k
+from ._kernels.status import RUN_NAMES, SOLVE_NAMES
 from ._threads import single_threaded_blas
 from .activations import get_activation
 
 __all__ = ["ScalarTrainResult", "loss_and_grad_scalar", "solve_scalar", "train_scalar",
-           "BACKWARDS", "SOLVE_STATUS", "RUN_STATUS"]
+           "BACKWARDS"]
 
 #: Backward factors replacing ``1 / (1 - a)``: exact, JFB (``1``), damped Neumann.
 BACKWARDS = {"exact": _k.EXACT, "jfb": _k.JFB, "neumann": _k.NEUMANN}
-SOLVE_STATUS = {_k.CONVERGED: "converged", _k.MAX_ITER: "max_iter",
-                _k.NOT_UNIQUE: "not_unique", _k.NONFINITE: "nonfinite"}
-RUN_STATUS = {_k.RUN_CONVERGED: "converged", _k.RUN_MAX_STEPS: "max_steps",
-              _k.RUN_DIVERGED: "diverged", _k.RUN_SOLVE_FAILED: "fixed_point_failed"}
 HISTORY = {"step": _k.H_STEP, "loss": _k.H_LOSS, "grad_norm": _k.H_GRAD,
            "newton_max": _k.H_NEWTON_MAX, "newton_mean": _k.H_NEWTON_MEAN,
            "residual": _k.H_RESIDUAL, "eval_loss": _k.H_EVAL_LOSS,
@@ -78,7 +75,7 @@ def solve_scalar(X, w, b, activation="identity", tol=1e-12, y0=None, *, max_iter
     Returns ``(y, iters, status)``: ``iters`` the residual evaluations per
     sample, ``status`` one of ``converged``, ``max_iter``, ``not_unique``
     (``1 - b sigma'`` is not of one sign over the range of ``sigma'``: no root
-    is returned, ``y`` is NaN), ``nonfinite``. ``y0`` is the start (default:
+    is returned, ``y`` is NaN), ``diverged`` (non-finite values). ``y0`` is the start (default:
     ``sigma(<w, x>)``).
     """
     X = v.as_matrix("X", X)
@@ -101,7 +98,7 @@ def solve_scalar(X, w, b, activation="identity", tol=1e-12, y0=None, *, max_iter
     if st != _k.CONVERGED:
         y[:] = np.nan
         iters[:] = 0 if st == _k.NOT_UNIQUE else iters
-    return y, iters, SOLVE_STATUS[st]
+    return y, iters, SOLVE_NAMES[st]
 
 
 def _backward(backward, neumann_terms, neumann_damping):
@@ -146,7 +143,7 @@ def loss_and_grad_scalar(X, Y, w, b, *, activation="identity", backward="exact",
     if st != _k.CONVERGED:
         g[:] = np.nan
         y[:] = np.nan
-    return float(loss), g[:d].astype(X.dtype), float(g[d]), SOLVE_STATUS[st], y
+    return float(loss), g[:d].astype(X.dtype), float(g[d]), SOLVE_NAMES[st], y
 
 
 def train_scalar(X, Y, w0, b0, *, lr, steps, activation="identity", backward="exact",
@@ -229,7 +226,7 @@ def train_scalar(X, Y, w0, b0, *, lr, steps, activation="identity", backward="ex
     hist["step"] = hist["step"].astype(np.int64)
     if record_theta:
         hist["theta"] = T[:nrec].copy()
-    solve_status = SOLVE_STATUS[int(state.ints[5])] if status == _k.RUN_SOLVE_FAILED else \
+    solve_status = SOLVE_NAMES[int(state.ints[5])] if status == _k.FIXED_POINT_FAILED else \
         "converged"
-    return ScalarTrainResult(w=w, b=float(bb[0]), status=RUN_STATUS[int(status)],
+    return ScalarTrainResult(w=w, b=float(bb[0]), status=RUN_NAMES[int(status)],
                              solve_status=solve_status, history=hist, n_steps=int(last))

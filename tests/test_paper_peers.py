@@ -74,7 +74,9 @@ def test_a4_run_ends_at_the_authors_parameter_error():
 
 
 def test_run_reports_a_row():
-    rows = pp.run("a3", seeds=[101], steps=20, n=300, log=lambda s: None)
+    from tools.peers import paper_peers as timing_cli
+
+    rows = timing_cli.run("a3", seeds=[101], steps=20, n=300, log=lambda s: None)
     (row,) = rows
     assert row["seed"] == 101 and row["steps"] == 20
     assert row["numpy_s"] > 0 and row["deqbench_s"] > 0 and row["max_theta_difference"] < 1e-9

@@ -182,12 +182,12 @@ def test_warm_start_needs_fewer_evaluations_and_finds_the_same_root(name, b):
         assert np.abs(yf - yc).max() <= 2e-13 / _gmin(name, b2) + 1e-15
 
 
-def test_max_iter_and_nonfinite_are_statuses():
+def test_max_iter_and_non_finite_values_are_statuses():
     X, w = _problem(6, n=30, scale=3.0)
     y, _, status = solve_scalar(X, w, 0.9, "tanh", max_iter=1)
     assert status == "max_iter" and np.isnan(y).all()
     y, _, status = solve_scalar(X * 1e10, w * 1e300, 0.5, "softplus")  # s0 overflows
-    assert status == "nonfinite"
+    assert status == "diverged"  # non-finite values
     r = train_scalar(X, np.zeros(30), w, 0.9, lr=0.1, steps=5, activation="tanh", max_newton=1)
     assert r.status == "fixed_point_failed" and r.solve_status == "max_iter"
     assert r.n_steps == 0 and len(r.history["loss"]) == 0 and np.array_equal(r.w, w)
@@ -454,7 +454,7 @@ def test_a_run_in_slices_is_the_run_in_one_call():
         status, _, _ = K.gd_run(link, P, E, w, bb, tgt, opts, state, H, T, k_stop)
         assert status == K.RUNNING and state.ints[0] == k_stop
     status, last, nrec = K.gd_run(link, P, E, w, bb, tgt, opts, state, H, T, 41)
-    assert status == K.RUN_MAX_STEPS and last == 40
+    assert status == K.MAX_STEPS and last == 40
     np.testing.assert_array_equal(np.r_[w, bb], np.r_[whole.w, whole.b])
     np.testing.assert_array_equal(H[:nrec, HISTORY["loss"]], whole.history["loss"])
     np.testing.assert_array_equal(T[:nrec], whole.history["theta"])

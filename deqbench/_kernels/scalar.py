@@ -73,24 +73,20 @@ from numba.extending import intrinsic
 from .._jit import jit, prange, twins
 from . import vmath as vm
 from .activations import IDENTITY, SIGMOID, SKIP_TANH, SOFTPLUS, TANH, act, dact
-
-# status of a solve
-CONVERGED = 0
-MAX_ITER = 1
-NOT_UNIQUE = 2
-NONFINITE = 3
+from .status import (
+    CONVERGED,
+    DIVERGED,
+    FIXED_POINT_FAILED,
+    MAX_ITER,
+    MAX_STEPS,
+    NOT_UNIQUE,
+    RUNNING,
+)
 
 # backward factor
 EXACT = 0
 JFB = 1
 NEUMANN = 2
-
-# status of a run (the numbers of deqbench._kernels.model's run statuses)
-RUN_CONVERGED = 0  # stop_loss reached
-RUN_MAX_STEPS = 1
-RUN_DIVERGED = 2
-RUN_SOLVE_FAILED = 3
-RUNNING = -1  # stopped at k_stop before the run ended
 
 # history columns
 H_STEP = 0
@@ -364,7 +360,7 @@ def _newton(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, max_iter, st, m
         nact, bad, rk = _again(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, st, m, k)
         nbad += bad
         rbits = max(rbits, rk)
-    status = NONFINITE if nbad > 0 else (MAX_ITER if nact > 0 else CONVERGED)
+    status = DIVERGED if nbad > 0 else (MAX_ITER if nact > 0 else CONVERGED)
     return status, k, itsum, _from_bits(rbits)
 
 
@@ -577,7 +573,7 @@ def evaluate(link, P, w, b, grad, opts, gw):
     for blk in range(nb):
         pr = part[blk]
         st = int(pr[d + _P_STATUS])
-        if st == NONFINITE or (st == MAX_ITER and status == CONVERGED):
+        if st == DIVERGED or (st == MAX_ITER and status == CONVERGED):
             status = st
         loss += pr[d + _P_LOSS]
         itmax = max(itmax, int(pr[d + _P_ITMAX]))
@@ -685,10 +681,10 @@ def gd_run(link, P, E, w, bb, tgt, opts, state, H, T, k_stop):
         failed = st != CONVERGED
         if not failed and not (abs(loss) < math.inf):
             failed = True
-            st = NONFINITE
+            st = DIVERGED
         diverged = (not failed) and k > 0 and L0 > 0.0 and loss > opts.divergence_factor * L0
         if failed or diverged:
-            status = RUN_SOLVE_FAILED if failed else RUN_DIVERGED
+            status = FIXED_POINT_FAILED if failed else DIVERGED
             ints[_SOLVE] = st if failed else CONVERGED
             if k > 0:
                 w[:] = wp
@@ -720,10 +716,10 @@ def gd_run(link, P, E, w, bb, tgt, opts, state, H, T, k_stop):
             good[:] = row
             good_recorded = False
         if reached:
-            status = RUN_CONVERGED
+            status = CONVERGED
             break
         if final:
-            status = RUN_MAX_STEPS
+            status = MAX_STEPS
             break
         wp[:] = w
         bp[0] = bb[0]
@@ -733,7 +729,7 @@ def gd_run(link, P, E, w, bb, tgt, opts, state, H, T, k_stop):
             finite = finite and abs(float(w[j])) < math.inf
         bb[0] -= opts.lr * g[d]
         if not (finite and abs(float(bb[0])) < math.inf):
-            status = RUN_DIVERGED
+            status = DIVERGED
             w[:] = wp
             bb[0] = bp[0]
             if not good_recorded:
