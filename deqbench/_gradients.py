@@ -23,7 +23,7 @@ from ._kernels.activations import IDENTITY, MASK, has_output_derivative
 from ._kernels.blocks import gemm_tn
 from ._kernels.status import CONVERGED, DIVERGED, SOLVE_NAMES
 from ._options import SolverOptions, resolve_options
-from ._registry import ADJOINT, FORWARD, MODELS, SOLVERS, Solver
+from ._registry import ADJOINT, FORWARD, MODELS, SOLVERS, Solver, choose_model
 from ._results import GradResult, LossAndGrad
 from ._source import is_out_of_core, open_source
 from ._threads import blas_single_threaded
@@ -204,9 +204,9 @@ def loss_and_grad(
 
     Parameters
     ----------
-    model : {"linear", "single_index", "nonlinear"}
+    model : {"linear", "readout", "nonlinear"}
         docs/theory.md §2. ``linear``: ``yhat = z``, ``Y`` is ``(n, m)``.
-        ``single_index``: ``yhat = sigma(u . z)`` with the link ``sigma =
+        ``readout``: ``yhat = sigma(u . z)`` with the link ``sigma =
         activation`` and linear fixed point, ``Y`` is ``(n,)``. ``nonlinear``:
         ``z = phi(A z + B x)`` with ``phi = activation``, ``Y`` is ``(n, m)``.
     X : (n, d), Y : (n, m) or (n,)
@@ -216,7 +216,7 @@ def loss_and_grad(
     A : (m, m), B : (m, d)
         Parameters.
     u : (m,) array, optional
-        Read-out of ``single_index``; default ``(1, ..., 1) / sqrt(m)``.
+        Read-out of ``readout``; default ``(1, ..., 1) / sqrt(m)``.
     solver : {"picard", "anderson", "direct", "broyden"}
         Forward solver; ``grad_solver`` (default: the same) may also be
         ``"jfb"`` or ``"neumann"`` (series up to ``A^neumann_terms``).
@@ -245,8 +245,7 @@ def loss_and_grad(
     ConvergenceWarning
         When the forward or an exact adjoint solve does not converge.
     """
-    v.choice("model", model, tuple(MODELS))
-    kind = MODELS[model]
+    kind = MODELS[choose_model(model)]
     A, B = check_params(A, B)
     m = A.shape[0]
     act = get_activation(activation)
@@ -312,7 +311,7 @@ def _loss_and_grad(X, Y, u, A, B, kind, act, phi, fwd_spec, adj_spec, opts, z0, 
     Z = fwd.z
     G = np.empty(Z.shape, Z.dtype)
     if kind.readout:
-        loss = _g.single_index_loss(Z, Y, u, act.code, act.param, G, tune())
+        loss = _g.readout_loss(Z, Y, u, act.code, act.param, G, tune())
     else:
         loss = _g.residual_loss(Z, Y, G, tune())
     if w is not None:
@@ -339,7 +338,7 @@ def check_targets(model, Y, u, n, m, dtype, ref="A"):
 
 
 def check_readout(model, u, m, dtype, ref="A"):
-    """The read-out ``u`` of a model with one (single_index; default ``(1, ..., 1) /
+    """The read-out ``u`` of a model with one (readout; default ``(1, ..., 1) /
     sqrt(m)``); None for the other models, where passing one is an error."""
     if not MODELS[model].readout:
         if u is not None:

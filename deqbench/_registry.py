@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import _validate as v
 from ._kernels import model as _km
 from ._kernels import solvers as _ks
 
-__all__ = ["ADJOINT", "EXACT_ADJOINT", "FORWARD", "MODELS", "SOLVERS", "Model", "Solver",
-           "by_code"]
+__all__ = ["ADJOINT", "EXACT_ADJOINT", "FORWARD", "MODELS", "RENAMED", "SOLVERS", "Model",
+           "Solver", "by_code", "choose_model"]
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,21 @@ class Model:
 
 MODELS = {m.name: m for m in (
     Model("linear", _km.LINEAR, readout=False, linear_fixed_point=True),
-    Model("single_index", _km.SINGLE_INDEX, readout=True, linear_fixed_point=True),
+    Model("readout", _km.READOUT, readout=True, linear_fixed_point=True),
     Model("nonlinear", _km.NONLINEAR, readout=False, linear_fixed_point=False),
 )}
 """Every model by name, in the order the calls list them."""
+
+RENAMED = ("model='single_index' is now the paper's model y = sigma(<w, x> + b y) (A of shape "
+           "(1, 1), B of shape (1, d)); the linear DEQ read out through sigma(u^T z) is now "
+           "model='readout'")
+"""The one-line error of a call spelled for the model that ``"readout"`` now names."""
+
+
+def choose_model(model, allowed=None) -> str:
+    """``model`` checked against ``allowed`` (default: every model); the old spelling
+    ``"single_index"`` where it is not allowed is :data:`RENAMED`."""
+    allowed = tuple(MODELS) if allowed is None else tuple(allowed)
+    if model == "single_index" and model not in allowed:
+        raise ValueError(RENAMED)
+    return v.choice("model", model, allowed)

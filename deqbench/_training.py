@@ -27,7 +27,7 @@ from ._kernels import model as _m
 from ._kernels import training as _k
 from ._kernels.status import RUN_NAMES, RUNNING
 from ._options import SolverOptions, resolve_options
-from ._registry import ADJOINT, FORWARD, MODELS, SOLVERS, by_code
+from ._registry import ADJOINT, FORWARD, MODELS, SOLVERS, by_code, choose_model
 from ._source import ReadError, check_chunk, is_out_of_core, open_source
 from ._threads import single_threaded_blas
 from ._warnings import warn
@@ -93,7 +93,7 @@ class TrainResult:
         ``"diverged"`` (non-finite loss, gradient or parameters, or loss above
         ``DIVERGENCE_FACTOR * L_0``), ``"fixed_point_failed"`` (``I - A`` is
         singular, the requested solver is not certified to solve it at ``A``
-        (linear and single-index models, docs/theory.md §3), or a forward or
+        (linear and readout models, docs/theory.md §3), or a forward or
         adjoint solve did not reach ``tol`` in ``max_iter`` iterations),
         ``"read_error"`` (data on disk could not be read; ``A0``, ``B0``
         returned) or ``"interrupted"`` (Ctrl-C; only on
@@ -297,8 +297,7 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
     ``X``/``Y`` on disk (``caller="train"`` only) take the sufficient-statistics
     path, whose statistics are computed here in one pass of ``chunk`` rows per
     block; a failed read sets ``read_error``."""
-    v.choice("model", model, tuple(MODELS))
-    kind = MODELS[model]
+    kind = MODELS[choose_model(model)]
     streamed = " or ".join(f"model={k!r}" for k, s in MODELS.items() if s.sufficient_stats)
     on_disk = is_out_of_core(X) or is_out_of_core(Y)
     if on_disk:
@@ -497,9 +496,9 @@ def train(
 
     Parameters
     ----------
-    model : {"linear", "single_index", "nonlinear"}
+    model : {"linear", "readout", "nonlinear"}
         As in :func:`~deqbench.loss_and_grad` (docs/theory.md §2).
-    X : (n, d), Y : (n, m) or (n,) for single_index
+    X : (n, d), Y : (n, m) or (n,) for readout
         Arrays; for ``model="linear"`` also ``np.memmap`` arrays or paths to
         float32 or float64 ``.npy`` files (data larger than memory): then the
         sufficient-statistics path runs after one streaming pass over the
@@ -513,7 +512,7 @@ def train(
     lr : float > 0
     steps : int >= 1
     u, activation
-        Read-out and link of single_index; ``phi`` of nonlinear.
+        Read-out and link of readout; ``phi`` of nonlinear.
     solver : {"picard", "anderson", "direct", "broyden"}
         Forward solver (``direct``: LU of ``I - A``, linear fixed points only;
         ``broyden`` has no certificate on ``A``: it runs per sample).
@@ -580,7 +579,7 @@ def train(
     docs/theory.md §3, §5-§8. The loop, the solves and the recording run in
     compiled slices of about :data:`SLICE_SECONDS` (Python only checks for
     Ctrl-C between them); all ``n``-sized buffers are allocated once. For the
-    linear and single-index models every step first certifies that the
+    linear and readout models every step first certifies that the
     requested solver can solve the fixed point at ``A`` (Picard and Anderson:
     the spectral radius of ``(1 - damping) I + damping A`` at most
     :func:`deqbench.theory.certified_rate` of ``tol`` and ``max_iter``, below 1;

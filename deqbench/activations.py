@@ -1,4 +1,4 @@
-"""Activations (``phi`` of the nonlinear DEQ, ``sigma`` of the single-index link).
+"""Activations (``phi`` of the nonlinear DEQ, ``sigma`` of the readout link).
 
 One table, :data:`ACTIVATIONS`, holds every activation a call may name: the
 built-in ones below and those a user adds with :func:`register_activation`.

@@ -107,7 +107,7 @@ def loss(model, A, B, X, Y, u=None, name="identity", slope=0.01):
         Z = picard_loop(A, B, X, name, slope)
     else:
         Z = linear_fixed_point(A, B, X)
-    if model == "single_index":
+    if model == "readout":
         u = np.full(m, 1 / np.sqrt(m)) if u is None else u
         r = act(name, Z @ u, slope) - Y
     else:
@@ -120,11 +120,11 @@ def grad_dense(model, A, B, X, Y, u=None, name="identity", slope=0.01):
     n, m = X.shape[0], A.shape[0]
     gA = np.zeros_like(A)
     gB = np.zeros_like(B)
-    u = np.full(m, 1 / np.sqrt(m)) if (u is None and model == "single_index") else u
+    u = np.full(m, 1 / np.sqrt(m)) if (u is None and model == "readout") else u
     Z = picard_loop(A, B, X, name, slope) if model == "nonlinear" else linear_fixed_point(A, B, X)
     for i in range(n):
         z, x = Z[i], X[i]
-        if model == "single_index":
+        if model == "readout":
             s = z @ u
             g = (act(name, s, slope) - Y[i]) * dact(name, s, slope) * u / n
         else:

@@ -122,8 +122,8 @@ def test_every_layer_reads_the_tables():
     assert _registry.ADJOINT == ("picard", "anderson", "direct", "jfb", "neumann", "broyden")
     assert _flow.EXACT_GRAD == _registry.EXACT_ADJOINT == ("picard", "anderson", "direct",
                                                            "broyden")
-    assert theory.MODELS == ("linear", "single_index")
-    assert tuple(_registry.MODELS) == ("linear", "single_index", "nonlinear")
+    assert theory.MODELS == ("linear", "readout")
+    assert tuple(_registry.MODELS) == ("linear", "readout", "nonlinear")
     check = TRAIN_PARAMS["solver"][0]
     assert check("anderson") == "anderson"
     with pytest.raises(ValueError):

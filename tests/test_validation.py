@@ -78,7 +78,7 @@ def test_dtype_mix_names_the_arguments_before_any_work(prob):
     with pytest.raises(TypeError, match="Y has dtype float64 but A0 has dtype float32"):
         db.train("linear", X32, Z, A32, B32, lr=0.1, steps=1)
     with pytest.raises(TypeError, match="u has dtype float64 but A has dtype float32"):
-        db.loss_and_grad("single_index", X32, Z[:, 0].astype(np.float32), A32, B32,
+        db.loss_and_grad("readout", X32, Z[:, 0].astype(np.float32), A32, B32,
                          u=np.ones(4))
 
 
@@ -154,10 +154,10 @@ def test_bad_loss_and_grad_arguments(prob, rng):
     with pytest.raises(ValueError, match=r"Y must have shape \(7, 4\)"):
         db.loss_and_grad("linear", X, Y[:, :2], A, B)
     with pytest.raises(ValueError, match=r"Y must be 1-dimensional"):
-        db.loss_and_grad("single_index", X, Y, A, B)
+        db.loss_and_grad("readout", X, Y, A, B)
     with pytest.raises(ValueError, match=r"u must have shape \(4,\)"):
-        db.loss_and_grad("single_index", X, Y[:, 0], A, B, u=np.ones(3))
-    with pytest.raises(ValueError, match="u is only used by model='single_index'"):
+        db.loss_and_grad("readout", X, Y[:, 0], A, B, u=np.ones(3))
+    with pytest.raises(ValueError, match="u is only used by model='readout'"):
         db.loss_and_grad("linear", X, Y, A, B, u=np.ones(4))
     with pytest.raises(ValueError, match="activation must be 'identity' for model='linear'"):
         db.loss_and_grad("linear", X, Y, A, B, activation="tanh")

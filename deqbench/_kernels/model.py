@@ -50,7 +50,7 @@ _JOB_N = ord("N")
 
 # models
 LINEAR = 0
-SINGLE_INDEX = 1
+READOUT = 1
 NONLINEAR = 2
 
 # certificate of the sufficient-statistics path (:func:`certify`)
@@ -96,10 +96,10 @@ H_T = 11  # flow only
 NCOL = 11
 NCOL_FLOW = 12
 
-#: The model and its data: ``kind`` (LINEAR, SINGLE_INDEX, NONLINEAR), ``X``
+#: The model and its data: ``kind`` (LINEAR, READOUT, NONLINEAR), ``X``
 #: ``(n, d)``, targets ``Y`` ``(n, m)`` (linear, nonlinear; a dummy otherwise)
-#: or ``y`` ``(n,)`` (single_index), read-out ``u``, activation ``code`` and
-#: ``param`` (the link of single_index, ``phi`` of nonlinear).
+#: or ``y`` ``(n,)`` (readout), read-out ``u``, activation ``code`` and
+#: ``param`` (the link of readout, ``phi`` of nonlinear).
 Model = namedtuple("Model", ["kind", "X", "Y", "y", "u", "code", "param"])
 
 #: Solver options (built once, by ``deqbench._training.kernel_solve``):
@@ -389,9 +389,8 @@ def sample_eval(model, A, B, solve, warm, ws, gA, gB):
         if st != CONVERGED:
             return np.nan, kf, 0, FP_FAILED
     # loss and dL/dZ
-    if model.kind == SINGLE_INDEX:
-        loss = _g.single_index_loss(Z, model.y, model.u, model.code, model.param, G,
-                                    solve.tune)
+    if model.kind == READOUT:
+        loss = _g.readout_loss(Z, model.y, model.u, model.code, model.param, G, solve.tune)
     else:
         loss = _g.residual_loss(Z, model.Y, G, solve.tune)
     if not np.isfinite(loss):
@@ -746,7 +745,7 @@ def loss_and_grad(model, A, B, solve, stats, warm, ws, sw, gA, gB):
     """``(loss, excess, fp_iters, adj_iters, outcome)`` at ``(A, B)`` by the path
     ``stats.use`` selects; a non-finite loss or gradient is ``NONFINITE``.
 
-    A linear fixed point (the linear and single-index models) is solved only
+    A linear fixed point (the linear and readout models) is solved only
     where :func:`certified`, on either path, so the status of a run is decided
     by one rule on ``A`` whichever path ``"auto"`` picked; per sample, the
     requested solver must then also converge."""

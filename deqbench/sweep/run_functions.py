@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from .._registry import ADJOINT, FORWARD, MODELS, SOLVERS
+from .._registry import ADJOINT, FORWARD, MODELS, RENAMED, SOLVERS
 from .grid import GridError, _choice, _float, _int
 
 __all__ = ["TRAIN_PARAMS", "build_problem", "run_gd", "run_train", "summarize_history"]
@@ -35,9 +35,16 @@ def _activation(value):
     return f"{module.strip()}:{act}" if sep else str(act)
 
 
+def _model(value):
+    """A model name; the old spelling of ``readout`` gets the rename's one line."""
+    if value == "single_index" and value not in MODELS:
+        raise ValueError(RENAMED)
+    return _choice(tuple(MODELS))(value)
+
+
 #: Parameters of the built-in ``train`` and ``gd`` run functions: name -> (checker, default).
 TRAIN_PARAMS: dict[str, tuple[Callable, object]] = {
-    "model": (_choice(tuple(MODELS)), None),
+    "model": (_model, None),
     "m": (_int(1), None),
     "d": (_int(1), None),
     "n": (_int(1), None),
@@ -98,9 +105,10 @@ def _seeds(seed: np.random.SeedSequence):
 def build_problem(params: Mapping, seed: np.random.SeedSequence):
     """Data and initial parameters of a run of the built-in run functions.
 
-    ``linear``: linear teacher; ``single_index``: single-index teacher with the
-    run's link; ``nonlinear``: a realizable teacher DEQ ``Y = phi-fixed point``
-    of random ``A*`` (``||A*||_2 = teacher_scale``), ``B*``.
+    ``linear``: linear teacher; ``readout``: single-index teacher
+    ``sigma(theta . x)`` with the run's link; ``nonlinear``: a realizable
+    teacher DEQ ``Y = phi-fixed point`` of random ``A*`` (``||A*||_2 =
+    teacher_scale``), ``B*``.
 
     Returns ``(X, Y, A0, B0)``.
     """
@@ -143,7 +151,7 @@ def run_train(params: dict, seed: np.random.SeedSequence) -> dict:
 
     Returns the final metrics, the theory's predicted per-step factor next to
     the empirical one (docs/theory.md §7), and the run's history. For
-    noise-free ``single_index`` and ``nonlinear`` runs the teacher is
+    noise-free ``readout`` and ``nonlinear`` runs the teacher is
     realizable and ``L* = 0``.
     """
     from .._training import train
