@@ -108,12 +108,14 @@ Model = namedtuple("Model", ["kind", "X", "Y", "y", "u", "code", "param"])
 #: slots of the work buffers, 0 when neither solver keeps a history),
 #: ``neumann_terms`` (the highest power of a truncated adjoint series, 0 for JFB),
 #: ``cert_limit``, the largest spectral radius of the iteration matrix that
-#: :func:`certify` accepts (:func:`deqbench.theory.certified_rate`), ``threads``
-#: and ``tune``, the settings vector of the row-block kernels (:mod:`.blocks`;
-#: None, the default: the built-in settings).
+#: :func:`certify` accepts (:func:`deqbench.theory.certified_rate`), ``threads``,
+#: ``tune``, the settings vector of the row-block kernels (:mod:`.blocks`;
+#: None, the default: the built-in settings) and ``neumann_damping``, the
+#: damping of a truncated adjoint series (1, the default: the plain series).
 Solve = namedtuple("Solve", ["forward", "adjoint", "tol", "max_iter", "damping",
                              "anderson_ridge", "anderson_history", "neumann_terms",
-                             "cert_limit", "threads", "tune"], defaults=(None,))
+                             "cert_limit", "threads", "tune", "neumann_damping"],
+                   defaults=(None, 1.0))
 
 #: The n-independent path: ``use`` it or not, ``Sxx = X^T X / n``, the
 #: least-squares ``W_star`` and the global minimum ``L_star``.
@@ -346,9 +348,11 @@ def record_heavy(rec, A, B, row):
 @jit
 def _iterate(solver, Z, M, U, code, param, ws, solve):
     """:func:`.solvers.iterate` on ``Z -> h(Z M + U)`` in place with the run's
-    buffers and options; returns ``(n_iter, status)``."""
+    buffers and options (a truncated series damped by ``neumann_damping``);
+    returns ``(n_iter, status)``."""
+    damping = solve.neumann_damping if has(solver, TRUNCATED) else solve.damping
     k, res, st = iterate(solver, Z, M, U, code, param, ws.D, ws.T, ws.Fh, ws.Gh, ws.GG,
-                         ws.work, ws.hist, solve.tol, solve.max_iter, solve.damping,
+                         ws.work, ws.hist, solve.tol, solve.max_iter, damping,
                          solve.anderson_ridge, solve.neumann_terms, solve.threads,
                          solve.tune)
     return k, st
