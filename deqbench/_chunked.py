@@ -43,7 +43,8 @@ class PairwiseSum:
         a = np.asarray(a, dtype=np.float64)
         size = 1
         while self._stack and self._stack[-1][0] == size:
-            a = self._stack.pop()[1] + a
+            with np.errstate(over="ignore", invalid="ignore"):  # beyond float64: inf, NaN
+                a = self._stack.pop()[1] + a
             size *= 2
         self._stack.append((size, a))
 
@@ -51,8 +52,9 @@ class PairwiseSum:
         if not self._stack:
             raise ValueError("PairwiseSum.total of an empty sum")
         out = self._stack[-1][1].copy()  # smallest partials first
-        for _, a in reversed(self._stack[:-1]):
-            out += a
+        with np.errstate(over="ignore", invalid="ignore"):
+            for _, a in reversed(self._stack[:-1]):
+                out += a
         return out
 
 
@@ -69,7 +71,13 @@ class SufficientStats(NamedTuple):
 
         ``L* = (yy - <W*, Syx>) / 2`` (clipped at 0) carries an absolute error of
         order ``eps * yy``: the residuals themselves would need a second pass.
+        Statistics that overflowed (data whose squares exceed float64) give NaN
+        ``W*`` and ``L*``: the loss there is not finite, which a training run then
+        reports as ``"diverged"`` (as it does for such data in memory).
         """
+        if not (np.isfinite(self.Sxx).all() and np.isfinite(self.Syx).all()
+                and np.isfinite(self.yy)):
+            return np.full(self.Syx.shape, np.nan), np.nan
         Wt = np.linalg.lstsq(self.Sxx, self.Syx.T, rcond=None)[0]
         W = np.ascontiguousarray(Wt.T)
         L = 0.5 * (self.yy - float(np.sum(W * self.Syx)))
@@ -86,22 +94,23 @@ def sufficient_stats(X: BlockSource, Y: BlockSource, chunk: int) -> SufficientSt
     Raises :class:`~deqbench._source.ReadError` if a block cannot be read.
     """
     sxx, syx, yy = PairwiseSum(), PairwiseSum(), PairwiseSum()
-    for _, _, (Xb, Yb) in blocks([X, Y], chunk):
-        Xb, Yb = Xb.astype(np.float64, copy=False), Yb.astype(np.float64, copy=False)
-        sxx.add(Xb.T @ Xb)
-        syx.add(Yb.T @ Xb)
-        yy.add(np.array([np.vdot(Yb, Yb)]))
-    n = X.n
-    Sxx = sxx.total() / n
-    Sxx = 0.5 * (Sxx + Sxx.T)  # exactly symmetric
-    return SufficientStats(np.ascontiguousarray(Sxx), syx.total() / n, float(yy.total()[0]) / n,
-                           n)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow: inf, then a status
+        for _, _, (Xb, Yb) in blocks([X, Y], chunk):
+            Xb, Yb = Xb.astype(np.float64, copy=False), Yb.astype(np.float64, copy=False)
+            sxx.add(Xb.T @ Xb)
+            syx.add(Yb.T @ Xb)
+            yy.add(np.array([np.vdot(Yb, Yb)]))
+        n = X.n
+        Sxx = sxx.total() / n
+        Sxx = 0.5 * (Sxx + Sxx.T)  # exactly symmetric
+        return SufficientStats(np.ascontiguousarray(Sxx), syx.total() / n,
+                               float(yy.total()[0]) / n, n)
 
 
 # --- evaluation in row blocks ------------------------------------------------------
 
-_RANK = {"converged": 0, "truncated": 0, "inaccurate": 1, "max_iter": 2, "diverged": 3,
-         "read_error": 4}
+_RANK = {"converged": 0, "truncated": 0, "inaccurate": 1, "underflow": 1, "max_iter": 2,
+         "diverged": 3, "read_error": 4}
 
 
 def row_bytes(d: int, m: int, anderson_history: int, dtype) -> int:

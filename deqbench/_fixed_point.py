@@ -67,6 +67,12 @@ def solve(spec: Solver, M, U, code, param, D, Z, opts: SolverOptions, T=None, te
 
 
 def warn_failure(what: str, status: str, n_iter: int, residual: float, tol: float) -> None:
+    if status == "underflow":
+        warn(f"{what} stopped with status='underflow' after {n_iter} iterations: its values "
+             "are too small for float64's squared norms to tell whether the relative residual "
+             f"is below tol {tol:.1e}; returning the last iterate (scale the data up by a "
+             "power of two)", stacklevel=3)
+        return
     warn(
         f"{what} did not converge: status={status!r} after {n_iter} iterations, "
         f"relative residual {residual:.3e} > tol {tol:.1e}; returning the last finite iterate",
@@ -219,6 +225,12 @@ def solve_forward(X, A, B, act, spec: Solver, opts: SolverOptions, z0):
     if spec.scalar_kernel:
         return newton_forward(X, A, B, act, opts, z0), None, None
     U = input_term(X, B)
+    if not np.isfinite(U).all():  # beyond the dtype: a saturating phi would hide it
+        Z = np.zeros((n, m), X.dtype) if z0 is None else z0.copy()
+        warn(f"fixed_point(method={spec.name!r}): X B^T overflows {X.dtype} (its entries "
+             "exceed the dtype's range): status='diverged', no iteration", stacklevel=3)
+        return (FixedPointResult(Z, 0, np.inf, False, "diverged", np.array([np.inf]),
+                                 spec.name), U, None)
     if spec.linear_only:
         check_linear(spec, act)
         Z, res, status = direct(np.eye(m) - A, U, np.ascontiguousarray(A.T), opts.tol,
@@ -264,7 +276,7 @@ def newton_forward(X, A, B, act, opts: SolverOptions, z0) -> FixedPointResult:
 
 
 def input_term(X, B):
-    """``U = X B^T`` by row blocks (overflow becomes a status downstream)."""
+    """``U = X B^T`` by row blocks (overflow: :func:`solve_forward` stops with a status)."""
     U = np.empty((X.shape[0], B.shape[0]), X.dtype)
     gemm_rows(X, np.ascontiguousarray(B.T), U, tune())
     return U

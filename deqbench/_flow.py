@@ -52,8 +52,10 @@ class FlowResult:
         ``DIVERGENCE_FACTOR * L_0``), ``"fixed_point_failed"`` (the step size
         collapsed because solves kept failing, or because ``solver`` is not
         certified to solve the fixed point beyond that point, docs/theory.md
-        §3), ``"step_too_small"`` or
-        ``"interrupted"`` (Ctrl-C; only on :attr:`~deqbench.TrainInterrupted.result`).
+        §3), ``"step_too_small"`` (the tries of the next step were rejected down
+        to the floor ``1e-14 max(|t|, h_1)``, ``h_1`` the first step:
+        docs/theory.md §5, step floor) or ``"interrupted"`` (Ctrl-C; only on
+        :attr:`~deqbench.TrainInterrupted.result`).
     history : dict of 1-D arrays
         The keys of :func:`deqbench.train` plus ``t``; ``step`` counts
         accepted steps.
@@ -165,7 +167,7 @@ def flow(
     t_end = v.positive("t_end", t_end)
     rtol = v.positive("rtol", rtol)
     atol = v.positive("atol", atol)
-    max_steps = v.integer("max_steps", max_steps, minimum=1)
+    max_steps = v.integer("max_steps", max_steps, minimum=1, maximum=v.MAX_STEPS)
     h0 = 0.0 if h0 is None else v.positive("h0", h0)
     run = prepare(
         model, X, Y, A0, B0, u=u, activation=activation, solver=solver, grad_solver=None,

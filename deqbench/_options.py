@@ -28,7 +28,7 @@ def tol_floor(dtype) -> float:
     carries rounding of a few eps (one gemm, one activation per entry), so a
     smaller ``tol`` is met by chance or never (docs/theory.md §3).
     """
-    return TOL_FLOOR_EPS * float(np.finfo(dtype).eps)
+    return TOL_FLOOR_EPS * float(np.finfo(v.float_dtype("dtype", dtype)).eps)
 
 
 @dataclass(frozen=True)
@@ -46,24 +46,25 @@ class SolverOptions:
 
     Parameters
     ----------
-    tol : float > 0 or None
-        Stop when ``||F(Z) - Z||_F / ||F(Z)||_F <= tol``. None: 1e-10 in
+    tol : float in (0, 1) or None
+        Stop when ``||F(Z) - Z||_F / ||F(Z)||_F <= tol`` (the residual starts at
+        1 from ``Z = 0``: a ``tol`` of 1 or more would stop before any work). None: 1e-10 in
         float64, 1e-5 in float32 (:func:`~deqbench.flow`: ``min(1e-10, 1e-3
         rtol)`` in float64); below :func:`~deqbench.tol_floor` of the data's
         dtype (``8 eps``: 9.5e-7 in float32) a :class:`~deqbench.PrecisionWarning`
         names the floor.
-    max_iter : int >= 1
-        Iterations per solve.
+    max_iter : int in [1, 10**7]
+        Iterations per solve (each keeps a float64 of history, allocated first).
     damping : float in (0, 1]
         Picard's ``Z <- (1 - damping) Z + damping F(Z)``; Anderson mixes map
         values and iterates by it.
-    anderson_history : int >= 1
+    anderson_history : int in [1, 256]
         Past residuals kept by Anderson acceleration, and secant pairs kept
         by Broyden's method (per sample; it restarts when they are full):
         both keep ``2 anderson_history`` arrays of the state's shape.
     anderson_ridge : float >= 0
         Anderson's Tikhonov term, relative to each kept residual's squared size.
-    neumann_terms : int >= 0
+    neumann_terms : int in [0, 10**7]
         The highest power ``k`` of the truncated Neumann series of the
         ``"neumann"`` adjoint, ``Lam = G (I + A + ... + A^k)`` (``k + 1`` terms).
     neumann_damping : float in (0, 1]
@@ -90,12 +91,15 @@ class SolverOptions:
 
     def __post_init__(self):
         checked = {
-            "tol": None if self.tol is None else v.positive("tol", self.tol),
-            "max_iter": v.integer("max_iter", self.max_iter, minimum=1),
+            "tol": None if self.tol is None else v.tolerance("tol", self.tol),
+            "max_iter": v.integer("max_iter", self.max_iter, minimum=1,
+                                  maximum=v.MAX_ITERATIONS),
             "damping": v.unit_interval("damping", self.damping),
-            "anderson_history": v.integer("anderson_history", self.anderson_history, minimum=1),
+            "anderson_history": v.integer("anderson_history", self.anderson_history, minimum=1,
+                                          maximum=v.MAX_ANDERSON_HISTORY),
             "anderson_ridge": v.positive("anderson_ridge", self.anderson_ridge, allow_zero=True),
-            "neumann_terms": v.integer("neumann_terms", self.neumann_terms, minimum=0),
+            "neumann_terms": v.integer("neumann_terms", self.neumann_terms, minimum=0,
+                                       maximum=v.MAX_ITERATIONS),
             "neumann_damping": v.unit_interval("neumann_damping", self.neumann_damping),
         }
         for name, value in checked.items():

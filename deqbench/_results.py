@@ -40,7 +40,11 @@ class FixedPointResult:
         ``residual <= tol`` was reached.
     status : str
         ``"converged"``, ``"max_iter"``, ``"diverged"`` (non-finite values or
-        residual growth), ``"inaccurate"`` (a direct solve whose residual exceeds
+        residual growth), ``"underflow"`` (the rule holds, but on squared norms too
+        small for float64 to tell: values of about ``1e-150`` and below, where
+        ``z`` is approximate; scale the data by a power of two and ``z`` back,
+        exact for the linear map, relu and leaky ReLU; docs/theory.md §3,
+        underflow), ``"inaccurate"`` (a direct solve whose residual exceeds
         ``tol``: ill-conditioned ``I - A``), ``"not_unique"`` (Newton outside its
         uniqueness guard: no solve made, docs/theory.md §12) or ``"truncated"``
         (inexact gradients).

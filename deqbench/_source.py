@@ -9,11 +9,16 @@ while the caller computes on the current one.
 A ``.npy`` path is read with ``readinto`` at the offsets its header gives, not
 through ``mmap``: a disk error under a memory map kills the process with
 SIGBUS, while a read raises ``OSError``, which :func:`blocks` turns into a
-:class:`ReadError` that the callers report as a status.
+:class:`ReadError` that the callers report as a status. An ``np.memmap`` whose
+pages are its file's (modes ``r``, ``r+``, ``w+``) is read the same way, from its
+file at the offset of its first byte (a file truncated under a memory map
+would be SIGBUS too); a copy-on-write one (mode ``c``) through the map, after a
+check of the file's size before each block.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import queue
 import threading
@@ -65,7 +70,8 @@ class BlockSource:
     def read(self, start: int, stop: int) -> np.ndarray:
         if self.in_memory:
             return self.array[start:stop]
-        if self.path is None:  # np.memmap
+        if self.path is None:  # a copy-on-write np.memmap (see the module docstring)
+            _check_mapped(self.array, start, stop)
             out = np.array(self.array[start:stop], dtype=self.dtype, order="C")
         else:
             out = np.empty((stop - start,) + self.shape[1:], self.dtype)
@@ -114,7 +120,13 @@ def open_source(name: str, x, *, ndim: int = 2, shape=None, dtype=None,
         if not x.flags.c_contiguous:
             raise ValueError(f"{name} must be a C-contiguous memmap (row blocks), got a "
                              "non-contiguous one")
-        return BlockSource(name, x.shape, array=x, dtype=x.dtype)
+        origin = _memmap_origin(x)
+        if origin is None:
+            _check_mapped(x, 0, x.shape[0], name)
+            return BlockSource(name, x.shape, array=x, dtype=x.dtype)
+        path, offset = origin
+        _check_size(name, path, offset + x.nbytes, f"its memmap (shape {x.shape}, {x.dtype})")
+        return BlockSource(name, x.shape, path=path, offset=offset, dtype=x.dtype)
     a = v.as_matrix(name, x, ndim=ndim, shape=shape, dtype=dtype, ref=ref)
     return BlockSource(name, a.shape, array=a, dtype=a.dtype)
 
@@ -147,12 +159,55 @@ def _open_npy(name, path: Path, ndim, shape, want, ref) -> BlockSource:
         raise ValueError(f"{name}: {str(path)!r} is Fortran-ordered; row blocks need C order "
                          "(save np.ascontiguousarray(X))")
     v.check_shape(name, got, ndim=ndim, shape=shape)
-    want = offset + int(np.prod(got)) * dtype.itemsize
+    _check_size(name, path, offset + int(np.prod(got)) * dtype.itemsize,
+                f"its header (shape {tuple(got)}, {dtype})")
+    return BlockSource(name, got, path=path, offset=offset, dtype=dtype)
+
+
+def _check_size(name, path: Path, want: int, what: str) -> None:
     size = path.stat().st_size
     if size < want:
-        raise ValueError(f"{name}: {str(path)!r} is truncated: {size} bytes, its header "
-                         f"(shape {tuple(got)}, {dtype}) needs {want}")
-    return BlockSource(name, got, path=path, offset=offset, dtype=dtype)
+        raise ValueError(f"{name}: {str(path)!r} is truncated: {size} bytes, {what} needs "
+                         f"{want}")
+
+
+def _memmap_origin(x, shared: bool = True):
+    """``(path, offset)``: the file of a memmap and the file offset of its first byte;
+    None when it has none, or (``shared``) when its pages are not the file's (mode
+    ``c``, copy-on-write: the file may not hold what the map shows).
+
+    ``np.memmap`` maps its file from ``offset`` rounded down to the allocation
+    granularity; a slice keeps the map and that ``offset``, so the position of its
+    first byte is the map's start plus its distance from the map's first byte.
+    """
+    mm = getattr(x, "_mmap", None)
+    if mm is None or getattr(x, "filename", None) is None or (
+            shared and getattr(x, "mode", None) == "c"):
+        return None
+    try:
+        base = np.frombuffer(mm, np.uint8).ctypes.data
+    except (ValueError, TypeError, BufferError):  # a closed map
+        return None
+    start = x.offset - x.offset % mmap.ALLOCATIONGRANULARITY
+    return Path(x.filename), start + (x.ctypes.data - base)
+
+
+def _check_mapped(x, start: int, stop: int, name: str | None = None) -> None:
+    """Whether rows ``start:stop`` of a memmap are still backed by its file (touching a
+    page past the end of a truncated file is SIGBUS): an ``OSError`` otherwise, a
+    ``ValueError`` naming the argument ``name`` when given."""
+    origin = _memmap_origin(x, shared=False)
+    if origin is None:
+        return
+    path, first = origin
+    need = first + stop * (x[:1].nbytes if x.size else 0)
+    size = path.stat().st_size
+    if size < need:
+        msg = (f"{str(path)!r} is truncated: {size} bytes, rows {start}:{stop} of its memmap "
+               f"need {need}")
+        if name is not None:
+            raise ValueError(f"{name}: {msg}")
+        raise OSError(msg)
 
 
 def check_chunk(chunk, n: int, row_bytes: int) -> int:

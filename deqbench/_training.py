@@ -349,12 +349,9 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
     if record_every is None:
         record_every = 0
     else:
-        record_every = v.integer("record_every", record_every, minimum=1)
+        record_every = v.integer("record_every", record_every, minimum=1, maximum=v.MAX_STEPS)
     stop = -1.0 if stop_loss is None else v.positive("stop_loss", stop_loss, allow_zero=True)
-    if sufficient_stats not in ("auto", True, False):
-        raise ValueError(
-            f"sufficient_stats must be 'auto', True or False, got {sufficient_stats!r}"
-        )
+    sufficient_stats = v.flag("sufficient_stats", sufficient_stats, also=("auto",))
     # the closed-form step solves nothing: it stands in only for solvers whose
     # success a test on A decides (Solver.certificate)
     applies = kind.sufficient_stats and "none" not in (fwd_spec.certificate,
@@ -388,7 +385,7 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
             read_error = exc
         else:
             Wstar, Ls = stats.least_squares()
-            Wstar, Sxx = Wstar.astype(dtype), stats.Sxx.astype(dtype)
+            Wstar, Sxx = v.rounded(Wstar, dtype), v.rounded(stats.Sxx, dtype)
             if L_star is None:
                 L_star = Ls
             # as below: the kernel's excess is over Ls, shifted to the caller's L_star
@@ -406,7 +403,7 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
             # statistics accumulated in float64 (as on disk), then rounded to the dtype
             stats = stream_stats(open_source("X", X), open_source("Y", Y),
                                  check_chunk("auto", n, stats_row_bytes(d, m, dtype)))
-            Wstar, Sxx = W.astype(dtype), stats.Sxx.astype(dtype)
+            Wstar, Sxx = v.rounded(W, dtype), v.rounded(stats.Sxx, dtype)
             kernel_Lstar, excess_shift = Ls, Ls - L_star
     if L_star is None:
         L_star = kernel_Lstar = math.nan
@@ -414,7 +411,8 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
     if spectral_every == "auto":
         spectral_every = auto_spectral_every(m, d, n, use_ss, rec)
     else:
-        spectral_every = v.integer("spectral_every", spectral_every, minimum=1)
+        spectral_every = v.integer("spectral_every", spectral_every, minimum=1,
+                                   maximum=v.MAX_STEPS)
     return Prepared(
         model=_m.Model(
             kind=kind.kind,
@@ -648,9 +646,8 @@ def train(
         chunk=chunk, caller="train", options=options, neumann_damping=neumann_damping,
     )
     lr = v.positive("lr", lr)
-    steps = v.integer("steps", steps, minimum=1)
-    if not isinstance(warm_start, (bool, np.bool_)):
-        raise TypeError(f"warm_start must be a bool, got {warm_start!r}")
+    steps = v.integer("steps", steps, minimum=1, maximum=v.MAX_STEPS)
+    warm_start = v.boolean("warm_start", warm_start)
     if run.read_error is not None:
         warn(f"train stopped with status='read_error' before its first step "
              f"({run.read_error}); returning A0, B0", stacklevel=2)

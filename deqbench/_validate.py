@@ -32,6 +32,18 @@ def compute_dtype(name: str, dtype) -> np.dtype:
     return dtype if dtype == np.float32 else np.dtype(np.float64)
 
 
+def float_dtype(name: str, dtype) -> np.dtype:
+    """``dtype`` as a NumPy real floating dtype, or a ``TypeError`` naming ``name``."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind != "f":
+        raise TypeError(f"{name} must be a real floating-point dtype (float32, float64), got "
+                        f"{_describe(dtype)}")
+    return dt
+
+
 def same_dtype(name: str, got, ref: str, want) -> None:
     """``TypeError`` unless ``got == want``: every array of a call shares one dtype."""
     if np.dtype(got) != np.dtype(want):
@@ -104,17 +116,37 @@ def positive(name: str, value, *, allow_zero: bool = False) -> float:
     return v
 
 
-def real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+def real(name: str, value, *, allow_nan: bool = False) -> float:
+    """A finite real number (``allow_nan``: or NaN, e.g. "no prediction")."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {_describe(value)}")
     v = float(value)
-    if not np.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {_describe(value)}")
+    if not (np.isfinite(v) or (allow_nan and np.isnan(v))):
+        raise ValueError(f"{name} must be finite{' or NaN' if allow_nan else ''}, got "
+                         f"{_describe(value)}")
     return v
 
 
-def integer(name: str, value, *, minimum: int) -> int:
-    if isinstance(value, bool):
+MAX_ITERATIONS = 10**7
+"""Largest ``max_iter`` and ``neumann_terms``: a solve keeps one float64 of residual
+history per iteration, allocated before it starts (80 MB at the bound)."""
+MAX_ANDERSON_HISTORY = 256
+"""Largest ``anderson_history``: Anderson keeps two ``(history, n, m)`` buffers and
+solves a ``history x history`` system per iteration."""
+MAX_STEPS = 2**53
+"""Largest count of steps (``steps``, ``max_steps``, ``record_every``,
+``spectral_every``): the history stores step numbers as float64, exact up to 2**53."""
+
+
+def _bound_str(x: int) -> str:
+    return "2**53" if x == MAX_STEPS else str(x)
+
+
+def integer(name: str, value, *, minimum: int, maximum: int | None = None) -> int:
+    """An integer (not a bool) in ``[minimum, maximum]``; the bounds of counts that size
+    an allocation are documented (:data:`MAX_ITERATIONS`, :data:`MAX_ANDERSON_HISTORY`,
+    :data:`MAX_STEPS`) and checked before it."""
+    if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an integer, got {_describe(value)}")
     try:
         v = operator.index(value)
@@ -122,7 +154,30 @@ def integer(name: str, value, *, minimum: int) -> int:
         raise TypeError(f"{name} must be an integer, got {_describe(value)}") from None
     if v < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name} must be <= {_bound_str(maximum)}, got {v}")
     return v
+
+
+def tolerance(name: str, value) -> float:
+    """A relative tolerance in (0, 1): a relative residual starts at 1 (from zero), so a
+    tolerance of 1 or more is met before any work."""
+    v = positive(name, value)
+    if not v < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {_describe(value)}")
+    return v
+
+
+def flag(name: str, value, *, also=()):
+    """A strict flag: ``True``/``False`` (NumPy's too, returned as ``bool``), or one of the
+    strings ``also``; never ``1``, ``1.0`` or None, which would pass ``== True`` tests."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str) and value in also:
+        return value
+    allowed = ", ".join([*(repr(a) for a in also), "True", "False"])
+    error = ValueError if isinstance(value, str) else TypeError  # a string: a wrong value
+    raise error(f"{name} must be one of {allowed}, got {_describe(value)}")
 
 
 def unit_interval(name: str, value) -> float:
@@ -137,3 +192,34 @@ def choice(name: str, value, options) -> str:
     if value not in options:
         raise ValueError(f"{name} must be one of {sorted(options)}, got {_describe(value)}")
     return value
+
+
+def seed(name: str, value):
+    """A seed of ``numpy.random.default_rng``: an integer >= 0, a ``SeedSequence``, a
+    ``Generator`` or a ``BitGenerator`` (returned as given), or None (fresh entropy)."""
+    if value is None or isinstance(value, (np.random.SeedSequence, np.random.Generator,
+                                           np.random.BitGenerator)):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer >= 0 or a numpy SeedSequence, got "
+                        f"{_describe(value)}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer >= 0 or a numpy SeedSequence, got "
+                        f"{_describe(value)}") from None
+    if v < 0:
+        raise ValueError(f"{name} must be >= 0, got {v}")
+    return v
+
+
+def boolean(name: str, value) -> bool:
+    """:func:`flag` without alternatives."""
+    return flag(name, value)
+
+
+def rounded(x, dtype) -> np.ndarray:
+    """``x`` rounded to ``dtype``; values beyond its range become inf without numpy's
+    overflow warning (a computation on them reports a status)."""
+    with np.errstate(over="ignore"):
+        return np.asarray(x).astype(dtype)

@@ -14,7 +14,7 @@ class ConvergenceWarning(RuntimeWarning):
     Raised by :func:`deqbench.fixed_point`, :func:`deqbench.implicit_grad`,
     :func:`deqbench.loss_and_grad`, :func:`deqbench.train` and
     :func:`deqbench.flow` whenever the result's status is a failure
-    (``"max_iter"``, ``"diverged"``, ``"inaccurate"``, ``"fixed_point_failed"``,
+    (``"max_iter"``, ``"diverged"``, ``"underflow"``, ``"inaccurate"``, ``"fixed_point_failed"``,
     ``"step_too_small"``, ``"read_error"`` for data on disk). The result still
     carries the last good values and the status; filter this class on its own, e.g.
     ``warnings.simplefilter("ignore", deqbench.ConvergenceWarning)``, to treat

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import numbers
 import re
 import threading
 from collections.abc import Callable
@@ -225,6 +226,8 @@ class Activation:
     slope: float | None = None
 
     def __post_init__(self):
+        if not isinstance(self.name, str):  # (a list would not even hash)
+            raise ValueError(f"activation must be one of {names()}, got {self.name!r}")
         entry = _entry(self.name)
         if entry.parameter is None:
             if self.slope is None:
@@ -236,6 +239,9 @@ class Activation:
                 raise ValueError(f"{self.name} needs its {entry.parameter}, e.g. "
                                  f"{str(entry.instances()[0])!r}")
             value = entry.default
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{self.name} {entry.parameter} must be a real number, got "
+                            f"{value!r}")
         if not entry.valid(float(value)):
             raise ValueError(f"{self.name} {entry.parameter} must be {entry.rule}, got "
                              f"{value!r}")

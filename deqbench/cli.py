@@ -191,7 +191,8 @@ def _print_status(path) -> int:
     total = "?" if st["runs"] is None else st["runs"]
     failed = sum(n for k, n in st["by_status"].items() if k in FAILED)
     lost = f"{st['lost']} lost (their worker died; they run again), " if st["lost"] else ""
-    print(f"{path}: sweep {st['name']!r}, {total} runs: {st['done']} done "
+    name = f"sweep {st['name']!r}" if st["meta"] == "ok" else f"sweep.json {st['meta']}"
+    print(f"{path}: {name}, {total} runs: {st['done']} done "
           f"({st['done'] - failed} finished, {failed} failed), {lost}"
           f"{'?' if st['remaining'] is None else st['remaining']} remaining"
           + (f", {st['damaged']} damaged record(s) to re-run" if st["damaged"] else ""))
@@ -237,8 +238,16 @@ def cmd_quiet(args) -> int:
         return 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr, exit status 2 (the usage
+    is one ``--help`` away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="deqbench",
         description="Benchmarks and theory checks for deep equilibrium models.",
     )
@@ -325,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "this many times, then record it 'crashed' (default: %(default)s)")
     s.add_argument("--force", action="store_true",
                    help="add the runs to a directory that holds a different grid")
-    s.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+    s.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="SECONDS",
                    help="seconds to reach --scheduler (default: %(default)s)")
     s.add_argument("--format", choices=("parquet", "csv"), default=None,
                    help="store: Parquet (runs.parquet/histories.parquet) or CSV (per-run "
@@ -401,6 +410,16 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (0.0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -411,10 +430,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``deqbench`` console script."""
-    from .sweep import GridError
+#: Set to 1 to see the traceback of an error the command line reports in one line.
+TRACEBACK_ENV = "DEQBENCH_TRACEBACK"
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``deqbench`` console script.
+
+    Exit status: 0 done; 2 an error, reported in one line on stderr (bad arguments,
+    an unusable grid, directory or file, a failed write); 3 a sweep that ended with
+    runs left to do; 130 Ctrl-C.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)[1:]
@@ -422,19 +448,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--scheduler needs --executor dask")
     try:
         return args.func(args)
-    except GridError as exc:
-        print(f"deqbench {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("\ninterrupted; re-run the same command to resume", file=sys.stderr)
         return 130
-    except RuntimeError as exc:  # SweepError and friends: one line saying what to do
-        print(f"deqbench {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # a file we could not read or write
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"deqbench {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:  # noqa: BLE001 - every error is one line (issue 31)
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        print(f"deqbench {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """What went wrong, on one line: the message (with the file of an ``OSError``); for
+    an exception that is not one of the kinds deqbench reports, its type and how to see
+    more."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    if not isinstance(exc, (RuntimeError, OSError, ValueError, TypeError, LookupError)):
+        text = (f"{type(exc).__name__}: {text} (unexpected: run with {TRACEBACK_ENV}=1 for "
+                "the traceback, and please report it)")
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,8 +7,11 @@ deterministic given it. Data rows are i.i.d. standard normal, so
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,32 @@ __all__ = [
 
 
 def _rng(seed) -> np.random.Generator:
-    return np.random.default_rng(seed)
+    return np.random.default_rng(v.seed("seed", seed))
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory (0 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _finite_result(name: str, value, out) -> None:
+    """A ``ValueError`` naming ``name`` when ``value`` made entries of ``out`` overflow."""
+    if not np.isfinite(out).all():
+        raise ValueError(f"{name}={value!r} is too large: the data it scales overflow float64")
+
+
+def _fits(names: str, elements: int) -> None:
+    """The in-memory builders' bound, checked before they allocate: ``elements``
+    float64 values at most half the physical memory; a ``ValueError`` naming the
+    sizes otherwise (:func:`write_teacher` writes any size to disk)."""
+    limit = memory_bytes() // 2
+    if limit and elements * 8 > limit:
+        raise ValueError(f"{names} ask for {elements * 8 / 2**30:.3g} GiB of float64 arrays, "
+                         f"more than half of this machine's {2 * limit / 2**30:.3g} GiB; write "
+                         "data that large to disk with write_teacher")
 
 
 def linear_teacher(n: int, d: int, m: int, *, noise: float = 0.0, seed=0):
@@ -46,12 +74,15 @@ def linear_teacher(n: int, d: int, m: int, *, noise: float = 0.0, seed=0):
     d = v.integer("d", d, minimum=1)
     m = v.integer("m", m, minimum=1)
     noise = v.positive("noise", noise, allow_zero=True)
+    _fits("n, d, m", n * (d + 2 * m) + m * d)
     rng = _rng(seed)
     X = rng.standard_normal((n, d))
     W = rng.standard_normal((m, d)) / np.sqrt(d)
     Y = X @ W.T
     if noise > 0:
-        Y += noise * rng.standard_normal((n, m))
+        with np.errstate(over="ignore"):
+            Y += noise * rng.standard_normal((n, m))
+        _finite_result("noise", noise, Y)
     return X, Y, W
 
 
@@ -66,6 +97,7 @@ def single_index_teacher(n: int, d: int, *, activation: str | Activation, noise:
     n = v.integer("n", n, minimum=1)
     d = v.integer("d", d, minimum=1)
     noise = v.positive("noise", noise, allow_zero=True)
+    _fits("n, d", n * (d + 3) + d)
     act = get_activation(activation)
     rng = _rng(seed)
     X = rng.standard_normal((n, d))
@@ -73,7 +105,9 @@ def single_index_teacher(n: int, d: int, *, activation: str | Activation, noise:
     theta /= np.linalg.norm(theta)
     y = act(X @ theta)
     if noise > 0:
-        y += noise * rng.standard_normal(n)
+        with np.errstate(over="ignore"):
+            y += noise * rng.standard_normal(n)
+        _finite_result("noise", noise, y)
     return X, y, theta
 
 
@@ -94,12 +128,18 @@ def init_params(d: int, m: int, *, scale_A: float, scale_B: float, seed=0):
     m = v.integer("m", m, minimum=1)
     scale_A = v.positive("scale_A", scale_A, allow_zero=True)
     scale_B = v.positive("scale_B", scale_B, allow_zero=True)
+    _fits("d, m", 4 * m * m + 2 * m * d)
     rng = _rng(seed)
     R = rng.standard_normal((m, m))
-    B0 = scale_B * rng.standard_normal((m, d)) / np.sqrt(d)
+    with np.errstate(over="ignore"):
+        B0 = scale_B * rng.standard_normal((m, d)) / np.sqrt(d)
+    _finite_result("scale_B", scale_B, B0)
     A0 = np.zeros((m, m))
     if scale_A > 0:
-        A0 = scale_A * R / np.linalg.norm(R, 2)
+        with np.errstate(over="ignore"):
+            A0 = scale_A * R / np.linalg.norm(R, 2)
+        if not np.isfinite(A0).all():  # scale_A near float64's largest: scale R first
+            A0 = R / np.linalg.norm(R, 2) * scale_A
     return A0, B0
 
 
@@ -110,9 +150,14 @@ def symmetric_with_spectrum(eigenvalues, *, seed=0) -> np.ndarray:
 
     ``seed``: int, ``SeedSequence`` or ``Generator`` (drawn from in place).
     """
-    lam = np.asarray(eigenvalues, dtype=float)
+    try:
+        lam = np.asarray(eigenvalues, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError("eigenvalues must be a sequence of real numbers, got "
+                        f"{v._describe(eigenvalues)}") from None
     if lam.ndim != 1 or lam.size == 0 or not np.isfinite(lam).all():
         raise ValueError(f"eigenvalues must be a non-empty finite 1-D sequence, got {lam!r}")
+    _fits("eigenvalues", 4 * lam.size * lam.size)
     V, _ = np.linalg.qr(_rng(seed).standard_normal((lam.size, lam.size)))
     return np.ascontiguousarray((V * lam) @ V.T)
 
@@ -184,8 +229,13 @@ def write_teacher(directory, kind: str, n: int, d: int, m: int | None = None, *,
 
     Files: ``X.npy`` ``(n, d)``, ``Y.npy`` (``(n, m)`` for ``kind="linear"``,
     ``(n,)`` for ``"single_index"``), ``star.npy`` (``W*`` ``(m, d)`` or
-    ``theta*`` ``(d,)``) and ``teacher.json`` (the generating parameters), all
+    ``theta*`` ``(d,)``) and ``teacher.json`` (the generating parameters and the
+    size and SHA-256 of each file, which :func:`read_teacher` checks), all
     float64. Memory is ``O((block_rows + 4096) (d + m) + m d)`` whatever ``n``.
+    Each file is written under a temporary name and then renamed into place,
+    ``teacher.json`` last: an interrupted write leaves the old data set whole, or
+    (killed between the renames) a directory without ``teacher.json``, never files
+    that disagree.
 
     The data are exactly those of :func:`linear_teacher` /
     :func:`single_index_teacher` with the same arguments (one random stream
@@ -234,6 +284,7 @@ def write_teacher(directory, kind: str, n: int, d: int, m: int | None = None, *,
     noise = v.positive("noise", noise, allow_zero=True)
     seed = v.integer("seed", seed, minimum=0)
     block_rows = v.integer("block_rows", block_rows, minimum=1)
+    overwrite = v.boolean("overwrite", overwrite)
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(f"directory must be a str or path, got {type(directory).__name__}")
     root = Path(directory)
@@ -244,48 +295,167 @@ def write_teacher(directory, kind: str, n: int, d: int, m: int | None = None, *,
             raise FileExistsError(f"directory {str(root)!r} already holds {present}; "
                                   "pass overwrite=True to replace them")
     root.mkdir(parents=True, exist_ok=True)
+    tmp = {f: _temporary(root / f) for f in names[:3]}
+    try:
+        _write_data(tmp, kind, n, d, m, act, noise, seed, block_rows)
+        files = {f: _fingerprint(path) for f, path in tmp.items()}
+        meta = dict(kind=kind, n=n, d=d, m=m, activation=str(act), noise=noise, seed=seed,
+                    dtype="float64", generator="numpy.random.default_rng(seed), as "
+                    f"deqbench.data.{kind}_teacher", files=files)
+        tmp[TEACHER_JSON] = _temporary(root / TEACHER_JSON)
+        with open(tmp[TEACHER_JSON], "w") as fh:
+            fh.write(json.dumps(meta, indent=1) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        # the old teacher stays whole until the new files are written; from here to the
+        # new teacher.json the directory has none, so an interrupted overwrite leaves
+        # nothing that read_teacher opens
+        (root / TEACHER_JSON).unlink(missing_ok=True)
+        for f in names:
+            os.replace(tmp[f], root / f)
+    finally:
+        for path in tmp.values():
+            with contextlib.suppress(OSError):
+                path.unlink()
+    return root
+
+
+def _temporary(path: Path) -> Path:
+    """A temporary name beside ``path`` for this process (``.NAME.PID.TOKEN.tmp``)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _write_data(paths, kind, n, d, m, act, noise, seed, block_rows) -> None:
+    """The data of :func:`write_teacher` into ``paths`` (``X.npy``, ``Y.npy``, ``star.npy``)."""
     rng = _rng(seed)
     fmt = np.lib.format
-    X = fmt.open_memmap(root / "X.npy", mode="w+", dtype=np.float64, shape=(n, d))
+    X = fmt.open_memmap(paths["X.npy"], mode="w+", dtype=np.float64, shape=(n, d))
     for s in range(0, n, block_rows):
         rng.standard_normal(out=X[s:min(s + block_rows, n)])
     if kind == "linear":
         star = rng.standard_normal((m, d)) / np.sqrt(d)
-        Y = fmt.open_memmap(root / "Y.npy", mode="w+", dtype=np.float64, shape=(n, m))
+        Y = fmt.open_memmap(paths["Y.npy"], mode="w+", dtype=np.float64, shape=(n, m))
     else:
         star = rng.standard_normal(d)
         star /= np.linalg.norm(star)
-        Y = fmt.open_memmap(root / "Y.npy", mode="w+", dtype=np.float64, shape=(n,))
+        Y = fmt.open_memmap(paths["Y.npy"], mode="w+", dtype=np.float64, shape=(n,))
     for s in range(0, n, _TILE):  # whatever block_rows is: see _TILE
         e = min(s + _TILE, n)
         Y[s:e] = X[s:e] @ star.T if kind == "linear" else act(X[s:e] @ star)
         if noise > 0:
-            Y[s:e] += noise * rng.standard_normal(Y[s:e].shape)
+            with np.errstate(over="ignore"):
+                Y[s:e] += noise * rng.standard_normal(Y[s:e].shape)
+            _finite_result("noise", noise, Y[s:e])
     X.flush()
     Y.flush()
     del X, Y
-    np.save(root / "star.npy", star)
-    meta = dict(kind=kind, n=n, d=d, m=m, activation=str(act), noise=noise, seed=seed,
-                dtype="float64", generator="numpy.random.default_rng(seed), as "
-                f"deqbench.data.{kind}_teacher")
-    (root / TEACHER_JSON).write_text(json.dumps(meta, indent=1) + "\n")
-    return root
+    with open(paths["star.npy"], "wb") as fh:
+        np.save(fh, star)
 
 
-def read_teacher(directory, *, mmap_mode: str | None = "r"):
+_HASH_BLOCK = 1 << 23
+
+
+def _fingerprint(path: Path) -> dict:
+    """``{"bytes", "sha256"}`` of a file, read in blocks; the file is synced to disk
+    first (it replaces the old one next)."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+        while block := fh.read(_HASH_BLOCK):
+            h.update(block)
+            size += len(block)
+    return {"bytes": size, "sha256": h.hexdigest()}
+
+
+def read_teacher(directory, *, mmap_mode: str | None = "r", verify: bool = True):
     """Open a data set written by :func:`write_teacher`.
+
+    Parameters
+    ----------
+    directory : str or path
+    mmap_mode : {"r", "r+", "c", None}
+        As in ``numpy.load``: memory-mapped (read-only by default), or None to read
+        the arrays into memory.
+    verify : bool
+        Check each file against the SHA-256 that ``teacher.json`` holds for it (one
+        read of every file); ``False`` checks sizes and headers only.
 
     Returns
     -------
     X, Y, star : arrays (memory-mapped read-only by default)
     meta : dict
         The generating parameters of ``teacher.json``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``teacher.json``: not a teacher directory, or a write of one that did not
+        finish (:func:`write_teacher` writes ``teacher.json`` last).
+    ValueError
+        Files that are not what ``teacher.json`` says (unreadable, truncated, of
+        another shape, or failing their checksum): written by another process, or
+        changed since; the message names the file.
     """
+    from ._source import open_source
+
     root = Path(directory)
     meta_path = root / TEACHER_JSON
     if not meta_path.is_file():
         raise FileNotFoundError(f"directory {str(root)!r} has no {TEACHER_JSON} "
-                                "(not written by deqbench.data.write_teacher)")
-    meta = json.loads(meta_path.read_text())
-    arrays = [np.load(root / f, mmap_mode=mmap_mode) for f in ("X.npy", "Y.npy", "star.npy")]
+                                "(not written by deqbench.data.write_teacher, or its "
+                                "writing did not finish)")
+    if mmap_mode not in (None, "r", "r+", "c"):
+        raise ValueError(f"mmap_mode must be 'r', 'r+', 'c' or None, got {mmap_mode!r}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{meta_path}: not valid JSON ({exc}); rewrite the directory with "
+                         "write_teacher") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path}: must hold a JSON object (the teacher's parameters), "
+                         f"got a {type(meta).__name__}")
+    shapes = _teacher_shapes(meta_path, meta)
+    files = meta.get("files")
+    if verify and not isinstance(files, dict):
+        raise ValueError(f"{meta_path}: holds no checksums of the files (written by an older "
+                         "deqbench?); rewrite it with write_teacher, or pass verify=False")
+    for f, shape in shapes.items():
+        open_source(f, root / f, ndim=len(shape), shape=shape)  # header, size, dtype
+        want = files.get(f) if isinstance(files, dict) else None
+        if want is None:
+            continue
+        if not isinstance(want, dict):
+            raise ValueError(f"{meta_path}: the record of {f} must be a JSON object, got "
+                             f"{want!r}")
+        got = _fingerprint(root / f) if verify else {"bytes": (root / f).stat().st_size}
+        for key, value in got.items():
+            if want.get(key) != value:
+                raise ValueError(
+                    f"{root / f}: {'size' if key == 'bytes' else 'checksum'} does not match "
+                    f"{TEACHER_JSON} ({value} != {want.get(key)}): the files of {str(root)!r} "
+                    "disagree (replaced or changed since they were written); rewrite it "
+                    "with write_teacher")
+    arrays = [np.load(root / f, mmap_mode=mmap_mode) for f in shapes]
     return (*arrays, meta)
+
+
+def _teacher_shapes(meta_path: Path, meta: dict) -> dict:
+    """The shape of each file of a teacher, from its ``teacher.json``."""
+    def dim(key, none=False):
+        x = meta.get(key)
+        if none and x is None:
+            return None
+        if isinstance(x, bool) or not isinstance(x, int) or x < 1:
+            raise ValueError(f"{meta_path}: {key!r} must be an integer >= 1, got {x!r}")
+        return x
+
+    kind = meta.get("kind")
+    if kind not in TEACHERS:
+        raise ValueError(f"{meta_path}: 'kind' must be one of {list(TEACHERS)}, got {kind!r}")
+    n, d = dim("n"), dim("d")
+    if kind == "linear":
+        m = dim("m")
+        return {"X.npy": (n, d), "Y.npy": (n, m), "star.npy": (m, d)}
+    return {"X.npy": (n, d), "Y.npy": (n,), "star.npy": (d,)}

@@ -17,6 +17,7 @@ their Parquet twins ``runs.parquet`` + ``histories.parquet``).
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -49,16 +50,34 @@ def _pyplot():
 def _parquet_rows(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
-    return pq.read_table(path).to_pylist()
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
+        raise ValueError(f"{path}: not a readable Parquet table ({exc})") from None
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    try:
+        return read_csv(path)
+    except (ValueError, csv.Error) as exc:  # undecodable bytes, a malformed line
+        raise ValueError(f"{path}: not a readable CSV table ({exc})") from None
+
+
+def _with_run_id(rows: list[dict], path: Path) -> list[dict]:
+    """``rows`` when each has a ``run_id`` (the key that joins runs and histories)."""
+    if any(r.get("run_id") is None for r in rows):
+        raise ValueError(f"{path}: rows without a run_id (the column that joins runs and "
+                         "histories); not a table of deqbench sweep or reproduce")
+    return rows
 
 
 def load_runs(path) -> list[dict]:
     """Rows of ``DIR/runs.csv`` (numbers parsed), or of ``DIR/runs.parquet``."""
     p = Path(path)
     if p.is_dir() and not (p / RUNS_CSV).exists() and (p / RUNS_PQ).exists():
-        return _parquet_rows(p / RUNS_PQ)
+        return _with_run_id(_parquet_rows(p / RUNS_PQ), p / RUNS_PQ)
     p = p / RUNS_CSV if p.is_dir() else p
-    return read_csv(p) if p.exists() else []
+    return _with_run_id(_csv_rows(p), p) if p.exists() else []
 
 
 def load_histories(path) -> dict[str, dict[str, np.ndarray]]:
@@ -73,7 +92,8 @@ def load_histories(path) -> dict[str, dict[str, np.ndarray]]:
     out: dict[str, dict[str, list]] = {}
     if rows is None and (not p.exists() or p.stat().st_size == 0):
         return {}
-    for row in rows if rows is not None else read_csv(p):
+    src = p if rows is None else Path(path) / HIST_PQ
+    for row in _with_run_id(rows if rows is not None else _csv_rows(p), src):
         h = out.setdefault(str(row.pop("run_id")), {})
         for k, v in row.items():
             h.setdefault(k, []).append(np.nan if v is None or isinstance(v, str) else float(v))
@@ -129,12 +149,15 @@ def envelope(steps, start: float, factor: float) -> np.ndarray:
 
 def plot_loss_curves(rows, hists, keys, path) -> Path | None:
     plt = _pyplot()
-    rows = _subsample([r for r in rows if r["run_id"] in hists])
+    rows = [r for r in rows if {"loss", "excess_loss"} & hists.get(r["run_id"], {}).keys()]
+    use_excess = all("excess_loss" in hists[r["run_id"]] for r in rows)
+    if not use_excess:
+        rows = [r for r in rows if "loss" in hists[r["run_id"]]]
+    rows = _subsample(rows)
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = _colors(len(rows))
-    use_excess = all("excess_loss" in hists[r["run_id"]] for r in rows)
     for row, color in zip(rows, colors, strict=True):
         h = hists[row["run_id"]]
         y = h["excess_loss"] if use_excess else h["loss"]

@@ -59,6 +59,30 @@ MODELS = tuple(name for name, k in _registry.MODELS.items() if k.linear_fixed_po
 FLOOR = 1e3  # the window of empirical_factor stays above FLOOR * eps * L_0
 
 
+def _sym_eigvals(Q) -> np.ndarray:
+    """Eigenvalues of the symmetric part of ``Q``, computed on ``Q`` scaled to its
+    largest entry so that no intermediate overflows (float64's range is the limit of
+    the answer, not of the computation)."""
+    big = float(np.max(np.abs(Q))) if Q.size else 0.0
+    if big == 0.0:
+        return np.zeros(Q.shape[0])
+    S = Q / big
+    with np.errstate(over="ignore"):
+        return np.linalg.eigvalsh(0.5 * (S + S.T)) * big
+
+
+def _vector(name, x) -> np.ndarray:
+    """A 1-D float64 array of the numbers in ``x``, or an error naming ``name``."""
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a sequence of real numbers, got "
+                        f"{v._describe(x)}") from None
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-dimensional, got shape {a.shape}")
+    return a
+
+
 def _square(name, Q):
     Q = v.as_float64(name, Q)
     if Q.shape[0] != Q.shape[1]:
@@ -86,7 +110,8 @@ def invariant(A, B) -> np.ndarray:
     A = _square("A", A)
     B = v.as_float64("B", B, shape=(A.shape[0], None))
     C = np.eye(A.shape[0]) - A
-    return C @ C.T + B @ B.T
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float64: inf entries
+        return C @ C.T + B @ B.T
 
 
 def gd_invariant_step(Q, grad_A, grad_B, lr) -> np.ndarray:
@@ -103,7 +128,8 @@ def gd_invariant_step(Q, grad_A, grad_B, lr) -> np.ndarray:
     gA = v.as_float64("grad_A", grad_A, shape=(m, m))
     gB = v.as_float64("grad_B", grad_B, shape=(m, None))
     lr = v.positive("lr", lr)
-    return Q + lr * lr * (gA @ gA.T + gB @ gB.T)
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float64: inf entries
+        return Q + lr * lr * (gA @ gA.T + gB @ gB.T)
 
 
 def drift_bound(lr, L0, LK) -> float:
@@ -140,14 +166,21 @@ def drift_gain_bounds(lr, smoothness) -> tuple[float, float]:
 
 
 def _sigma_extremes(X) -> tuple[float, float]:
+    """Extreme eigenvalues of ``X^T X / n``: squared extreme singular values of ``X``
+    over ``n``, from ``X`` scaled to its largest entry (no overflow on the way)."""
     X = v.as_float64("X", X)
-    ev = np.linalg.eigvalsh(X.T @ X / X.shape[0])
-    return float(max(ev[0], 0.0)), float(ev[-1])
+    big = float(np.max(np.abs(X)))
+    if big == 0.0:
+        return 0.0, 0.0
+    s = np.linalg.svd(X / big, compute_uv=False)
+    smin = float(s[-1]) if X.shape[0] >= X.shape[1] else 0.0
+    with np.errstate(over="ignore", under="ignore"):
+        return (float(np.float64(smin * big) ** 2 / X.shape[0]),
+                float(np.float64(float(s[0]) * big) ** 2 / X.shape[0]))
 
 
 def _q_max(Q) -> float:
-    Q = _square("Q", Q)
-    return float(np.linalg.eigvalsh(0.5 * (Q + Q.T))[-1])
+    return float(_sym_eigvals(_square("Q", Q))[-1])
 
 
 def pl_constant(model: str, X, Q, *, u=None, activation: str | Activation = "identity",
@@ -179,13 +212,14 @@ def pl_constant(model: str, X, Q, *, u=None, activation: str | Activation = "ide
     docs/theory.md §7.
     """
     _registry.choose_model(model, MODELS)
-    lmin, lmax = _sigma_extremes(X)
+    lmin, lmax = (np.float64(x) for x in _sigma_extremes(X))  # / 0 is inf, not an error
     Q = _square("Q", Q)
     q = _q_max(Q)
     if not q > 0.0:
         raise ValueError(f"Q must have a positive largest eigenvalue, got {q!r}")
     if model == "linear":
-        return 2.0 * lmin / q
+        with np.errstate(over="ignore", under="ignore"):
+            return float(np.float64(2.0) * lmin / q)
     m = Q.shape[0]
     if u is None:
         uu = 1.0
@@ -194,8 +228,9 @@ def pl_constant(model: str, X, Q, *, u=None, activation: str | Activation = "ide
     if derivative_bounds is None:
         derivative_bounds = get_activation(activation).derivative_bounds()
     gamma, Gamma = (np.asarray(b, dtype=np.float64) for b in derivative_bounds)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mu = 2.0 * gamma**4 * lmin**2 * uu / (Gamma**2 * lmax * q)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        # in an order whose intermediates overflow only when mu itself does
+        mu = 2.0 * gamma**4 * uu * (lmin / lmax) * (lmin / (Gamma**2 * q))
     mu = np.where((gamma > 0.0) & (lmax > 0.0), mu, 0.0)
     return float(mu) if mu.ndim == 0 else mu
 
@@ -309,10 +344,15 @@ def smoothness(model: str, X, Y, A, B, *, u=None, activation: str | Activation =
     the points a caller passes; the maximum over them is an estimate of the
     constant of the descent lemma, not a bound.
     """
+    import warnings
+
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     from ._gradients import loss_and_grad
+    from ._warnings import ConvergenceWarning
 
+    _registry.choose_model(model, ("linear", "readout", "nonlinear"))
+    rtol = v.positive("rtol", rtol)
     A = _square("A", A)
     B = v.as_float64("B", B, shape=(A.shape[0], None))
     m, d = B.shape
@@ -321,6 +361,9 @@ def smoothness(model: str, X, Y, A, B, *, u=None, activation: str | Activation =
     kw = dict(u=u, activation=activation, solver=solver, tol=1e-13, max_iter=100_000)
     p0 = np.concatenate([A.ravel(), B.ravel()])
     h = 1e-5 * max(1.0, float(np.max(np.abs(p0))))
+    if model != "nonlinear" and np.linalg.cond(np.eye(m) - A) * np.finfo(float).eps >= 1.0:
+        raise ValueError("A: I - A is singular to working precision; the loss and its "
+                         "Hessian are not defined there")
 
     if model == "linear":  # sufficient statistics (§8): n-independent gradients
         X = v.as_float64("X", X, shape=(None, d))
@@ -331,10 +374,20 @@ def smoothness(model: str, X, Y, A, B, *, u=None, activation: str | Activation =
         Ap, Bp = p[: m * m].reshape(m, m), p[m * m:].reshape(m, d)
         if model == "linear":
             C = np.eye(m) - Ap
-            W = np.linalg.solve(C, Bp)
-            gB = np.linalg.solve(C.T, W @ Sxx - Syx)
+            try:
+                W = np.linalg.solve(C, Bp)
+                gB = np.linalg.solve(C.T, W @ Sxx - Syx)
+            except np.linalg.LinAlgError:
+                raise ValueError(f"A: I - A is singular within the difference step {h:.3g} "
+                                 "of A; the Hessian is not defined there") from None
             return np.concatenate([np.ravel(gB @ W.T), np.ravel(gB)])
-        res = loss_and_grad(model, X, Y, Ap.copy(), Bp.copy(), **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # said below, as an error
+            res = loss_and_grad(model, X, Y, Ap.copy(), Bp.copy(), **kw)
+        if not res.converged:
+            raise ValueError(f"A: the fixed point at A (or within the difference step {h:.3g} "
+                             f"of it) did not converge (forward {res.fp_status!r}, adjoint "
+                             f"{res.adj_status!r}); the Hessian needs exact gradients")
         return np.concatenate([np.ravel(res.grad_A), np.ravel(res.grad_B)])
 
     def hv(x):
@@ -361,10 +414,30 @@ def least_squares(X, Y) -> tuple[np.ndarray, float]:
     ``L*`` is the mean of the squared residuals (no cancellation).
     """
     X = v.as_float64("X", X)
-    Y = np.asarray(Y, dtype=np.float64)
-    sol = np.linalg.lstsq(X, Y, rcond=None)[0]
-    r = X @ sol - Y
-    return np.ascontiguousarray(sol.T), float(0.5 * np.sum(r * r) / X.shape[0])
+    ndim = np.ndim(Y)
+    if ndim not in (1, 2):
+        raise ValueError(f"Y must be 1- or 2-dimensional, got shape {np.shape(Y)}")
+    Y = v.as_float64("Y", Y, ndim=ndim, shape=(X.shape[0], None)[:ndim])
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            sol = np.linalg.lstsq(X, Y, rcond=None)[0]
+            r = X @ sol - Y
+    except np.linalg.LinAlgError as exc:
+        raise ValueError(f"X: the least-squares solve failed ({exc}); X spans too many "
+                         "orders of magnitude for float64") from None
+    if not np.isfinite(r).all():  # W* beyond float64: L* from the projection of Y instead
+        U, sv, _ = np.linalg.svd(X / np.max(np.abs(X)), full_matrices=False)
+        U = U[:, sv > sv[0] * np.finfo(float).eps * max(X.shape)]
+        r = Y - U @ (U.T @ Y)
+    return np.ascontiguousarray(sol.T), 0.5 * _sumsq(r) / X.shape[0]
+
+
+def _sumsq(x) -> float:
+    """``sum(x**2)`` without overflow on the way (inf only when the sum is beyond float64)."""
+    big = float(np.max(np.abs(x))) if np.size(x) else 0.0
+    if big == 0.0 or not math.isfinite(big):
+        return big
+    return big * big * float(np.sum((x / big) ** 2))  # Python floats: inf, not an error
 
 
 def global_min_loss(model: str, X, Y, *, activation: str | Activation = "identity") -> float:
@@ -408,16 +481,18 @@ def empirical_factor(losses, L_star, steps=None) -> float:
     -----
     docs/theory.md §7.
     """
-    L = np.asarray(losses, dtype=np.float64)
-    if L.ndim != 1:
-        raise ValueError(f"losses must be 1-dimensional, got shape {L.shape}")
-    k = np.arange(L.size, dtype=np.float64) if steps is None else np.asarray(steps, float)
+    L = _vector("losses", losses)
+    k = np.arange(L.size, dtype=np.float64) if steps is None else _vector("steps", steps)
     if k.shape != L.shape:
         raise ValueError(f"steps must have the shape of losses {L.shape}, got {k.shape}")
+    if not (np.isfinite(k).all() and np.all(k[1:] > k[:-1])):
+        raise ValueError("steps must be strictly increasing finite numbers (the step of each "
+                         f"loss), got {v._describe(steps)}")
     if L.size < 3:
         return math.nan
     Ls = v.real("L_star", L_star)
-    e = L - Ls
+    with np.errstate(over="ignore", invalid="ignore"):  # inf or NaN: outside the window
+        e = L - Ls
     e0 = e[0]
     floor = FLOOR * np.finfo(float).eps * abs(L[0])
     below = np.nonzero(e < 0.5 * e0)[0]
@@ -429,8 +504,16 @@ def empirical_factor(losses, L_star, steps=None) -> float:
         stop += 1
     if stop - start < 3:
         return math.nan
-    slope = np.polyfit(k[start:stop], np.log(e[start:stop]), 1)[0]
-    return float(np.exp(slope))
+    x, y = k[start:stop], np.log(e[start:stop])
+    # least squares on x shifted and scaled to [0, 1] (no overflow, no cancellation)
+    with np.errstate(over="ignore"):
+        dx = x - x[0]
+    c = float(dx[-1]) if np.isfinite(dx[-1]) else float(np.max(np.abs(x)))
+    xs = (dx if np.isfinite(dx[-1]) else x) / c
+    xs = xs - xs.mean()
+    slope = float(np.dot(xs, y - y.mean()) / np.dot(xs, xs)) / c
+    with np.errstate(over="ignore", under="ignore"):
+        return float(np.exp(slope))
 
 
 VACUOUS = 1e-3
@@ -451,10 +534,8 @@ def rate_check(losses, L_star, predicted, steps=None, *, local=False) -> dict:
     the theorem) or ``"no fit"`` (NaN empirical factor: too few points in
     the window, which is not a pass either).
     """
+    pred = v.real("predicted", predicted, allow_nan=True)
     emp = empirical_factor(losses, L_star, steps)
-    pred = float(predicted)
-    if math.isinf(pred):
-        raise ValueError(f"predicted must be finite or NaN, got {predicted!r}")
     ratio = emp / pred if pred > 0 else (math.nan if math.isnan(pred) else math.inf)
     violated = bool(np.isfinite(emp) and emp > pred + 1e-12)
     if math.isnan(pred):
@@ -474,8 +555,14 @@ def rate_check(losses, L_star, predicted, steps=None, *, local=False) -> dict:
 def predicted_fp_iters(rate, tol, *, gap=None) -> float:
     """Predicted Picard iterations from ``Z0 = 0`` to the relative residual ``tol``.
 
-    ``K = ceil(log(tol / gap) / log(rate))``, at least 1; ``inf`` when
-    ``rate >= 1`` or ``gap <= 0``, 1 when ``rate = 0``.
+    The count of the slowest mode: an eigenvalue ``lam`` of ``A`` at distance
+    ``gap = |1 - lam|`` from 1, iterated at the rate ``mu = max(rate, 1 - gap)``,
+    has relative residual ``gap mu^k / (1 - lam mu^k)`` after ``k`` iterations
+    (exactly, for the scalar map ``z -> lam z + u``), so
+    ``K = ceil(log(1 + gap (1 - tol) / tol) / -log(mu))``, at least 1: about
+    ``log(gap / tol) / log(rate)`` when ``gap >> tol``, and about ``1 / tol`` as
+    ``gap -> 0``. ``inf`` when ``rate >= 1`` or ``gap <= 0``; 1 when ``rate = 0``
+    or ``tol >= 1``.
 
     Parameters
     ----------
@@ -502,10 +589,17 @@ def predicted_fp_iters(rate, tol, *, gap=None) -> float:
     gap = 1.0 - rate if gap is None else v.real("gap", gap)
     if rate >= 1.0 or gap <= 0.0:
         return math.inf
-    target = tol / gap
-    if rate == 0.0 or target >= 1.0:
+    if rate == 0.0 or tol >= 1.0:
         return 1.0
-    return float(max(1, math.ceil(math.log(target) / math.log(rate))))
+    # the slowest mode iterates at mu = 1 - e: its eigenvalue is gap away from 1, so no
+    # damping makes it faster than 1 - gap; log1p keeps e, gap/tol down to 1e-300
+    e = min(1.0 - rate, gap)
+    if e >= 1.0:  # the mode's rate rounds to 0: one iteration
+        return 1.0
+    x = gap * (1.0 - tol) / tol
+    top = math.log1p(x) if math.isfinite(x) else math.log(gap) + math.log1p(-tol) - math.log(tol)
+    k = top / -math.log1p(-e)
+    return float(max(1, math.ceil(k))) if math.isfinite(k) else math.inf
 
 
 CERT_MARGIN = 1e-6
@@ -557,9 +651,12 @@ def conditioning_bounds(Q, W) -> tuple[float, float]:
     """
     Q = _square("Q", Q)
     W = v.as_float64("W", W, shape=(Q.shape[0], None))
-    ev = np.linalg.eigvalsh(0.5 * (Q + Q.T))
-    w2 = np.linalg.norm(W, 2) ** 2
-    return float(math.sqrt(max(ev[0], 0.0) / (1.0 + w2))), float(math.sqrt(max(ev[-1], 0.0)))
+    ev = _sym_eigvals(Q)
+    bw = float(np.max(np.abs(W)))
+    w = float(np.linalg.norm(W / bw, 2)) * bw if bw > 0.0 else 0.0
+    # sqrt(lmin / (1 + w^2)) without squaring w (which may overflow)
+    lower = math.sqrt(max(ev[0], 0.0)) / math.hypot(1.0, w)
+    return float(lower), float(math.sqrt(max(ev[-1], 0.0)))
 
 
 def loglog_fit(x, y) -> tuple[float, float]:
@@ -570,7 +667,10 @@ def loglog_fit(x, y) -> tuple[float, float]:
     positive and finite are left out; ``(nan, nan)`` when fewer than two
     distinct ``x`` remain.
     """
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    x, y = _vector("x", x), _vector("y", y)
+    if y.shape != x.shape:
+        raise ValueError(f"y must have the shape of x, both 1-D, got x {x.shape} and y "
+                         f"{y.shape}")
     ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
     if ok.sum() < 2 or np.unique(x[ok]).size < 2:
         return math.nan, math.nan

@@ -266,7 +266,7 @@ def test_calibrate_dry_run_and_off(monkeypatch, tmp_path, capsys):
                  "--n", "200", "--budget", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "not written" in out and "m = 16 " in out
-    assert main(["calibrate", "--quick"]) == 1  # off: nowhere to write
+    assert main(["calibrate", "--quick"]) == 2  # off: nowhere to write
     assert "give --out PATH" in capsys.readouterr().err
     assert main(["calibrate", "--quick", "--gemm", "blas", "--out",
                  str(tmp_path / "x.json")]) == 0

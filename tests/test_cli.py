@@ -107,7 +107,7 @@ def test_sweep_then_plot(tmp_path, capsys):
     assert main(["sweep", str(grid), "--out", str(out), "--executor", "serial"]) == 0
     assert "12 already done" in capsys.readouterr().err
     # the directory keeps its format: another one is one line
-    assert main(["sweep", str(grid), "--out", str(out), "--format", "csv"]) == 1
+    assert main(["sweep", str(grid), "--out", str(out), "--format", "csv"]) == 2
     assert "holds a parquet store, not csv; use --format parquet" in capsys.readouterr().err
     assert main(["sweep", "--status", str(out)]) == 0
     assert "12 runs: 12 done (12 finished, 0 failed), 0 remaining" in capsys.readouterr().out
@@ -121,7 +121,7 @@ def test_sweep_then_plot(tmp_path, capsys):
 
 
 def test_plot_missing_dir(tmp_path, capsys):
-    assert main(["plot", str(tmp_path)]) == 1
+    assert main(["plot", str(tmp_path)]) == 2
     assert "runs.csv" in capsys.readouterr().err
 
 

@@ -336,7 +336,7 @@ def test_a_second_process_on_a_locked_directory_gets_one_line_and_touches_nothin
         r = subprocess.run([sys.executable, "-m", "deqbench.cli", "sweep", str(grid), "--out",
                             str(out), "--executor", "serial"], env=ENV, capture_output=True,
                            text=True, timeout=120)
-        assert r.returncode == 1
+        assert r.returncode == 2
         line = one_line(r.stderr.split("\n", 1)[1])  # after the "sweep ..." banner
         assert "in use by another sweep" in line and f"pid {os.getpid()} on host" in line
         assert mine.exists()  # before: deleted, which crashed the first sweep
@@ -368,7 +368,7 @@ def test_a_different_grid_is_refused_unless_forced(tmp_path, capsys):
     assert meta["grid_hash"] == load_grid(first).hash and meta["runs"] == 4
     capsys.readouterr()
     assert main(["sweep", str(changed), "--out", str(out), "--executor", "serial",
-                 "--no-progress"]) == 1
+                 "--no-progress"]) == 2
     line = one_line(capsys.readouterr().err.split("\n", 1)[1])
     assert "different grid" in line and "--force" in line
     assert len(read_csv(out / "runs.csv")) == 4  # before: 8 rows under a 4-run sweep.json
@@ -420,7 +420,7 @@ def test_a_ten_million_run_grid_costs_no_memory(tmp_path, capsys):
     assert main(["sweep", str(p), "--dry-run"]) == 0
     assert "100000000 runs" in capsys.readouterr().out
     # a grid this size starts only when confirmed (stdin is not a terminal here)
-    assert main(["sweep", str(p), "--out", str(tmp_path / "out")]) == 1
+    assert main(["sweep", str(p), "--out", str(tmp_path / "out")]) == 2
     line = one_line(capsys.readouterr().err)
     assert "100000000 runs (more than 100000); pass --yes" in line
     assert not (tmp_path / "out").exists()
@@ -474,7 +474,7 @@ def test_out_naming_a_file_is_one_line(tmp_path, capsys):
     grid = tmp_path / "g.toml"
     grid.write_text(crash_grid(1))
     (tmp_path / "file").write_text("x")
-    assert _sweep(grid, tmp_path / "file") == 1
+    assert _sweep(grid, tmp_path / "file") == 2
     line = one_line(capsys.readouterr().err.split("\n", 1)[1])
     assert "file" in line and "not a directory" in line
 
@@ -487,7 +487,7 @@ def test_read_only_directory_is_one_line(tmp_path, capsys):
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        assert _sweep(grid, ro / "out") == 1
+        assert _sweep(grid, ro / "out") == 2
         line = one_line(capsys.readouterr().err.split("\n", 1)[1])
         assert "Permission denied" in line and "ro" in line
     finally:
@@ -533,7 +533,7 @@ def test_bad_or_unreachable_scheduler_is_one_line(tmp_path, capsys):
     for address in ("notaurl", "tcp://127.0.0.1:9"):
         rc = main(["sweep", str(grid), "--out", str(tmp_path / "out"), "--executor", "dask",
                    "--scheduler", address, "--connect-timeout", "2", "--format", "csv"])
-        assert rc == 1
+        assert rc == 2
         line = one_line(capsys.readouterr().err.split("\n", 1)[1])
         assert f"--scheduler '{address}': cannot connect within 2 s" in line
     assert not list((tmp_path / "out" / "runs").iterdir())
@@ -558,7 +558,7 @@ def test_full_disk_stops_with_one_line_and_keeps_every_finished_run(tmp_path, ca
 
     monkeypatch.setattr(Store, "write", write)
     monkeypatch.setattr(Store, "write_tables", tables)
-    assert _sweep(grid, out) == 1
+    assert _sweep(grid, out) == 2
     line = one_line(capsys.readouterr().err.split("\n", 1)[1])  # before: two tracebacks
     assert "No space left on device" in line and "3 runs stored before are kept" in line
     assert len(list((out / "runs").glob("*.json"))) == 3
@@ -581,7 +581,7 @@ def test_status_reads_without_touching(tmp_path, capsys):
     assert "3 runs: 2 done (2 finished, 0 failed), 1 remaining" in text
     assert "statuses: ok 2" in text and "not running" in text
     assert sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*")) == before
-    assert main(["sweep", "--status", str(tmp_path / "nope")]) == 1
+    assert main(["sweep", "--status", str(tmp_path / "nope")]) == 2
     assert "no such sweep directory" in capsys.readouterr().err
 
 

@@ -119,7 +119,7 @@ def act(code, param, x):
     if code == SOFTPLUS:
         return vm.softplus(x)
     if code == RELU:
-        return x if x > 0.0 else 0.0
+        return 0.0 if x <= 0.0 else x  # NaN stays NaN (a status downstream), not 0
     if code == GELU:
         return _gelu(x)
     if code == SMOOTH_LEAKY:
@@ -196,7 +196,7 @@ def h_row(code, param, t, u, d):
     elif code == RELU:
         for j in range(m):
             x = t[j] + u[j]
-            t[j] = x if x > 0.0 else 0.0
+            t[j] = 0.0 if x <= 0.0 else x  # NaN stays NaN
     elif code == SMOOTH_LEAKY:
         # branch-free form of act's split: softplus(-|x|) is the log1p(exp(-|x|)) tail
         # of either branch, finite at +-inf

@@ -49,8 +49,8 @@ import numpy as np
 from .._jit import jit, prange, twins
 from .activations import MASK, h_row
 from .blocks import PASS_PARALLEL_MIN, block_rows, flat
-from .fixed_point import stopping
-from .status import RUNNING
+from .fixed_point import all_zero, stopping
+from .status import CONVERGED, RUNNING, UNDERFLOW
 
 SKIP = 1e-10
 """A secant pair with ``|v . dg| <= SKIP ||v|| ||dg||`` is not added (its ``u``
@@ -75,8 +75,8 @@ def _evaluate(X, M, U, code, param, D, G, rows):
             v = g[j]
             r = v - x[j]
             g[j] = r
-            bd += r * r
-            bf += v * v
+            bd += np.float64(r) * np.float64(r)  # squared in float64 (float32 data too)
+            bf += np.float64(v) * np.float64(v)
         dd += bd
         ff += bf
     return dd, ff
@@ -189,7 +189,9 @@ def broyden(Z, M, U, code, param, D, T, Uh, Vh, tol, max_iter, hist):
             dd, ff = _evaluate_p(Xc, M, U, code, param, D, Gn, rows)
         else:
             dd, ff = _evaluate_s(Xc, M, U, code, param, D, Gn, rows)
-        status, res, r0 = stopping(dd, ff, it, r0, res, tol, max_iter, hist)
+        status, res, r0 = stopping(dd, ff, it, r0, res, tol, max_iter, hist, Z.size)
+        if status == UNDERFLOW and ff == 0.0 and all_zero(Xc) and all_zero(Gn):
+            status = CONVERGED  # Z = 0 = F(Z) exactly
         if status != RUNNING:
             break
         first = it == 0

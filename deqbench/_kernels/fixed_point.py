@@ -10,7 +10,8 @@ Every solver works in place on ``Z`` (initial guess in, answer out), takes its
 work buffers from the caller, allocates nothing in its loop and returns
 ``(n_iter, residual, status)``. Arrays are float32 or float64 (one dtype per
 call, numba compiles one specialisation each); the squared norms behind the
-residual are accumulated in float64 whatever the dtype. ``hist[k]`` is the relative residual
+residual are squared and accumulated in float64 whatever the dtype (no float32
+value underflows them). ``hist[k]`` is the relative residual
 ``||h(Z_k M + U) - Z_k||_F / ||h(Z_k M + U)||_F`` of iterate ``k`` (Picard:
 of the batch whose stopping groups of rows hold iterate ``min(k, k_g)``, each
 group stopping on its own, :func:`picard`); the returned ``Z`` is the iterate
@@ -28,7 +29,7 @@ import numpy as np
 from .._jit import jit, pjit, prange, twins
 from .activations import IDENTITY, MASK, h_row
 from .blocks import block_rows, flat, gemm, gemm_rows, group_rows, pass_parallel
-from .status import CONVERGED, DIVERGED, MAX_ITER, RUNNING
+from .status import CONVERGED, DIVERGED, MAX_ITER, RUNNING, UNDERFLOW
 
 GROWTH = 1e8  # absolute residual may not exceed GROWTH x the first one (else DIVERGED)
 ROUND = 32
@@ -39,7 +40,9 @@ MINIMISER_SHARE = 0.5
 """Anderson evaluates the least-squares minimiser itself once its predicted
 relative residual is at most this share of ``tol`` (:func:`anderson`)."""
 
-_TINY = 1e-300
+TINY = float(np.finfo(np.float64).tiny)
+"""float64's smallest normal number: the floor of the stopping rule (:data:`.status.UNDERFLOW`)."""
+_WORSE = np.array([0, 2, 3, 1])  # rank of CONVERGED, MAX_ITER, DIVERGED, UNDERFLOW
 
 
 @jit(inline="always")
@@ -59,8 +62,8 @@ def _finish(Z, U, code, param, D, T, i0, i1, beta):
         for j in range(t.shape[0]):
             v = t[j] + u[j]
             r = v - z[j]
-            dd += r * r
-            ff += v * v
+            dd += np.float64(r) * np.float64(r)
+            ff += np.float64(v) * np.float64(v)
             t[j] = z[j] + beta * r
         return dd, ff
     if code == MASK:
@@ -68,16 +71,16 @@ def _finish(Z, U, code, param, D, T, i0, i1, beta):
         for j in range(t.shape[0]):
             v = d[j] * (t[j] + u[j])
             r = v - z[j]
-            dd += r * r
-            ff += v * v
+            dd += np.float64(r) * np.float64(r)
+            ff += np.float64(v) * np.float64(v)
             t[j] = z[j] + beta * r
         return dd, ff
     h_row(code, param, t, u, t)
     for j in range(t.shape[0]):
         v = t[j]
         r = v - z[j]
-        dd += r * r
-        ff += v * v
+        dd += np.float64(r) * np.float64(r)
+        ff += np.float64(v) * np.float64(v)
         t[j] = z[j] + beta * r
     return dd, ff
 
@@ -95,8 +98,8 @@ def _finish_anderson(Z, U, code, param, D, Fs, Gs, i0, i1):
         v = f[j]
         r = v - z[j]
         g[j] = r
-        dd += r * r
-        ff += v * v
+        dd += np.float64(r) * np.float64(r)
+        ff += np.float64(v) * np.float64(v)
     return dd, ff
 
 
@@ -161,21 +164,24 @@ def anderson_eval(Z, M, U, code, param, D, Fs, Gs, tune=None):
 @jit
 def relative(dd, ff):
     """Relative residual from squared norms; 0 when both vanish."""
-    if ff > _TINY:
+    if ff > 0.0:
         return np.sqrt(dd / ff)
-    return 0.0 if dd <= _TINY else np.inf
+    return 0.0 if dd == 0.0 else np.inf
 
 
 @jit(inline="always")
-def _rule(dd, ff, k, r0, tol, max_iter):
-    """The stopping rule on one evaluation's squared norms: ``(status, r0)``,
-    ``r0`` the first absolute residual (negative before the first call)."""
+def _rule(dd, ff, k, r0, tol, max_iter, n):
+    """The stopping rule on one evaluation's squared norms of ``n`` entries:
+    ``(status, r0)``, ``r0`` the first absolute residual (negative before the first
+    call). The rule met with ``tol^2 ff < n TINY`` is ``UNDERFLOW``: each squared
+    entry rounds by up to half a subnormal step, ``n TINY eps / 2`` in all, which
+    is then more than ``eps`` of the threshold ``tol^2 ff`` (docs/theory.md §3)."""
     if not (np.isfinite(dd) and np.isfinite(ff)):
         return DIVERGED, r0
     if r0 < 0.0:
         r0 = np.sqrt(dd)
     if relative(dd, ff) <= tol:
-        return CONVERGED, r0
+        return (CONVERGED if tol * tol * ff >= n * TINY else UNDERFLOW), r0
     if np.sqrt(dd) > GROWTH * r0 and r0 > 0.0:
         return DIVERGED, r0
     if k >= max_iter:
@@ -184,9 +190,9 @@ def _rule(dd, ff, k, r0, tol, max_iter):
 
 
 @jit
-def stopping(dd, ff, k, r0, res, tol, max_iter, hist):
-    """Anderson's stopping rule (:func:`_rule`, as each Picard block's), after map
-    evaluation ``k``.
+def stopping(dd, ff, k, r0, res, tol, max_iter, hist, n):
+    """Anderson's and Broyden's stopping rule (:func:`_rule` on ``n`` entries, as each
+    Picard group's), after map evaluation ``k``.
 
     ``dd = ||F(Z_k) - Z_k||^2``, ``ff = ||F(Z_k)||^2``; ``r0`` is the first
     absolute residual (negative before the first call), ``res`` the last
@@ -195,15 +201,26 @@ def stopping(dd, ff, k, r0, res, tol, max_iter, hist):
     finite) with status ``RUNNING``
     while the iteration should go on, else ``CONVERGED`` (relative residual
     ``<= tol``), ``DIVERGED`` (non-finite, or the absolute residual above
-    ``GROWTH`` times the first) or ``MAX_ITER`` (``k == max_iter``).
+    ``GROWTH`` times the first), ``MAX_ITER`` (``k == max_iter``) or
+    ``UNDERFLOW`` (the rule holds on norms too small to tell).
     """
-    status, r0 = _rule(dd, ff, k, r0, tol, max_iter)
+    status, r0 = _rule(dd, ff, k, r0, tol, max_iter, n)
     if not (np.isfinite(dd) and np.isfinite(ff)):
         hist[k] = np.nan
         return status, res, r0
     res = relative(dd, ff)
     hist[k] = res
     return status, res, r0
+
+
+@jit
+def all_zero(a):
+    """Whether every entry of a C-contiguous array is exactly zero."""
+    f = flat(a)
+    for j in range(f.shape[0]):
+        if f[j] != 0.0:
+            return False
+    return True
 
 
 @jit
@@ -268,7 +285,10 @@ def _picard_lane(Z, M, U, code, param, D, T, tol, max_iter, beta, rows, group, j
                 sums[lane, i, 0] += dd
                 sums[lane, i, 1] += ff
                 sums[lane, i, 2] += 1.0
-                status, r0 = _rule(dd, ff, k, r0s[g], tol, max_iter)
+                status, r0 = _rule(dd, ff, k, r0s[g], tol, max_iter, (i1 - i0) * Z.shape[1])
+                if status == UNDERFLOW and ff == 0.0 and all_zero(cur[i0:i1]) \
+                        and all_zero(nxt[i0:i1]):
+                    status = CONVERGED  # Z = 0 = F(Z) exactly, not a residual lost to underflow
                 r0s[g] = r0
                 if status == RUNNING:
                     out[g, 0] = k + 1
@@ -346,7 +366,7 @@ def picard(Z, M, U, code, param, D, T, tol, max_iter, beta, hist, threads, rows=
     batch iteration's, and the groups' rules together imply the batch rule;
     easy groups stop early. ``hist[k]`` is the relative residual of the batch
     whose groups hold iterate ``min(k, k_g)``; the iteration count returned is
-    the largest ``k_g``, the status the worst (diverged, then max_iter), the
+    the largest ``k_g``, the status the worst (diverged, max_iter, underflow), the
     residual that of the returned ``Z`` (the last finite entry of ``hist``
     when a group went non-finite).
 
@@ -388,9 +408,9 @@ def picard(Z, M, U, code, param, D, T, tol, max_iter, beta, hist, threads, rows=
             break
         j0 += ROUND
     status = CONVERGED
-    for g in range(ng):
+    for g in range(ng):  # the worst: diverged, max_iter, underflow
         s = out[g, 1]
-        if s == DIVERGED or (s == MAX_ITER and status == CONVERGED):
+        if _WORSE[s] > _WORSE[status]:
             status = s
     res = np.inf
     for j in range(k, -1, -1):
@@ -508,7 +528,9 @@ def anderson(Z, M, U, code, param, D, Fh, Gh, GG, work, tol, max_iter, beta, rid
     while True:
         s = k % kmax
         dd, ff = anderson_eval(Z, M, U, code, param, D, Fh[s], Gh[s], tune)
-        status, res, r0 = stopping(dd, ff, k, r0, res, tol, max_iter, hist)
+        status, res, r0 = stopping(dd, ff, k, r0, res, tol, max_iter, hist, Z.size)
+        if status == UNDERFLOW and ff == 0.0 and all_zero(Z) and all_zero(Fh[s]):
+            status = CONVERGED  # Z = 0 = F(Z) exactly
         if status != RUNNING:
             break
         slots = min(k + 1, kmax)

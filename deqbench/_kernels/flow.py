@@ -7,6 +7,11 @@ is propagated (local extrapolation) and its last stage is reused as the first
 stage of the next step (FSAL). Step control: the mixed error norm
 ``sqrt(mean((err / (atol + rtol max(|P|, |P_new|)))^2)) <= 1``, new step
 ``h * clip(0.9 err^(-1/5), 0.2, 10)`` (no growth right after a rejection).
+
+Every exit is certain: a step size that is not above ``MIN_STEP max(|t|, h_1)``
+(``h_1`` the first step; NaN included) ends the run with ``STEP_TOO_SMALL``, and
+each rejection shrinks ``h`` by a factor of at least ``1 / 0.9``, so every step
+is reached or refused after finitely many tries (docs/theory.md §5, step floor).
 """
 
 from __future__ import annotations
@@ -75,6 +80,12 @@ SAFETY = 0.9
 MIN_FACTOR = 0.2
 MAX_FACTOR = 10.0
 FAIL_FACTOR = 0.25  # step shrink after a failed (non-finite / unsolved) stage
+MIN_STEP = 1e-14
+"""Smallest step, relative to ``max(|t|, h_1)``: below it ``t + h`` hardly moves ``t``
+(45 eps); relative to ``t`` and not to ``t_end``, so that a distant ``t_end`` does
+not forbid the small steps the flow needs near ``t = 0``."""
+INITIAL_STEP = 1e-6
+"""First step when Hairer's rule has nothing to go on (vanishing or overflowing norms)."""
 
 
 @jit
@@ -112,13 +123,13 @@ def _scaled_sq(P, F, atol, rtol):
 
 #: What an integration carries between :func:`dopri_run` calls: the work
 #: buffers (warm starts), the recorder, the stage buffers (``KA[0]``, ``KB[0]``
-#: the slope at the current point, FSAL), ``fl`` = (t, h, L0, loss, excess) of
-#: the current accepted point and ``ints`` = (accepted, rejected, evaluations,
+#: the slope at the current point, FSAL), ``fl`` = (t, h, L0, loss, excess, first
+#: step) of the current accepted point and ``ints`` = (accepted, rejected, evaluations,
 #: records written, whether the last accepted point is recorded, whether the
 #: last try was rejected, fp_iters, adj_iters, status).
 FlowState = namedtuple("FlowState", ["ws", "sw", "rec", "As", "Bs", "An", "Bn", "EA", "EB",
                                      "KA", "KB", "gA", "gB", "fl", "ints"])
-_T, _H, _L0, _LOSS, _EXCESS = 0, 1, 2, 3, 4
+_T, _H, _L0, _LOSS, _EXCESS, _H1 = 0, 1, 2, 3, 4, 5
 _ACC, _REJ, _EV, _NREC, _GOOD, _REJECTED, _KF, _KB, _STATUS = 0, 1, 2, 3, 4, 5, 6, 7, 8
 #: Indices the caller reads: ``fl[TIME]``, ``ints[ACCEPTED]``, ``ints[REJECTED]``,
 #: ``ints[EVALS]``, ``ints[RECORDS]``.
@@ -140,7 +151,7 @@ def dopri_start(model, A, B, solve, stats, integ, H):
     KB = np.zeros((7, m, d), dt)
     gA = np.empty((m, m), dt)
     gB = np.empty((m, d), dt)
-    fl = np.full(5, np.nan)
+    fl = np.full(6, np.nan)
     ints = np.zeros(9, np.int64)
     ints[_STATUS] = RUNNING
     ints[_EV] = 1
@@ -162,8 +173,12 @@ def dopri_start(model, A, B, solve, stats, integ, H):
         n_par = m * (m + d)
         s0 = np.sqrt((a0 + b0) / n_par)
         s1 = np.sqrt((a1 + b1) / n_par)
-        h = 1e-6 if (s0 < 1e-5 or s1 < 1e-5) else 0.01 * s0 / s1
-    fl[_H] = min(h, integ.t_end)
+        h = INITIAL_STEP if (s0 < 1e-5 or s1 < 1e-5) else 0.01 * s0 / s1
+        if not (0.0 < h < np.inf):  # norms that overflowed (atol, rtol near 0): NaN or inf
+            h = INITIAL_STEP
+    h = min(h, integ.t_end)
+    fl[_H] = h
+    fl[_H1] = h
     return FlowState(ws, sw, rec, np.empty((m, m), dt), np.empty((m, d), dt),
                      np.empty((m, m), dt), np.empty((m, d), dt), np.empty((m, m), dt),
                      np.empty((m, d), dt), KA, KB, gA, gB, fl, ints)
@@ -204,7 +219,7 @@ def dopri_run(model, A, B, solve, stats, integ, state, n_stop, stop):
     kf, kb = ints[_KF], ints[_KB]
     good_recorded = ints[_GOOD] != 0
     rejected_last = ints[_REJECTED] != 0
-    t, h, L0, loss, excess = fl[_T], fl[_H], fl[_L0], fl[_LOSS], fl[_EXCESS]
+    t, h, L0, loss, excess, h1 = fl[_T], fl[_H], fl[_L0], fl[_LOSS], fl[_EXCESS], fl[_H1]
     fp_failed = False
     status = RUNNING
     loss_n = excess_n = np.nan
@@ -244,7 +259,7 @@ def dopri_run(model, A, B, solve, stats, integ, state, n_stop, stop):
         # attempt steps from (t, A, B) until one is accepted
         accepted = False
         while not accepted:
-            if h <= 1e-14 * max(abs(t), abs(t_end)) or h <= 0.0:
+            if not h > MIN_STEP * max(abs(t), h1):  # NaN ends here too
                 status = STEP_TOO_SMALL
                 break
             last_try = t + h >= t_end

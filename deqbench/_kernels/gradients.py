@@ -8,6 +8,8 @@ vector ``tune`` (``None``: the built-in settings).
 
 from __future__ import annotations
 
+import numpy as np
+
 from .._jit import jit, prange, twins
 from .activations import act, dact, dh_from_output_row, dh_row
 from .blocks import block_rows, flat, gemm, pass_parallel
@@ -81,7 +83,7 @@ def _residual_loss(Z, Y, G, rows):
         for j in range(z.shape[0]):
             r = z[j] - y[j]
             g[j] = r * inv_n
-            tb += r * r
+            tb += np.float64(r) * np.float64(r)  # squared in float64 (float32 data too)
         total += tb
     return 0.5 * total * inv_n
 
@@ -110,7 +112,7 @@ def _readout_loss(Z, y, u, code, param, G):
         c = r * dact(code, param, s) * inv_n
         for j in range(m):
             G[i, j] = c * u[j]
-        total += r * r
+        total += np.float64(r) * np.float64(r)
     return 0.5 * total * inv_n
 
 

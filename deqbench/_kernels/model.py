@@ -183,7 +183,7 @@ def workspaces(model, m, solve, stats):
     sw = SuffWork(np.empty((m, m), dt), np.empty((m, d), dt), np.empty((m, d), dt),
                   np.empty((m, d), dt), np.ones(m, dt), np.empty(m, dt),
                   np.empty((m, m), np.complex128), np.zeros(CERT_COUNTS, np.int64),
-                  np.empty((m, m), dt), ref, np.empty((2, m, m)))
+                  np.zeros((m, m), dt), ref, np.empty((2, m, m)))
     return ws, sw
 
 
@@ -208,7 +208,7 @@ def recorder(H, A0, B0, record_every, spectral_every):
 def sumsq(P):
     s = 0.0  # float64 accumulator for float32 arrays too
     for x in P.ravel():
-        s += x * x
+        s += np.float64(x) * np.float64(x)  # squared in float64 (no float32 overflow)
     return s
 
 
@@ -375,6 +375,8 @@ def sample_eval(model, A, B, solve, warm, ws, gA, gB):
         for j in range(B.shape[1]):
             BT[j, i] = B[i, j]
     gemm_rows(X, BT, U, solve.tune)
+    if not all_finite(U):  # X B^T beyond the dtype (a saturating phi would hide it)
+        return np.nan, 0, 0, NONFINITE
     fcode = model.code if model.kind == NONLINEAR else IDENTITY
     have_inv = False
     # forward
@@ -587,8 +589,10 @@ def _reference_bound(A, beta, A_ref, ref):
     ``rho(M) <= ||S^-1 M S||_2 <= ||S^-1 M_r S||_2 + kappa_2(S) ||beta (A - A_r)||_F``,
     with ``S = V`` (the eigenvectors of ``M_r``; Bauer-Fike is this bound) and
     ``S = I``; one O(m^2) pass for the drift. ``inf`` without a reference."""
-    d = abs(beta) * _drift(A, A_ref)
     best = np.inf
+    if not (np.isfinite(ref[_REF_GAMMA_V]) or np.isfinite(ref[_REF_NORM2])):
+        return best  # no eigendecomposition yet: A_ref holds nothing to compare
+    d = abs(beta) * _drift(A, A_ref)
     if np.isfinite(ref[_REF_GAMMA_V]):
         best = ref[_REF_GAMMA_V] + ref[_REF_KAPPA_V] * d
     if np.isfinite(ref[_REF_NORM2]):

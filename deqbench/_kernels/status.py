@@ -1,12 +1,12 @@
 """Status codes of every kernel and their names, defined once.
 
 A solve (:mod:`.fixed_point`, :mod:`.scalar`) ends ``CONVERGED``,
-``MAX_ITER``, ``DIVERGED`` or (a scalar equilibrium outside its uniqueness
-guard) ``NOT_UNIQUE``; a run (:mod:`.training`, :mod:`.flow`, :mod:`.scalar`)
-ends with one of :data:`RUN_NAMES`; both report ``RUNNING`` while they go on.
-One evaluation of the loss and gradient (:func:`.model.loss_and_grad`) has an
-outcome (``OK``, ``FP_FAILED``, ``NONFINITE``) that the run turns into its
-status.
+``MAX_ITER``, ``DIVERGED``, ``UNDERFLOW`` or (a scalar equilibrium outside its
+uniqueness guard) ``NOT_UNIQUE``; a run (:mod:`.training`, :mod:`.flow`,
+:mod:`.scalar`) ends with one of :data:`RUN_NAMES`; both report ``RUNNING``
+while they go on. One evaluation of the loss and gradient
+(:func:`.model.loss_and_grad`) has an outcome (``OK``, ``FP_FAILED``,
+``NONFINITE``) that the run turns into its status.
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ MAX_STEPS = 1
 the slot: no code reads both)."""
 DIVERGED = 2
 """Non-finite values, or growth beyond the solver's or the run's bound."""
+UNDERFLOW = 3
+"""A solve whose stopping rule holds on squared norms too small to tell (below
+``n TINY / tol^2`` for ``n`` entries: the rounding of float64's subnormals could
+hide a residual at ``tol``; docs/theory.md §3, underflow). A solve's code, sharing
+its slot with a run's ``FIXED_POINT_FAILED``."""
 FIXED_POINT_FAILED = 3
 FINISHED = 4
 """flow: ``t_end`` reached."""
@@ -33,7 +38,7 @@ NOT_UNIQUE = 6
 (:mod:`.scalar`)."""
 
 SOLVE_NAMES = {CONVERGED: "converged", MAX_ITER: "max_iter", DIVERGED: "diverged",
-               NOT_UNIQUE: "not_unique"}
+               UNDERFLOW: "underflow", NOT_UNIQUE: "not_unique"}
 """The name of each solve status (``FixedPointResult.status``, ``GradResult.status``)."""
 RUN_NAMES = {
     CONVERGED: "converged",

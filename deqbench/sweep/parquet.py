@@ -7,7 +7,12 @@ atomically; the runs part is the commit point. When the sweep ends the parts
 are compacted into ``DIR/runs.parquet`` (one row per run, grid order) and
 ``DIR/histories.parquet`` (one row per run and recorded step), and removed.
 After a SIGKILL at any moment a resume finds every committed run once and runs
-again at most what finished since the last flush. Every row carries ``_seq``,
+again at most what finished since the last flush. A table that cannot be read
+(truncated or corrupted after it was written) is never trusted: an unreadable
+``runs.parquet`` (or runs part) leaves its runs to be done again, an unreadable
+or missing history table or part the runs whose history it held; the damaged
+file is set aside as ``NAME.damaged`` (parts: removed) and counted in
+``damaged`` (:func:`scan`, shared by the resume and ``--status``). Every row carries ``_seq``,
 the flush that stored it: a run stored twice (``--retry-failed``) counts by
 its latest flush. Read it in one line::
 
@@ -26,7 +31,7 @@ import numpy as np
 
 from .store import HEAD, HIST_PQ, RUNS_PQ, TAIL, Store, SweepError, _flat, _slim, temporary_name
 
-__all__ = ["ParquetStore", "read_parquet_status"]
+__all__ = ["ParquetStore", "parquet_status", "read_parquet_status", "scan"]
 
 PARTS = "parts"
 #: History rows sorted in memory at once when the parts are compacted (a bucket of the
@@ -145,6 +150,70 @@ def _latest(table) -> list[int]:
     return sorted(best.values(), key=lambda i: (index[i], ids[i]))
 
 
+def _readable(path: Path) -> bool:
+    """Whether ``path`` is a Parquet file whose footer reads (a truncated file's does not)."""
+    _, _, pq = _pa()
+    try:
+        pq.read_metadata(path)
+    except Exception:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
+        return False
+    return True
+
+
+def scan(out: Path, columns=None) -> tuple[list, list]:
+    """The runs tables of a Parquet sweep directory that can be trusted, read without
+    writing anything: ``(tables, damaged)``.
+
+    ``damaged`` lists ``(path, rows)`` of what cannot be trusted: ``runs.parquet`` or
+    a runs part that does not read (``rows`` None: its runs are unknown), and a
+    history table or part that is missing or does not read while its runs table
+    says it holds history rows (``rows``: the runs left out of ``tables`` for it).
+    """
+    pa, pc, pq = _pa()
+    cols = None if columns is None else list(dict.fromkeys([*columns, "history_rows"]))
+    tables, damaged = [], []
+
+    def with_history(t):
+        return pc.fill_null(pc.greater(pc.fill_null(t.column("history_rows"), 0), 0), False)
+
+    runs_pq, hist_pq = out / RUNS_PQ, out / HIST_PQ
+    if runs_pq.exists():
+        try:
+            t = pq.read_table(runs_pq, columns=cols, use_threads=False)
+        except Exception:  # noqa: BLE001
+            damaged.append((runs_pq, None))
+        else:
+            has = with_history(t)
+            n = pc.sum(has).as_py() or 0
+            if n and not (hist_pq.exists() and _readable(hist_pq)):
+                damaged.append((hist_pq, n))
+                t = t.filter(pc.invert(has))
+            tables.append(t)
+    parts = out / PARTS
+    found = {}
+    if parts.is_dir():
+        for p in parts.iterdir():
+            if m := _PART.match(p.name):
+                found[(m.group(1), int(m.group(2)))] = p
+    for (kind, seq), path in sorted(found.items(), key=lambda kv: kv[0][1]):
+        if kind != "runs":
+            continue
+        try:
+            t = pq.read_table(path, columns=cols, use_threads=False)
+        except Exception:  # noqa: BLE001
+            damaged.append((path, None))
+            continue
+        n = pc.sum(with_history(t)).as_py() or 0
+        hist = found.get(("hist", seq))
+        if n and not (hist is not None and _readable(hist)):
+            damaged.append((path, len(t)))
+            continue
+        tables.append(t)
+    if columns is not None:
+        tables = [t.select(columns) for t in tables]
+    return tables, damaged
+
+
 class ParquetStore(Store):
     """A sweep directory in Parquet (see the module docstring); locked like :class:`Store`."""
 
@@ -158,10 +227,11 @@ class ParquetStore(Store):
         # run's latest row is the one of its highest ``_seq``)
         last = max((int(m.group(2)) for p in self.parts.iterdir()
                     if (m := _PART.match(p.name))), default=0)
-        if (self.out / RUNS_PQ).exists():
-            with contextlib.suppress(Exception):  # unreadable: reported by records()
-                last = max(last, _pa()[1].max(self._read(self.out / RUNS_PQ, ["_seq"])
-                                              .column("_seq")).as_py() or 0)
+        for table in (RUNS_PQ, HIST_PQ):
+            if (self.out / table).exists():
+                with contextlib.suppress(Exception):  # unreadable: reported by records()
+                    last = max(last, _pa()[1].max(self._read(self.out / table, ["_seq"])
+                                                  .column("_seq")).as_py() or 0)
         self._seq = last + 1
 
     def _dirs(self):
@@ -178,26 +248,23 @@ class ParquetStore(Store):
         return pq.read_table(path, columns=columns, use_threads=False)
 
     def _runs_tables(self, columns=None) -> list:
-        """The compacted runs table and every intact runs part; a damaged part (unreadable,
-        or its history part missing) is removed and listed in :attr:`damaged`."""
-        tables = []
-        if (self.out / RUNS_PQ).exists():
-            tables.append(self._read(self.out / RUNS_PQ, columns))
-        hist = self._part_paths("hist")
-        for seq, path in sorted(self._part_paths("runs").items()):
-            try:
-                t = self._read(path, columns and [*columns, "history_rows"])
-                broken = seq not in hist and any(n for n in t.column("history_rows")
-                                                 .to_pylist() if n)
-            except Exception:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
-                t, broken = None, True
-            if broken:
+        """The runs tables that can be trusted (:func:`scan`). What cannot is listed in
+        :attr:`damaged` once: a damaged part is removed with its history part; a damaged
+        ``runs.parquet`` or history table is set aside as ``NAME.damaged`` (an unreadable
+        ``runs.parquet`` takes ``histories.parquet`` with it: its rows belong to runs
+        that are done again)."""
+        tables, damaged = scan(self.out, columns)
+        for path, _ in damaged:
+            if path.name not in self.damaged:
                 self.damaged.append(path.name)
+            if path.parent == self.parts:
                 path.unlink(missing_ok=True)
-                if seq in hist:
-                    hist[seq].unlink(missing_ok=True)
+                path.with_name(path.name.replace("runs-", "hist-")).unlink(missing_ok=True)
                 continue
-            tables.append(t.select(columns) if columns else t)
+            aside = [path] + ([self.out / HIST_PQ] if path.name == RUNS_PQ else [])
+            for p in aside:
+                if p.exists():
+                    os.replace(p, p.with_name(p.name + ".damaged"))
         return tables
 
     def records(self) -> dict[str, dict]:
@@ -261,7 +328,10 @@ class ParquetStore(Store):
             hist_parts.pop(seq).unlink(missing_ok=True)
         if not runs_parts:
             return
-        runs = _concat(self._runs_tables())
+        tables = self._runs_tables()
+        if not tables:  # every part damaged (and removed)
+            return
+        runs = _concat(tables)
         runs = runs.take(_latest(runs))
         sources = [hist_parts[s] for s in sorted(hist_parts)]
         if (self.out / HIST_PQ).exists():
@@ -344,18 +414,17 @@ class ParquetStore(Store):
 
 def read_parquet_status(out: Path) -> dict[str, int]:
     """Counts by status of the runs stored in a Parquet sweep directory (reads, writes nothing)."""
-    pa, _, pq = _pa()
-    tables = []
-    paths = [out / RUNS_PQ] if (out / RUNS_PQ).exists() else []
-    if (out / PARTS).is_dir():
-        paths += sorted(p for p in (out / PARTS).iterdir()
-                        if (m := _PART.match(p.name)) and m.group(1) == "runs")
-    for p in paths:
-        with contextlib.suppress(Exception):
-            tables.append(pq.read_table(p, columns=["run_id", "status", "index", "_seq"]))
+    return parquet_status(out)[0]
+
+
+def parquet_status(out: Path) -> tuple[dict[str, int], int]:
+    """``(counts by status, damaged)`` of a Parquet sweep directory, as a resume would
+    find them (:func:`scan`; reads, writes nothing). ``damaged`` counts the runs left
+    out for a missing or unreadable history, plus one per table that does not read."""
+    tables, damaged = scan(Path(out), ["run_id", "status", "index", "_seq"])
     counts: dict[str, int] = {}
     if tables:
         t = _concat(tables)
         for s in t.take(_latest(t)).column("status").to_pylist():
             counts[s] = counts.get(s, 0) + 1
-    return counts
+    return counts, sum(1 if n is None else n for _, n in damaged)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import _validate as v
 from .._platform import versions
 from .executors import EXECUTORS, Feed, failure_record, iter_runs
 from .grid import Grid
@@ -29,6 +30,10 @@ FORMATS = ("csv", "parquet")
 #: process's memory holds no more finished records than this (short runs finish by the
 #: thousand per second).
 FLUSH_RUNS = 2048
+
+MAX_WORKERS = 1024
+"""Most worker processes a sweep starts (each is an interpreter with numba loaded, and
+the local pool starts them all at once)."""
 
 __all__ = ["Progress", "SweepResult", "run_sweep"]
 
@@ -187,8 +192,8 @@ def run_sweep(
         Sweep directory (created if needed), locked while the sweep runs.
     executor : {"local", "dask", "serial"}
         ``local``: a pool of ``workers`` spawned processes (default: the usable
-        CPUs), which replaces a worker that dies and enforces the grid's
-        ``timeout``; ``dask``: a Dask cluster (``scheduler`` address, or a new
+        CPUs; at most :data:`MAX_WORKERS`), which replaces a worker that dies and
+        enforces the grid's ``timeout``; ``dask``: a Dask cluster (``scheduler`` address, or a new
         ``LocalCluster``); ``serial``: in this process (debugging).
     retry_failed : bool
         Also re-run stored runs whose status is a failure (including ``crashed``).
@@ -221,15 +226,19 @@ def run_sweep(
     """
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
-    if workers is not None and (isinstance(workers, bool) or int(workers) < 1):
-        raise ValueError(f"workers must be >= 1, got {workers!r}")
+    if workers is not None:
+        workers = v.integer("workers", workers, minimum=1, maximum=MAX_WORKERS)
     if isinstance(retries, bool) or int(retries) != retries or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+    connect_timeout = v.positive("connect_timeout", connect_timeout)
     _check_run_fn(run_fn, executor)
     out = Path(out)
     with _open_store(out, format) as store:
         try:
-            store.write_meta({**_meta(grid, store.meta(), force), "format": store.format})
+            old = store.meta()
+            if old is None and not force:
+                _check_no_meta(out)
+            store.write_meta({**_meta(grid, old, force), "format": store.format})
         except SweepError as exc:
             raise SweepError(f"{out}: {exc}") from None
         except OSError as exc:
@@ -238,6 +247,17 @@ def run_sweep(
                     progress=progress, retry_failed=retry_failed, run_fn=run_fn,
                     table_interval=table_interval, stream=stream, retries=retries,
                     connect_timeout=connect_timeout)
+
+
+def _check_no_meta(out: Path) -> None:
+    """A ``sweep.json`` that exists but does not read (torn, edited) hides which grid the
+    directory holds: a :class:`SweepError` that says to pass ``force``."""
+    from .store import META
+
+    if (out / META).exists():
+        raise SweepError(f"{META} is unreadable: which grid this directory holds cannot be "
+                         "told; use another --out, or --force to add these runs to it "
+                         f"({META} is then rewritten for this grid)")
 
 
 def _open_store(out: Path, format: str | None) -> Store:
