@@ -13,7 +13,7 @@ from ._kernels import fixed_point as _fp
 from ._kernels import solvers as _ks
 from ._kernels.activations import IDENTITY
 from ._kernels.blocks import gemm_rows
-from ._kernels.status import CONVERGED, NOT_UNIQUE, SOLVE_NAMES
+from ._kernels.status import CONVERGED, DIVERGED, NOT_UNIQUE, SOLVE_NAMES
 from ._options import SolverOptions, resolve_options, tol_floor
 from ._registry import FORWARD, SOLVERS, Solver
 from ._results import FixedPointResult
@@ -267,6 +267,10 @@ def newton_forward(X, A, B, act, opts: SolverOptions, z0) -> FixedPointResult:
         if code == NOT_UNIQUE:
             warn(f"fixed_point(method='newton'): status='not_unique': "
                  f"{_scalar.guard_rule(act, b)}; returning the start")
+        elif code == DIVERGED:
+            warn("fixed_point(method='newton') stopped with status='diverged': non-finite "
+                 f"values (X B^T beyond {X.dtype}, or an iterate); returning the start where "
+                 "no finite iterate is left")
         else:
             warn(f"fixed_point(method='newton') did not converge: status={status!r} after "
                  f"{k} evaluations of the slowest sample, largest residual {res:.3e} > tol "

@@ -389,7 +389,7 @@ def _single_index(X, Y, A, B, act, backward, opts, z0) -> LossAndGrad:
     w, b = np.ascontiguousarray(B[0]), float(A[0, 0])
     terms = opts.neumann_terms if backward == _scalar.NEUMANN else 0
     lam = opts.neumann_damping if backward == _scalar.NEUMANN else 1.0
-    st, loss, gw, gb, y, itmax, rmax = _scalar.evaluate(
+    st, loss, gw, gb, y, itmax, rmax, D = _scalar.evaluate(
         X, Y, w, b, act, kind=backward, terms=terms, damping=lam, tol=opts.tol,
         max_iter=opts.max_iter, y0=y0)
     status = SOLVE_NAMES[st]
@@ -397,13 +397,13 @@ def _single_index(X, Y, A, B, act, backward, opts, z0) -> LossAndGrad:
     if st != CONVERGED:
         why = (_scalar.guard_rule(act, b) if st == _scalar.NOT_UNIQUE else
                f"tol {opts.tol:.1e} not reached within max_iter={opts.max_iter} evaluations"
-               if status == "max_iter" else "non-finite values")
+               if status == "max_iter" else
+               f"non-finite values (X w beyond {dt}, or an iterate)")
         warn(f"loss_and_grad(model='single_index', solver='newton'): status={status!r}: "
              f"{why}; the loss and gradients are NaN")
         Mu = np.full(n, np.nan, dt)
         adj_status, conv = status, False
     else:
-        D = act.derivative(X @ w + b * y)
         Mu = (((y - Y) / n) * D * _scalar.backward_factor(backward, terms, lam, b * D)
               ).astype(dt)
         adj_status, conv = ("converged" if backward == _scalar.EXACT else "truncated"), True

@@ -127,7 +127,7 @@ def newton(X, w, b: float, activation, *, tol: float, max_iter: int, y0=None, th
     opts = _opts(tol=tol, max_iter=max_iter, dtype=X.dtype, predict=False, threads=threads)
     with single_threaded_blas():
         st, _, _, rmax = _k.solve(link, P, w, float(b), y0 is not None, opts)
-    st = int(st)
+    st = _overflow(P, int(st))
     y = _k.field(P, _k.F_Y)
     rp = _k.field(P, _k.F_RP).astype(np.float64)
     iters = np.where(rp < 0, -rp, max_iter).astype(np.int64)
@@ -150,8 +150,8 @@ def solve_scalar(X, w, b, activation="identity", tol=1e-12, y0=None, *, max_iter
     n, d = X.shape
     w = v.as_matrix("w", w, ndim=1, shape=(d,), dtype=X.dtype, ref="X")
     b = v.real("b", b)
-    tol = v.positive("tol", tol)
-    max_iter = v.integer("max_iter", max_iter, minimum=1)
+    tol = v.tolerance("tol", tol)
+    max_iter = v.integer("max_iter", max_iter, minimum=1, maximum=v.MAX_ITERATIONS)
     if y0 is not None:
         y0 = v.as_matrix("y0", y0, ndim=1, shape=(n,), dtype=X.dtype, ref="X")
     y, iters, st, _ = newton(X, w, b, activation, tol=tol, max_iter=max_iter, y0=y0,
@@ -182,8 +182,9 @@ def evaluate(X, Y, w, b: float, activation, *, kind: int, terms: int, damping: f
     kernels, on validated arrays (as :func:`newton`; ``Y`` ``(n,)``), the backward
     ``(kind, terms, damping)`` (:data:`BACKWARDS` kinds).
 
-    Returns ``(status, loss, grad_w, grad_b, y, max evaluations, residual)``; off
-    ``converged`` the loss, gradient and ``y`` are NaN.
+    Returns ``(status, loss, grad_w, grad_b, y, max evaluations, residual, sigma')``
+    (``sigma'`` at each root, the one the gradient used); off ``converged`` the loss,
+    gradient, ``y`` and ``sigma'`` are NaN, and ``s0`` beyond the dtype is ``diverged``.
     """
     n, d = X.shape
     link = _link(activation)
@@ -197,13 +198,24 @@ def evaluate(X, Y, w, b: float, activation, *, kind: int, terms: int, damping: f
     g = np.full(d + 1, np.nan)
     with single_threaded_blas():
         st, loss, itmax, _, rmax = _k.evaluate(link, P, w, float(b), np.int64(1), opts, g)
-    st = int(st)
+    st = _overflow(P, int(st))
     y = _k.field(P, _k.F_Y)
+    D = _k.field(P, _k.F_DV)
     if st != _k.CONVERGED:
         g[:] = np.nan
         y[:] = np.nan
+        D[:] = np.nan
         loss = rmax = np.nan
-    return st, float(loss), g[:d].astype(X.dtype), float(g[d]), y, int(itmax), float(rmax)
+    return (st, float(loss), g[:d].astype(X.dtype), float(g[d]), y, int(itmax), float(rmax),
+            D)
+
+
+def _overflow(P, st: int) -> int:
+    """``st``, or ``DIVERGED`` where a solved pass met ``s0 = <w, x>`` beyond the dtype: a
+    saturating ``sigma`` (tanh, sigmoid) would make that look converged."""
+    if st in (_k.CONVERGED, _k.MAX_ITER) and not np.isfinite(_k.field(P, _k.F_S0)).all():
+        return _k.DIVERGED
+    return st
 
 
 def adjoint(D, G, b: float, kind: int = _k.EXACT, terms: int = 0, damping: float = 1.0):
@@ -225,7 +237,8 @@ def _backward(backward, neumann_terms, neumann_damping):
         if neumann_terms is None:
             raise ValueError("neumann_terms must be given for backward='neumann' (the highest "
                              "power of the series: 1 for the paper's two terms 1 + a)")
-        terms = v.integer("neumann_terms", neumann_terms, minimum=0)
+        terms = v.integer("neumann_terms", neumann_terms, minimum=0,
+                          maximum=v.MAX_ITERATIONS)
         return kind, terms, v.unit_interval("neumann_damping", neumann_damping)
     if neumann_terms is not None or neumann_damping != 1.0:
         raise ValueError(f"neumann_terms and neumann_damping apply to backward='neumann' only, "
@@ -245,10 +258,11 @@ def loss_and_grad_scalar(X, Y, w, b, *, activation="identity", backward="exact",
     Y = v.as_matrix("Y", Y, ndim=1, shape=(n,), dtype=X.dtype, ref="X")
     w = v.as_matrix("w", w, ndim=1, shape=(d,), dtype=X.dtype, ref="X")
     b = v.real("b", b)
-    tol = v.positive("tol", tol)
-    max_newton = v.integer("max_newton", max_newton, minimum=1)
+    tol = v.tolerance("tol", tol)
+    max_newton = v.integer("max_newton", max_newton, minimum=1,
+                            maximum=v.MAX_ITERATIONS)
     kind, terms, damping = _backward(backward, neumann_terms, neumann_damping)
-    st, loss, gw, gb, y, _, _ = evaluate(X, Y, w, b, activation, kind=kind, terms=terms,
+    st, loss, gw, gb, y, _, _, _ = evaluate(X, Y, w, b, activation, kind=kind, terms=terms,
                                          damping=damping, tol=tol, max_iter=max_newton,
                                          threads=threads)
     return loss, gw, gb, SOLVE_NAMES[st], y
@@ -293,10 +307,12 @@ def train_scalar(X, Y, w0, b0, *, lr, steps, activation="identity", backward="ex
     w = v.as_matrix("w0", w0, ndim=1, shape=(d,), dtype=dt, ref="X").copy()
     bb = np.array([v.real("b0", b0)], dt)
     lr = v.positive("lr", lr)
-    steps = v.integer("steps", steps, minimum=0)
-    tol = v.positive("tol", tol)
-    max_newton = v.integer("max_newton", max_newton, minimum=1)
-    record_every = v.integer("record_every", record_every, minimum=1)
+    steps = v.integer("steps", steps, minimum=0, maximum=v.MAX_STEPS)
+    tol = v.tolerance("tol", tol)
+    max_newton = v.integer("max_newton", max_newton, minimum=1,
+                            maximum=v.MAX_ITERATIONS)
+    record_every = v.integer("record_every", record_every, minimum=1,
+                            maximum=v.MAX_STEPS)
     stop = -1.0 if stop_loss is None else v.positive("stop_loss", stop_loss, allow_zero=True)
     kind, terms, damping = _backward(backward, neumann_terms, neumann_damping)
     if (X_eval is None) != (Y_eval is None):

@@ -710,21 +710,18 @@ def _train_scalar_state(X, Y, A0, B0, *, lr, steps, u, activation, grad_solver, 
     terms = opts.neumann_terms if kind == _sk.NEUMANN else 0
     series = opts.neumann_damping if kind == _sk.NEUMANN else 1.0
     lr = v.positive("lr", lr)
-    steps = v.integer("steps", steps, minimum=1)
-    if not isinstance(warm_start, (bool, np.bool_)):
-        raise TypeError(f"warm_start must be a bool, got {warm_start!r}")
+    # the shared rules of train's other path (prepare, train)
+    steps = v.integer("steps", steps, minimum=1, maximum=v.MAX_STEPS)
+    warm_start = v.boolean("warm_start", warm_start)
     rec = steps + 1 if record_every is None else v.integer("record_every", record_every,
-                                                            minimum=1)
+                                                            minimum=1, maximum=v.MAX_STEPS)
     stop = -1.0 if stop_loss is None else v.positive("stop_loss", stop_loss, allow_zero=True)
-    if sufficient_stats not in ("auto", True, False):
-        raise ValueError(f"sufficient_stats must be 'auto', True or False, got "
-                         f"{sufficient_stats!r}")
-    if sufficient_stats is True:
+    if v.flag("sufficient_stats", sufficient_stats, also=("auto",)) is True:
         raise ValueError("sufficient_stats=True needs model='linear' (docs/theory.md §8), got "
                          "model='single_index'")
     L_star = np.nan if L_star is None else v.real("L_star", L_star)
     se = rec if spectral_every == "auto" else v.integer("spectral_every", spectral_every,
-                                                         minimum=1)
+                                                         minimum=1, maximum=v.MAX_STEPS)
     rows = history_rows(steps, record_every, rec, _sk.NCOL + d + 1)
     H = np.full((rows, _sk.NCOL), np.nan)
     Th = np.full((rows, d + 1), np.nan)
@@ -759,6 +756,12 @@ def _train_scalar_state(X, Y, A0, B0, *, lr, steps, u, activation, grad_solver, 
         last, nrec = _sk.gd_stop(link, E, w, bb, tgt, so, state, H, Th)
         return result("interrupted", last, nrec)
 
+    with np.errstate(all="ignore"):  # X w0 beyond the dtype: tanh or sigmoid would hide it
+        s0_finite = bool(np.isfinite(X @ w0).all())
+    if not s0_finite:
+        warn(f"train stopped with status='diverged' before its first step: X B0^T overflows "
+             f"{dt} (its entries exceed the dtype's range); returning A0, B0", stacklevel=3)
+        return result("diverged", 0, 0)
     with single_threaded_blas():
         status = RUN_NAMES[run_sliced(advance, lambda: int(state.ints[0]), interrupted,
                                       "train")]
@@ -780,6 +783,7 @@ def _train_scalar_state(X, Y, A0, B0, *, lr, steps, u, activation, grad_solver, 
             warn(f"train stopped with status={status!r} after {last} steps{why}; returning "
                  "the last parameters whose loss and gradient were computed", stacklevel=3)
     return result(status, last, nrec)
+
 
 def run_sliced(advance, count, interrupted, what: str) -> int:
     """Run a compiled loop in slices of about :data:`SLICE_SECONDS`, checking

@@ -220,7 +220,9 @@ def cmd_plot(args) -> int:
 def cmd_reproduce(args) -> int:
     from .experiments import reproduce
 
-    summary = reproduce(args.out, quick=args.quick, only=args.only, workers=args.workers,
+    # "--only E11,E12 E13" is "--only E11 E12 E13"
+    only = None if args.only is None else [e for a in args.only for e in a.split(",") if e]
+    summary = reproduce(args.out, quick=args.quick, only=only, workers=args.workers,
                         progress=not args.no_progress)
     print(summary.read_text())
     return 0
@@ -298,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="results/reproduce", help="output directory "
                    "(default: %(default)s)")
     s.add_argument("--only", nargs="+", metavar="E", default=None,
-                   help="run only these experiments, e.g. --only E1 E5")
+                   help="run only these experiments, e.g. --only E1 E5 or --only E11,E12")
     s.add_argument("--workers", type=_positive_int, default=None,
                    help="processes for the independent runs (default: usable CPUs)")
     s.add_argument("--no-progress", action="store_true", help="no progress output")

@@ -124,7 +124,7 @@ def test_newton_fixed_point_against_brent_and_picard(act, b):
         gmin = min(abs(1 - b * q) for q in db.get_activation(act).derivative_bounds())
         assert abs(r.z[i, 0] - root) <= 1e-13 / gmin + 1e-13 * (1 + abs(root))
     if act != "identity" or abs(b) < 1:  # picard converges where the map contracts
-        damping = 1.0 if abs(b) * db.get_activation(act).lipschitz() < 1 else 0.2
+        damping = 1.0 if abs(b) * db.get_activation(act).lipschitz < 1 else 0.2
         p = db.fixed_point(X, A, B, activation=act, tol=1e-14, damping=damping,
                            max_iter=100_000)
         np.testing.assert_allclose(r.z, p.z, rtol=0, atol=1e-12)
