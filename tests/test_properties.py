@@ -67,6 +67,14 @@ def _compiled():
                                  else False)
                 if model != "nonlinear":
                     db.flow(model, X, yy, A, B, t_end=0.01, activation=act)
+            # the scalar kernels of the paper's model (model="single_index", Newton)
+            A1, B1 = A[:1, :1].copy(), B[:1].copy()
+            db.fixed_point(X, A1, B1, activation="tanh", method="newton")
+            for gs in (None, "jfb", "neumann"):
+                db.loss_and_grad("single_index", X, y, A1, B1, activation="tanh",
+                                 grad_solver=gs)
+                db.train("single_index", X, y, A1, B1, lr=0.01, steps=2, activation="tanh",
+                         grad_solver=gs)
     yield
 
 
@@ -384,6 +392,74 @@ def _check_run(res, kw, steps):
         assert h["loss"][-1] <= kw["stop_loss"]
     if len(h["loss"]) and res.status != "diverged":
         assert np.isfinite(h["loss"]).all()
+
+
+# --- the paper's model: a scalar state, Newton ------------------------------------------
+
+SCALAR_OK = dict(tol=VALID_TOL, max_iter=VALID_ITER,
+                 activation=st.sampled_from([*ACTIVATIONS, "skip_tanh(0.25)"]),
+                 grad_solver=st.sampled_from([None, None, "newton", "direct", "jfb", "neumann"]),
+                 neumann_terms=st.sampled_from([0, 1, 3]),
+                 neumann_damping=st.sampled_from([1.0, 0.5, 0.25]))
+SCALAR_BAD = dict(tol=BAD_TOL, max_iter=BAD_ITER, activation=BAD_ACT,
+                  grad_solver=st.sampled_from(["picard", "magic", 1]),
+                  neumann_terms=st.sampled_from([-1, 10**12, 2.5]),
+                  neumann_damping=st.sampled_from([0.0, 1.5, math.nan, "x"]))
+# b across the uniqueness guards (tanh b < 1, sigmoid b < 4) and beyond contraction
+SCALAR_B = st.sampled_from([-40.0, -1.0, 0.0, 0.5, 0.99, 1.0, 3.99, 4.0, 10.0])
+
+
+def _check_scalar_roots(z, X, A, B, act, tol, dtype):
+    """A converged Newton solve: ``|z_i - sigma(<w, x_i> + b z_i)| <= tol`` for every
+    sample in float64, up to the rounding of the residual's terms in ``dtype``."""
+    z64, X64 = np.asarray(z, np.float64)[:, 0], np.asarray(X, np.float64)
+    w, b = np.asarray(B, np.float64)[0], float(np.asarray(A, np.float64)[0, 0])
+    with np.errstate(all="ignore"):
+        terms = np.abs(X64 * w).sum(axis=1) + abs(b) * np.abs(z64)
+        s = X64 @ w + b * z64
+        F = act(s)
+        r = np.abs(z64 - F)
+    eps = float(np.finfo(dtype).eps)
+    slope = max(abs(q) for q in act.derivative_bounds())
+    slack = 16 * (X64.shape[1] + 4) * eps * (np.abs(z64) + np.abs(F) + slope * terms)
+    bad = ~(r <= tol * (1 + 1e-6) + slack)
+    assert not bad.any(), (r[bad], slack[bad])
+
+
+@EXAMPLES
+@given(problems(), SCALAR_B, options(SCALAR_OK, SCALAR_BAD), st.data())
+def test_scalar_state(prob, b, kw, data):
+    X, A, B = prob
+    dt = _dtype_of(X, A)
+    if data.draw(st.integers(0, 7)):  # mostly the paper's shapes; else the rename's error
+        A, B = np.array([[b]], dtype=dt), np.asarray(B)[:1].copy()
+    n = np.shape(X)[0]
+    fkw = {k: kw[k] for k in ("tol", "max_iter", "activation")}
+    res = call(db.fixed_point, ["X", "A", "B", "method", *fkw], X, A, B, method="newton",
+               **fkw)
+    if not isinstance(res, Exception):
+        assert res.status in {"converged", "max_iter", "diverged", "not_unique"}, res.status
+        assert res.converged == (res.status == "converged") and np.isfinite(res.z).all()
+        if res.converged:
+            _check_scalar_roots(res.z, X, A, B, _phi(kw["activation"]),
+                                _tol_used(kw["tol"], dt), dt)
+    Y = data.draw(arrays((n,), dtype=dt, bad=data.draw(st.booleans())))
+    names = ["model", "X", "Y", "A", "B", *kw]
+    res = call(db.loss_and_grad, names, "single_index", X, Y, A, B, **kw)
+    if not isinstance(res, Exception):
+        assert res.fp_status in {"converged", "max_iter", "diverged", "not_unique"}
+        assert res.converged == (res.fp_status == "converged")
+        if res.converged:
+            assert res.adj_status in ("converged", "truncated")
+            assert np.isfinite(res.grad_A).all() or not np.isfinite(res.loss)
+            _check_scalar_roots(res.z, X, A, B, _phi(kw["activation"]),
+                                _tol_used(kw["tol"], dt), dt)
+    steps = data.draw(st.sampled_from([1, 3]))
+    lr = data.draw(st.sampled_from([1e-3, 0.1, 10.0]))
+    res = call(db.train, ["model", "X", "Y", "A0", "B0", "lr", *kw], "single_index", X, Y,
+               A, B, lr=lr, steps=steps, **kw)
+    if not isinstance(res, Exception):
+        _check_run(res, {"stop_loss": None}, steps=steps)
 
 
 # --- theory and data --------------------------------------------------------------------

@@ -151,6 +151,86 @@ def test_newton_statuses_name_their_rule():
         db.fixed_point(X, np.eye(2) * 0.1, np.eye(2), method="newton")
 
 
+@pytest.mark.parametrize("act, b, unique", [
+    ("sigmoid", 3.99, True), ("sigmoid", 4.0, False), ("sigmoid", 4.5, False),
+    ("sigmoid", -30.0, True), ("tanh", 0.99, True), ("tanh", 1.0, False),
+    ("tanh", -1.5, True), ("tanh", -40.0, True)])
+def test_the_guard_through_the_public_calls(act, b, unique):
+    """The uniqueness guard (sigmoid b < 4, tanh b < 1: 1 - b sigma' > 0 over the range of
+    sigma'; |b| < 1, tanh's contraction, is not needed) decides the status of every call;
+    inside it the root is Brent's, outside no root is returned."""
+    rng = np.random.default_rng(23)
+    X = rng.standard_normal((40, 2))
+    A, B = np.array([[b]]), np.array([[0.7, -0.4]])
+    Y = rng.standard_normal(40)
+    if unique:
+        r = db.fixed_point(X, A, B, activation=act, method="newton", tol=1e-13)
+        assert r.status == "converged"
+        roots = [brentq(lambda t, s0=s0: t - naive.act(act, s0 + b * t), -2.0, 2.0,
+                        xtol=1e-15, rtol=1e-15) for s0 in X @ B[0]]
+        gmin = min(abs(1 - b * q) for q in db.get_activation(act).derivative_bounds())
+        np.testing.assert_allclose(r.z[:, 0], roots, rtol=0, atol=1e-13 / gmin + 1e-15)
+        g = db.loss_and_grad("single_index", X, Y, A, B, activation=act, tol=1e-13)
+        assert g.fp_status == "converged" and g.converged
+        t = db.train("single_index", X, Y, A, B, lr=1e-3, steps=2, activation=act)
+        assert t.status == "max_steps"
+        return
+    rule = rf"uniqueness guard fails at b = {b:g}\b.*1 - b sigma' keeps one sign"
+    with pytest.warns(db.ConvergenceWarning, match=rule):
+        r = db.fixed_point(X, A, B, activation=act, method="newton")
+    assert r.status == "not_unique" and not r.converged and r.n_iter == 0
+    with pytest.warns(db.ConvergenceWarning, match=rule):
+        g = db.loss_and_grad("single_index", X, Y, A, B, activation=act)
+    assert g.fp_status == g.adj_status == "not_unique" and np.isnan(g.grad_A).all()
+    with pytest.warns(db.ConvergenceWarning, match="before its first step: the " + rule):
+        t = db.train("single_index", X, Y, A, B, lr=1e-3, steps=2, activation=act)
+    assert t.status == "fixed_point_failed" and t.n_steps == 0 and t.A[0, 0] == b
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "identity", "relu"])
+def test_input_beyond_the_dtype_is_diverged(act):
+    """X w beyond float64: a saturating sigma would make y = +-1 look converged; every call
+    says 'diverged' (as X B^T beyond the dtype does for the matrix solvers), with no
+    warning but its own."""
+    X, Y, A, B, _ = _teacher(24, n=30, d=3)
+    X = X * 1e300
+    B = B * 1e10
+    with pytest.warns(db.ConvergenceWarning, match="diverged"):
+        r = db.fixed_point(X, A, B, activation=act, method="newton")
+    assert r.status == "diverged" and not r.converged and np.isfinite(r.z).all()
+    with pytest.warns(db.ConvergenceWarning, match="status='diverged'"):
+        g = db.loss_and_grad("single_index", X, Y, A, B, activation=act)
+    assert g.fp_status == "diverged" and math.isnan(g.loss) and not g.converged
+    with pytest.warns(db.ConvergenceWarning, match="before its first step: X B0\\^T overflows"):
+        t = db.train("single_index", X, Y, A, B, lr=0.1, steps=3, activation=act)
+    assert t.status == "diverged" and t.n_steps == 0
+    np.testing.assert_array_equal(t.B, B)
+
+
+def test_train_options_follow_the_shared_rules():
+    """The scalar loop validates train's options as its matrix path does (bounded counts,
+    strict flags)."""
+    X, Y, A0, B0, _ = _teacher(25, n=20, d=2)
+    for model, y in (("single_index", Y), ("nonlinear", Y[:, None])):
+        kw = dict(lr=0.1, activation="tanh")
+        for bad, error, match in (
+                (dict(steps=2**53 + 1), ValueError, r"steps must be <= 2\*\*53"),
+                (dict(steps=2, record_every=2**63), ValueError,
+                 r"record_every must be <= 2\*\*53"),
+                (dict(steps=2, spectral_every=2**60), ValueError,
+                 r"spectral_every must be <= 2\*\*53"),
+                (dict(steps=2, warm_start=1), TypeError, "warm_start must be one of"),
+                (dict(steps=2, sufficient_stats=1), TypeError, "sufficient_stats must be one of"),
+                (dict(steps=2, tol=1.0), ValueError, r"tol must be in \(0, 1\)"),
+                (dict(steps=2, max_iter=10**8), ValueError, "max_iter must be <= 10000000"),
+                (dict(steps=2, grad_solver="neumann", neumann_terms=10**8), ValueError,
+                 "neumann_terms must be <= 10000000"),
+                (dict(steps=2, grad_solver="neumann", neumann_damping=0.0), ValueError,
+                 r"neumann_damping must be in \(0, 1\]")):
+            with pytest.raises(error, match=match):
+                db.train(model, X, y, A0, B0, **kw, **bad)
+
+
 def test_newton_float32():
     X, _, A, B, _ = _teacher(6, n=50, d=3)
     r32 = db.fixed_point(X.astype(np.float32), A.astype(np.float32), B.astype(np.float32),

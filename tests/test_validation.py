@@ -106,7 +106,10 @@ def test_tol_below_the_dtype_floor_warns_with_the_floor(prob):
         ({"max_iter": 2.5}, TypeError, "max_iter must be an integer"),
         ({"damping": 0.0}, ValueError, r"damping must be in \(0, 1\], got 0.0"),
         ({"damping": 1.5}, ValueError, r"damping must be in \(0, 1\], got 1.5"),
-        ({"method": "newton"}, ValueError, "method must be one of .* got 'newton'"),
+        ({"method": "secant"}, ValueError, "method must be one of .* got 'secant'"),
+        # newton is a method now, for a scalar state only (prob has m > 1)
+        ({"method": "newton"}, ValueError,
+         r"method='newton' solves a scalar state only \(m = 1\), got m="),
         ({"activation": "swish"}, ValueError, "activation must be one of .* got 'swish'"),
         ({"activation": "leaky_relu(2)"}, ValueError, r"slope must be in \(0, 1\]"),
         ({"method": "direct", "activation": "tanh"}, ValueError, "direct.*linear maps only"),
