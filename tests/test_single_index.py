@@ -82,6 +82,7 @@ def test_old_calls_of_single_index_are_the_rename_error():
         lambda: theory.pl_constant("single_index", X, np.eye(3), activation="tanh"),
         lambda: theory.global_min_loss("single_index", X, y),
         lambda: theory.predicted_factor("single_index", X, np.eye(3), 0.1, smoothness=1.0),
+        lambda: theory.smoothness("single_index", X, y, A, B, activation="tanh"),
     ]
     for call in cases:
         with pytest.raises(ValueError, match=msg) as err:
@@ -463,6 +464,38 @@ def test_train_with_the_damped_series_follows_loss_and_grad():
     plain = db.train("linear", X, Y, A0, B0, lr=0.05, steps=6, solver="direct",
                      grad_solver="neumann", neumann_terms=1)
     assert not np.allclose(plain.A, r.A)
+
+
+@pytest.mark.parametrize("model, act", [("readout", "tanh"), ("nonlinear", "tanh"),
+                                        ("linear", "identity")])
+def test_damped_series_of_every_matrix_model_in_loss_and_grad_and_train(model, act):
+    """The damped series is the adjoint of every model the Neumann series serves: for a
+    linear fixed point Lam = G P with G = Lam_exact C (C = I - A) and P = (I - M^(k+1))
+    C^-1, M = (1 - lam) I + lam A; train's compiled loop takes the steps that loss_and_grad
+    gives."""
+    k, lam = 2, 0.4
+    X, Y, A0, B0 = db.data.problem(model, 40, 3, 3, activation=act, scale_A=0.5, seed=26)
+    kw = dict(activation=act, grad_solver="neumann", neumann_terms=k, neumann_damping=lam,
+              tol=1e-13)
+    solver = "picard" if model == "nonlinear" else "direct"
+    r = db.loss_and_grad(model, X, Y, A0, B0, solver=solver, **kw)
+    assert r.adj_status == "truncated"
+    if model != "nonlinear":
+        ex = db.loss_and_grad(model, X, Y, A0, B0, solver="direct", activation=act)
+        C = np.eye(3) - A0
+        M = (1 - lam) * np.eye(3) + lam * A0
+        P = (np.eye(3) - np.linalg.matrix_power(M, k + 1)) @ np.linalg.inv(C)
+        np.testing.assert_allclose(r.adjoint, ex.adjoint @ C @ P, rtol=1e-9, atol=1e-15)
+    t = db.train(model, X, Y, A0, B0, lr=0.05, steps=4, solver=solver, **kw)
+    A, B = A0.copy(), B0.copy()
+    for _ in range(4):
+        g = db.loss_and_grad(model, X, Y, A, B, solver=solver, **kw)
+        A, B = A - 0.05 * g.grad_A, B - 0.05 * g.grad_B
+    np.testing.assert_allclose(t.A, A, rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(t.B, B, rtol=1e-9, atol=1e-13)
+    plain = db.train(model, X, Y, A0, B0, lr=0.05, steps=4, solver=solver,
+                     **{**kw, "neumann_damping": 1.0})
+    assert not np.allclose(plain.B, t.B, rtol=1e-6)
 
 
 # --- train and flow ----------------------------------------------------------------------
