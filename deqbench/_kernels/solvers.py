@@ -93,7 +93,8 @@ def iterate(solver, Z, M, U, code, param, D, T, Fh, Gh, GG, work, hist, tol, max
     series' damping, 1 for JFB). ``threads``: numba's thread count; ``tune``:
     the settings vector (:mod:`.blocks`).
     """
-    if has(solver, SCALAR):  # the scalar kernels' solver: never dispatched here
+    # Newton is never run here; not has(): a second literal flag would compile it twice
+    if (FLAGS[solver] & SCALAR) != 0:
         return 0, math.inf, DIVERGED
     if solver == BROYDEN:
         return broyden(Z, M, U, code, param, D, T, Fh, Gh, tol, max_iter, hist)
