@@ -3,7 +3,7 @@
 Default suite: the exact adjoints (Picard, Anderson) of the linear and the
 nonlinear (tanh) model at ``m = 32``, ``n = N_AT[32]``; counts and errors of
 every adjoint method and model (no noise, so a wider grid). ``DEQBENCH_FULL=1``
-adds the inexact and direct adjoints, ``single_index``, more widths and
+adds the inexact and direct adjoints, ``readout``, more widths and
 ``loss_and_grad`` timings (forward + backward: the sum of the two timed
 parts, so the default suite leaves it out).
 """
@@ -18,7 +18,7 @@ from .common import N_AT, Bench, Tracked, dloss_dz, full_only, grid, problem, re
 
 #: Adjoint methods of ``implicit_grad``; ``jfb`` and ``neumann`` are inexact.
 METHODS = ["picard", "anderson", "direct", "jfb", "neumann"]
-MODELS = ["linear", "single_index", "nonlinear"]
+MODELS = ["linear", "readout", "nonlinear"]
 TOL = 1e-10
 
 

@@ -12,7 +12,7 @@ Every value is phrased so that LOWER IS BETTER:
 * ``track_fp_iters_over_predicted``: forward iterations per step over
   ``theory.predicted_fp_iters(rho(A_k), tol)`` along a cold-started run (§3).
 * ``track_invariant_drift``: ``||Q_K - Q_0||_F / ||Q_0||_F`` (O(lr^2) per step
-  for linear and single_index; the nonlinear model has no conservation law and
+  for linear and readout; the nonlinear model has no conservation law and
   its drift is reported, not judged).
 
 ``Initialization``, ``Recovery`` and ``InexactGradients`` track the claims of
@@ -35,9 +35,9 @@ from .common import Tracked, grid, problem, strict, theory, training
 #: its ends); at lr beta > 1 (0.1, 0.5, 0.2, 0.5 before) the GD factor does not apply.
 CASES = {
     "linear": ("linear", "identity", 0.04, 400),
-    "single_index-leaky_relu": ("single_index", "leaky_relu(0.2)", 0.13, 400),
-    "single_index-identity": ("single_index", "identity", 0.065, 400),
-    "single_index-tanh": ("single_index", "tanh", 0.15, 400),
+    "readout-leaky_relu": ("readout", "leaky_relu(0.2)", 0.13, 400),
+    "readout-identity": ("readout", "identity", 0.065, 400),
+    "readout-tanh": ("readout", "tanh", 0.15, 400),
     "nonlinear-tanh": ("nonlinear", "tanh", 0.1, 400),
 }
 TOL = 1e-12
@@ -49,7 +49,7 @@ def summarize(case: str) -> dict:
     th = theory()
     model, activation, lr, steps = CASES[case]
     p = problem(model, M, N, rho=0.5, activation=activation)
-    L_star = 0.0  # realizable teachers: linear and single_index targets are exact
+    L_star = 0.0  # realizable teachers: linear and readout targets are exact
     extra = {}
     if model == "nonlinear":
         L_star = None
@@ -109,7 +109,7 @@ def summarize(case: str) -> dict:
 class Convergence:
     """Training runs with ``m = d = 8``, ``n = 2048``, 400 steps, ``tol = 1e-12``."""
 
-    params = [grid(["linear", "single_index-leaky_relu"], list(CASES))]
+    params = [grid(["linear", "readout-leaky_relu"], list(CASES))]
     param_names = ["case"]
     timeout = 600.0
 
@@ -205,7 +205,7 @@ class Initialization(Tracked):
 
 
 class Recovery(Tracked):
-    """E9 (docs/theory.md §10): single-index teacher recovery ``w = W^T u -> theta`` and
+    """E9 (docs/theory.md §10): read-out DEQ teacher recovery ``w = W^T u -> theta`` and
     the noisy identity link (``w -> w_LS``); ratios above 1 break the bound."""
 
     params = [["quick"]]
@@ -218,10 +218,10 @@ class Recovery(Tracked):
 
     def measure(self, size):
         rows = experiment_rows("E9")
-        real = [rows["single_index identity"], rows["single_index smooth_leaky(0.5)"]]
+        real = [rows["readout identity"], rows["readout smooth_leaky(0.5)"]]
         return {
             "recovery_ratio": max(r["max_recovery_ratio"] for r in real),
-            "noisy_recovery_ratio": rows["single_index identity noisy"]["max_recovery_ratio"],
+            "noisy_recovery_ratio": rows["readout identity noisy"]["max_recovery_ratio"],
             "index_error": max(r["index_error"] for r in real),
         }
 

@@ -29,9 +29,9 @@ from .common import (
     training,
 )
 
-MODELS = ["linear", "single_index", "nonlinear"]
+MODELS = ["linear", "readout", "nonlinear"]
 #: Step sizes that decrease the loss monotonically on these problems.
-LR = {"linear": 0.1, "single_index": 0.5, "nonlinear": 0.1}
+LR = {"linear": 0.1, "readout": 0.5, "nonlinear": 0.1}
 TOL = 1e-10
 
 

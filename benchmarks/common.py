@@ -170,7 +170,7 @@ class Problem:
     """A seeded DEQ problem: data, targets and initial parameters.
 
     ``activation`` is ``phi`` for ``model="nonlinear"`` (and for a bare forward
-    solve), the link ``sigma`` for ``model="single_index"``, identity for
+    solve), the link ``sigma`` for ``model="readout"``, identity for
     ``model="linear"``. ``A`` is scaled to ``||A||_2 = rho`` (so the forward map
     contracts at a rate ``<= rho`` for 1-Lipschitz activations).
     """
@@ -204,7 +204,7 @@ class Problem:
     def model_kwargs(self) -> dict:
         """Keyword arguments of ``loss_and_grad`` / ``train`` for this model."""
         kw = {"activation": self.activation}
-        if self.model == "single_index":
+        if self.model == "readout":
             kw["u"] = self.u
         return kw
 
@@ -219,22 +219,22 @@ def problem(
     activation: str | None = None,
     seed: int = 0,
 ) -> Problem:
-    """Seeded problem for ``model`` in ``{"linear", "single_index", "nonlinear"}``.
+    """Seeded problem for ``model`` in ``{"linear", "readout", "nonlinear"}``.
 
     * linear: realizable linear teacher ``Y = X W*^T``.
-    * single_index: realizable teacher ``y = sigma(theta* . x)``, default link
+    * readout: realizable teacher ``y = sigma(theta* . x)``, default link
       ``leaky_relu(0.2)`` (inside the theorem of docs/theory.md §7).
     * nonlinear: a realizable teacher DEQ (``deqbench.data.problem``), default ``phi = tanh``.
     """
     require_api()
     d = m if d is None else d
     if activation is None:
-        activation = {"linear": "identity", "single_index": "leaky_relu(0.2)", "nonlinear": "tanh"}[
+        activation = {"linear": "identity", "readout": "leaky_relu(0.2)", "nonlinear": "tanh"}[
             model
         ]
     X, Y, A, B = db.data.problem(model, n, d, m, activation=activation, scale_A=rho,
                                  scale_B=1.0, seed=seed, init_seed=seed + 1)
-    u = np.full(m, 1.0 / np.sqrt(m)) if model == "single_index" else None
+    u = np.full(m, 1.0 / np.sqrt(m)) if model == "readout" else None
     return Problem(model, X, Y, A, B, activation, rho, u)
 
 
@@ -255,7 +255,7 @@ def forward_problem(
 
 def dloss_dz(p: Problem, Z: np.ndarray) -> np.ndarray:
     """``G = dL/dZ`` of the model loss at the fixed point ``Z`` (docs/theory.md §4)."""
-    if p.model == "single_index":
+    if p.model == "readout":
         act = db.get_activation(p.activation)
         s = Z @ p.u
         r = act(s) - p.Y

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from . import _scalar
 from . import _validate as v
 from ._calibration import tune
 from ._chunked import forward_blocks, resolve
@@ -12,7 +13,7 @@ from ._kernels import fixed_point as _fp
 from ._kernels import solvers as _ks
 from ._kernels.activations import IDENTITY
 from ._kernels.blocks import gemm_rows
-from ._kernels.status import CONVERGED, SOLVE_NAMES
+from ._kernels.status import CONVERGED, DIVERGED, NOT_UNIQUE, SOLVE_NAMES
 from ._options import SolverOptions, resolve_options, tol_floor
 from ._registry import FORWARD, SOLVERS, Solver
 from ._results import FixedPointResult
@@ -58,8 +59,9 @@ def solve(spec: Solver, M, U, code, param, D, Z, opts: SolverOptions, T=None, te
     else:
         Fh = Gh = np.empty((1, 1, 1), Z.dtype)
         GG = work = np.zeros((1, 1))
+    damping = spec.series_damping(opts) if spec.inexact else opts.damping
     it, res, status = _ks.iterate(spec.code, Z, M, U, code, param, D, T, Fh, Gh, GG, work, hist,
-                                  opts.tol, opts.max_iter, opts.damping, opts.anderson_ridge,
+                                  opts.tol, opts.max_iter, damping, opts.anderson_ridge,
                                   terms, numba.get_num_threads(), tune())
     return it, res, status, hist[: it + 1].copy()
 
@@ -128,7 +130,7 @@ def fixed_point(
         (read in row blocks, see ``chunk``).
     activation : str or Activation
         ``phi``; ``"identity"`` gives the linear DEQ.
-    method : {"picard", "anderson", "direct", "broyden"}
+    method : {"picard", "anderson", "direct", "broyden", "newton"}
         ``"picard"``: damped iteration ``Z <- (1 - damping) Z + damping F(Z)``,
         each cache-sized block of rows iterated until it meets the rule below
         on its own rows (which implies it for the batch; ``n_iter`` is then
@@ -139,6 +141,14 @@ def fixed_point(
         ``"broyden"``: Broyden's method, one inverse-Jacobian estimate per
         sample kept as ``anderson_history`` secant pairs (restarted when
         full), full steps; the batch rule below; no ``damping``.
+        ``"newton"``: a scalar state only (``m = 1``, ``A = [[b]]``), any
+        ``phi``: safeguarded (bracketed) Newton per sample, stopping where
+        ``|z_i - phi(b z_i + <B, x_i>)| <= tol`` for every sample (the
+        paper's absolute residual, not the rule below), ``max_iter``
+        evaluations per sample; it refuses, with status ``"not_unique"``,
+        a ``b`` outside its uniqueness guard (``1 - b phi'`` of one sign
+        over the range of ``phi'``: tanh ``b < 1``, sigmoid ``b < 4``,
+        identity ``b != 1``; docs/theory.md §12).
     options : SolverOptions, optional
         ``tol`` (stop when ``||F(Z) - Z||_F / ||F(Z)||_F <= tol``; default
         1e-10 in float64, 1e-5 in float32), ``max_iter``, ``damping``,
@@ -212,6 +222,8 @@ def solve_forward(X, A, B, act, spec: Solver, opts: SolverOptions, z0):
     ``U = X B^T`` and, after a solver that keeps its evaluation (Picard), ``T`` the
     evaluation ``z + damping (h(z A^T + U) - z)`` of ``result.z`` (None after the others)."""
     n, m = X.shape[0], A.shape[0]
+    if spec.scalar_kernel:
+        return newton_forward(X, A, B, act, opts, z0), None, None
     U = input_term(X, B)
     if not np.isfinite(U).all():  # beyond the dtype: a saturating phi would hide it
         Z = np.zeros((n, m), X.dtype) if z0 is None else z0.copy()
@@ -233,6 +245,38 @@ def solve_forward(X, A, B, act, spec: Solver, opts: SolverOptions, z0):
     if code != CONVERGED:
         warn_failure(f"fixed_point(method={spec.name!r})", status, k, res, opts.tol)
     return FixedPointResult(Z, k, res, code == CONVERGED, status, hist, spec.name), U, T
+
+
+def newton_forward(X, A, B, act, opts: SolverOptions, z0) -> FixedPointResult:
+    """The fixed point of a scalar state (``m = 1``) per sample by safeguarded Newton
+    (:func:`deqbench._scalar.newton`): ``tol`` the absolute residual of each sample,
+    ``max_iter`` its evaluations; on failure the start (``z0``, else zeros) where no
+    finite iterate is left, with a warning naming the status (the uniqueness rule
+    for ``not_unique``)."""
+    w, b = np.ascontiguousarray(B[0]), float(A[0, 0])
+    start = None if z0 is None else np.ascontiguousarray(z0[:, 0])
+    y, iters, code, res = _scalar.newton(X, w, b, act, tol=opts.tol, max_iter=opts.max_iter,
+                                         y0=start)
+    status = SOLVE_NAMES[code]
+    k = int(iters.max()) if iters.size else 0
+    if code != CONVERGED:
+        bad = ~np.isfinite(y)
+        y[bad] = 0.0 if start is None else start[bad]
+        with np.errstate(all="ignore"):
+            res = float(np.max(np.abs(y - act(X @ w + b * y)), initial=0.0))
+        if code == NOT_UNIQUE:
+            warn(f"fixed_point(method='newton'): status='not_unique': "
+                 f"{_scalar.guard_rule(act, b)}; returning the start")
+        elif code == DIVERGED:
+            warn("fixed_point(method='newton') stopped with status='diverged': non-finite "
+                 f"values (X B^T beyond {X.dtype}, or an iterate); returning the start where "
+                 "no finite iterate is left")
+        else:
+            warn(f"fixed_point(method='newton') did not converge: status={status!r} after "
+                 f"{k} evaluations of the slowest sample, largest residual {res:.3e} > tol "
+                 f"{opts.tol:.1e}; returning the last finite iterate")
+    return FixedPointResult(y[:, None].copy(), k, res, code == CONVERGED, status,
+                            np.array([res]), "newton")
 
 
 def input_term(X, B):

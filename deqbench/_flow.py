@@ -113,7 +113,8 @@ def flow(
     Parameters
     ----------
     model, X, Y, A0, B0, u, activation
-        As in :func:`deqbench.train`.
+        As in :func:`deqbench.train`; ``single_index`` runs as ``nonlinear`` with
+        ``m = 1`` (Newton's fused loop is :func:`deqbench.train`'s).
     t_end : float > 0
     rtol, atol : float > 0
         Tolerances of the Dormand-Prince 5(4) error control (mixed norm,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from . import _scalar
 from . import _validate as v
 from ._calibration import tune
 from ._chunked import adjoint_blocks, loss_and_grad_blocks, resolve
@@ -23,10 +24,11 @@ from ._kernels.activations import IDENTITY, MASK, has_output_derivative
 from ._kernels.blocks import gemm_tn
 from ._kernels.status import CONVERGED, DIVERGED, SOLVE_NAMES
 from ._options import SolverOptions, resolve_options
-from ._registry import ADJOINT, FORWARD, MODELS, SOLVERS, Solver
+from ._registry import ADJOINT, FORWARD, MODELS, RENAMED, SOLVERS, Solver, choose_model
 from ._results import GradResult, LossAndGrad
 from ._source import is_out_of_core, open_source
 from ._threads import blas_single_threaded
+from ._warnings import warn
 from .activations import Activation, get_activation
 
 __all__ = ["implicit_grad", "loss_and_grad"]
@@ -50,6 +52,7 @@ def implicit_grad(
     damping: float | None = None,
     adj0=None,
     neumann_terms: int | None = None,
+    neumann_damping: float | None = None,
     anderson_history: int | None = None,
     anderson_ridge: float | None = None,
     chunk: int | str | None = None,
@@ -67,18 +70,21 @@ def implicit_grad(
         The fixed point (from :func:`~deqbench.fixed_point`).
     G : (n, m)
         ``dL/dZ``.
-    method : {"picard", "anderson", "direct", "broyden", "jfb", "neumann"}
+    method : {"picard", "anderson", "direct", "broyden", "newton", "jfb", "neumann"}
         Exact: ``picard`` (with ``damping``), ``anderson`` (``anderson_history``,
         ``anderson_ridge``), ``direct`` (linear maps, LU), ``broyden``
-        (``anderson_history`` secant pairs per sample). Inexact: ``jfb``
-        (Jacobian-free, ``Lam = G``) and ``neumann``
-        (``Lam = G (I + A + ... + A^k)`` with ``k = neumann_terms``: the
-        truncated series has ``k + 1`` terms, ``I`` included).
+        (``anderson_history`` secant pairs per sample), ``newton`` (a scalar
+        state, ``m = 1``: the closed form ``Mu = D G / (1 - b D)`` per sample,
+        any ``phi``; docs/theory.md §12). Inexact: ``jfb`` (Jacobian-free,
+        ``Lam = G``) and ``neumann`` (``Lam = G (I + A + ... + A^k)`` with
+        ``k = neumann_terms``: the truncated series has ``k + 1`` terms, ``I``
+        included; with ``neumann_damping = lam < 1`` the damped series
+        ``lam G sum_{j <= k} ((1 - lam) I + lam A)^j``, docs/theory.md §4).
     options : SolverOptions, optional
         ``tol``, ``max_iter``, ``damping``, ``anderson_history``,
-        ``anderson_ridge``, ``neumann_terms`` (``neumann`` only): see
-        :class:`~deqbench.SolverOptions`.
-    tol, max_iter, damping, neumann_terms, anderson_history, anderson_ridge
+        ``anderson_ridge``, ``neumann_terms`` and ``neumann_damping``
+        (``neumann`` only): see :class:`~deqbench.SolverOptions`.
+    tol, max_iter, damping, neumann_terms, neumann_damping, anderson_history, anderson_ridge
         The same options as keywords (None: the value of ``options``, else the
         :class:`~deqbench.SolverOptions` default).
     adj0 : (n, m), optional
@@ -104,7 +110,7 @@ def implicit_grad(
     spec.check_state(A.shape[0], "method")
     opts = resolve_options(options, A.dtype, tol=tol, max_iter=max_iter, damping=damping,
                            anderson_history=anderson_history, anderson_ridge=anderson_ridge,
-                           neumann_terms=neumann_terms)
+                           neumann_terms=neumann_terms, neumann_damping=neumann_damping)
     Xs, chunk = resolve(X, B, chunk, opts.anderson_history)
     if Xs is None:
         X = v.as_matrix("X", X, shape=(None, B.shape[1]), dtype=A.dtype)
@@ -152,7 +158,10 @@ def _adjoint(X, A, B, Z, G, act, spec: Solver, opts: SolverOptions, adj0, U=None
         U = input_term(X, B) if U is None else U
         _g.preactivation_derivative(Z, np.ascontiguousarray(A.T), U, act.code, act.param, D,
                                     tune())
-    if spec.linear_only:
+    if spec.scalar_kernel:
+        Mu, res, status = _closed_form_adjoint(Z, G, A, D if code == MASK else None)
+        hist, n_iter = np.array([res]), 0
+    elif spec.linear_only:
         Mu, res, status = direct(np.eye(m) - A.T, G, A, opts.tol, "implicit_grad")
         hist, n_iter = np.array([res]), 0
     else:
@@ -177,6 +186,25 @@ def _adjoint(X, A, B, Z, G, act, spec: Solver, opts: SolverOptions, adj0, U=None
     return GradResult(grad_A, grad_B, Mu, n_iter, res, converged, status, hist, spec.name)
 
 
+def _closed_form_adjoint(Z, G, A, D):
+    """The exact adjoint of a scalar state (``m = 1``, ``A = [[b]]``) per sample,
+    ``Mu = D G / (1 - b D)`` (``D = phi'``, None for the identity): ``(Mu, residual of
+    Mu = D (Mu b + G), status)``, with a warning and a zero adjoint where ``1 - b D``
+    vanishes."""
+    b = float(A[0, 0])
+    D = np.ones_like(Z) if D is None else D
+    Mu, status = _scalar.adjoint(D, G, b)
+    with np.errstate(all="ignore"):
+        F = D * (Mu * b + G)
+        nf = float(np.linalg.norm(F))
+        res = float(np.linalg.norm(F - Mu)) / nf if nf > 0.0 else 0.0
+    if status != "converged":
+        warn(f"implicit_grad(method='newton'): 1 - b phi' vanishes (b = {b:.6g}) or the "
+             "adjoint overflows at some sample: status 'diverged', a zero adjoint")
+        res = np.inf
+    return Mu, res, status
+
+
 @blas_single_threaded
 def loss_and_grad(
     model: str,
@@ -187,7 +215,7 @@ def loss_and_grad(
     *,
     u=None,
     activation: str | Activation = "identity",
-    solver: str = "picard",
+    solver: str | None = None,
     grad_solver: str | None = None,
     options: SolverOptions | None = None,
     tol: float | None = None,
@@ -196,6 +224,7 @@ def loss_and_grad(
     z0=None,
     adj0=None,
     neumann_terms: int | None = None,
+    neumann_damping: float | None = None,
     anderson_history: int | None = None,
     anderson_ridge: float | None = None,
     chunk: int | str | None = None,
@@ -204,11 +233,16 @@ def loss_and_grad(
 
     Parameters
     ----------
-    model : {"linear", "single_index", "nonlinear"}
+    model : {"linear", "readout", "nonlinear", "single_index"}
         docs/theory.md §2. ``linear``: ``yhat = z``, ``Y`` is ``(n, m)``.
-        ``single_index``: ``yhat = sigma(u . z)`` with the link ``sigma =
+        ``readout``: ``yhat = sigma(u . z)`` with the link ``sigma =
         activation`` and linear fixed point, ``Y`` is ``(n,)``. ``nonlinear``:
         ``z = phi(A z + B x)`` with ``phi = activation``, ``Y`` is ``(n, m)``.
+        ``single_index``: the paper's model ``y = sigma(<w, x> + b y)``, one
+        scalar state per sample, ``A = [[b]]`` ``(1, 1)``, ``B = w^T``
+        ``(1, d)``, ``Y`` is ``(n,)`` or ``(n, 1)``; the loss
+        ``sum (y - Y)^2 / (2 n)`` is half the paper's risk, so the paper's step
+        ``eta`` is ``lr = 2 eta`` (docs/theory.md §12).
     X : (n, d), Y : (n, m) or (n,)
         Data and targets: arrays, ``np.memmap`` arrays or paths of float32 or
         float64 ``.npy`` files, of the dtype of ``A``, ``B`` (read in row blocks, the
@@ -216,13 +250,19 @@ def loss_and_grad(
     A : (m, m), B : (m, d)
         Parameters.
     u : (m,) array, optional
-        Read-out of ``single_index``; default ``(1, ..., 1) / sqrt(m)``.
-    solver : {"picard", "anderson", "direct", "broyden"}
-        Forward solver; ``grad_solver`` (default: the same) may also be
-        ``"jfb"`` or ``"neumann"`` (series up to ``A^neumann_terms``).
+        Read-out of ``readout``; default ``(1, ..., 1) / sqrt(m)``.
+    solver : {"picard", "anderson", "direct", "broyden", "newton"}
+        Forward solver (default ``"newton"`` for ``single_index``, else
+        ``"picard"``; ``"newton"`` needs ``m = 1``); ``grad_solver`` (default:
+        the same) may also be ``"jfb"`` or ``"neumann"`` (series up to
+        ``A^neumann_terms``, damped by ``neumann_damping``). ``single_index``
+        with ``"newton"`` is one pass of the scalar kernels: ``grad_solver``
+        ``"newton"`` or ``"direct"`` (the exact gradient in closed form),
+        ``"jfb"`` or ``"neumann"`` (the backward factors of docs/theory.md
+        §12); its other solvers run it as ``nonlinear`` with ``m = 1``.
     options : SolverOptions, optional
         The options of both solves (:class:`~deqbench.SolverOptions`).
-    tol, max_iter, damping, anderson_history, anderson_ridge, neumann_terms
+    tol, max_iter, damping, anderson_history, anderson_ridge, neumann_terms, neumann_damping
         The same options as keywords, as in :func:`~deqbench.implicit_grad`.
     z0, adj0 : (n, m), optional
         Warm starts for the forward and adjoint solves.
@@ -238,28 +278,40 @@ def loss_and_grad(
     -------
     LossAndGrad
         On a read error of data on disk: NaN loss and gradients, statuses
-        ``"read_error"`` (with a ConvergenceWarning).
+        ``"read_error"`` (with a ConvergenceWarning). ``single_index`` with
+        ``"newton"``: ``fp_iters`` the Newton evaluations of the slowest
+        sample, ``fp_residual`` the largest absolute residual, ``adj_iters``
+        0 and ``adj_residual`` 0 (closed form); after a failed forward solve
+        the loss and gradients are NaN and both statuses are the forward's.
 
     Warns
     -----
     ConvergenceWarning
         When the forward or an exact adjoint solve does not converge.
     """
-    v.choice("model", model, tuple(MODELS))
-    kind = MODELS[model]
+    kind = MODELS[choose_model(model)]
     A, B = check_params(A, B)
     m = A.shape[0]
+    check_scalar_state(model, A, u)
     act = get_activation(activation)
     check_activation(kind, act)
+    solver = kind.default_solver if solver is None else solver
     grad_solver = solver if grad_solver is None else grad_solver
     v.choice("solver", solver, FORWARD)
     v.choice("grad_solver", grad_solver, GRAD_METHODS)
+    fused = kind.scalar_state and solver == "newton"
+    if fused:  # the scalar pass: its adjoints only (a ValueError names them)
+        backward = _scalar.fused_adjoint(grad_solver)
+        if grad_solver == "direct":  # the exact solve of a scalar adjoint: its closed form
+            grad_solver = "newton"
     fwd_spec, adj_spec = SOLVERS[solver], SOLVERS[grad_solver]
     fwd_spec.check_state(m, "solver")
     adj_spec.check_state(m, "grad_solver")
     opts = resolve_options(options, A.dtype, tol=tol, max_iter=max_iter, damping=damping,
                            anderson_history=anderson_history, anderson_ridge=anderson_ridge,
-                           neumann_terms=neumann_terms)
+                           neumann_terms=neumann_terms, neumann_damping=neumann_damping)
+    if fused and chunk is None and not is_out_of_core(X) and not is_out_of_core(Y):
+        return _single_index(X, Y, A, B, act, backward, opts, z0)
     if chunk is None and is_out_of_core(Y):
         chunk = "auto"
     Xs, chunk = resolve(X, B, chunk, opts.anderson_history)
@@ -273,11 +325,16 @@ def loss_and_grad(
         raise ValueError(f"grad_solver={grad_solver!r} solves linear maps only "
                          f"(model={model!r})")
     if Xs is not None:
-        Ys = open_source("Y", Y, ndim=1 if kind.readout else 2,
-                         shape=(n,) if kind.readout else (n, m), dtype=A.dtype)
+        one = kind.readout or kind.scalar_state  # single_index: Y (n,) on disk
+        if kind.scalar_state and not is_out_of_core(Y) and np.ndim(Y) == 2:
+            Y = np.asarray(Y)[:, 0] if np.shape(Y)[1:] == (1,) else Y
+        Ys = open_source("Y", Y, ndim=1 if one else 2, shape=(n,) if one else (n, m),
+                         dtype=A.dtype)
         u = check_readout(model, u, m, A.dtype)
 
         def block(Xb, Yb, w, z0b, adj0b):
+            if kind.scalar_state:
+                Yb = Yb.reshape(-1, 1)
             return _loss_and_grad(Xb, Yb, u, A, B, kind, act, phi, fwd_spec, adj_spec, opts,
                                   z0b, adj0b, w)
 
@@ -312,12 +369,55 @@ def _loss_and_grad(X, Y, u, A, B, kind, act, phi, fwd_spec, adj_spec, opts, z0, 
     Z = fwd.z
     G = np.empty(Z.shape, Z.dtype)
     if kind.readout:
-        loss = _g.single_index_loss(Z, Y, u, act.code, act.param, G, tune())
+        loss = _g.readout_loss(Z, Y, u, act.code, act.param, G, tune())
     else:
         loss = _g.residual_loss(Z, Y, G, tune())
     if w is not None:
         G *= w
     return fwd, loss, _adjoint(X, A, B, Z, G, phi, adj_spec, opts, adj0, U, last)
+
+
+def _single_index(X, Y, A, B, act, backward, opts, z0) -> LossAndGrad:
+    """:func:`loss_and_grad` of ``single_index`` by Newton: one pass of the scalar
+    kernels (:func:`deqbench._scalar.evaluate`), the gradient in closed form with the
+    backward factor ``backward``, the adjoint ``Mu = (y - Y) phi' f(b phi') / n``
+    (docs/theory.md §12)."""
+    X = v.as_matrix("X", X, shape=(None, B.shape[1]), dtype=A.dtype)
+    n = X.shape[0]
+    Y = check_targets("single_index", Y, None, n, 1, A.dtype)[0][:, 0].copy()
+    y0 = None if z0 is None else v.as_matrix("z0", z0, shape=(n, 1), dtype=A.dtype)[:, 0].copy()
+    w, b = np.ascontiguousarray(B[0]), float(A[0, 0])
+    terms = opts.neumann_terms if backward == _scalar.NEUMANN else 0
+    lam = opts.neumann_damping if backward == _scalar.NEUMANN else 1.0
+    st, loss, gw, gb, y, itmax, rmax, D = _scalar.evaluate(
+        X, Y, w, b, act, kind=backward, terms=terms, damping=lam, tol=opts.tol,
+        max_iter=opts.max_iter, y0=y0)
+    status = SOLVE_NAMES[st]
+    dt = A.dtype
+    if st != CONVERGED:
+        why = (_scalar.guard_rule(act, b) if st == _scalar.NOT_UNIQUE else
+               f"tol {opts.tol:.1e} not reached within max_iter={opts.max_iter} evaluations"
+               if status == "max_iter" else
+               f"non-finite values (X w beyond {dt}, or an iterate)")
+        warn(f"loss_and_grad(model='single_index', solver='newton'): status={status!r}: "
+             f"{why}; the loss and gradients are NaN")
+        Mu = np.full(n, np.nan, dt)
+        adj_status, conv = status, False
+    else:
+        Mu = (((y - Y) / n) * D * _scalar.backward_factor(backward, terms, lam, b * D)
+              ).astype(dt)
+        adj_status, conv = ("converged" if backward == _scalar.EXACT else "truncated"), True
+    return LossAndGrad(
+        loss=loss, grad_A=np.array([[gb]], dt), grad_B=gw[None, :].copy(), fp_iters=itmax,
+        adj_iters=0, fp_residual=rmax, adj_residual=0.0 if conv else np.nan, fp_status=status,
+        adj_status=adj_status, converged=conv, z=y[:, None].copy(), adjoint=Mu[:, None].copy())
+
+
+def check_scalar_state(model, A, u) -> None:
+    """A call of ``single_index`` spelled for the read-out model that had its name
+    (``u`` given, or ``A`` not ``(1, 1)``) is :data:`~deqbench._registry.RENAMED`."""
+    if MODELS[model].scalar_state and (u is not None or A.shape != (1, 1)):
+        raise ValueError(RENAMED)
 
 
 def check_activation(kind, act) -> None:
@@ -330,7 +430,18 @@ def check_activation(kind, act) -> None:
 
 def check_targets(model, Y, u, n, m, dtype, ref="A"):
     """Validate targets (and ``u``) for ``model``; return ``(Y, u)`` in ``dtype``
-    (the dtype of the parameter ``ref``)."""
+    (the dtype of the parameter ``ref``); ``single_index`` takes ``Y`` of shape
+    ``(n,)`` or ``(n, 1)`` and returns it as ``(n, 1)``."""
+    if MODELS[model].scalar_state:
+        if u is not None:
+            raise ValueError(RENAMED)
+        if np.ndim(Y) == 1:
+            return (v.as_matrix("Y", Y, ndim=1, shape=(n,), dtype=dtype, ref=ref).reshape(n, 1),
+                    None)
+        if np.ndim(Y) != 2 or np.shape(Y)[1] != 1:
+            raise ValueError(f"Y must have shape ({n},) or ({n}, 1) for model='single_index', "
+                             f"got shape {np.shape(Y)}")
+        return v.as_matrix("Y", Y, shape=(n, 1), dtype=dtype, ref=ref), None
     if MODELS[model].readout:
         return (v.as_matrix("Y", Y, ndim=1, shape=(n,), dtype=dtype, ref=ref),
                 check_readout(model, u, m, dtype, ref))
@@ -339,7 +450,7 @@ def check_targets(model, Y, u, n, m, dtype, ref="A"):
 
 
 def check_readout(model, u, m, dtype, ref="A"):
-    """The read-out ``u`` of a model with one (single_index; default ``(1, ..., 1) /
+    """The read-out ``u`` of a model with one (readout; default ``(1, ..., 1) /
     sqrt(m)``); None for the other models, where passing one is an error."""
     if not MODELS[model].readout:
         if u is not None:

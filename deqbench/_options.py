@@ -67,10 +67,18 @@ class SolverOptions:
     neumann_terms : int in [0, 10**7]
         The highest power ``k`` of the truncated Neumann series of the
         ``"neumann"`` adjoint, ``Lam = G (I + A + ... + A^k)`` (``k + 1`` terms).
+    neumann_damping : float in (0, 1]
+        ``lam`` of the damped series of the ``"neumann"`` adjoint: ``k + 1``
+        steps of ``Lam <- (1 - lam) Lam + lam (Lam A + G)`` from zero, that is
+        ``Lam = lam G sum_{j <= k} ((1 - lam) I + lam A)^j``; 1 (the default) is
+        the plain series. The paper's "damped two terms" is ``k = 1``,
+        ``lam = 1/2`` (scalar factor ``0.75 + 0.25 a``).
 
     Notes
     -----
-    docs/theory.md §3 (stopping rule, Anderson, Broyden) and §4 (adjoints).
+    docs/theory.md §3 (stopping rule, Anderson, Broyden), §4 (adjoints) and
+    §12 (Newton for a scalar state: ``tol`` is then the absolute residual of
+    each sample, ``max_iter`` its evaluations).
     """
 
     tol: float | None = None
@@ -79,6 +87,7 @@ class SolverOptions:
     anderson_history: int = 5
     anderson_ridge: float = 1e-10
     neumann_terms: int = 5
+    neumann_damping: float = 1.0
 
     def __post_init__(self):
         checked = {
@@ -91,6 +100,7 @@ class SolverOptions:
             "anderson_ridge": v.positive("anderson_ridge", self.anderson_ridge, allow_zero=True),
             "neumann_terms": v.integer("neumann_terms", self.neumann_terms, minimum=0,
                                        maximum=v.MAX_ITERATIONS),
+            "neumann_damping": v.unit_interval("neumann_damping", self.neumann_damping),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
@@ -101,7 +111,7 @@ _DEFAULTS = {f.name: f.default for f in fields(SolverOptions)}
 
 def resolve_options(options, dtype, *, tol=None, max_iter=None, damping=None,
                     anderson_history=None, anderson_ridge=None, neumann_terms=None,
-                    default_tol=None) -> SolverOptions:
+                    neumann_damping=None, default_tol=None) -> SolverOptions:
     """The one conversion of ``options=`` and the keyword spelling of a public
     call into the validated options of its solves, with ``tol`` a float.
 
@@ -112,7 +122,7 @@ def resolve_options(options, dtype, *, tol=None, max_iter=None, damping=None,
     """
     given = {"tol": tol, "max_iter": max_iter, "damping": damping,
              "anderson_history": anderson_history, "anderson_ridge": anderson_ridge,
-             "neumann_terms": neumann_terms}
+             "neumann_terms": neumann_terms, "neumann_damping": neumann_damping}
     given = {name: value for name, value in given.items() if value is not None}
     if options is None:
         values = dict(_DEFAULTS, **given)

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import _validate as v
 from ._kernels import model as _km
 from ._kernels import solvers as _ks
 
-__all__ = ["ADJOINT", "EXACT_ADJOINT", "FORWARD", "MODELS", "SOLVERS", "Model", "Solver",
-           "by_code"]
+__all__ = ["ADJOINT", "EXACT_ADJOINT", "FORWARD", "MODELS", "RENAMED", "SOLVERS", "Model",
+           "Solver", "by_code", "choose_model"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,13 @@ class Solver:
         return self._has(_ks.TRUNCATED)
 
     @property
+    def scalar_kernel(self) -> bool:
+        """Runs in the scalar kernels (:mod:`deqbench._kernels.scalar`, through
+        :mod:`deqbench._scalar`), not in the matrix loops: Newton's method for a
+        scalar state, and its closed-form adjoint."""
+        return self._has(_ks.SCALAR)
+
+    @property
     def keeps_evaluation(self) -> bool:
         """Leaves the evaluation of its returned ``Z`` in ``T`` (the nonlinear
         adjoint reads ``h'`` off it)."""
@@ -104,6 +112,11 @@ class Solver:
         reads ``neumann_terms``: JFB is the series of ``I`` alone)."""
         return int(opts.neumann_terms) if "neumann_terms" in self.options else 0
 
+    def series_damping(self, opts) -> float:
+        """The damping of its truncated series under ``opts`` (1 unless it reads
+        ``neumann_damping``: JFB's one term is ``G`` undamped)."""
+        return float(opts.neumann_damping) if "neumann_damping" in self.options else 1.0
+
 
 _ITERATION = ("tol", "max_iter", "damping")
 
@@ -115,12 +128,16 @@ SOLVERS = {s.name: s for s in (
            workspace=("history",), history="anderson_history"),
     Solver("direct", _ks.DIRECT, forward=True, adjoint=True, options=("tol",)),
     Solver("jfb", _ks.JFB, forward=False, adjoint=True, options=(), workspace=("T",)),
-    Solver("neumann", _ks.NEUMANN, forward=False, adjoint=True, options=("neumann_terms",),
-           workspace=("T",)),
+    Solver("neumann", _ks.NEUMANN, forward=False, adjoint=True,
+           options=("neumann_terms", "neumann_damping"), workspace=("T",)),
     # anderson_history sizes both multisecant memories: k pairs, 2 k arrays of (n, m)
     Solver("broyden", _ks.BROYDEN, forward=True, adjoint=True,
            options=("tol", "max_iter", "anderson_history"), workspace=("T", "history"),
            history="anderson_history"),
+    # per sample, in the scalar kernels: the forward solve to an absolute residual tol with
+    # max_iter evaluations, the adjoint in closed form (docs/theory.md §12)
+    Solver("newton", _ks.NEWTON, forward=True, adjoint=True, options=("tol", "max_iter"),
+           scalar_state_only=True),
 )}
 """Every solver by name, in the order the calls list them."""
 
@@ -155,12 +172,23 @@ class Model:
     linear_fixed_point : bool
         ``z = A z + B x``; otherwise ``z = phi(A z + B x)`` with ``phi`` the
         activation (and no exact linear solver applies).
+    scalar_state : bool
+        One scalar state per sample (``m = 1``: ``A = [[b]]``, ``B = w^T``),
+        targets ``(n,)`` or ``(n, 1)``; its default solver is ``"newton"``
+        (the scalar kernels), the others run it as the ``nonlinear`` model
+        with ``m = 1``.
     """
 
     name: str
     kind: int
     readout: bool
     linear_fixed_point: bool
+    scalar_state: bool = False
+
+    @property
+    def default_solver(self) -> str:
+        """The forward solver of a call that names none."""
+        return "newton" if self.scalar_state else "picard"
 
     @property
     def activation(self) -> str:
@@ -180,7 +208,24 @@ class Model:
 
 MODELS = {m.name: m for m in (
     Model("linear", _km.LINEAR, readout=False, linear_fixed_point=True),
-    Model("single_index", _km.SINGLE_INDEX, readout=True, linear_fixed_point=True),
+    Model("readout", _km.READOUT, readout=True, linear_fixed_point=True),
     Model("nonlinear", _km.NONLINEAR, readout=False, linear_fixed_point=False),
+    # the paper's model y = sigma(<w, x> + b y): nonlinear with m = 1 to the matrix kernels
+    Model("single_index", _km.NONLINEAR, readout=False, linear_fixed_point=False,
+          scalar_state=True),
 )}
 """Every model by name, in the order the calls list them."""
+
+RENAMED = ("model='single_index' is now the paper's model y = sigma(<w, x> + b y) (A of shape "
+           "(1, 1), B of shape (1, d)); the linear DEQ read out through sigma(u^T z) is now "
+           "model='readout'")
+"""The one-line error of a call spelled for the model that ``"readout"`` now names."""
+
+
+def choose_model(model, allowed=None) -> str:
+    """``model`` checked against ``allowed`` (default: every model); the old spelling
+    ``"single_index"`` where it is not allowed is :data:`RENAMED`."""
+    allowed = tuple(MODELS) if allowed is None else tuple(allowed)
+    if model == "single_index" and model not in allowed:
+        raise ValueError(RENAMED)
+    return v.choice("model", model, allowed)

@@ -31,9 +31,11 @@ class FixedPointResult:
         The returned iterate (the last finite one on failure).
     n_iter : int
         Updates applied to the initial guess to reach ``z`` (map evaluations - 1;
-        Picard: of the row block that needed the most).
+        Picard: of the row block that needed the most; Newton: the residual
+        evaluations of the sample that needed the most).
     residual : float
-        ``||F(z) - z||_F / ||F(z)||_F`` of the returned ``z``.
+        ``||F(z) - z||_F / ||F(z)||_F`` of the returned ``z`` (Newton:
+        ``max_i |F(z)_i - z_i|``, the absolute residual its rule stops on).
     converged : bool
         ``residual <= tol`` was reached.
     status : str
@@ -43,7 +45,9 @@ class FixedPointResult:
         ``z`` is approximate; scale the data by a power of two and ``z`` back,
         exact for the linear map, relu and leaky ReLU; docs/theory.md §3,
         underflow), ``"inaccurate"`` (a direct solve whose residual exceeds
-        ``tol``: ill-conditioned ``I - A``), or ``"truncated"`` (inexact gradients).
+        ``tol``: ill-conditioned ``I - A``), ``"not_unique"`` (Newton outside its
+        uniqueness guard: no solve made, docs/theory.md §12) or ``"truncated"``
+        (inexact gradients).
     history : ndarray
         Relative residual of every iterate, ``history[-1] == residual``.
     method : str

@@ -16,18 +16,20 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
+from . import _scalar as _sc
 from . import _validate as v
 from . import theory
 from ._calibration import tune
 from ._chunked import stats_row_bytes
 from ._chunked import sufficient_stats as stream_stats
 from ._fixed_point import check_model, check_params
-from ._gradients import check_activation, check_readout, check_targets
+from ._gradients import check_activation, check_readout, check_scalar_state, check_targets
 from ._kernels import model as _m
+from ._kernels import scalar as _sk
 from ._kernels import training as _k
-from ._kernels.status import RUN_NAMES, RUNNING
+from ._kernels.status import RUN_NAMES, RUNNING, SOLVE_NAMES
 from ._options import SolverOptions, resolve_options
-from ._registry import ADJOINT, FORWARD, MODELS, SOLVERS, by_code
+from ._registry import ADJOINT, FORWARD, MODELS, SOLVERS, by_code, choose_model
 from ._source import ReadError, check_chunk, is_out_of_core, open_source
 from ._threads import single_threaded_blas
 from ._warnings import warn
@@ -93,7 +95,7 @@ class TrainResult:
         ``"diverged"`` (non-finite loss, gradient or parameters, or loss above
         ``DIVERGENCE_FACTOR * L_0``), ``"fixed_point_failed"`` (``I - A`` is
         singular, the requested solver is not certified to solve it at ``A``
-        (linear and single-index models, docs/theory.md §3), or a forward or
+        (linear and readout models, docs/theory.md §3), or a forward or
         adjoint solve did not reach ``tol`` in ``max_iter`` iterations),
         ``"read_error"`` (data on disk could not be read; ``A0``, ``B0``
         returned) or ``"interrupted"`` (Ctrl-C; only on
@@ -289,7 +291,7 @@ class Prepared:
 def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max_iter,
             damping, neumann_terms, anderson_history, anderson_ridge, sufficient_stats,
             L_star, record_every, stop_loss, spectral_every, grad_methods=ADJOINT,
-            chunk=None, caller="flow", default_tol=None, options=None):
+            chunk=None, caller="flow", default_tol=None, options=None, neumann_damping=None):
     """Validate the arguments shared by :func:`train` and :func:`deqbench.flow`
     and build the kernels' named tuples. The parameters are copied (the loops
     update them in place).
@@ -297,8 +299,7 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
     ``X``/``Y`` on disk (``caller="train"`` only) take the sufficient-statistics
     path, whose statistics are computed here in one pass of ``chunk`` rows per
     block; a failed read sets ``read_error``."""
-    v.choice("model", model, tuple(MODELS))
-    kind = MODELS[model]
+    kind = MODELS[choose_model(model)]
     streamed = " or ".join(f"model={k!r}" for k, s in MODELS.items() if s.sufficient_stats)
     on_disk = is_out_of_core(X) or is_out_of_core(Y)
     if on_disk:
@@ -315,6 +316,7 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
             raise ValueError(f"chunk applies to X or Y on disk only, got chunk={chunk!r} with "
                              "in-memory data")
         X, A0, B0 = check_model(X, A0, B0, names=("A0", "B0"))
+    check_scalar_state(model, A0, u)
     A0, B0 = A0.copy(), B0.copy()
     dtype = A0.dtype
     n, d = X.shape
@@ -333,9 +335,13 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
     fwd_spec, adj_spec = SOLVERS[solver], SOLVERS[grad_solver]
     fwd_spec.check_state(m, "solver")
     adj_spec.check_state(m, "grad_solver")
+    for spec, name in ((fwd_spec, "solver"), (adj_spec, "grad_solver")):
+        if spec.scalar_kernel:
+            raise ValueError(_scalar_kernel_only(name, spec.name, model, solver, caller))
     opts = resolve_options(options, dtype, tol=tol, max_iter=max_iter, damping=damping,
                            anderson_history=anderson_history, anderson_ridge=anderson_ridge,
-                           neumann_terms=neumann_terms, default_tol=default_tol)
+                           neumann_terms=neumann_terms, neumann_damping=neumann_damping,
+                           default_tol=default_tol)
     for spec in (fwd_spec, adj_spec):
         if spec.linear_only and not kind.linear_fixed_point:
             raise ValueError(f"solver/grad_solver={spec.name!r} solves linear maps only, got "
@@ -430,6 +436,22 @@ def prepare(model, X, Y, A0, B0, *, u, activation, solver, grad_solver, tol, max
     )
 
 
+def _scalar_kernel_only(name, value, model, solver, caller) -> str:
+    """Why ``name=value``, a solver of the scalar kernels, cannot run in the matrix
+    loops of ``caller``."""
+    if caller != "train":
+        return (f"{name}={value!r} runs in the scalar kernels, which {caller} does not "
+                "drive; use 'picard', 'anderson' or 'broyden' (model='single_index' is the "
+                "nonlinear model with m = 1 there)")
+    if MODELS[model].scalar_state:
+        return (f"{name}={value!r} (the closed-form adjoint) runs in the scalar loop, which "
+                f"model='single_index' takes with solver='newton', got solver={solver!r}; "
+                "with it use 'picard', 'anderson', 'broyden', 'jfb' or 'neumann'")
+    return (f"{name}={value!r} trains model='single_index' only (the paper's model "
+            "y = sigma(<w, x> + b y): the nonlinear model with m = 1, with "
+            f"activation='identity' the linear one), got model={model!r}")
+
+
 def kernel_solve(opts: SolverOptions, fwd_spec, adj_spec) -> _m.Solve:
     """The kernels' :data:`~deqbench._kernels.model.Solve` of validated options and the
     forward and adjoint solvers: the one place it is built. History slots and
@@ -448,6 +470,7 @@ def kernel_solve(opts: SolverOptions, fwd_spec, adj_spec) -> _m.Solve:
         cert_limit=theory.certified_rate(opts.tol, opts.max_iter),
         threads=numba.get_num_threads(),
         tune=tune(),
+        neumann_damping=adj_spec.series_damping(opts),
     )
 
 
@@ -474,7 +497,7 @@ def train(
     steps: int,
     u=None,
     activation: str | Activation = "identity",
-    solver: str = "picard",
+    solver: str | None = None,
     grad_solver: str | None = None,
     options: SolverOptions | None = None,
     tol: float | None = None,
@@ -486,6 +509,7 @@ def train(
     max_iter: int | None = None,
     damping: float | None = None,
     neumann_terms: int | None = None,
+    neumann_damping: float | None = None,
     anderson_history: int | None = None,
     anderson_ridge: float | None = None,
     spectral_every="auto",
@@ -495,9 +519,13 @@ def train(
 
     Parameters
     ----------
-    model : {"linear", "single_index", "nonlinear"}
+    model : {"linear", "readout", "nonlinear", "single_index"}
         As in :func:`~deqbench.loss_and_grad` (docs/theory.md §2).
-    X : (n, d), Y : (n, m) or (n,) for single_index
+        ``single_index`` is the paper's model ``y = sigma(<w, x> + b y)``
+        (``A0 = [[b0]]``, ``B0 = w0^T``; the loss is half the paper's risk:
+        ``lr = 2 eta``); with ``solver="newton"`` (its default) the whole run
+        is the fused loop of the scalar kernels (docs/theory.md §12).
+    X : (n, d), Y : (n, m), or (n,) for readout, (n,) or (n, 1) for single_index
         Arrays; for ``model="linear"`` also ``np.memmap`` arrays or paths to
         float32 or float64 ``.npy`` files (data larger than memory): then the
         sufficient-statistics path runs after one streaming pass over the
@@ -511,18 +539,25 @@ def train(
     lr : float > 0
     steps : int >= 1
     u, activation
-        Read-out and link of single_index; ``phi`` of nonlinear.
-    solver : {"picard", "anderson", "direct", "broyden"}
+        Read-out and link of readout; ``phi`` of nonlinear.
+    solver : {"picard", "anderson", "direct", "broyden", "newton"}
         Forward solver (``direct``: LU of ``I - A``, linear fixed points only;
-        ``broyden`` has no certificate on ``A``: it runs per sample).
+        ``broyden`` has no certificate on ``A``: it runs per sample;
+        ``newton``: ``single_index`` only, its default, safeguarded Newton per
+        sample warm-started across steps, ``tol`` the absolute residual of
+        each sample; ``single_index`` with another solver runs as
+        ``nonlinear`` with ``m = 1``). Default: ``"newton"`` for
+        ``single_index``, else ``"picard"``.
     grad_solver : str, optional
         Adjoint solver, default ``solver``; also ``"jfb"`` or ``"neumann"``
-        (series up to ``A^neumann_terms``), the inexact gradients of
-        docs/theory.md §4.
+        (series up to ``A^neumann_terms``, damped by ``neumann_damping``), the
+        inexact gradients of docs/theory.md §4. With ``solver="newton"``:
+        ``"newton"`` or ``"direct"`` (the exact gradient in closed form),
+        ``"jfb"`` or ``"neumann"``.
     options : SolverOptions, optional
         Per-solve options (:class:`~deqbench.SolverOptions`; ``tol=None``:
         1e-10 in float64, 1e-5 in float32).
-    tol, max_iter, damping, anderson_history, anderson_ridge, neumann_terms
+    tol, max_iter, damping, anderson_history, anderson_ridge, neumann_terms, neumann_damping
         The same options as keywords, as in :func:`~deqbench.implicit_grad`.
     record_every : int or None
         Record step ``k`` when ``k % record_every == 0``; ``None`` records only
@@ -552,6 +587,12 @@ def train(
     Returns
     -------
     TrainResult
+        ``single_index`` with ``"newton"``: ``fp_iters`` records the Newton
+        evaluations of the slowest sample, ``adj_iters`` 0 (closed form); the
+        matrix quantities are those of ``A = [[b]]``, ``B = w^T`` (``Q = (1 -
+        b)^2 + |w|^2``, ``sigma_min = sigma_max = |1 - b|``,
+        ``spectral_radius = |b|``), at every recorded step a multiple of
+        ``spectral_every`` (``"auto"``: every recorded step).
 
     Raises
     ------
@@ -578,20 +619,31 @@ def train(
     docs/theory.md §3, §5-§8. The loop, the solves and the recording run in
     compiled slices of about :data:`SLICE_SECONDS` (Python only checks for
     Ctrl-C between them); all ``n``-sized buffers are allocated once. For the
-    linear and single-index models every step first certifies that the
+    linear and readout models every step first certifies that the
     requested solver can solve the fixed point at ``A`` (Picard and Anderson:
     the spectral radius of ``(1 - damping) I + damping A`` at most
     :func:`deqbench.theory.certified_rate` of ``tol`` and ``max_iter``, below 1;
     docs/theory.md §3), on both gradient paths, so the status does not depend
     on the path. Numerical failure never raises: see ``TrainResult.status``.
     """
+    kind = MODELS[choose_model(model)]
+    solver = kind.default_solver if solver is None else solver
+    if kind.scalar_state and solver == "newton":
+        return _train_scalar_state(
+            X, Y, A0, B0, lr=lr, steps=steps, u=u, activation=activation,
+            grad_solver=grad_solver, options=options, tol=tol, max_iter=max_iter,
+            damping=damping, neumann_terms=neumann_terms, neumann_damping=neumann_damping,
+            anderson_history=anderson_history, anderson_ridge=anderson_ridge,
+            record_every=record_every, warm_start=warm_start, stop_loss=stop_loss,
+            sufficient_stats=sufficient_stats, L_star=L_star, spectral_every=spectral_every,
+            chunk=chunk)
     run = prepare(
         model, X, Y, A0, B0, u=u, activation=activation, solver=solver,
         grad_solver=grad_solver, tol=tol, max_iter=max_iter, damping=damping,
         neumann_terms=neumann_terms, anderson_history=anderson_history,
         anderson_ridge=anderson_ridge, sufficient_stats=sufficient_stats, L_star=L_star,
         record_every=record_every, stop_loss=stop_loss, spectral_every=spectral_every,
-        chunk=chunk, caller="train", options=options,
+        chunk=chunk, caller="train", options=options, neumann_damping=neumann_damping,
     )
     lr = v.positive("lr", lr)
     steps = v.integer("steps", steps, minimum=1, maximum=v.MAX_STEPS)
@@ -628,6 +680,109 @@ def train(
     reason = initial_failure(run.A, run.solve, status) if failed_at_start else ""
     warn_status("train", status, last, reason)
     return _result(run, status, H, n_rec, last)
+
+
+def _train_scalar_state(X, Y, A0, B0, *, lr, steps, u, activation, grad_solver, options, tol,
+                        max_iter, damping, neumann_terms, neumann_damping, anderson_history,
+                        anderson_ridge, record_every, warm_start, stop_loss, sufficient_stats,
+                        L_star, spectral_every, chunk) -> TrainResult:
+    """:func:`train` of ``model="single_index"`` with ``solver="newton"``: the fused
+    loop of the scalar kernels (those of :func:`deqbench._scalar.train_scalar`), run in
+    slices by :func:`run_sliced` (Ctrl-C raises :class:`TrainInterrupted` with the
+    finished steps), returning a :class:`TrainResult` (docs/theory.md §12,
+    docs/training.md)."""
+    if is_out_of_core(X) or is_out_of_core(Y):
+        raise ValueError("X or Y on disk needs model='linear' (the sufficient-statistics path "
+                         "streams the data once), got model='single_index'")
+    if chunk is not None:
+        raise ValueError(f"chunk applies to X or Y on disk only, got chunk={chunk!r} with "
+                         "in-memory data")
+    X, A0, B0 = check_model(X, A0, B0, names=("A0", "B0"))
+    check_scalar_state("single_index", A0, u)
+    dt = A0.dtype
+    n, d = X.shape
+    act = get_activation(activation)
+    Y = check_targets("single_index", Y, u, n, 1, dt, "A0")[0][:, 0].copy()
+    kind = _sc.fused_adjoint(grad_solver)
+    opts = resolve_options(options, dt, tol=tol, max_iter=max_iter, damping=damping,
+                           anderson_history=anderson_history, anderson_ridge=anderson_ridge,
+                           neumann_terms=neumann_terms, neumann_damping=neumann_damping)
+    terms = opts.neumann_terms if kind == _sk.NEUMANN else 0
+    series = opts.neumann_damping if kind == _sk.NEUMANN else 1.0
+    lr = v.positive("lr", lr)
+    # the shared rules of train's other path (prepare, train)
+    steps = v.integer("steps", steps, minimum=1, maximum=v.MAX_STEPS)
+    warm_start = v.boolean("warm_start", warm_start)
+    rec = steps + 1 if record_every is None else v.integer("record_every", record_every,
+                                                            minimum=1, maximum=v.MAX_STEPS)
+    stop = -1.0 if stop_loss is None else v.positive("stop_loss", stop_loss, allow_zero=True)
+    if v.flag("sufficient_stats", sufficient_stats, also=("auto",)) is True:
+        raise ValueError("sufficient_stats=True needs model='linear' (docs/theory.md §8), got "
+                         "model='single_index'")
+    L_star = np.nan if L_star is None else v.real("L_star", L_star)
+    se = rec if spectral_every == "auto" else v.integer("spectral_every", spectral_every,
+                                                         minimum=1, maximum=v.MAX_STEPS)
+    rows = history_rows(steps, record_every, rec, _sk.NCOL + d + 1)
+    H = np.full((rows, _sk.NCOL), np.nan)
+    Th = np.full((rows, d + 1), np.nan)
+    w0, b0 = B0[0].copy(), float(A0[0, 0])
+    w, bb = w0.copy(), np.array([b0], dt)
+    link = _sc.kernel_link(act)
+    so = _sc.kernel_options(lr=lr, steps=steps, stop_loss=stop, tol=opts.tol,
+                            max_iter=opts.max_iter, dtype=dt, kind=kind, terms=terms,
+                            damping=series, predict=True, record_every=rec)
+    P = _sk.pack(X, Y)
+    E = _sk.pack(np.empty((0, d), dt), np.empty(0, dt))
+    tgt = np.empty(0)
+    state = _sk.gd_state(d, dt)
+
+    def result(status, last, nrec):
+        return TrainResult(A=bb.reshape(1, 1).copy(), B=w[None, :].copy(), status=status,
+                           history=_sc.matrix_history(H, Th, nrec, w0, b0, L_star, se),
+                           n_steps=int(last), sufficient_stats=False, L_star=float(L_star),
+                           spectral_every=int(se))
+
+    def advance(k_stop):
+        if warm_start:
+            return int(_sk.gd_run(link, P, E, w, bb, tgt, so, state, H, Th, k_stop)[0])
+        while True:  # one step a call, each solve from sigma(s0)
+            P.ints[0] = 0
+            st = int(_sk.gd_run(link, P, E, w, bb, tgt, so, state, H, Th,
+                                state.ints[0] + 1)[0])
+            if st != RUNNING or state.ints[0] >= k_stop:
+                return st
+
+    def interrupted():
+        last, nrec = _sk.gd_stop(link, E, w, bb, tgt, so, state, H, Th)
+        return result("interrupted", last, nrec)
+
+    with np.errstate(all="ignore"):  # X w0 beyond the dtype: tanh or sigmoid would hide it
+        s0_finite = bool(np.isfinite(X @ w0).all())
+    if not s0_finite:
+        warn(f"train stopped with status='diverged' before its first step: X B0^T overflows "
+             f"{dt} (its entries exceed the dtype's range); returning A0, B0", stacklevel=3)
+        return result("diverged", 0, 0)
+    with single_threaded_blas():
+        status = RUN_NAMES[run_sliced(advance, lambda: int(state.ints[0]), interrupted,
+                                      "train")]
+    last, nrec = int(state.ints[1]), int(state.ints[2])
+    if status in FAILED_STATUSES:
+        solve = SOLVE_NAMES[int(state.ints[5])] if status == "fixed_point_failed" else ""
+        if nrec == 0:
+            why = {"not_unique": _sc.guard_rule(act, b0),
+                   "max_iter": f"a Newton solve at A0, B0 did not reach tol={opts.tol:g} within "
+                               f"max_iter={opts.max_iter} evaluations"}.get(
+                solve, "the loss or its gradient at A0, B0 is not finite")
+            warn(f"train stopped with status={status!r} before its first step: {why}; "
+                 "returning A0, B0", stacklevel=3)
+        else:
+            why = {"not_unique": " (the next step's b leaves the uniqueness guard: "
+                                 f"{_sc.rule(act)}; docs/theory.md §12)",
+                   "max_iter": f" (a Newton solve did not reach tol={opts.tol:g} within "
+                               f"max_iter={opts.max_iter} evaluations)"}.get(solve, "")
+            warn(f"train stopped with status={status!r} after {last} steps{why}; returning "
+                 "the last parameters whose loss and gradient were computed", stacklevel=3)
+    return result(status, last, nrec)
 
 
 def run_sliced(advance, count, interrupted, what: str) -> int:

@@ -1,4 +1,4 @@
-"""Activations (``phi`` of the nonlinear DEQ, ``sigma`` of the single-index link).
+"""Activations (``phi`` of the nonlinear DEQ, ``sigma`` of the readout link).
 
 One table, :data:`ACTIVATIONS`, holds every activation a call may name: the
 built-in ones below and those a user adds with :func:`register_activation`.
@@ -21,6 +21,8 @@ another process, e.g. a sweep's grid file.
 Adding a built-in activation: its entry in :data:`ACTIVATIONS` here, its
 branches in :mod:`deqbench._kernels.activations` (the SIMD loops), its NumPy
 reference in ``tests/naive.py``; the tests iterate over the table.
+The supremum of ``|sigma''|`` (:meth:`Activation.curvature_bound`) certifies a
+Newton step of a scalar equilibrium without evaluating it.
 """
 
 from __future__ import annotations
@@ -275,6 +277,25 @@ class Activation:
             raise self._unknown("the derivative range", "derivative_range")
         lo, hi = self.entry.bounds(self.param)
         return float(lo), float(hi)
+
+    def curvature_bound(self) -> float:
+        """``sup |sigma''|`` on the real line (``inf`` at a kink): tanh's at
+        ``tanh = 1/sqrt(3)``, ``4 / (3 sqrt 3)``; sigmoid's at ``sigma = (3 - sqrt 3) / 6``,
+        ``sqrt(3) / 18``; gelu's ``phi(s) (2 - s^2)`` at 0, ``2 / sqrt(2 pi)``."""
+        tanh2 = 4.0 / (3.0 * math.sqrt(3.0))
+        known = {
+            "identity": 0.0,
+            "leaky_relu": math.inf,
+            "tanh": tanh2,
+            "sigmoid": math.sqrt(3.0) / 18.0,
+            "softplus": 0.25,
+            "relu": math.inf,
+            "gelu": 2.0 / math.sqrt(2.0 * math.pi),
+            "smooth_leaky": (1.0 - self.param) / 4.0,
+            "skip_tanh": self.param * tanh2,
+        }
+        # a registered activation declares no curvature: no step is certified unevaluated
+        return known.get(self.name, math.inf)
 
     def value_bounds(self) -> tuple[float, float]:
         """``(lo, hi)``: the infimum and supremum of ``sigma`` on the real line

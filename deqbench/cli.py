@@ -220,7 +220,9 @@ def cmd_plot(args) -> int:
 def cmd_reproduce(args) -> int:
     from .experiments import reproduce
 
-    summary = reproduce(args.out, quick=args.quick, only=args.only, workers=args.workers,
+    # "--only E11,E12 E13" is "--only E11 E12 E13"
+    only = None if args.only is None else [e for a in args.only for e in a.split(",") if e]
+    summary = reproduce(args.out, quick=args.quick, only=only, workers=args.workers,
                         progress=not args.no_progress)
     print(summary.read_text())
     return 0
@@ -288,15 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("reproduce", help="run the validation experiments E1-E13",
-                       description="Run the validation experiments (docs/theory.md §3-§7) and "
-                       "write runs.csv, histories.csv, PNG figures and summary.md (one row per "
-                       "prediction: predicted, measured, holds).")
+                       description="Run the validation experiments (docs/theory.md §3-§12: "
+                       "E11-E13 rerun the paper's Appendix A with model 'single_index' against "
+                       "the authors' saved numbers) and write runs.csv, histories.csv, PNG "
+                       "figures and summary.md (one row per prediction: predicted, measured, "
+                       "holds).")
     s.add_argument("--quick", action="store_true",
                    help="small sizes (under 3 minutes on 2 cores)")
     s.add_argument("--out", default="results/reproduce", help="output directory "
                    "(default: %(default)s)")
     s.add_argument("--only", nargs="+", metavar="E", default=None,
-                   help="run only these experiments, e.g. --only E1 E5")
+                   help="run only these experiments, e.g. --only E1 E5 or --only E11,E12")
     s.add_argument("--workers", type=_positive_int, default=None,
                    help="processes for the independent runs (default: usable CPUs)")
     s.add_argument("--no-progress", action="store_true", help="no progress output")
@@ -308,7 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "compacted into DIR/runs.parquet and DIR/histories.parquet (or, with "
                        "--format csv, DIR/runs.csv and DIR/histories.csv); "
                        "re-running the same command skips finished runs. DIR is locked while "
-                       "a sweep runs and remembers its grid.")
+                       "a sweep runs and remembers its grid. Models: linear, readout (the "
+                       "linear DEQ read out through sigma(u^T z)), nonlinear, single_index "
+                       "(the paper's y = sigma(<w, x> + b y): m = 1, solver = 'newton'); "
+                       "parameters include solver, grad_solver, neumann_terms and "
+                       "neumann_damping.")
     s.add_argument("grid", nargs="?", default=None, help="grid file (TOML)")
     s.add_argument("--out", default=None, help="sweep directory (default: sweeps/<name>)")
     s.add_argument("--executor", choices=("local", "dask", "serial"), default="local",

@@ -179,24 +179,26 @@ def problem(model: str, n: int, d: int, m: int, *, activation="identity", noise:
     """Data and initial parameters of a seeded problem: ``(X, Y, A0, B0)``.
 
     The one problem builder of sweeps, experiments and benchmarks.
-    ``linear``: :func:`linear_teacher`. ``single_index``:
-    :func:`single_index_teacher` with the link ``activation``. ``nonlinear``:
+    ``linear``: :func:`linear_teacher`. ``readout``:
+    :func:`single_index_teacher` with the link ``activation``.
+    ``single_index`` (``m = 1``): the same teacher ``sigma(<theta*, x>)``, the
+    paper's target (``A0 = [[b0]]``, ``B0 = w0^T``, ``Y`` ``(n,)``). ``nonlinear``:
     a realizable teacher DEQ, ``Y`` the fixed point of ``phi = activation`` at
     random ``A*`` (``||A*||_2 = teacher_scale``), ``B*``. ``noise``: Gaussian
     label noise. ``A0, B0`` from :func:`init_params` with ``init_seed``
     (default: spawned from ``seed``, so data and initialization are
     independent streams).
     """
-    from . import _validate
-    from ._registry import MODELS
+    from ._registry import MODELS, RENAMED, choose_model
 
-    _validate.choice("model", model, tuple(MODELS))
+    if MODELS[choose_model(model)].scalar_state and m != 1:
+        raise ValueError(RENAMED)
     if init_seed is None:
         seed, init_seed = np.random.SeedSequence(seed).spawn(2) if not isinstance(
             seed, np.random.SeedSequence) else seed.spawn(2)
     if model == "linear":
         X, Y, _ = linear_teacher(n, d, m, noise=noise, seed=seed)
-    elif model == "single_index":
+    elif model in ("readout", "single_index"):
         X, Y, _ = single_index_teacher(n, d, activation=activation, noise=noise, seed=seed)
     else:
         from ._fixed_point import fixed_point
@@ -248,6 +250,9 @@ def write_teacher(directory, kind: str, n: int, d: int, m: int | None = None, *,
     directory : str or path
         Created if missing; existing files are an error unless ``overwrite``.
     kind : {"linear", "single_index"}
+        The teacher (not a model): :func:`linear_teacher` or
+        :func:`single_index_teacher`, ``y = sigma(theta* . x)``, the target of
+        the models ``readout`` and ``single_index``.
     n, d : int >= 1
     m : int >= 1
         Output width (``linear`` only; must be None for ``single_index``).

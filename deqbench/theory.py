@@ -104,7 +104,7 @@ def invariant(A, B) -> np.ndarray:
     Notes
     -----
     docs/theory.md §5: constant under gradient flow for the linear and
-    single_index models; row ``i`` gives the sphere
+    readout models; row ``i`` gives the sphere
     ``||row_i(I - A)||^2 + ||row_i(B)||^2 = Q_ii``.
     """
     A = _square("A", A)
@@ -189,20 +189,20 @@ def pl_constant(model: str, X, Q, *, u=None, activation: str | Activation = "ide
 
     Parameters
     ----------
-    model : {"linear", "single_index"}
+    model : {"linear", "readout"}
     X : (n, d) data; ``Sigma = X^T X / n`` with extreme eigenvalues ``lmin``, ``lmax``
     Q : (m, m) the invariant (``Q_0``, or a bound on ``Q_k``); ``q = lambda_max(Q)``
-    u : (m,) read-out of single_index (default ``(1, ..., 1) / sqrt(m)``)
-    activation : the single_index link ``sigma``, with ``gamma <= sigma' <= Gamma``
+    u : (m,) the read-out ``u`` of readout (default ``(1, ..., 1) / sqrt(m)``)
+    activation : the readout link ``sigma``, with ``gamma <= sigma' <= Gamma``
     derivative_bounds : (gamma, Gamma), optional
-        single_index: bounds on ``sigma'`` to use instead of the link's global
+        readout: bounds on ``sigma'`` to use instead of the link's global
         ones, e.g. the local ones of :func:`local_derivative_bounds` (then
         ``mu`` is the local constant at that point, docs/theory.md §7).
 
     Returns
     -------
     mu : float
-        linear: ``2 lmin / q``; single_index:
+        linear: ``2 lmin / q``; readout:
         ``2 gamma^4 lmin^2 ||u||^2 / (Gamma^2 lmax q)``; ``0.0`` where the
         theorem does not apply (``gamma <= 0``, singular ``Sigma``). An array
         when ``derivative_bounds`` holds arrays (one pair per step).
@@ -211,7 +211,7 @@ def pl_constant(model: str, X, Q, *, u=None, activation: str | Activation = "ide
     -----
     docs/theory.md §7.
     """
-    v.choice("model", model, MODELS)
+    _registry.choose_model(model, MODELS)
     lmin, lmax = (np.float64(x) for x in _sigma_extremes(X))  # / 0 is inf, not an error
     Q = _square("Q", Q)
     q = _q_max(Q)
@@ -237,7 +237,7 @@ def pl_constant(model: str, X, Q, *, u=None, activation: str | Activation = "ide
 
 def local_derivative_bounds(X, A, B, theta, *, u=None,
                             activation: str | Activation = "identity") -> tuple[float, float]:
-    """The local ``(gamma, Gamma)`` of a single_index model at ``(A, B)``.
+    """The local ``(gamma, Gamma)`` of a readout model at ``(A, B)``.
 
     ``gamma`` and ``Gamma`` are the minimum and maximum of ``sigma'`` over the
     segments between each sample's pre-activation ``s_i = u . W x_i``
@@ -308,7 +308,7 @@ def step_factor_bounds(model: str, X, Q0, lr, drift_trace, *, smoothness, u=None
     ``lambda_max(Q_k) <= lambda_max(Q_0) + tr(Q_k - Q_0)`` (``Q_k - Q_0`` is
     positive semidefinite under GD, docs/theory.md §5), ``drift_trace[k] =
     tr(Q_k - Q_0)`` as recorded by :func:`deqbench.train`. All NaN when
-    ``lr * smoothness > 1``. ``derivative_bounds`` (single_index): a pair
+    ``lr * smoothness > 1``. ``derivative_bounds`` (readout): a pair
     ``(gamma_k, Gamma_k)`` of arrays like ``drift_trace``, the local bounds of
     :func:`local_derivative_bounds` at each step (then each factor is a local
     statement, and 1 where ``gamma_k <= 0``).
@@ -332,7 +332,7 @@ def smoothness(model: str, X, Y, A, B, *, u=None, activation: str | Activation =
     The largest ``|eigenvalue|`` of the Hessian of :func:`deqbench.loss_and_grad`'s
     loss in ``(A, B)``, from Hessian-vector products computed as central
     differences of exact gradients (the sufficient statistics of §8 for
-    ``linear``, direct solves for ``single_index``, Picard to 1e-13 for
+    ``linear``, direct solves for ``readout``, Picard to 1e-13 for
     ``nonlinear``): a dense eigenvalue solve up
     to 64 parameters, Lanczos (``scipy.sparse.linalg.eigsh``) above. The
     differences are accurate to about 1e-7 relative.
@@ -351,7 +351,7 @@ def smoothness(model: str, X, Y, A, B, *, u=None, activation: str | Activation =
     from ._gradients import loss_and_grad
     from ._warnings import ConvergenceWarning
 
-    v.choice("model", model, ("linear", "single_index", "nonlinear"))
+    _registry.choose_model(model, ("linear", "readout", "nonlinear"))
     rtol = v.positive("rtol", rtol)
     A = _square("A", A)
     B = v.as_float64("B", B, shape=(A.shape[0], None))
@@ -444,7 +444,7 @@ def global_min_loss(model: str, X, Y, *, activation: str | Activation = "identit
     """Global minimum ``L*`` of the loss over all parameters.
 
     Closed form for ``model="linear"`` (least squares over all ``W``, every
-    ``W`` being reachable as ``(I - A)^{-1} B``) and for ``single_index``
+    ``W`` being reachable as ``(I - A)^{-1} B``) and for ``readout``
     with the identity link (least squares on ``y``). Other links have no
     closed form: a ``ValueError`` (pass ``L_star`` explicitly, e.g. 0 for a
     realizable teacher).
@@ -453,7 +453,7 @@ def global_min_loss(model: str, X, Y, *, activation: str | Activation = "identit
     -----
     docs/theory.md §7.
     """
-    v.choice("model", model, MODELS)
+    _registry.choose_model(model, MODELS)
     X = v.as_float64("X", X)
     n = X.shape[0]
     if model == "linear":
@@ -461,7 +461,7 @@ def global_min_loss(model: str, X, Y, *, activation: str | Activation = "identit
     else:
         if not get_activation(activation).is_identity:
             raise ValueError(
-                f"global_min_loss has no closed form for single_index with activation="
+                f"global_min_loss has no closed form for readout with activation="
                 f"{str(get_activation(activation))!r}; pass L_star (0 for a realizable teacher)"
             )
         Y = v.as_float64("Y", Y, ndim=1, shape=(n,))

@@ -107,7 +107,7 @@ def loss(model, A, B, X, Y, u=None, name="identity", slope=0.01):
         Z = picard_loop(A, B, X, name, slope)
     else:
         Z = linear_fixed_point(A, B, X)
-    if model == "single_index":
+    if model == "readout":
         u = np.full(m, 1 / np.sqrt(m)) if u is None else u
         r = act(name, Z @ u, slope) - Y
     else:
@@ -120,11 +120,11 @@ def grad_dense(model, A, B, X, Y, u=None, name="identity", slope=0.01):
     n, m = X.shape[0], A.shape[0]
     gA = np.zeros_like(A)
     gB = np.zeros_like(B)
-    u = np.full(m, 1 / np.sqrt(m)) if (u is None and model == "single_index") else u
+    u = np.full(m, 1 / np.sqrt(m)) if (u is None and model == "readout") else u
     Z = picard_loop(A, B, X, name, slope) if model == "nonlinear" else linear_fixed_point(A, B, X)
     for i in range(n):
         z, x = Z[i], X[i]
-        if model == "single_index":
+        if model == "readout":
             s = z @ u
             g = (act(name, s, slope) - Y[i]) * dact(name, s, slope) * u / n
         else:
@@ -225,3 +225,85 @@ def broyden(F, Z0, history, tol, max_iter, skip=1e-10):
         kept += 1
         Z, G = Zn, Gn
     return Z, k, np.array(hist)
+
+
+# --- scalar equilibria y = sigma(s0 + b y): the paper's single-index DEQ ---------
+
+
+def dact_exact(name, x, slope=0.01):
+    """sigma' written out for the smooth links the scalar tests drive (no finite
+    differences: the GD references below need it to rounding)."""
+    name, slope = _split(name, slope)
+    x = np.asarray(x, dtype=float)
+    if name == "identity":
+        return np.ones_like(x)
+    if name == "tanh":
+        return 1.0 / np.cosh(x) ** 2
+    if name == "sigmoid":
+        e = np.exp(-np.abs(x))
+        return e / (1.0 + e) ** 2
+    if name == "skip_tanh":
+        return 1.0 + slope / np.cosh(x) ** 2
+    if name == "softplus":
+        return np.exp(-np.logaddexp(0.0, -x))
+    if name == "smooth_leaky":
+        return slope + (1.0 - slope) * np.exp(-np.logaddexp(0.0, -x))
+    return dact(name, x, slope)
+
+
+def scalar_roots(name, s0, b, slope=0.01):
+    """The root of ``g(y) = y - sigma(s0 + b y)`` per sample by bisection alone:
+    a bracket ``[-2^k, 2^k]`` doubled until ``g`` changes sign, then halved until
+    it cannot shrink further (full float64 resolution). Assumes one root."""
+    s0 = np.asarray(s0, dtype=float)
+
+    def g(y):
+        return y - act(name, s0 + b * y, slope)
+
+    lo, hi = -np.ones_like(s0), np.ones_like(s0)
+    for _ in range(1100):
+        same = np.sign(g(lo)) == np.sign(g(hi))
+        if not same.any():
+            break
+        lo, hi = np.where(same, 2 * lo, lo), np.where(same, 2 * hi, hi)
+    glo = np.sign(g(lo))
+    for _ in range(2200):
+        mid = 0.5 * (lo + hi)
+        moved = (mid != lo) & (mid != hi)
+        if not moved.any():
+            break
+        left = np.sign(g(mid)) == glo  # the sign change is in [mid, hi]
+        lo, hi = np.where(moved & left, mid, lo), np.where(moved & ~left, mid, hi)
+    glo_abs, ghi_abs = np.abs(g(lo)), np.abs(g(hi))
+    return np.where(glo_abs <= ghi_abs, lo, hi)
+
+
+def scalar_loss_grad(name, X, Y, w, b, slope=0.01, backward=None):
+    """``(L, grad_w, grad_b)`` of ``L = sum (y - Y)^2 / (2 n)``, ``y`` by
+    :func:`scalar_roots`, the implicit gradient written out per sample with
+    ``a = b sigma'(s)``: ``dy/dw = sigma' x / (1 - a)``, ``dy/db = sigma' y /
+    (1 - a)``; ``backward(a)`` replaces ``1 / (1 - a)`` when given."""
+    n = X.shape[0]
+    y = scalar_roots(name, X @ w, b, slope)
+    d = dact_exact(name, X @ w + b * y, slope)
+    a = b * d
+    f = 1.0 / (1.0 - a) if backward is None else backward(a)
+    e = y - Y
+    gi = e * d * f / n
+    return float(e @ e) / (2 * n), X.T @ gi, float(y @ gi)
+
+
+def scalar_gd(name, X, Y, w, b, lr, steps, slope=0.01, backward=None):
+    """Plain gradient descent with :func:`scalar_loss_grad`; returns ``(ws, bs,
+    losses)`` at steps ``0..steps``."""
+    w = np.array(w, dtype=float)
+    ws, bs, losses = [], [], []
+    for k in range(steps + 1):
+        L, gw, gb = scalar_loss_grad(name, X, Y, w, b, slope, backward)
+        ws.append(w.copy())
+        bs.append(b)
+        losses.append(L)
+        if k < steps:
+            w = w - lr * gw
+            b = b - lr * gb
+    return np.array(ws), np.array(bs), np.array(losses)

@@ -420,6 +420,10 @@ def _one_line_error(rc, err, *words):
 def test_d7_unknown_experiment_is_one_line(tmp_path):
     rc, err = _cli("reproduce", "--only", "E99", "--out", tmp_path / "r")
     _one_line_error(rc, err, "E99", "only")
+    # commas separate names too: the unknown one is named alone
+    rc, err = _cli("reproduce", "--only", "E1,E99", "--out", tmp_path / "r")
+    _one_line_error(rc, err, "'E99'", "only")
+    assert "E1,E99" not in err[0]
 
 
 def test_d8_plot_of_other_tables_is_one_line_or_plots_what_exists(tmp_path):

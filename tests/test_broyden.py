@@ -147,13 +147,13 @@ def test_implicit_grad_matches_the_dense_adjoint(rng, name):
     np.testing.assert_allclose(r.grad_B, dB, rtol=0, atol=1e-10 * scale)
 
 
-@pytest.mark.parametrize(("model", "name"), [("linear", "identity"), ("single_index", "tanh"),
+@pytest.mark.parametrize(("model", "name"), [("linear", "identity"), ("readout", "tanh"),
                                              ("nonlinear", "tanh"), ("nonlinear", "sin_skip")])
 @pytest.mark.parametrize(("solver", "grad_solver"), [("broyden", None), ("picard", "broyden"),
                                                      ("broyden", "anderson")])
 def test_loss_and_grad_matches_the_dense_reference(rng, model, name, solver, grad_solver):
     A, B, X = small_problem(rng, n=9, d=3, m=4, scale_A=0.6)
-    Y = rng.standard_normal(9) if model == "single_index" else rng.standard_normal((9, 4))
+    Y = rng.standard_normal(9) if model == "readout" else rng.standard_normal((9, 4))
     res = db.loss_and_grad(model, X, Y, A, B, activation=name, solver=solver,
                            grad_solver=grad_solver, tol=1e-12)
     assert res.converged and res.fp_residual <= 1e-12 and res.adj_residual <= 1e-12

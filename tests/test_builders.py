@@ -37,9 +37,9 @@ def test_loglog_fit_recovers_a_power_law_and_skips_bad_pairs():
     assert all(math.isnan(v) for v in db.theory.loglog_fit([1.0, 1.0], [2.0, 3.0]))
 
 
-@pytest.mark.parametrize("model", ["linear", "single_index", "nonlinear"])
+@pytest.mark.parametrize("model", ["linear", "readout", "nonlinear"])
 def test_problem_is_seeded_and_realizable(model):
-    act = {"linear": "identity", "single_index": "tanh", "nonlinear": "tanh"}[model]
+    act = {"linear": "identity", "readout": "tanh", "nonlinear": "tanh"}[model]
     X, Y, A0, B0 = db.data.problem(model, 40, 3, 4, activation=act, seed=5)
     X2, Y2, A2, B2 = db.data.problem(model, 40, 3, 4, activation=act, seed=5)
     for a, b in ((X, X2), (Y, Y2), (A0, A2), (B0, B2)):

@@ -370,7 +370,7 @@ def _run_everything(dtype):
             out[("ig", act, method)] = (gr.grad_A, gr.grad_B, gr.n_iter, gr.status)
     out[("fp", "direct")] = (db.fixed_point(X, A, B, method="direct", tol=tol).z,)
     for model, act, Yt in (("linear", "identity", Y), ("nonlinear", "tanh", Y),
-                           ("single_index", "tanh", y)):
+                           ("readout", "tanh", y)):
         for chunk in (None, 500):
             r = db.loss_and_grad(model, X, Yt, A, B, activation=act, tol=tol, chunk=chunk)
             out[("lg", model, chunk)] = (r.loss, r.grad_A, r.grad_B, r.fp_iters, r.adj_iters,

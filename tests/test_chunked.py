@@ -16,7 +16,7 @@ from tests.test_large_data import Counting
 
 ACTS = ONE_EACH
 CASES = ([("linear", "identity", s) for s in ("picard", "anderson", "direct")]
-         + [("single_index", a, s) for a in ACTS for s in ("picard", "anderson", "direct")]
+         + [("readout", a, s) for a in ACTS for s in ("picard", "anderson", "direct")]
          + [("nonlinear", a, s) for a in ACTS for s in ("picard", "anderson")])
 N, D, M = 103, 4, 5  # 103 rows: blocks of 10 leave a block of 3
 
@@ -37,7 +37,7 @@ def _rel(a, b):
 @pytest.mark.parametrize("model, act, solver", CASES)
 def test_chunked_loss_and_grad_equals_unchunked(model, act, solver):
     X, A, B, Y, y = _problem()
-    Yt = y if model == "single_index" else Y
+    Yt = y if model == "readout" else Y
     kw = dict(activation=act, solver=solver, tol=1e-14)
     ref = db.loss_and_grad(model, X, Yt, A, B, **kw)
     for chunk in (10, 1, N):
@@ -85,13 +85,13 @@ def test_loss_and_grad_on_files(tmp_path):
     X, y, _, _ = db.data.read_teacher(tmp_path)
     A, B = db.data.init_params(6, 3, scale_A=0.4, scale_B=1.0, seed=5)
     kw = dict(activation="tanh", tol=1e-13)
-    ref = db.loss_and_grad("single_index", np.array(X), np.array(y), A, B, **kw)
+    ref = db.loss_and_grad("readout", np.array(X), np.array(y), A, B, **kw)
     cx = Counting(_source.open_source("X", tmp_path / "X.npy"))
-    got = db.loss_and_grad("single_index", cx, tmp_path / "Y.npy", A, B, chunk=64, **kw)
+    got = db.loss_and_grad("readout", cx, tmp_path / "Y.npy", A, B, chunk=64, **kw)
     assert cx.rows == 500 and cx.threads == {"deqbench-prefetch"}
     assert got.loss == pytest.approx(ref.loss, rel=1e-12)
     assert _rel(got.grad_A, ref.grad_A) < 1e-12 and _rel(got.grad_B, ref.grad_B) < 1e-12
-    auto = db.loss_and_grad("single_index", X, y, A, B, **kw)  # memmaps: chunk="auto"
+    auto = db.loss_and_grad("readout", X, y, A, B, **kw)  # memmaps: chunk="auto"
     assert auto.fp_blocks.chunk == 500 and auto.z is None
 
 
@@ -197,10 +197,10 @@ def _save(path, a):
 
 
 @settings(deadline=None, max_examples=25)
-@given(st.integers(1, N), st.sampled_from(["linear", "single_index", "nonlinear"]))
+@given(st.integers(1, N), st.sampled_from(["linear", "readout", "nonlinear"]))
 def test_any_chunk_size_gives_the_unchunked_result(chunk, model):
     X, A, B, Y, y = _problem(5)
-    Yt = y if model == "single_index" else Y
+    Yt = y if model == "readout" else Y
     act = "identity" if model == "linear" else "sigmoid"
     ref = db.loss_and_grad(model, X, Yt, A, B, activation=act, tol=1e-14)
     got = db.loss_and_grad(model, X, Yt, A, B, activation=act, tol=1e-14, chunk=chunk)

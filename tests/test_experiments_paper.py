@@ -69,10 +69,13 @@ def test_fit_takes_the_papers_step_and_risk():
                                     convention="paper")
     np.testing.assert_allclose(r.theta, np.r_[0.5, 0.1] - 0.05 * np.r_[gw, gb], rtol=1e-12)
     assert r.risk[0] == pytest.approx(np.mean((z0 - y) ** 2), rel=1e-12)
-    with pytest.raises(NotImplementedError, match="damped2"):
-        if _paper.backward_available("damped2"):
-            raise NotImplementedError("damped2 is available: nothing to check")
-        _paper.fit(X, y, np.array([0.5, 0.1]), eta=0.05, steps=1, backward="damped2")
+    # the damped two-term rule: the factor 0.75 + 0.25 a in place of 1 / (1 - a)
+    r = _paper.fit(X, y, np.array([0.5, 0.1]), eta=0.05, steps=1, activation="tanh", tol=1e-14,
+                   backward="damped2")
+    gw, gb = theory.scalar_gradient(X, y, np.array([0.5]), 0.1, z0, activation="tanh",
+                                    convention="paper", backward="damped_neumann",
+                                    neumann_terms=1, damping=0.5)
+    np.testing.assert_allclose(r.theta, np.r_[0.5, 0.1] - 0.05 * np.r_[gw, gb], rtol=1e-12)
 
 
 def _verdicts(name, tmp_path):
@@ -139,18 +142,15 @@ def test_paper_rows_fail_on_a_wrong_formula(tmp_path, monkeypatch, name, target,
 
 @pytest.mark.slow
 def test_damped_rows_run_once_train_offers_the_rule(tmp_path, monkeypatch):
-    """The damped two-term rows are 'pending' while train has no damped Neumann; once
-    _paper maps the rule to train options they run and are judged against the authors'
-    numbers (a stand-in that is not the damped rule, three terms, fails them)."""
+    """train takes neumann_damping, so the damped two-term rows run and are judged against
+    the authors' numbers (none is 'pending'); a stand-in that is not the damped rule,
+    three terms, fails them."""
     checks = _claims("E12", tmp_path / "now")
-    pending = [c for c in checks if c.measured.startswith("pending")]
-    if _paper.backward_available("damped2"):
-        assert not pending
-        return
-    assert len(pending) == 2 and all(c.holds is None for c in pending)
+    assert not [c for c in checks if c.measured.startswith("pending")]
+    first = next(c for c in checks if "scalar counterexample (eta 0.02" in c.claim)
+    assert "damped two terms" in first.measured and first.holds is True
     monkeypatch.setitem(_paper.BACKWARD_OPTIONS, "damped2",
                         {"grad_solver": "neumann", "neumann_terms": 2})
     checks = _claims("E12", tmp_path / "stand-in")
-    assert not any(c.measured.startswith("pending") for c in checks)
     first = next(c for c in checks if "scalar counterexample (eta 0.02" in c.claim)
     assert "damped two terms" in first.measured and first.holds is False

@@ -58,8 +58,8 @@ def test_nonlinear_fixed_point(rng, name, method):
     assert _rel(r.z, want) < 2e-5
 
 
-# (model, activation): the link of single_index, phi of nonlinear
-CASES = [("linear", "identity"), ("single_index", "tanh"), ("single_index", "gelu"),
+# (model, activation): the link of readout, phi of nonlinear
+CASES = [("linear", "identity"), ("readout", "tanh"), ("readout", "gelu"),
          *[("nonlinear", a) for a in ACTS]]
 
 
@@ -67,7 +67,7 @@ CASES = [("linear", "identity"), ("single_index", "tanh"), ("single_index", "gel
 @pytest.mark.parametrize("solver", ["picard", "anderson"])
 def test_loss_and_grad_within_1e4_of_the_dense_reference(rng, model, name, solver):
     A, B, X = small_problem(rng, n=9)
-    Y = rng.standard_normal(9) if model == "single_index" else rng.standard_normal((9, 4))
+    Y = rng.standard_normal(9) if model == "readout" else rng.standard_normal((9, 4))
     (X, Y, A, B), (X6, Y6, A6, B6) = _f32(X, Y, A, B)
     loss, gA, gB, info = db.loss_and_grad(model, X, Y, A, B, activation=name, solver=solver,
                                           tol=TOL)

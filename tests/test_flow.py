@@ -24,7 +24,7 @@ def _instance(model, seed):
     return X, Y, A0, B0, act, L_star
 
 
-@pytest.mark.parametrize("model", ["linear", "single_index"])
+@pytest.mark.parametrize("model", ["linear", "readout"])
 @pytest.mark.parametrize("seed", range(20))
 def test_flow_conserves_q_and_decays_at_the_pl_rate(model, seed):
     X, Y, A0, B0, act, L_star = _instance(model, seed)

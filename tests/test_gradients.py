@@ -12,13 +12,13 @@ from tests.conftest import NONLINEAR, ONE_EACH, small_problem
 
 CASES = [
     ("linear", "identity"),
-    *[("single_index", name) for name in ONE_EACH],
+    *[("readout", name) for name in ONE_EACH],
     *[("nonlinear", name) for name in NONLINEAR],
 ]
 
 
 def _targets(model, rng, n, m):
-    return rng.standard_normal(n) if model == "single_index" else rng.standard_normal((n, m))
+    return rng.standard_normal(n) if model == "readout" else rng.standard_normal((n, m))
 
 
 @pytest.mark.parametrize(("model", "name"), CASES)
@@ -26,7 +26,7 @@ def _targets(model, rng, n, m):
 def test_gradient_matches_dense_adjoint_and_finite_differences(rng, model, name, solver):
     A, B, X = small_problem(rng, n=9, d=3, m=4, scale_A=0.5)
     Y = _targets(model, rng, 9, 4)
-    u = rng.standard_normal(4) if model == "single_index" else None
+    u = rng.standard_normal(4) if model == "readout" else None
     loss, gA, gB, info = db.loss_and_grad(model, X, Y, A, B, u=u, activation=name,
                                           solver=solver, tol=1e-12)
     assert info["converged"] and info["fp_residual"] <= 1e-12 and info["adj_residual"] <= 1e-12
@@ -121,7 +121,7 @@ def test_adjoint_failure_is_a_status(rng):
     d=st.integers(1, 40),
     n=st.integers(1, 200),
     scale=st.floats(0.0, 0.9),
-    model=st.sampled_from(["linear", "single_index"]),
+    model=st.sampled_from(["linear", "readout"]),
     solver=st.sampled_from(["picard", "anderson", "direct"]),
     seed=st.integers(0, 2**32 - 1),
 )
@@ -139,7 +139,7 @@ def test_property_gradients_match_dense_reference(m, d, n, scale, model, solver,
     assert np.linalg.norm(gB - dB) <= 1e-9 * scale_g
 
 
-@pytest.mark.parametrize(("model", "name"), [("linear", "identity"), ("single_index", "tanh"),
+@pytest.mark.parametrize(("model", "name"), [("linear", "identity"), ("readout", "tanh"),
                                              ("nonlinear", "tanh")])
 @pytest.mark.parametrize("solver", ["picard", "anderson"])
 @pytest.mark.parametrize("m", [56, 112])

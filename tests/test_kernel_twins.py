@@ -85,14 +85,14 @@ def test_gradient_twins(arrays, twin):
     assert loss == pytest.approx(0.5 * np.sum((Z - Y) ** 2) / N, rel=1e-12)
     np.testing.assert_allclose(G, (Z - Y) / N, rtol=1e-12)
     u, y = rng.standard_normal(M), rng.standard_normal(N)
-    loss = getattr(g, f"_single_index_loss_{twin}")(Z, y, u, TANH, 0.0, G)
+    loss = getattr(g, f"_readout_loss_{twin}")(Z, y, u, TANH, 0.0, G)
     s = Z @ u
     r = np.tanh(s) - y
     assert loss == pytest.approx(0.5 * np.sum(r**2) / N, rel=1e-12)
     np.testing.assert_allclose(G, np.outer(r * (1 - np.tanh(s) ** 2), u) / N, rtol=1e-12,
                                atol=1e-16)
     out = np.empty(N)
-    getattr(g, f"_single_index_predict_{twin}")(Z, u, TANH, 0.0, out)
+    getattr(g, f"_readout_predict_{twin}")(Z, u, TANH, 0.0, out)
     np.testing.assert_allclose(out, np.tanh(s), rtol=1e-12)
 
 

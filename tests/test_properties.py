@@ -57,7 +57,7 @@ def _compiled():
                     db.implicit_grad(X, A, B, Z, Z, method=method, chunk=chunk)
                     db.implicit_grad(X, A, B, Z, Z, method=method, chunk=chunk,
                                      activation="identity" if method == "direct" else "tanh")
-            for model, act, yy in (("linear", "identity", Y), ("single_index", "tanh", y),
+            for model, act, yy in (("linear", "identity", Y), ("readout", "tanh", y),
                                    ("nonlinear", "tanh", Y)):
                 for solver in ("picard", "anderson", "broyden"):
                     db.loss_and_grad(model, X, yy, A, B, activation=act, solver=solver)
@@ -67,6 +67,14 @@ def _compiled():
                                  else False)
                 if model != "nonlinear":
                     db.flow(model, X, yy, A, B, t_end=0.01, activation=act)
+            # the scalar kernels of the paper's model (model="single_index", Newton)
+            A1, B1 = A[:1, :1].copy(), B[:1].copy()
+            db.fixed_point(X, A1, B1, activation="tanh", method="newton")
+            for gs in (None, "jfb", "neumann"):
+                db.loss_and_grad("single_index", X, y, A1, B1, activation="tanh",
+                                 grad_solver=gs)
+                db.train("single_index", X, y, A1, B1, lr=0.01, steps=2, activation="tanh",
+                         grad_solver=gs)
     yield
 
 
@@ -277,13 +285,13 @@ LOSS_BAD = {**{k: SOLVE_BAD[k] for k in ("tol", "max_iter", "activation")},
 
 
 @EXAMPLES
-@given(problems(), st.sampled_from(["linear", "linear", "single_index", "nonlinear", "x"]),
+@given(problems(), st.sampled_from(["linear", "linear", "readout", "nonlinear", "x"]),
        options(LOSS_OK, LOSS_BAD), st.data())
 def test_loss_and_grad(prob, model, kw, data):
     X, A, B = prob
     _fit_activation(model, kw, data)
     n, m = np.shape(X)[0], np.shape(A)[0]
-    Y = data.draw(arrays((n,) if model == "single_index" else (n, m), dtype=_dtype_of(X, A),
+    Y = data.draw(arrays((n,) if model == "readout" else (n, m), dtype=_dtype_of(X, A),
                          bad=data.draw(st.booleans())))
     res = call(db.loss_and_grad, ["model", "X", "Y", "A", "B", *kw], model, X, Y, A, B, **kw)
     if isinstance(res, Exception):
@@ -324,13 +332,13 @@ TRAIN_BAD = {**RUN_BAD, "solver": st.just("newton"),
 
 
 @EXAMPLES
-@given(problems(), st.sampled_from(["linear", "linear", "single_index", "nonlinear"]),
+@given(problems(), st.sampled_from(["linear", "linear", "readout", "nonlinear"]),
        options(TRAIN_OK, TRAIN_BAD), st.data())
 def test_train(prob, model, kw, data):
     X, A, B = prob
     _fit_activation(model, kw, data)
     n, m = np.shape(X)[0], np.shape(A)[0]
-    Y = data.draw(arrays((n,) if model == "single_index" else (n, m), dtype=_dtype_of(X, A),
+    Y = data.draw(arrays((n,) if model == "readout" else (n, m), dtype=_dtype_of(X, A),
                          bad=data.draw(st.booleans())))
     res = call(db.train, ["model", "X", "Y", "A0", "B0", *kw], model, X, Y, A, B, **kw)
     if isinstance(res, Exception):
@@ -348,13 +356,13 @@ FLOW_BAD = {**RUN_BAD, "t_end": st.sampled_from([0.0, math.nan, -1.0]),
 
 
 @EXAMPLES
-@given(problems(), st.sampled_from(["linear", "linear", "single_index"]),
+@given(problems(), st.sampled_from(["linear", "linear", "readout"]),
        options(FLOW_OK, FLOW_BAD), st.data())
 def test_flow(prob, model, kw, data):
     X, A, B = prob
     _fit_activation(model, kw, data)
     n, m = np.shape(X)[0], np.shape(A)[0]
-    Y = data.draw(arrays((n,) if model == "single_index" else (n, m), dtype=_dtype_of(X, A),
+    Y = data.draw(arrays((n,) if model == "readout" else (n, m), dtype=_dtype_of(X, A),
                          bad=data.draw(st.booleans())))
     res = call(db.flow, ["model", "X", "Y", "A0", "B0", *kw], model, X, Y, A, B, **kw)
     if isinstance(res, Exception):
@@ -384,6 +392,74 @@ def _check_run(res, kw, steps):
         assert h["loss"][-1] <= kw["stop_loss"]
     if len(h["loss"]) and res.status != "diverged":
         assert np.isfinite(h["loss"]).all()
+
+
+# --- the paper's model: a scalar state, Newton ------------------------------------------
+
+SCALAR_OK = dict(tol=VALID_TOL, max_iter=VALID_ITER,
+                 activation=st.sampled_from([*ACTIVATIONS, "skip_tanh(0.25)"]),
+                 grad_solver=st.sampled_from([None, None, "newton", "direct", "jfb", "neumann"]),
+                 neumann_terms=st.sampled_from([0, 1, 3]),
+                 neumann_damping=st.sampled_from([1.0, 0.5, 0.25]))
+SCALAR_BAD = dict(tol=BAD_TOL, max_iter=BAD_ITER, activation=BAD_ACT,
+                  grad_solver=st.sampled_from(["picard", "magic", 1]),
+                  neumann_terms=st.sampled_from([-1, 10**12, 2.5]),
+                  neumann_damping=st.sampled_from([0.0, 1.5, math.nan, "x"]))
+# b across the uniqueness guards (tanh b < 1, sigmoid b < 4) and beyond contraction
+SCALAR_B = st.sampled_from([-40.0, -1.0, 0.0, 0.5, 0.99, 1.0, 3.99, 4.0, 10.0])
+
+
+def _check_scalar_roots(z, X, A, B, act, tol, dtype):
+    """A converged Newton solve: ``|z_i - sigma(<w, x_i> + b z_i)| <= tol`` for every
+    sample in float64, up to the rounding of the residual's terms in ``dtype``."""
+    z64, X64 = np.asarray(z, np.float64)[:, 0], np.asarray(X, np.float64)
+    w, b = np.asarray(B, np.float64)[0], float(np.asarray(A, np.float64)[0, 0])
+    with np.errstate(all="ignore"):
+        terms = np.abs(X64 * w).sum(axis=1) + abs(b) * np.abs(z64)
+        s = X64 @ w + b * z64
+        F = act(s)
+        r = np.abs(z64 - F)
+    eps = float(np.finfo(dtype).eps)
+    slope = max(abs(q) for q in act.derivative_bounds())
+    slack = 16 * (X64.shape[1] + 4) * eps * (np.abs(z64) + np.abs(F) + slope * terms)
+    bad = ~(r <= tol * (1 + 1e-6) + slack)
+    assert not bad.any(), (r[bad], slack[bad])
+
+
+@EXAMPLES
+@given(problems(), SCALAR_B, options(SCALAR_OK, SCALAR_BAD), st.data())
+def test_scalar_state(prob, b, kw, data):
+    X, A, B = prob
+    dt = _dtype_of(X, A)
+    if data.draw(st.integers(0, 7)):  # mostly the paper's shapes; else the rename's error
+        A, B = np.array([[b]], dtype=dt), np.asarray(B)[:1].copy()
+    n = np.shape(X)[0]
+    fkw = {k: kw[k] for k in ("tol", "max_iter", "activation")}
+    res = call(db.fixed_point, ["X", "A", "B", "method", *fkw], X, A, B, method="newton",
+               **fkw)
+    if not isinstance(res, Exception):
+        assert res.status in {"converged", "max_iter", "diverged", "not_unique"}, res.status
+        assert res.converged == (res.status == "converged") and np.isfinite(res.z).all()
+        if res.converged:
+            _check_scalar_roots(res.z, X, A, B, _phi(kw["activation"]),
+                                _tol_used(kw["tol"], dt), dt)
+    Y = data.draw(arrays((n,), dtype=dt, bad=data.draw(st.booleans())))
+    names = ["model", "X", "Y", "A", "B", *kw]
+    res = call(db.loss_and_grad, names, "single_index", X, Y, A, B, **kw)
+    if not isinstance(res, Exception):
+        assert res.fp_status in {"converged", "max_iter", "diverged", "not_unique"}
+        assert res.converged == (res.fp_status == "converged")
+        if res.converged:
+            assert res.adj_status in ("converged", "truncated")
+            assert np.isfinite(res.grad_A).all() or not np.isfinite(res.loss)
+            _check_scalar_roots(res.z, X, A, B, _phi(kw["activation"]),
+                                _tol_used(kw["tol"], dt), dt)
+    steps = data.draw(st.sampled_from([1, 3]))
+    lr = data.draw(st.sampled_from([1e-3, 0.1, 10.0]))
+    res = call(db.train, ["model", "X", "Y", "A0", "B0", "lr", *kw], "single_index", X, Y,
+               A, B, lr=lr, steps=steps, **kw)
+    if not isinstance(res, Exception):
+        _check_run(res, {"stop_loss": None}, steps=steps)
 
 
 # --- theory and data --------------------------------------------------------------------
@@ -466,7 +542,7 @@ def test_theory_matrices(prob, data):
          data.draw(NUMBER))
     call(theory.drift_gain_bounds, ["lr", "smoothness"], data.draw(NUMBER), data.draw(NUMBER))
     call(theory.pl_constant, ["model", "X", "Q", "u", "activation"],
-         data.draw(st.sampled_from(["linear", "single_index", "x"])), X, Qs)
+         data.draw(st.sampled_from(["linear", "readout", "x"])), X, Qs)
 
 
 @EXAMPLES

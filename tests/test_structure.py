@@ -117,13 +117,14 @@ def test_every_layer_reads_the_tables():
     from deqbench.sweep import TRAIN_PARAMS
 
     assert _fixed_point.METHODS == _registry.FORWARD == ("picard", "anderson", "direct",
-                                                         "broyden")
+                                                         "broyden", "newton")
     assert _gradients.GRAD_METHODS == _registry.ADJOINT
-    assert _registry.ADJOINT == ("picard", "anderson", "direct", "jfb", "neumann", "broyden")
+    assert _registry.ADJOINT == ("picard", "anderson", "direct", "jfb", "neumann", "broyden",
+                                 "newton")
     assert _flow.EXACT_GRAD == _registry.EXACT_ADJOINT == ("picard", "anderson", "direct",
-                                                           "broyden")
-    assert theory.MODELS == ("linear", "single_index")
-    assert tuple(_registry.MODELS) == ("linear", "single_index", "nonlinear")
+                                                           "broyden", "newton")
+    assert theory.MODELS == ("linear", "readout")
+    assert tuple(_registry.MODELS) == ("linear", "readout", "nonlinear", "single_index")
     check = TRAIN_PARAMS["solver"][0]
     assert check("anderson") == "anderson"
     with pytest.raises(ValueError):
@@ -142,13 +143,15 @@ def test_solver_table_agrees_with_the_kernels():
         assert by_code(s.code) is s
         assert _ks.has(s.code, _ks.TRUNCATED) == s.inexact
         assert set(s.options) <= {"tol", "max_iter", "damping", "anderson_history",
-                                  "anderson_ridge", "neumann_terms"}
+                                  "anderson_ridge", "neumann_terms", "neumann_damping"}
     assert [n for n, s in SOLVERS.items() if s.linear_only] == ["direct"]
     assert [n for n, s in SOLVERS.items() if s.inexact] == ["jfb", "neumann"]
     assert {n: s.certificate for n, s in SOLVERS.items()} == {
         "picard": "rate", "anderson": "rate", "direct": "invertible", "jfb": "none",
-        "neumann": "none", "broyden": "none"}
+        "neumann": "none", "broyden": "none", "newton": "none"}
     assert [n for n, s in SOLVERS.items() if s.keeps_evaluation] == ["picard"]
+    assert [n for n, s in SOLVERS.items() if s.scalar_kernel] == ["newton"]
+    assert [n for n, s in SOLVERS.items() if s.scalar_state_only] == ["newton"]
 
 
 def test_a_scalar_state_solver_is_refused_for_wider_states(monkeypatch):

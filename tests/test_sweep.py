@@ -121,7 +121,7 @@ BAD = [
     ("[fixed]\nn=4\nd=2\nsteps=3\nm=2\n[grid]\nlr=[0.1]", "fixed.model"),
     ("[fixed]\nmodel='linear'\nn=4\nd=2\nsteps=3\nm=2\n[grid]\nlr=[0.1]\n"
      "activation=['tanh']", "grid.activation"),
-    ("[fixed]\nmodel='single_index'\nn=4\nd=2\nsteps=3\nm=2\n[grid]\nlr=[0.1]\n"
+    ("[fixed]\nmodel='readout'\nn=4\nd=2\nsteps=3\nm=2\n[grid]\nlr=[0.1]\n"
      "activation=['swish']", "grid.activation[0]"),
     ("[fixed]\nmodel='linear'\nn=4\nd=2\nsteps=3\nm=2\ntol=-1e-3\n[grid]\nlr=[0.1]", "fixed.tol"),
     ("[fixed]\nmodel='nonlinear'\nn=4\nd=2\nsteps=3\nm=2\nsufficient_stats=true\n[grid]\n"

@@ -34,13 +34,13 @@ def test_invariant_matches_definition():
 
 
 @pytest.mark.parametrize(("model", "act"), [("linear", "identity"),
-                                            ("single_index", "leaky_relu(0.3)"),
-                                            ("single_index", "tanh"),
-                                            ("single_index", "sigmoid")])
+                                            ("readout", "leaky_relu(0.3)"),
+                                            ("readout", "tanh"),
+                                            ("readout", "sigmoid")])
 def test_gd_invariant_step_is_exact(model, act):
     """Any loss of W = C^{-1} B: the first-order term cancels (§5)."""
     rng, A, B, X = _point(1, 4, 3, 30)
-    Y = rng.standard_normal(30) if model == "single_index" else rng.standard_normal((30, 4))
+    Y = rng.standard_normal(30) if model == "readout" else rng.standard_normal((30, 4))
     lr = 0.3
     for _ in range(25):
         _, gA, gB, _ = db.loss_and_grad(model, X, Y, A, B, activation=act, solver="direct")
@@ -80,21 +80,21 @@ def test_linear_pl_inequality_holds(seed, m, d):
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), m=st.integers(1, 6), d=st.integers(1, 6))
-def test_single_index_pl_inequality_holds(seed, m, d):
+def test_readout_pl_inequality_holds(seed, m, d):
     """Realizable leaky-ReLU teacher: ||grad||^2 >= mu L (L* = 0)."""
     act = "leaky_relu(0.5)"
     X, y, _ = db.data.single_index_teacher(4 * d + 20, d, activation=act, seed=seed)
     _, A, B, _ = _point(seed, m, d, 1)
-    L, gA, gB, _ = db.loss_and_grad("single_index", X, y, A, B, activation=act,
+    L, gA, gB, _ = db.loss_and_grad("readout", X, y, A, B, activation=act,
                                     solver="direct")
-    mu = theory.pl_constant("single_index", X, theory.invariant(A, B), activation=act)
+    mu = theory.pl_constant("readout", X, theory.invariant(A, B), activation=act)
     assert mu > 0
     assert np.sum(gA**2) + np.sum(gB**2) >= mu * L * (1 - 1e-9)
 
 
 @pytest.mark.parametrize("a", [-0.5, 0.0, 0.7])
 @pytest.mark.parametrize(("model", "act"), [("linear", "identity"),
-                                            ("single_index", "identity")])
+                                            ("readout", "identity")])
 def test_pl_constant_is_attained(model, a, act):
     """The PL inequality's constant is sharp where W = 0 (m = 1, b = 0): there
     ||g||^2 = ||C^{-T} G_W||^2 = G_W^2 / (1 - a)^2 = (2 lmin / Q) (L - L*) exactly,
@@ -104,20 +104,20 @@ def test_pl_constant_is_attained(model, a, act):
     n, d = 200, 3
     X = rng.standard_normal((n, d)) @ np.diag([1.0, 2.0, 3.0])
     lmin_vec = np.linalg.eigh(X.T @ X / n)[1][:, 0]
-    y = X @ lmin_vec  # W* along the slowest direction, L* = 0 (single_index: 1 row)
-    Y = y if model == "single_index" else y[:, None]
+    y = X @ lmin_vec  # W* along the slowest direction, L* = 0 (readout: 1 row)
+    Y = y if model == "readout" else y[:, None]
     A, B = np.array([[a]]), np.zeros((1, d))
-    u = np.ones(1) if model == "single_index" else None
+    u = np.ones(1) if model == "readout" else None
     res = db.loss_and_grad(model, X, Y, A, B, solver="direct", u=u)
     g2 = np.sum(res.grad_A**2) + np.sum(res.grad_B**2)
     mu = theory.pl_constant(model, X, theory.invariant(A, B), u=u, activation=act)
     if model == "linear":
         assert g2 == pytest.approx(mu * res.loss, rel=1e-10)
-    else:  # the single-index constant is loose by lmin / lmax (gamma = Gamma = 1)
+    else:  # the read-out constant is loose by lmin / lmax (gamma = Gamma = 1)
         lmin, lmax = np.linalg.eigvalsh(X.T @ X / n)[[0, -1]]
         assert g2 == pytest.approx(mu * res.loss * lmax / lmin, rel=1e-10)
     # outside the theorem (gamma = 0): no rate
-    assert theory.pl_constant("single_index", X, theory.invariant(A, B),
+    assert theory.pl_constant("readout", X, theory.invariant(A, B),
                               activation="tanh") == 0.0
 
 
@@ -125,7 +125,7 @@ def test_pl_constant_is_attained(model, a, act):
 @given(seed=st.integers(0, 2**31 - 1), m=st.integers(1, 4), d=st.integers(1, 4),
        act=st.sampled_from(["tanh", "sigmoid", "softplus", "gelu"]),
        scale=st.floats(0.1, 3.0))
-def test_single_index_local_pl_inequality_holds(seed, m, d, act, scale):
+def test_readout_local_pl_inequality_holds(seed, m, d, act, scale):
     """docs/theory.md §7, local constants: with gamma, Gamma measured on the segments
     between the student's and the teacher's pre-activations, ||grad||^2 >= mu L
     (L* = 0) for links with no global gamma > 0; mu = 0 when gamma <= 0."""
@@ -134,10 +134,10 @@ def test_single_index_local_pl_inequality_holds(seed, m, d, act, scale):
     y = db.get_activation(act)(X @ theta)
     _, A, B, _ = _point(seed, m, d, 1)
     B *= 0.3
-    L, gA, gB, _ = db.loss_and_grad("single_index", X, y, A, B, activation=act,
+    L, gA, gB, _ = db.loss_and_grad("readout", X, y, A, B, activation=act,
                                     solver="direct")
     bounds = theory.local_derivative_bounds(X, A, B, theta, activation=act)
-    mu = theory.pl_constant("single_index", X, theory.invariant(A, B), activation=act,
+    mu = theory.pl_constant("readout", X, theory.invariant(A, B), activation=act,
                             derivative_bounds=bounds)
     assert (mu > 0) == (bounds[0] > 0)
     assert np.sum(gA**2) + np.sum(gB**2) >= mu * L * (1 - 1e-9)
@@ -153,16 +153,16 @@ def test_local_constant_needs_the_teacher_side():
     theta = np.array([8.0, 0.0])
     y = db.get_activation("sigmoid")(X @ theta)
     A, B = np.array([[0.2]]), np.zeros((1, d))
-    L, gA, gB, _ = db.loss_and_grad("single_index", X, y, A, B, activation="sigmoid",
+    L, gA, gB, _ = db.loss_and_grad("readout", X, y, A, B, activation="sigmoid",
                                     solver="direct", u=np.ones(1))
     g2 = np.sum(gA**2) + np.sum(gB**2)
     Q = theory.invariant(A, B)
     gamma, Gamma = theory.local_derivative_bounds(X, A, B, theta, u=np.ones(1),
                                                   activation="sigmoid")
     assert Gamma == 0.25 and 0 < gamma < 1e-4
-    mu = theory.pl_constant("single_index", X, Q, u=np.ones(1), activation="sigmoid",
+    mu = theory.pl_constant("readout", X, Q, u=np.ones(1), activation="sigmoid",
                             derivative_bounds=(gamma, Gamma))
-    student_only = theory.pl_constant("single_index", X, Q, u=np.ones(1),
+    student_only = theory.pl_constant("readout", X, Q, u=np.ones(1),
                                       activation="sigmoid", derivative_bounds=(0.25, 0.25))
     assert mu * L <= g2 < student_only * L
     with pytest.raises(ValueError, match="theta"):
@@ -182,11 +182,11 @@ def test_local_gd_factor_on_a_small_teacher():
     y = db.get_activation("sigmoid")(X @ theta)
     A0, B0 = db.data.init_params(d, m, scale_A=0.2, scale_B=0.3, seed=3)
     kw = dict(activation="sigmoid", L_star=0.0, solver="direct", sufficient_stats=False)
-    beta = theory.smoothness("single_index", X, y, A0, B0, activation="sigmoid")
+    beta = theory.smoothness("readout", X, y, A0, B0, activation="sigmoid")
     lr = 0.5 / beta
-    h = db.train("single_index", X, y, A0, B0, lr=lr, steps=steps, **kw).history
-    r = db.train("single_index", X, y, A0, B0, lr=lr, steps=steps, record_every=None, **kw)
-    beta = max(beta, theory.smoothness("single_index", X, y, r.A, r.B, activation="sigmoid"))
+    h = db.train("readout", X, y, A0, B0, lr=lr, steps=steps, **kw).history
+    r = db.train("readout", X, y, A0, B0, lr=lr, steps=steps, record_every=None, **kw)
+    beta = max(beta, theory.smoothness("readout", X, y, r.A, r.B, activation="sigmoid"))
     assert lr * beta <= 1.0
     gam, Gam, L = local_bounds_along_path(X, y, theta, A0, B0, lr=lr, steps=steps,
                                           activation="sigmoid")
@@ -197,7 +197,7 @@ def test_local_gd_factor_on_a_small_teacher():
 
     def factors(scale=1.0):
         return theory.step_factor_bounds(
-            "single_index", X, Q0, lr, h["drift_trace"][:-1], smoothness=beta,
+            "readout", X, Q0, lr, h["drift_trace"][:-1], smoothness=beta,
             activation="sigmoid", derivative_bounds=(scale**0.25 * gam[:-1], Gam[:-1]))
 
     b = factors()
@@ -308,10 +308,10 @@ def test_global_min_loss():
     expected = 0.5 * np.sum((X @ W - Y) ** 2) / 40
     assert theory.global_min_loss("linear", X, Y) == pytest.approx(expected, rel=1e-12)
     y = Y[:, 0]
-    assert theory.global_min_loss("single_index", X, y) == pytest.approx(
+    assert theory.global_min_loss("readout", X, y) == pytest.approx(
         0.5 * np.sum((X @ W[:, 0] - y) ** 2) / 40, rel=1e-12)
     with pytest.raises(ValueError, match="L_star"):
-        theory.global_min_loss("single_index", X, y, activation="tanh")
+        theory.global_min_loss("readout", X, y, activation="tanh")
     with pytest.raises(ValueError, match="Y"):
         theory.global_min_loss("linear", X, Y[:10])
 
@@ -429,7 +429,7 @@ def test_conditioning_bounds_along_training():
         (lambda: theory.gd_invariant_step(np.eye(2), np.eye(3), np.ones((2, 1)), 1.0), "grad_A"),
         (lambda: theory.pl_constant("nonlinear", np.eye(2), np.eye(2)), "model"),
         (lambda: theory.pl_constant("linear", np.eye(2), np.zeros((2, 2))), "Q"),
-        (lambda: theory.pl_constant("single_index", np.eye(2), np.eye(2), u=np.ones(3)), "u"),
+        (lambda: theory.pl_constant("readout", np.eye(2), np.eye(2), u=np.ones(3)), "u"),
         (lambda: theory.predicted_factor("linear", np.eye(2), np.eye(2), 0.0, smoothness=1.0),
          "lr"),
         (lambda: theory.predicted_factor("linear", np.eye(2), np.eye(2), 0.1, smoothness=-1.0),

@@ -9,14 +9,14 @@ from deqbench import theory
 from deqbench._training import HISTORY_KEYS, auto_spectral_every
 from tests import naive
 
-# (model, activation): the link of single_index, phi of nonlinear
-MODELS = [("linear", "identity"), ("single_index", "tanh"), ("nonlinear", "tanh")]
+# (model, activation): the link of readout, phi of nonlinear
+MODELS = [("linear", "identity"), ("readout", "tanh"), ("nonlinear", "tanh")]
 
 
 def _problem(model, seed=0, n=25, d=4, m=3, scale_A=0.4):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d))
-    Y = rng.standard_normal(n) if model == "single_index" else rng.standard_normal((n, m))
+    Y = rng.standard_normal(n) if model == "readout" else rng.standard_normal((n, m))
     A0, B0 = db.data.init_params(d, m, scale_A=scale_A, scale_B=1.0, seed=seed + 1)
     return X, Y, A0, B0
 
@@ -68,11 +68,11 @@ def test_sufficient_statistics_auto_selection():
     # inexact gradients are a per-sample experiment
     r = db.train("linear", X, Y, A0, B0, lr=0.01, steps=2, grad_solver="jfb")
     assert not r.sufficient_stats
-    Xs, Ys, A0s, B0s = _problem("single_index")
-    assert not db.train("single_index", Xs, Ys, A0s, B0s, lr=0.01, steps=2).sufficient_stats
+    Xs, Ys, A0s, B0s = _problem("readout")
+    assert not db.train("readout", Xs, Ys, A0s, B0s, lr=0.01, steps=2).sufficient_stats
 
 
-@pytest.mark.parametrize(("model", "act"), [("linear", "identity"), ("single_index", "tanh")])
+@pytest.mark.parametrize(("model", "act"), [("linear", "identity"), ("readout", "tanh")])
 def test_exact_gd_identity_for_q_every_step(model, act):
     """Q_{k+1} = Q_k + lr^2 (gA gA^T + gB gB^T) to 1e-12 relative along the
     trajectory of the compiled loop; Q_k - Q_0 PSD; trace form in the history."""
@@ -100,7 +100,7 @@ def test_exact_gd_identity_for_q_every_step(model, act):
         np.linalg.norm(theory.invariant(r.A, r.B) - Q0) / np.linalg.norm(Q0), rel=1e-9)
 
 
-@pytest.mark.parametrize(("model", "act"), [("linear", "identity"), ("single_index",
+@pytest.mark.parametrize(("model", "act"), [("linear", "identity"), ("readout",
                                                                        "leaky_relu(0.5)")])
 def test_drift_trace_below_descent_lemma_bound(model, act):
     X, Y, A0, B0 = _problem(model, seed=7, n=60)
@@ -156,7 +156,7 @@ def _rate_instance(model, seed):
     return X, Y, A0, B0, act, L_star, beta, 0.5 / beta
 
 
-@pytest.mark.parametrize("model", ["linear", "single_index"])
+@pytest.mark.parametrize("model", ["linear", "readout"])
 @pytest.mark.parametrize("seed", range(10))
 def test_every_step_within_the_rigorous_factor(model, seed):
     """(L_{k+1} - L*) / (L_k - L*) <= 1 - lr mu_k (1 - beta lr / 2) at every step above
@@ -198,7 +198,7 @@ def test_nonlinear_drift_is_reported(record_property):
     assert abs(unexplained) > 1e-8
 
 
-@pytest.mark.parametrize(("model", "act"), [("linear", "identity"), ("single_index", "tanh"),
+@pytest.mark.parametrize(("model", "act"), [("linear", "identity"), ("readout", "tanh"),
                                           ("nonlinear", "tanh")])
 def test_huge_step_fails_cleanly(model, act):
     X, Y, A0, B0 = _problem(model, seed=4)
@@ -247,10 +247,10 @@ def test_warm_start_same_trajectory_fewer_iterations():
                                                      ("picard", "anderson"),
                                                      ("anderson", "direct")])
 def test_solvers_give_the_same_trajectory(solver, grad_solver):
-    X, Y, A0, B0 = _problem("single_index", seed=9)
+    X, Y, A0, B0 = _problem("readout", seed=9)
     kw = dict(lr=0.05, steps=80, activation="tanh", tol=1e-13)
-    ref = db.train("single_index", X, Y, A0, B0, **kw)
-    r = db.train("single_index", X, Y, A0, B0, solver=solver, grad_solver=grad_solver, **kw)
+    ref = db.train("readout", X, Y, A0, B0, **kw)
+    r = db.train("readout", X, Y, A0, B0, solver=solver, grad_solver=grad_solver, **kw)
     assert r.status == "max_steps"
     assert _rel(r.A, ref.A) < 1e-9 and _rel(r.B, ref.B) < 1e-9
 
@@ -328,8 +328,8 @@ def test_unknown_global_minimum_gives_nan_excess():
         (dict(lr=-1.0), "lr"),
         (dict(steps=0), "steps"),
         (dict(Y=np.zeros((25, 2))), "Y"),
-        (dict(model="single_index", Y=np.zeros((25, 3))), "Y"),
-        (dict(model="single_index", Y=np.zeros(25), u=np.ones(2)), "u"),
+        (dict(model="readout", Y=np.zeros((25, 3))), "Y"),
+        (dict(model="readout", Y=np.zeros(25), u=np.ones(2)), "u"),
         (dict(X=np.full((25, 4), np.nan)), "X"),
         (dict(Y=np.full((25, 3), np.inf)), "Y"),
         (dict(A0=np.eye(2)), "B0"),

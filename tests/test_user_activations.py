@@ -126,9 +126,9 @@ def test_implicit_grad_and_loss_and_grad(rng, softsign_act, method):
     assert res.converged and res.loss == pytest.approx(L, rel=1e-11)
     np.testing.assert_allclose(res.grad_A, dA, rtol=0, atol=1e-10 * scale)
     np.testing.assert_allclose(res.grad_B, dB, rtol=0, atol=1e-10 * scale)
-    # the link of single_index: y_hat = sigma(u . z), z the linear fixed point
+    # the link of readout: y_hat = sigma(u . z), z the linear fixed point
     y = rng.standard_normal(9)
-    s = db.loss_and_grad("single_index", X, y, A, B, activation="softsign", solver=method,
+    s = db.loss_and_grad("readout", X, y, A, B, activation="softsign", solver=method,
                          tol=1e-13)
     Z = naive.linear_fixed_point(A, B, X)
     u = np.full(4, 0.5)
@@ -154,13 +154,13 @@ def test_train_and_flow(rng, softsign_act):
 
 
 def test_theory_reads_the_registration(rng, softsign_act):
-    """pl_constant (single_index) takes gamma, Gamma from derivative_range, the local
+    """pl_constant (readout) takes gamma, Gamma from derivative_range, the local
     constants from derivative_extremes; an activation registered without them is
     an error naming the missing keyword, not a guess."""
     X = rng.standard_normal((40, 3))
     Q = np.eye(2)
-    assert theory.pl_constant("single_index", X, Q, activation="softsign") == 0.0  # gamma = 0
-    mu = theory.pl_constant("single_index", X, Q, activation="sin_skip(0.5)")
+    assert theory.pl_constant("readout", X, Q, activation="softsign") == 0.0  # gamma = 0
+    mu = theory.pl_constant("readout", X, Q, activation="sin_skip(0.5)")
     lmin, lmax = np.linalg.eigvalsh(X.T @ X / 40)[[0, -1]]
     assert mu == pytest.approx(2 * 0.5**4 * lmin**2 / (1.5**2 * lmax * 1.0), rel=1e-12)
     A, B = 0.3 * np.eye(2), rng.standard_normal((2, 3))
@@ -175,7 +175,7 @@ def test_theory_reads_the_registration(rng, softsign_act):
                                   lambda x: 1.0 - math.tanh(x) ** 2)
     with pytest.raises(ValueError, match="derivative range of activation 'bare_tanh' is "
                                          "unknown: pass derivative_range="):
-        theory.pl_constant("single_index", X, Q, activation="bare_tanh")
+        theory.pl_constant("readout", X, Q, activation="bare_tanh")
     with pytest.raises(ValueError, match="derivative_extremes="):
         bare.derivative_range([0.0], [1.0])
     with pytest.raises(ValueError, match="value_range="):

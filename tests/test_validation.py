@@ -78,7 +78,7 @@ def test_dtype_mix_names_the_arguments_before_any_work(prob):
     with pytest.raises(TypeError, match="Y has dtype float64 but A0 has dtype float32"):
         db.train("linear", X32, Z, A32, B32, lr=0.1, steps=1)
     with pytest.raises(TypeError, match="u has dtype float64 but A has dtype float32"):
-        db.loss_and_grad("single_index", X32, Z[:, 0].astype(np.float32), A32, B32,
+        db.loss_and_grad("readout", X32, Z[:, 0].astype(np.float32), A32, B32,
                          u=np.ones(4))
 
 
@@ -106,7 +106,10 @@ def test_tol_below_the_dtype_floor_warns_with_the_floor(prob):
         ({"max_iter": 2.5}, TypeError, "max_iter must be an integer"),
         ({"damping": 0.0}, ValueError, r"damping must be in \(0, 1\], got 0.0"),
         ({"damping": 1.5}, ValueError, r"damping must be in \(0, 1\], got 1.5"),
-        ({"method": "newton"}, ValueError, "method must be one of .* got 'newton'"),
+        ({"method": "secant"}, ValueError, "method must be one of .* got 'secant'"),
+        # newton is a method now, for a scalar state only (prob has m > 1)
+        ({"method": "newton"}, ValueError,
+         r"method='newton' solves a scalar state only \(m = 1\), got m="),
         ({"activation": "swish"}, ValueError, "activation must be one of .* got 'swish'"),
         ({"activation": "leaky_relu(2)"}, ValueError, r"slope must be in \(0, 1\]"),
         ({"method": "direct", "activation": "tanh"}, ValueError, "direct.*linear maps only"),
@@ -154,10 +157,10 @@ def test_bad_loss_and_grad_arguments(prob, rng):
     with pytest.raises(ValueError, match=r"Y must have shape \(7, 4\)"):
         db.loss_and_grad("linear", X, Y[:, :2], A, B)
     with pytest.raises(ValueError, match=r"Y must be 1-dimensional"):
-        db.loss_and_grad("single_index", X, Y, A, B)
+        db.loss_and_grad("readout", X, Y, A, B)
     with pytest.raises(ValueError, match=r"u must have shape \(4,\)"):
-        db.loss_and_grad("single_index", X, Y[:, 0], A, B, u=np.ones(3))
-    with pytest.raises(ValueError, match="u is only used by model='single_index'"):
+        db.loss_and_grad("readout", X, Y[:, 0], A, B, u=np.ones(3))
+    with pytest.raises(ValueError, match="u is only used by model='readout'"):
         db.loss_and_grad("linear", X, Y, A, B, u=np.ones(4))
     with pytest.raises(ValueError, match="activation must be 'identity' for model='linear'"):
         db.loss_and_grad("linear", X, Y, A, B, activation="tanh")

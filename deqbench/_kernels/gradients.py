@@ -100,7 +100,7 @@ def residual_loss(Z, Y, G, tune=None):
     return _residual_loss_s(Z, Y, G, rows)
 
 
-def _single_index_loss(Z, y, u, code, param, G):
+def _readout_loss(Z, y, u, code, param, G):
     n, m = Z.shape
     inv_n = 1.0 / n
     total = 0.0
@@ -116,19 +116,19 @@ def _single_index_loss(Z, y, u, code, param, G):
     return 0.5 * total * inv_n
 
 
-_single_index_loss_s, _single_index_loss_p = twins(_single_index_loss)
+_readout_loss_s, _readout_loss_p = twins(_readout_loss)
 
 
 @jit
-def single_index_loss(Z, y, u, code, param, G, tune=None):
+def readout_loss(Z, y, u, code, param, G, tune=None):
     """``yhat = sigma(Z u)``, loss ``sum (yhat - y)^2 / 2n``;
     ``G <- outer(r sigma'(s), u) / n``."""
     if pass_parallel(Z.size, tune):
-        return _single_index_loss_p(Z, y, u, code, param, G)
-    return _single_index_loss_s(Z, y, u, code, param, G)
+        return _readout_loss_p(Z, y, u, code, param, G)
+    return _readout_loss_s(Z, y, u, code, param, G)
 
 
-def _single_index_predict(Z, u, code, param, out):
+def _readout_predict(Z, u, code, param, out):
     n, m = Z.shape
     for i in prange(n):
         s = 0.0
@@ -137,12 +137,12 @@ def _single_index_predict(Z, u, code, param, out):
         out[i] = act(code, param, s)
 
 
-_single_index_predict_s, _single_index_predict_p = twins(_single_index_predict)
+_readout_predict_s, _readout_predict_p = twins(_readout_predict)
 
 
 @jit
-def single_index_predict(Z, u, code, param, out, tune=None):
+def readout_predict(Z, u, code, param, out, tune=None):
     """``out <- sigma(Z u)``."""
     if pass_parallel(Z.size, tune):
-        return _single_index_predict_p(Z, u, code, param, out)
-    return _single_index_predict_s(Z, u, code, param, out)
+        return _readout_predict_p(Z, u, code, param, out)
+    return _readout_predict_s(Z, u, code, param, out)

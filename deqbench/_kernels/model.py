@@ -50,7 +50,7 @@ _JOB_N = ord("N")
 
 # models
 LINEAR = 0
-SINGLE_INDEX = 1
+READOUT = 1
 NONLINEAR = 2
 
 # certificate of the sufficient-statistics path (:func:`certify`)
@@ -96,10 +96,10 @@ H_T = 11  # flow only
 NCOL = 11
 NCOL_FLOW = 12
 
-#: The model and its data: ``kind`` (LINEAR, SINGLE_INDEX, NONLINEAR), ``X``
+#: The model and its data: ``kind`` (LINEAR, READOUT, NONLINEAR), ``X``
 #: ``(n, d)``, targets ``Y`` ``(n, m)`` (linear, nonlinear; a dummy otherwise)
-#: or ``y`` ``(n,)`` (single_index), read-out ``u``, activation ``code`` and
-#: ``param`` (the link of single_index, ``phi`` of nonlinear).
+#: or ``y`` ``(n,)`` (readout), read-out ``u``, activation ``code`` and
+#: ``param`` (the link of readout, ``phi`` of nonlinear).
 Model = namedtuple("Model", ["kind", "X", "Y", "y", "u", "code", "param"])
 
 #: Solver options (built once, by ``deqbench._training.kernel_solve``):
@@ -108,12 +108,14 @@ Model = namedtuple("Model", ["kind", "X", "Y", "y", "u", "code", "param"])
 #: slots of the work buffers, 0 when neither solver keeps a history),
 #: ``neumann_terms`` (the highest power of a truncated adjoint series, 0 for JFB),
 #: ``cert_limit``, the largest spectral radius of the iteration matrix that
-#: :func:`certify` accepts (:func:`deqbench.theory.certified_rate`), ``threads``
-#: and ``tune``, the settings vector of the row-block kernels (:mod:`.blocks`;
-#: None, the default: the built-in settings).
+#: :func:`certify` accepts (:func:`deqbench.theory.certified_rate`), ``threads``,
+#: ``tune``, the settings vector of the row-block kernels (:mod:`.blocks`;
+#: None, the default: the built-in settings) and ``neumann_damping``, the
+#: damping of a truncated adjoint series (1, the default: the plain series).
 Solve = namedtuple("Solve", ["forward", "adjoint", "tol", "max_iter", "damping",
                              "anderson_ridge", "anderson_history", "neumann_terms",
-                             "cert_limit", "threads", "tune"], defaults=(None,))
+                             "cert_limit", "threads", "tune", "neumann_damping"],
+                   defaults=(None, 1.0))
 
 #: The n-independent path: ``use`` it or not, ``Sxx = X^T X / n``, the
 #: least-squares ``W_star`` and the global minimum ``L_star``.
@@ -346,9 +348,11 @@ def record_heavy(rec, A, B, row):
 @jit
 def _iterate(solver, Z, M, U, code, param, ws, solve):
     """:func:`.solvers.iterate` on ``Z -> h(Z M + U)`` in place with the run's
-    buffers and options; returns ``(n_iter, status)``."""
+    buffers and options (a truncated series damped by ``neumann_damping``);
+    returns ``(n_iter, status)``."""
+    damping = solve.neumann_damping if has(solver, TRUNCATED) else solve.damping
     k, res, st = iterate(solver, Z, M, U, code, param, ws.D, ws.T, ws.Fh, ws.Gh, ws.GG,
-                         ws.work, ws.hist, solve.tol, solve.max_iter, solve.damping,
+                         ws.work, ws.hist, solve.tol, solve.max_iter, damping,
                          solve.anderson_ridge, solve.neumann_terms, solve.threads,
                          solve.tune)
     return k, st
@@ -391,9 +395,8 @@ def sample_eval(model, A, B, solve, warm, ws, gA, gB):
         if st != CONVERGED:
             return np.nan, kf, 0, FP_FAILED
     # loss and dL/dZ
-    if model.kind == SINGLE_INDEX:
-        loss = _g.single_index_loss(Z, model.y, model.u, model.code, model.param, G,
-                                    solve.tune)
+    if model.kind == READOUT:
+        loss = _g.readout_loss(Z, model.y, model.u, model.code, model.param, G, solve.tune)
     else:
         loss = _g.residual_loss(Z, model.Y, G, solve.tune)
     if not np.isfinite(loss):
@@ -750,7 +753,7 @@ def loss_and_grad(model, A, B, solve, stats, warm, ws, sw, gA, gB):
     """``(loss, excess, fp_iters, adj_iters, outcome)`` at ``(A, B)`` by the path
     ``stats.use`` selects; a non-finite loss or gradient is ``NONFINITE``.
 
-    A linear fixed point (the linear and single-index models) is solved only
+    A linear fixed point (the linear and readout models) is solved only
     where :func:`certified`, on either path, so the status of a run is decided
     by one rule on ``A`` whichever path ``"auto"`` picked; per sample, the
     requested solver must then also converge."""

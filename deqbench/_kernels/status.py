@@ -1,10 +1,12 @@
 """Status codes of every kernel and their names, defined once.
 
-A solve (:mod:`.fixed_point`) ends ``CONVERGED``, ``MAX_ITER``, ``DIVERGED``
-or ``UNDERFLOW``; a run (:mod:`.training`, :mod:`.flow`) ends with one of
-:data:`RUN_NAMES`; both report ``RUNNING`` while they go on. One evaluation of
-the loss and gradient (:func:`.model.loss_and_grad`) has an outcome
-(``OK``, ``FP_FAILED``, ``NONFINITE``) that the run turns into its status.
+A solve (:mod:`.fixed_point`, :mod:`.scalar`) ends ``CONVERGED``,
+``MAX_ITER``, ``DIVERGED``, ``UNDERFLOW`` or (a scalar equilibrium outside its
+uniqueness guard) ``NOT_UNIQUE``; a run (:mod:`.training`, :mod:`.flow`,
+:mod:`.scalar`) ends with one of :data:`RUN_NAMES`; both report ``RUNNING``
+while they go on. One evaluation of the loss and gradient
+(:func:`.model.loss_and_grad`) has an outcome (``OK``, ``FP_FAILED``,
+``NONFINITE``) that the run turns into its status.
 """
 
 from __future__ import annotations
@@ -30,9 +32,13 @@ FINISHED = 4
 """flow: ``t_end`` reached."""
 STEP_TOO_SMALL = 5
 """flow: step size underflow."""
+NOT_UNIQUE = 6
+"""A scalar equilibrium ``y = sigma(s0 + b y)`` whose uniqueness guard fails
+(``1 - b sigma'`` not of one sign over the range of ``sigma'``): no solve is made
+(:mod:`.scalar`)."""
 
 SOLVE_NAMES = {CONVERGED: "converged", MAX_ITER: "max_iter", DIVERGED: "diverged",
-               UNDERFLOW: "underflow"}
+               UNDERFLOW: "underflow", NOT_UNIQUE: "not_unique"}
 """The name of each solve status (``FixedPointResult.status``, ``GradResult.status``)."""
 RUN_NAMES = {
     CONVERGED: "converged",

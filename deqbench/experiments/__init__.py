@@ -35,13 +35,13 @@ from ._common import Check, Context
 EXPERIMENTS = {
     "E1": ("e1_conservation", "conservation law: drift vs step size, m = 1 sphere, flow"),
     "E2": ("e2_linear", "linear DEQ: excess loss vs predicted envelope"),
-    "E3": ("e3_single_index", "single-index DEQ inside / outside the theorem"),
+    "E3": ("e3_readout", "read-out DEQ inside / outside the theorem"),
     "E4": ("e4_conditioning", "conditioning of I - A against its bounds"),
     "E5": ("e5_fixed_point", "fixed-point iterations vs spectral radius"),
     "E6": ("e6_nonlinear", "nonlinear DEQ: drift of Q"),
     "E7": ("e7_step_size", "step size: where linear convergence stops"),
     "E8": ("e8_initialization", "initialization: lambda_min(Q_0) down to near-singular I - A_0"),
-    "E9": ("e9_recovery", "single-index: teacher recovery and noisy targets"),
+    "E9": ("e9_recovery", "read-out DEQ: teacher recovery and noisy targets"),
     "E10": ("e10_inexact", "inexact gradients (JFB, Neumann): rate and drift of Q"),
     "E11": ("e11_paper_scalar", "paper A.1-A.2: scalar linear and sigmoid runs vs the authors'"),
     "E12": ("e12_paper_backward", "paper A.3: backward approximations vs the authors'"),
@@ -101,7 +101,7 @@ def _warm_up() -> None:
         for ss in (True, False):
             train("linear", X, Y, A, B, lr=0.01, steps=2, sufficient_stats=ss)
             flow("linear", X, Y, A, B, t_end=0.01, sufficient_stats=ss)
-        train("single_index", X, np.tanh(X[:, 0]), A, B, lr=0.01, steps=2, activation="tanh")
+        train("readout", X, np.tanh(X[:, 0]), A, B, lr=0.01, steps=2, activation="tanh")
         for gs in ("jfb", "neumann"):
             train("linear", X, Y, A, B, lr=0.01, steps=2, grad_solver=gs, sufficient_stats=False)
 

@@ -146,7 +146,7 @@ def path_smoothness(model, X, Y, A0, B0, *, lr, steps, points=4, **train_kw) -> 
 def local_bounds_along_path(X, y, theta, A0, B0, *, lr, steps, activation, u=None):
     """The local derivative bounds ``(gamma_k, Gamma_k)`` of docs/theory.md §7
     (:func:`deqbench.theory.local_derivative_bounds`) at steps ``0..steps`` of
-    the single_index GD path from ``A0, B0`` towards the teacher ``theta``,
+    the readout GD path from ``A0, B0`` towards the teacher ``theta``,
     and its losses ``L_k``: the path is replayed with exact (direct) solves,
     since :func:`deqbench.train` records no pre-activations. Compare ``L_k``
     with the run's history to see that it is the same path."""
@@ -158,7 +158,7 @@ def local_bounds_along_path(X, y, theta, A0, B0, *, lr, steps, activation, u=Non
     for k in range(steps + 1):
         gamma[k], Gamma[k] = theory.local_derivative_bounds(X, A, B, theta, u=u,
                                                             activation=activation)
-        loss[k], gA, gB, _ = loss_and_grad("single_index", X, y, A, B, u=u,
+        loss[k], gA, gB, _ = loss_and_grad("readout", X, y, A, B, u=u,
                                            activation=activation, solver="direct")
         A -= lr * gA
         B -= lr * gB

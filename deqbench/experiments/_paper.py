@@ -16,7 +16,6 @@ is ``2 loss``.
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import math
 from dataclasses import dataclass, field
@@ -32,22 +31,13 @@ LABELS = {"exact": "exact", "jfb": "JFB", "neumann2": "two terms", "neumann3": "
           "damped2": "damped two terms (lambda 1/2)"}
 
 
-def _damped_options():
-    """The damped two-term rule as train options, once train takes ``neumann_damping``."""
-    from .._training import train
-
-    if "neumann_damping" not in inspect.signature(train).parameters:
-        return None
-    return {"grad_solver": "neumann", "neumann_terms": 1, "neumann_damping": 0.5}
-
-
-#: ``fit``'s backward names as deqbench train options; None: not in deqbench yet.
+#: ``fit``'s backward names as deqbench train options.
 BACKWARD_OPTIONS = {
     "exact": {},
     "jfb": {"grad_solver": "jfb"},
     "neumann2": {"grad_solver": "neumann", "neumann_terms": 1},
     "neumann3": {"grad_solver": "neumann", "neumann_terms": 2},
-    "damped2": _damped_options(),
+    "damped2": {"grad_solver": "neumann", "neumann_terms": 1, "neumann_damping": 0.5},
 }
 #: The same rules in :mod:`deqbench.theory`'s terms (backward, neumann_terms, damping).
 THEORY_BACKWARD = {
@@ -57,8 +47,6 @@ THEORY_BACKWARD = {
     "neumann3": ("neumann", 2, 0.5),
     "damped2": ("damped_neumann", 1, 0.5),
 }
-PENDING = ("pending: the damped Neumann backward is not in deqbench yet (this row runs "
-           "once train offers it)")
 
 
 # ---------------------------------------------------------------- the authors' numbers
@@ -172,28 +160,21 @@ class Fit:
         return self.history["risk"]
 
 
-def backward_available(method: str) -> bool:
-    """Whether deqbench offers the backward rule ``method`` (one of :data:`METHODS`)."""
-    return BACKWARD_OPTIONS[method] is not None
-
-
-#: The model and forward solver of the paper's runs: the one place to change once deqbench's
-#: ``single_index`` is the paper's model (then ``"single_index"`` and ``"newton"``).
-MODEL, SOLVER = "nonlinear", "picard"
+#: The model and forward solver of the paper's runs: deqbench's ``single_index`` (the
+#: paper's model) by safeguarded Newton.
+MODEL, SOLVER = "single_index", "newton"
 
 
 def fit(X, y, theta0, *, eta: float, steps: int, activation: str = "identity",
-        backward: str = "exact", tol: float = 1e-13, record_every: int | None = 1,
-        picard_damping: float = 1.0) -> Fit:
+        backward: str = "exact", tol: float = 1e-13, record_every: int | None = 1) -> Fit:
     """Gradient descent with the paper's step ``eta`` on ``y = sigma(<w, x> + b y)``.
 
-    The model is :data:`MODEL` (deqbench's ``nonlinear`` DEQ with ``m = 1``:
-    ``A = [[b]]``, ``B = w[None, :]``, read out ``z``) solved by :data:`SOLVER`,
-    and for the identity link the ``linear`` DEQ with a direct solve (the
-    near-singular runs have ``b > 1``, where no fixed-point iteration
-    converges); ``lr = 2 eta`` (deqbench's loss has a 1/2). ``picard_damping``
-    damps the forward iteration (the far sigmoid run reaches ``b = -5``, where
-    undamped Picard does not converge).
+    The model is :data:`MODEL` (``A = [[b]]``, ``B = w[None, :]``) solved by
+    :data:`SOLVER` to the absolute residual ``tol`` per sample, and for the
+    identity link the ``linear`` DEQ with ``m = 1`` and a direct solve: the
+    same model (``y = <w, x> / (1 - b)``), whose history carries the invariant
+    ``Q`` of §5 as the compiled matrix loop computes it (E11 reads the distance
+    to the singular point off it); ``lr = 2 eta`` (deqbench's loss has a 1/2).
     """
     from .._training import train
 
@@ -201,18 +182,15 @@ def fit(X, y, theta0, *, eta: float, steps: int, activation: str = "identity",
     X = np.ascontiguousarray(X, dtype=np.float64)
     if X.ndim == 1:
         X = X[:, None].copy()
-    Y = np.ascontiguousarray(np.asarray(y, dtype=np.float64).reshape(-1, 1))
+    y = np.ascontiguousarray(np.asarray(y, dtype=np.float64).reshape(-1))
     A0, B0 = np.array([[theta0[-1]]]), theta0[None, :-1].copy()
-    opts = BACKWARD_OPTIONS[backward]
-    if opts is None:
-        raise NotImplementedError(f"backward {backward!r} is not available in deqbench yet")
-    kw = dict(lr=2.0 * eta, steps=steps, record_every=record_every, **opts)
+    kw = dict(lr=2.0 * eta, steps=steps, record_every=record_every, **BACKWARD_OPTIONS[backward])
     if activation == "identity":
-        model = "linear"
+        model, Y = "linear", y[:, None].copy()
         kw.update(solver="direct", sufficient_stats="auto" if backward == "exact" else False)
     else:
-        model = MODEL
-        kw.update(activation=activation, solver=SOLVER, tol=tol, damping=picard_damping)
+        model, Y = MODEL, y
+        kw.update(activation=activation, solver=SOLVER, tol=tol)
     res = train(model, X, Y, A0, B0, **kw)
     h = dict(res.history)
     h["risk"] = 2.0 * h["loss"]

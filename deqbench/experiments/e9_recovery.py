@@ -1,4 +1,4 @@
-"""E9: teacher recovery and noisy targets, single-index DEQ (docs/theory.md §7, §10).
+"""E9: teacher recovery and noisy targets, read-out DEQ (docs/theory.md §7, §10).
 
 The prediction is ``sigma(u^T W x)`` with ``W = (I - A)^{-1} B``, so the
 identifiable quantity is the index vector ``w = W^T u`` (not ``A``, ``B`` or ``W``).
@@ -39,7 +39,7 @@ CASES = {  # label -> (link, noise)
 
 
 def index_vector(A, B, u) -> np.ndarray:
-    """``w = W^T u``, ``W = (I - A)^{-1} B``: what the single-index model identifies."""
+    """``w = W^T u``, ``W = (I - A)^{-1} B``: what the read-out model identifies."""
     return np.linalg.solve(np.eye(A.shape[0]) - A, B).T @ u
 
 
@@ -86,10 +86,10 @@ def run(ctx) -> None:
             L_star, target = math.nan, theta
         kw = dict(activation=act, u=u, sufficient_stats=False, solver="direct",
                   L_star=None if math.isnan(L_star) else L_star)
-        lr, _ = safe_lr("single_index", X, y, A0, B0, fraction=0.5, steps=steps, **kw)
-        res = train("single_index", X, y, A0, B0, lr=lr, steps=steps, record_every=1, **kw)
+        lr, _ = safe_lr("readout", X, y, A0, B0, fraction=0.5, steps=steps, **kw)
+        res = train("readout", X, y, A0, B0, lr=lr, steps=steps, record_every=1, **kw)
         h = res.history
-        beta = path_smoothness("single_index", X, y, A0, B0, lr=lr, steps=steps, points=2,
+        beta = path_smoothness("readout", X, y, A0, B0, lr=lr, steps=steps, points=2,
                                **kw)
         # checkpoints spread over the steps where L - L* is above rounding (1e6 eps L_0), and
         # the last step
@@ -101,10 +101,10 @@ def run(ctx) -> None:
         for k in ks:
             A, B = A0, B0
             if k > 0:  # the same deterministic path, stopped at step k
-                rk = train("single_index", X, y, A0, B0, lr=lr, steps=int(k), record_every=None,
+                rk = train("readout", X, y, A0, B0, lr=lr, steps=int(k), record_every=None,
                            **kw)
                 A, B = rk.A, rk.B
-            L = loss_and_grad("single_index", X, y, A, B, u=u, activation=act,
+            L = loss_and_grad("readout", X, y, A, B, u=u, activation=act,
                               solver="direct").loss
             path.append((index_vector(A, B, u), L))
         r = dict(res=res, lr=lr, ks=ks, lr_beta=lr * beta, theta=theta, target=target,
@@ -118,14 +118,14 @@ def run(ctx) -> None:
             r["final_ok"] = r["dist"] <= math.sqrt(
                 2.0 * (max(path[-1][1] - L_star, 0.0) + floor) / (gamma**2 * l_min))
         if label == "identity noisy":
-            bounds = theory.step_factor_bounds("single_index", X, Q0, lr,
+            bounds = theory.step_factor_bounds("readout", X, Q0, lr,
                                                h["drift_trace"][:-1], smoothness=beta, u=u,
                                                activation=act)
             r["steps_ok"], r["worst"], _ = step_ratios_ok(h["loss"] - L_star, h["loss"][0],
                                                           bounds)
             r["expected_L_star"] = 0.5 * NOISE**2 * (n - d) / n
         out[label] = r
-        ctx.record(f"single_index {label}", {"model": "single_index", "activation": act,
+        ctx.record(f"readout {label}", {"model": "readout", "activation": act,
                                               "noise": noise, "m": m, "d": d, "n": n, "lr": lr,
                                               "steps": steps},
                    status=res.status,
@@ -135,7 +135,7 @@ def run(ctx) -> None:
                             "max_recovery_ratio": _max(r.get("ratios", []))},
                    history={"step": h["step"], "loss": h["loss"]})
     real = [out["identity"], out["smooth_leaky(0.5)"]]
-    ctx.check("single-index, realizable (identity, smooth_leaky(0.5)): ||w_k - theta|| <= "
+    ctx.check("read-out DEQ, realizable (identity, smooth_leaky(0.5)): ||w_k - theta|| <= "
               "sqrt(2 L_k / (gamma^2 l_min)) at 4 checkpoints above rounding and at the last step "
               "(L_K floored at 1e6 eps L_0), w = W^T u (§10)",
               "ratio <= 1; lr beta " + ", ".join(fmt(r["lr_beta"], 3) for r in real)
@@ -146,7 +146,7 @@ def run(ctx) -> None:
               all(ratios_ok(r["ratios"]) and r["final_ok"] and r["lr_beta"] <= 1.0 for r in real))
     r = out["identity noisy"]
     h = r["res"].history
-    ctx.check(f"single-index, identity link, noise {NOISE:g} (not realizable): every step's "
+    ctx.check(f"read-out DEQ, identity link, noise {NOISE:g} (not realizable): every step's "
               "(L_k+1 - L*)/(L_k - L*) <= 1 - lr mu_k (1 - beta lr/2) with L* the least-squares "
               "minimum > 0; ||w_k - w_LS||^2 <= 2 (L_k - L*)/l_min (§10)",
               f"L* = {fmt(r['L_star'], 4)} (E: noise^2 (n-d)/2n = "
@@ -158,7 +158,7 @@ def run(ctx) -> None:
               r["steps_ok"] and r["lr_beta"] <= 1.0 and r["L_star"] > 0
               and ratios_ok(r["ratios"]) and r["final_ok"])
     r = out["smooth_leaky(0.5) noisy"]
-    ctx.check(f"single-index, smooth_leaky(0.5), noise {NOISE:g}: no rate theorem (L* has no "
+    ctx.check(f"read-out DEQ, smooth_leaky(0.5), noise {NOISE:g}: no rate theorem (L* has no "
               "closed form; the PL argument needs a realizable target)",
               "L* <= L(theta); nothing predicted",
               f"{r['res'].status}; L_K {fmt(r['res'].history['loss'][-1], 4)} vs L(theta) "

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from .._registry import ADJOINT, FORWARD, MODELS, SOLVERS
+from .._registry import ADJOINT, FORWARD, MODELS, RENAMED, SOLVERS
 from .grid import GridError, _choice, _float, _int
 
 __all__ = ["TRAIN_PARAMS", "build_problem", "run_gd", "run_train", "summarize_history"]
@@ -35,9 +35,14 @@ def _activation(value):
     return f"{module.strip()}:{act}" if sep else str(act)
 
 
+def _model(value):
+    """A model name (one of :data:`deqbench._registry.MODELS`)."""
+    return _choice(tuple(MODELS))(value)
+
+
 #: Parameters of the built-in ``train`` and ``gd`` run functions: name -> (checker, default).
 TRAIN_PARAMS: dict[str, tuple[Callable, object]] = {
-    "model": (_choice(tuple(MODELS)), None),
+    "model": (_model, None),
     "m": (_int(1), None),
     "d": (_int(1), None),
     "n": (_int(1), None),
@@ -46,8 +51,13 @@ TRAIN_PARAMS: dict[str, tuple[Callable, object]] = {
     "scale_A": (_float(0.0, strict=False), 0.5),
     "scale_B": (_float(0.0, strict=False), 1.0),
     "activation": (_activation, "identity"),
+    # "picard" for every model, single_index too: a default is part of every stored
+    # run's id, so it stays what it was (single_index grids name solver = "newton")
     "solver": (_choice(FORWARD), "picard"),
     "grad_solver": (_choice(("same", *ADJOINT)), "same"),
+    # no default stored: runs that do not set them keep their ids (train's defaults apply)
+    "neumann_terms": (_int(0), None),
+    "neumann_damping": (_float(0.0, high=1.0), None),
     "tol": (_float(0.0), 1e-10),
     "noise": (_float(0.0, strict=False), 0.0),
     "record_every": (_int(1), 1),
@@ -59,20 +69,37 @@ REQUIRED_TRAIN = ("model", "m", "d", "n", "lr", "steps")
 
 
 #: The parameters :func:`_check_train_params` reads.
-_CHECK_KEYS = ("model", "activation", "solver", "grad_solver", "sufficient_stats")
+_CHECK_KEYS = ("model", "m", "activation", "solver", "grad_solver", "sufficient_stats")
 
 
 def _check_train_params(params: dict) -> None:
     """Rules between parameters of the built-in run functions ("key: message" errors)."""
     model = params["model"]
     kind = MODELS[model]
+    if kind.scalar_state and params.get("m") != 1:
+        raise GridError(f"model: {RENAMED} (got m = {params.get('m')!r})")
+    solver = params["solver"]
+    for key in ("solver", "grad_solver"):
+        spec = SOLVERS.get(params[key])
+        if spec is not None and spec.scalar_kernel and not kind.scalar_state:
+            raise GridError(f"{key}: {spec.name!r} trains model 'single_index' only, got "
+                            f"model {model!r}")
+    if kind.scalar_state:
+        gs = params["grad_solver"]
+        if solver == "newton" and gs not in ("same", "newton", "direct", "jfb", "neumann"):
+            raise GridError(f"grad_solver: {gs!r} is not an adjoint of the scalar loop "
+                            "(solver 'newton' takes 'newton', 'direct', 'jfb', 'neumann')")
+        if solver != "newton" and gs == "newton":
+            raise GridError("grad_solver: 'newton' (the closed-form adjoint) needs solver "
+                            f"'newton', got {solver!r}")
     if kind.activation == "identity" and params["activation"] != "identity":
         raise GridError(f"activation: model {model!r} needs activation 'identity', got "
                         f"{params['activation']!r}")
     if not kind.linear_fixed_point:
         for key in ("solver", "grad_solver"):
             spec = SOLVERS.get(params[key])
-            if spec is not None and spec.linear_only:
+            exact_scalar = kind.scalar_state and solver == "newton"  # direct: the closed form
+            if spec is not None and spec.linear_only and not exact_scalar:
                 raise GridError(f"{key}: {spec.name!r} solves linear maps only (model {model!r})")
     pair = [SOLVERS.get(params[key]) for key in ("solver", "grad_solver")]
     if params.get("sufficient_stats") is True and (
@@ -98,9 +125,12 @@ def _seeds(seed: np.random.SeedSequence):
 def build_problem(params: Mapping, seed: np.random.SeedSequence):
     """Data and initial parameters of a run of the built-in run functions.
 
-    ``linear``: linear teacher; ``single_index``: single-index teacher with the
-    run's link; ``nonlinear``: a realizable teacher DEQ ``Y = phi-fixed point``
-    of random ``A*`` (``||A*||_2 = teacher_scale``), ``B*``.
+    ``linear``: linear teacher; ``readout``: single-index teacher
+    ``sigma(theta . x)`` with the run's link; ``single_index`` (``m = 1``): the
+    paper's problem, the same teacher ``sigma(<xi, x>)`` with ``|xi| = 1`` and
+    the start ``A0 = [[b0]]``, ``B0 = w0^T`` of ``scale_A``, ``scale_B``;
+    ``nonlinear``: a realizable teacher DEQ ``Y = phi-fixed point`` of random
+    ``A*`` (``||A*||_2 = teacher_scale``), ``B*``.
 
     Returns ``(X, Y, A0, B0)``.
     """
@@ -130,7 +160,8 @@ def _warm_up(params: dict) -> None:
     key = (params["model"], params["solver"], params["grad_solver"], params["activation"])
     if key in _WARMED:
         return
-    tiny = {**params, "m": 2, "d": 2, "n": 4, "noise": 0.0}
+    m = 1 if MODELS[params["model"]].scalar_state else 2
+    tiny = {**params, "m": m, "d": 2, "n": 4, "noise": 0.0}
     X, Y, A0, B0 = build_problem(tiny, np.random.SeedSequence(0))
     grad_solver = None if params["grad_solver"] == "same" else params["grad_solver"]
     train(params["model"], X, Y, A0, B0, lr=1e-3, steps=2, activation=params["activation"],
@@ -143,7 +174,7 @@ def run_train(params: dict, seed: np.random.SeedSequence) -> dict:
 
     Returns the final metrics, the theory's predicted per-step factor next to
     the empirical one (docs/theory.md §7), and the run's history. For
-    noise-free ``single_index`` and ``nonlinear`` runs the teacher is
+    noise-free ``readout`` and ``nonlinear`` runs the teacher is
     realizable and ``L* = 0``.
     """
     from .._training import train
@@ -158,7 +189,7 @@ def run_train(params: dict, seed: np.random.SeedSequence) -> dict:
         params["model"], X, Y, A0, B0, lr=params["lr"], steps=params["steps"],
         activation=params["activation"], solver=params["solver"], grad_solver=grad_solver,
         tol=params["tol"], record_every=params["record_every"], stop_loss=stop, L_star=L_star,
-        sufficient_stats=params["sufficient_stats"],
+        sufficient_stats=params["sufficient_stats"], **_series(params, grad_solver),
     )
     elapsed = time.perf_counter() - t0
     hist = {k: np.asarray(v) for k, v in res.history.items()}
@@ -169,6 +200,14 @@ def run_train(params: dict, seed: np.random.SeedSequence) -> dict:
     metrics["L_star"] = float(res.L_star)
     metrics.update(_rate_metrics(params, X, Y, A0, B0, res.A, res.B, hist, res.L_star))
     return {"status": str(res.status), "metrics": metrics, "history": hist}
+
+
+def _series(params, grad_solver) -> dict:
+    """``neumann_terms`` and ``neumann_damping`` of a run whose adjoint reads them."""
+    keys = ("neumann_terms", "neumann_damping")
+    if grad_solver != "neumann":
+        return {}
+    return {k: params[k] for k in keys if params.get(k) is not None}
 
 
 def summarize_history(hist: Mapping) -> dict:
@@ -248,7 +287,7 @@ def run_gd(params: dict, seed: np.random.SeedSequence) -> dict:
         loss, gA, gB, info = loss_and_grad(
             params["model"], X, Y, A, B, activation=params["activation"],
             solver=params["solver"], grad_solver=grad_solver, tol=params["tol"],
-            z0=z0, adj0=adj0,
+            z0=z0, adj0=adj0, **_series(params, grad_solver),
         )
         loss0 = loss if loss0 is None else loss0
         if not info["converged"]:

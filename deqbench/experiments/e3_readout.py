@@ -1,4 +1,4 @@
-"""E3: single-index DEQ (docs/theory.md §2, §7).
+"""E3: read-out DEQ (docs/theory.md §2, §7).
 
 Realizable teacher ``y = sigma(theta . x)`` (``L* = 0``), one step size
 ``lr = 0.5 / beta`` (``beta``: the largest Hessian norm measured along the
@@ -60,33 +60,33 @@ def run(ctx) -> None:
     # first-order term in the drift of Q, and the §5 identity's gap reached 7.6e-8 at the
     # full size (1e-13 with direct solves)
     kw = dict(L_star=0.0, sufficient_stats=False, solver="direct")
-    lr = min(safe_lr("single_index", X, y, A0, B0, fraction=0.5, steps=steps, activation=act,
+    lr = min(safe_lr("readout", X, y, A0, B0, fraction=0.5, steps=steps, activation=act,
                      **kw)[0] for act, (X, y, _) in teachers.items() if act in SMOOTH)
     runs = {}
     q0 = np.linalg.eigvalsh(Q0)[-1]
     for act in INSIDE + LOCAL + OUTSIDE:
         X, y, theta = teachers[act]
-        res = train("single_index", X, y, A0, B0, lr=lr, steps=steps, activation=act,
+        res = train("readout", X, y, A0, B0, lr=lr, steps=steps, activation=act,
                     record_every=1, **kw)
         h = res.history
         L0 = float(h["loss"][0])
         row = dict(res=res, L0=L0, emp=theory.empirical_factor(h["loss"], 0.0, h["step"]))
         if act in INSIDE:
-            mu1 = theory.pl_constant("single_index", X, np.eye(m), activation=act)
+            mu1 = theory.pl_constant("readout", X, np.eye(m), activation=act)
             mu_k = mu1 / (q0 + np.maximum(h["drift_trace"], 0.0))
             pl = h["grad_norm"] ** 2 / (mu_k * h["loss"])
             sel = h["loss"] > 1e3 * np.finfo(float).eps * L0
             row["pl_min"] = float(np.min(pl[sel])) if sel.any() else float("nan")
         # lr beta for every link (docs/theory.md §7: the GD factor needs lr beta <= 1;
         # for the links outside the theorem it is reported only)
-        beta = path_smoothness("single_index", X, y, A0, B0, lr=lr, steps=steps,
+        beta = path_smoothness("readout", X, y, A0, B0, lr=lr, steps=steps,
                                activation=act, points=4 if act in SMOOTH + LOCAL else 2,
                                **kw)
         row["lr_beta"] = lr * beta
         if act in SMOOTH:
-            q = theory.predicted_factor("single_index", X, Q0, lr, smoothness=beta, L0=L0,
+            q = theory.predicted_factor("readout", X, Q0, lr, smoothness=beta, L0=L0,
                                         L_star=0.0, activation=act)
-            bounds = theory.step_factor_bounds("single_index", X, Q0, lr,
+            bounds = theory.step_factor_bounds("readout", X, Q0, lr,
                                                h["drift_trace"][:-1], smoothness=beta,
                                                activation=act)
             ok, worst, judged = step_ratios_ok(h["loss"], L0, bounds)
@@ -95,7 +95,7 @@ def run(ctx) -> None:
         if act in LOCAL:
             row.update(_local_rate(X, y, theta, A0, B0, Q0, lr, beta, h, act))
         runs[act] = row
-        ctx.record(f"single_index {act}", {"model": "single_index", "activation": act, "m": m,
+        ctx.record(f"readout {act}", {"model": "readout", "activation": act, "m": m,
                                            "d": d, "n": n, "lr": lr, "steps": steps},
                    status=res.status,
                    metrics={"predicted_factor": row.get("q", float("nan")),
@@ -107,13 +107,13 @@ def run(ctx) -> None:
                             "max_invariant_drift": float(np.nanmax(h["invariant_drift"]))},
                    history=h)
     ins = [runs[a] for a in INSIDE]
-    ctx.check("single-index, links inside the theorem (" + ", ".join(INSIDE) + "): PL "
+    ctx.check("read-out DEQ, links inside the theorem (" + ", ".join(INSIDE) + "): PL "
               "inequality ||g_k||^2 >= mu_k (L_k - L*) at every step (§7)",
               "min_k ||g_k||^2 / (mu_k L_k) >= 1",
               ", ".join(fmt(r["pl_min"], 3) for r in ins),
               all(np.isfinite(r["pl_min"]) and r["pl_min"] >= 1.0 - 1e-9 for r in ins))
     sm = [runs[a] for a in SMOOTH]
-    ctx.check(f"single-index, smooth links ({', '.join(SMOOTH)}), GD lr = {fmt(lr, 3)} "
+    ctx.check(f"read-out DEQ, smooth links ({', '.join(SMOOTH)}), GD lr = {fmt(lr, 3)} "
               "(0.5/beta): every step's L_k+1/L_k <= 1 - lr mu_k (1 - beta lr/2)",
               "lr beta = " + ", ".join(fmt(r["lr_beta"], 3) for r in sm)
               + "; q = " + ", ".join(fmt(r["q"], 5) for r in sm),
@@ -123,7 +123,7 @@ def run(ctx) -> None:
               all(r["ok"] and r["lr_beta"] <= 1.0 and r["verdict"] in ("holds", "vacuous")
                   for r in sm))
     lk = runs["leaky_relu(0.5)"]
-    ctx.check("single-index, leaky_relu(0.5): inside the flow theorem, not globally smooth; "
+    ctx.check("read-out DEQ, leaky_relu(0.5): inside the flow theorem, not globally smooth; "
               "its GD rate is local (no sample may cross the kink in a step)",
               "no global GD factor",
               f"{lk['res'].status}, loss {fmt(lk['L0'])} -> "
@@ -131,7 +131,7 @@ def run(ctx) -> None:
               f"{fmt(lk['lr_beta'], 3)} (Hessian by differences across the kink: an estimate)",
               None)
     lo = [runs[a] for a in LOCAL]
-    ctx.check(f"single-index, links with no global gamma > 0 ({', '.join(LOCAL)}): local "
+    ctx.check(f"read-out DEQ, links with no global gamma > 0 ({', '.join(LOCAL)}): local "
               "statements (§7) with gamma_k, Gamma_k the extremes of sigma' between student "
               "and teacher pre-activations at step k: ||g_k||^2 >= mu_k L_k where gamma_k > "
               "0, and every step's L_k+1/L_k <= 1 - lr mu_k (1 - beta lr/2)",
@@ -145,7 +145,7 @@ def run(ctx) -> None:
               all(r["ok"] and (r["pl_judged"] == 0 or r["pl_min"] >= 1.0 - 1e-9)
                   and r["lr_beta"] <= 1.0 and r["verdict"] in ("local", "vacuous")
                   and r["replay_gap"] <= 1e-6 for r in lo))
-    ctx.check(f"single-index outside the theorem ({', '.join(OUTSIDE)}; gamma = 0): "
+    ctx.check(f"read-out DEQ outside the theorem ({', '.join(OUTSIDE)}; gamma = 0): "
               "no rate predicted",
               "no guarantee",
               "; ".join(f"{a}: {runs[a]['res'].status}, loss {fmt(runs[a]['L0'])} -> "
@@ -155,17 +155,17 @@ def run(ctx) -> None:
     # gradient flow, smooth leaky link: exp(-mu t) up to t = 5 / mu
     act = "smooth_leaky(0.5)"
     X, y, _ = teachers[act]
-    mu = theory.pl_constant("single_index", X, Q0, activation=act)
-    fr = flow("single_index", X, y, A0, B0, t_end=5.0 / mu, rtol=1e-8, atol=1e-12,
+    mu = theory.pl_constant("readout", X, Q0, activation=act)
+    fr = flow("readout", X, y, A0, B0, t_end=5.0 / mu, rtol=1e-8, atol=1e-12,
               activation=act, L_star=0.0, max_steps=20_000)
     hf = fr.history
     env_ok, worst = envelope_ok(hf["loss"], hf["t"], mu)
-    ctx.record(f"flow single_index {act}", {"model": "single_index", "activation": act,
+    ctx.record(f"flow readout {act}", {"model": "readout", "activation": act,
                                             "m": m, "d": d, "n": n, "t_end": 5.0 / mu},
                status=fr.status, metrics={"mu": mu, "envelope_worst_ratio": worst,
                                           "final_loss": float(hf["loss"][-1])},
                history=hf)
-    ctx.check(f"single-index gradient flow ({act}): L(t) <= L(0) exp(-mu t) up to t = 5/mu "
+    ctx.check(f"read-out DEQ gradient flow ({act}): L(t) <= L(0) exp(-mu t) up to t = 5/mu "
               "(§7)",
               f"mu = {fmt(mu, 3)}; L(5/mu) <= {fmt(hf['loss'][0] * np.exp(-5.0))}",
               f"{fr.status}; max L(t) / envelope {fmt(worst, 3)}; L(5/mu) = "
@@ -174,7 +174,7 @@ def run(ctx) -> None:
     gaps = [abs(r["res"].history["drift_trace"][-1] - lr**2 * float(
         np.sum(r["res"].history["grad_norm"][:-1] ** 2)))
         / max(r["res"].history["drift_trace"][-1], 1e-300) for r in runs.values()]
-    ctx.check("single-index: tr(Q_K - Q_0) = lr^2 sum ||g_k||^2 for every link (§5 holds for "
+    ctx.check("read-out DEQ: tr(Q_K - Q_0) = lr^2 sum ||g_k||^2 for every link (§5 holds for "
               "any sigma)",
               "relative gap <= 1e-8", f"max relative gap {fmt(max(gaps))}",
               max(gaps) <= 1e-8)
@@ -190,9 +190,9 @@ def run(ctx) -> None:
     ax.set_ylim(1e-16, None)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (L* = 0)")
-    ax.set_title(f"E3 single-index DEQ, m=d={m}, lr={lr:.3g}; dashed: predicted envelope")
+    ax.set_title(f"E3 read-out DEQ, m=d={m}, lr={lr:.3g}; dashed: predicted envelope")
     ax.legend(fontsize=7)
-    ctx.save(fig, "e3_single_index.png")
+    ctx.save(fig, "e3_readout.png")
 
 
 def _local_rate(X, y, theta, A0, B0, Q0, lr, beta, h, act) -> dict:
@@ -202,12 +202,12 @@ def _local_rate(X, y, theta, A0, B0, Q0, lr, beta, h, act) -> dict:
     gam, Gam, L = local_bounds_along_path(X, y, theta, A0, B0, lr=lr, steps=steps,
                                           activation=act)
     L0 = float(h["loss"][0])
-    mu_k = theory.pl_constant("single_index", X, np.eye(Q0.shape[0]), activation=act,
+    mu_k = theory.pl_constant("readout", X, np.eye(Q0.shape[0]), activation=act,
                               derivative_bounds=(gam, Gam)) / (
         np.linalg.eigvalsh(Q0)[-1] + np.maximum(h["drift_trace"], 0.0))
     sel = (gam > 0.0) & (h["loss"] > 1e3 * np.finfo(float).eps * L0)
     pl = h["grad_norm"][sel] ** 2 / (mu_k[sel] * h["loss"][sel])
-    bounds = theory.step_factor_bounds("single_index", X, Q0, lr, h["drift_trace"][:-1],
+    bounds = theory.step_factor_bounds("readout", X, Q0, lr, h["drift_trace"][:-1],
                                        smoothness=beta, activation=act,
                                        derivative_bounds=(gam[:-1], Gam[:-1]))
     ok, worst, judged = step_ratios_ok(h["loss"], L0, bounds)
