@@ -179,3 +179,28 @@ def test_a_scalar_state_solver_is_refused_for_wider_states(monkeypatch):
     x = np.linspace(-1.0, 1.0, 8)[:, None]
     r = db.fixed_point(x, np.array([[0.5]]), np.array([[1.0]]), tol=1e-12)
     np.testing.assert_allclose(r.z, 2.0 * x, rtol=0, atol=1e-11)
+
+
+def _conflict_markers(text):
+    """Lines that a merge left unresolved (``<<<<<<< ``, ``>>>>>>> ``, a bare ``=======``
+    between them)."""
+    return [i + 1 for i, line in enumerate(text.splitlines())
+            if line.startswith(("<<<<<<< ", ">>>>>>> "))]
+
+
+def test_no_merge_conflict_markers_committed():
+    root = PKG.parent
+    found = {}
+    for pattern in ("deqbench/**/*.py", "tests/**/*.py", "benchmarks/**/*.py", "tools/**/*",
+                    "docs/**/*.md", "*.md", "results/**/*.md", "*.toml", ".ci/*"):
+        for path in root.glob(pattern):
+            if path.is_file() and path.suffix not in (".png", ".npz", ".parquet", ".pyc"):
+                lines = _conflict_markers(path.read_text(errors="replace"))
+                if lines:
+                    found[str(path.relative_to(root))] = lines
+    assert not found, f"merge conflict markers left in {found}"
+
+
+def test_conflict_markers_are_found():
+    assert _conflict_markers("a\n<<<<<<< HEAD\nb\n=======\nc\n>>>>>>> int\n") == [2, 6]
+    assert _conflict_markers("a\n======= not one\n") == []
