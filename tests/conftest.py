@@ -3,6 +3,8 @@ import os
 import numpy as np
 import pytest
 
+from hypothesis import settings
+
 import deqbench as db
 from tests import _user_activations  # noqa: F401  (registers erf_link, sin_skip)
 
@@ -15,6 +17,13 @@ ONE_EACH = [str(e.instances()[0]) for e in db.activations.ACTIVATIONS.values()]
 """Every entry once (its first example)."""
 NONLINEAR = [name for name in ONE_EACH if name != "identity"]
 """Every entry once but the identity (``phi`` of a nonlinear map)."""
+
+# Property tests draw the same examples on every run (a CI run must not fail on
+# a draw the developer never saw); HYPOTHESIS_PROFILE=explore draws new ones,
+# five times as many, to look for bugs.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False, max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 # the suite runs with the built-in kernel settings, whatever calibration file the user
 # made (deqbench calibrate); tests/test_calibration.py points it at files of its own
