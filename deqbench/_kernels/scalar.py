@@ -200,6 +200,21 @@ def _bits(typingctx, x):
 
 
 @intrinsic
+def _round_as(typingctx, a, x):
+    """``x`` (float64) rounded to the dtype of the array ``a``, as storing it in
+    ``a`` and reading it back would (a no-op for float64)."""
+    sig = types.float64(a, x)
+
+    def codegen(context, builder, signature, args):
+        real = context.get_value_type(signature.args[0].dtype)
+        if real == ir.DoubleType():
+            return args[1]
+        return builder.fpext(builder.fptrunc(args[1], real), ir.DoubleType())
+
+    return sig, codegen
+
+
+@intrinsic
 def _from_bits(typingctx, i):
     sig = types.float64(types.int64)
 
@@ -399,21 +414,30 @@ def solve_block(link, b, sg, ginv, tol, feps, max_iter, st, m):
 
 
 @jit(inline="always")
-def _one(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, st, sc, m):
+def _one(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, predict, db, st, sc, m):
     """The first evaluation of :func:`_first`, for a block it settles at once
     (every sample within ``tol`` or certified, the common case under warm
-    starts), fused with the backward weights: writes ``y`` and the predictor's
-    ``c = sigma' / (1 - a)`` into ``st``, ``sigma'`` and (``exact``) the
-    weights ``(y - Y) sigma' / (1 - a)`` into ``sc``, and leaves the start in
-    ``sc`` for :func:`solve_block` where a sample is not settled. Returns
-    ``(samples not settled, bits of the largest |g| (or bound), loss, sum g y)``."""
+    starts), fused with the start (``predict``: the last solution moved by its
+    first-order change ``c (ds0 + db y)``, clipped to the range of sigma; else
+    the start :func:`_start` left in ``sc``) and the backward weights: writes
+    ``s0``, ``y`` and the predictor's ``c = sigma' / (1 - a)`` into ``st``,
+    ``sigma'`` (not ``exact``) and the weights ``(y - Y) sigma' / (1 - a)``
+    (``exact``; else ``y - Y``) into ``sc``, and leaves the start in ``sc``
+    for :func:`solve_block` where a sample is not settled. Returns ``(samples
+    not settled, bits of the largest |g| (or bound), loss, sum g y)``."""
     nout = 0
     rbits = 0
     loss = 0.0
     gb = 0.0
     for i in range(m):
+        s0 = float(sc[S_S0 * R + i])
+        y0 = float(st[F_Y * R + i])
+        y0 += float(st[F_C * R + i]) * (s0 - float(st[F_S0 * R + i]) + db * y0)
+        # a select, not a branch: a conditional store in the loop costs more
+        sc[S_Y * R + i] = min(max(y0, vlo), vhi) if predict else sc[S_Y * R + i]
+        st[F_S0 * R + i] = s0
         yi = float(sc[S_Y * R + i])
-        s = float(sc[S_S0 * R + i]) + b * yi
+        s = s0 + b * yi
         v, d = value_and_slope(code, param, s)
         r = yi - v
         ar = abs(r)
@@ -431,17 +455,19 @@ def _one(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, st, sc, m):
         bound = 0.5 * curv * (b * delta) * (b * delta)
         cert = inside & (curv * abs(b * delta) <= toli)
         done = finite & (conv | cert)
-        # stored and read back: rounded to the dtype, as solve_block leaves them
-        st[F_Y * R + i] = yi if conv else p
-        sc[S_DV * R + i] = d
-        sc[S_C * R + i] = q
-        yf = float(st[F_Y * R + i])
-        d = float(sc[S_DV * R + i])
-        q = float(sc[S_C * R + i])
+        # rounded to the dtype, as solve_block leaves them in sc
+        yf = _round_as(sc, yi if conv else p)
+        d = _round_as(sc, d)
+        q = _round_as(sc, q)
         e = yf - float(st[F_T * R + i])
         g = e * d * q
+        st[F_Y * R + i] = yf
         st[F_C * R + i] = d * q
-        sc[S_GE * R + i] = g if exact else e
+        if exact:
+            sc[S_GE * R + i] = g
+        else:
+            sc[S_GE * R + i] = e
+            sc[S_DV * R + i] = d
         loss += e * e
         gb += g * yf
         nout += 0 if done else 1
@@ -450,33 +476,37 @@ def _one(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, st, sc, m):
 
 
 @jit(inline="always")
-def _settle(link, b, sg, ginv, tol, feps, exact, st, sc, m):
+def _settle(link, b, sg, ginv, tol, feps, exact, predict, db, st, sc, m):
     """:func:`_one` for the link's activation (a constant code, as in
     :func:`solve_block`)."""
     code, param, vlo, vhi, curv = link.code, link.param, link.vlo, link.vhi, link.curv
     if code == IDENTITY:
-        return _one(IDENTITY, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, st, sc, m)
+        return _one(IDENTITY, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, predict, db,
+                    st, sc, m)
     if code == TANH:
-        return _one(TANH, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, st, sc, m)
+        return _one(TANH, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, predict, db,
+                    st, sc, m)
     if code == SIGMOID:
-        return _one(SIGMOID, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, st, sc, m)
+        return _one(SIGMOID, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, predict, db,
+                    st, sc, m)
     if code == SKIP_TANH:
-        return _one(SKIP_TANH, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, st, sc, m)
-    return _one(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, st, sc, m)
+        return _one(SKIP_TANH, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, predict, db,
+                    st, sc, m)
+    return _one(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, predict, db, st,
+                sc, m)
 
 
 # --- one pass over the samples ------------------------------------------------------
 
 
 @jit(inline="always")
-def _start(link, xt, w, b, db, warm, predict, st, sc, m, d):
-    """``s0 = X w`` for a block (into ``st`` and the scratch ``sc``) and the Newton
-    start (into ``sc``): the last solution moved by its first-order change ``c
-    (ds0 + db y)`` (``predict``), the last solution (``warm``), else
-    ``sigma(s0)``; clipped to the range of sigma. Identity starts from the
-    closed form ``s0 / (1 - b)`` (one evaluation confirms it)."""
+def _start(link, xt, w, b, warm, predict, st, sc, m, d):
+    """``s0 = X w`` for a block into the scratch ``sc``, and there the Newton start
+    unless :func:`_one` predicts it (``predict``): the last solution
+    (``warm``), else ``sigma(s0)``, clipped to the range of sigma; identity
+    starts from the closed form ``s0 / (1 - b)`` (one evaluation confirms it)."""
     vlo, vhi = link.vlo, link.vhi
-    acc = S_GE * R
+    acc = S_S0 * R
     for i in range(R):  # every row, padding included: a constant trip count
         sc[acc + i] = 0.0
     j0 = 0
@@ -502,30 +532,19 @@ def _start(link, xt, w, b, db, warm, predict, st, sc, m, d):
         x = xt[j * R:(j + 1) * R]
         for i in range(R):
             sc[acc + i] += wj * x[i]
-    if warm and predict:
-        for i in range(m):
-            s0 = float(sc[acc + i])
-            yi = float(st[F_Y * R + i])
-            yi += float(st[F_C * R + i]) * (s0 - float(st[F_S0 * R + i]) + db * yi)
-            sc[S_Y * R + i] = min(max(yi, vlo), vhi)
-            sc[S_S0 * R + i] = s0
-            st[F_S0 * R + i] = s0
-    elif warm:
-        for i in range(m):
-            s0 = float(sc[acc + i])
-            sc[S_Y * R + i] = min(max(float(st[F_Y * R + i]), vlo), vhi)
-            sc[S_S0 * R + i] = s0
-            st[F_S0 * R + i] = s0
-    else:
-        for i in range(m):
-            s0 = float(sc[acc + i])
-            sc[S_Y * R + i] = min(max(value_and_slope(link.code, link.param, s0)[0], vlo), vhi)
-            sc[S_S0 * R + i] = s0
-            st[F_S0 * R + i] = s0
     if link.code == IDENTITY:
         inv = 1.0 / (1.0 - b)
         for i in range(m):
-            sc[S_Y * R + i] = float(sc[S_S0 * R + i]) * inv
+            sc[S_Y * R + i] = float(sc[acc + i]) * inv
+    elif predict:
+        pass
+    elif warm:
+        for i in range(m):
+            sc[S_Y * R + i] = min(max(float(st[F_Y * R + i]), vlo), vhi)
+    else:
+        for i in range(m):
+            sc[S_Y * R + i] = min(max(value_and_slope(link.code, link.param,
+                                                      float(sc[acc + i]))[0], vlo), vhi)
 
 
 @jit(inline="always")
@@ -621,8 +640,10 @@ def _block(link, P, w, b, db, warm, predict, grad, sg, ginv, opts, keep, sc, blk
     xt = P.XT[blk * d * R:(blk + 1) * d * R]
     pr = P.part[blk]
     exact = opts.kind == EXACT
-    _start(link, xt, w, b, db, warm, predict, st, sc, m, d)
-    nout, rbits, loss, gb = _settle(link, b, sg, ginv, opts.tol, opts.feps, exact, st, sc, m)
+    predict = warm and predict and link.code != IDENTITY
+    _start(link, xt, w, b, warm, predict, st, sc, m, d)
+    nout, rbits, loss, gb = _settle(link, b, sg, ginv, opts.tol, opts.feps, exact, predict, db,
+                                    st, sc, m)
     if nout == 0:
         status, kmax, itsum, rmax = CONVERGED, 1, m, _from_bits(rbits)
         if keep:
