@@ -65,6 +65,7 @@ from __future__ import annotations
 import math
 from collections import namedtuple
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import types
@@ -103,13 +104,19 @@ NCOL = 9
 #: Rows of a block: a compile-time constant, so that the fields of a block sit
 #: at constant offsets (no runtime alias checks) and the transposed ``X`` block,
 #: ``8 d R`` bytes (40 KiB at d = 20), stays in L2 between its two reads.
-R = 256
-# fields of a block in ``ws``: s0; y; c = dy/ds0 (1 / (1 - b sigma') from the
-# solve until the sums); sigma'; Newton's last |g| (-k once converged at
-# evaluation k, NaN once non-finite); bracket; gradient weight (first the
-# accumulator of s0); target
-F_S0, F_Y, F_C, F_DV, F_RP, F_LO, F_HI, F_GE, F_T = 0, 1, 2, 3, 4, 5, 6, 7, 8
-NF = 9
+R = 128
+# fields of a block in ``ws``, kept from pass to pass: s0; y; c = dy/ds0 (the
+# predictor's slope); target; evaluations (-k once converged at evaluation k,
+# NaN once non-finite, else Newton's last |g|: copied from the scratch block
+# for :func:`solve` only)
+F_S0, F_Y, F_C, F_T, F_RP = 0, 1, 2, 3, 4
+NF = 5
+# fields of the scratch block, one per thread and reused block after block, so
+# that they stay in L1 where fields in ``ws`` would stream through memory every
+# pass: s0; y; 1 / (1 - b sigma'); sigma'; evaluations (as F_RP); bracket;
+# gradient weight (first the accumulator of s0)
+S_S0, S_Y, S_C, S_DV, S_RP, S_LO, S_HI, S_GE = 0, 1, 2, 3, 4, 5, 6, 7
+NS = 8
 # partials of a block, after its d gradient entries
 _P_LOSS, _P_GB, _P_ITMAX, _P_ITSUM, _P_RES, _P_STATUS = 0, 1, 2, 3, 4, 5
 P_LEN = 6
@@ -136,9 +143,12 @@ Link = namedtuple("Link", ["code", "param", "dmin", "dmax", "vlo", "vhi", "curv"
 
 #: A packed data set (:func:`pack`): ``XT`` and ``ws`` as in the module
 #: docstring, ``part`` the per-block partials (float64, ``nb x (d + P_LEN)``),
-#: ``n``, ``d``; ``ints[0]``: whether ``ws`` holds a solution (warm start),
-#: ``prev[0]``: the ``b`` of that solution.
-Packed = namedtuple("Packed", ["XT", "ws", "part", "n", "d", "ints", "prev"])
+#: ``sc`` one scratch block per thread (``NS x R`` apiece), ``n``, ``d``;
+#: ``ints[0]``: whether ``ws`` holds a solution (warm start), ``ints[1]``: passes
+#: made (the blocks are visited in alternate directions, so that a pass starts
+#: on the blocks the last one left in cache), ``ints[2]``: whether a pass keeps
+#: the evaluations per sample (``F_RP``); ``prev[0]``: the ``b`` of that solution.
+Packed = namedtuple("Packed", ["XT", "ws", "part", "sc", "n", "d", "ints", "prev"])
 
 
 def n_blocks(n: int) -> int:
@@ -158,8 +168,9 @@ def pack(X, Y=None) -> Packed:
         Yp = np.zeros(nb * R, X.dtype)
         Yp[:n] = Y
         ws[:, F_T, :] = Yp.reshape(nb, R)
-    return Packed(XT, ws.reshape(-1), np.zeros((max(nb, 1), d + P_LEN)), n, d,
-                  np.zeros(1, np.int64), np.zeros(1))
+    sc = np.zeros(max(numba.config.NUMBA_NUM_THREADS, 1) * NS * R, X.dtype)
+    return Packed(XT, ws.reshape(-1), np.zeros((max(nb, 1), d + P_LEN)), sc, n, d,
+                  np.zeros(3, np.int64), np.zeros(1))
 
 
 def field(p: Packed, f: int) -> np.ndarray:
@@ -184,6 +195,21 @@ def _bits(typingctx, x):
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _round_as(typingctx, a, x):
+    """``x`` (float64) rounded to the dtype of the array ``a``, as storing it in
+    ``a`` and reading it back would (a no-op for float64)."""
+    sig = types.float64(a, x)
+
+    def codegen(context, builder, signature, args):
+        real = context.get_value_type(signature.args[0].dtype)
+        if real == ir.DoubleType():
+            return args[1]
+        return builder.fpext(builder.fptrunc(args[1], real), ir.DoubleType())
 
     return sig, codegen
 
@@ -257,7 +283,7 @@ def factor(kind, terms, damping, a):
 @jit(inline="always")
 def _first(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, st, m):
     """The first evaluation of every sample of a block. A sample is done
-    (``F_RP = -1``) when ``|g| <= tol``, or when its Newton step ``delta`` is
+    (``S_RP = -1``) when ``|g| <= tol``, or when its Newton step ``delta`` is
     certified (module docstring); the others take the Newton step inside the
     bracket of this evaluation (``|y - y*| <= |g| / gmin``, and the range of
     sigma). Returns ``(still active, non-finite, bits of the largest |g| (or
@@ -266,8 +292,8 @@ def _first(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, st, m):
     nbad = 0
     rbits = 0
     for i in range(m):
-        yi = float(st[F_Y * R + i])
-        s = float(st[F_S0 * R + i]) + b * yi
+        yi = float(st[S_Y * R + i])
+        s = float(st[S_S0 * R + i]) + b * yi
         v, d = value_and_slope(code, param, s)
         r = yi - v
         ar = abs(r)
@@ -287,10 +313,10 @@ def _first(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, st, m):
         ynew = p if inside else 0.5 * (lo + hi)
         done = finite & (conv | cert)
         go = finite & (not done)
-        st[F_DV * R + i] = d
-        st[F_C * R + i] = q
-        st[F_Y * R + i] = yi if conv else ynew
-        st[F_RP * R + i] = ar if go else (-1.0 if finite else math.nan)
+        st[S_DV * R + i] = d
+        st[S_C * R + i] = q
+        st[S_Y * R + i] = yi if conv else ynew
+        st[S_RP * R + i] = ar if go else (-1.0 if finite else math.nan)
         nact += 1 if go else 0
         nbad += 0 if finite else 1
         rbits = max(rbits, _bits(ar if conv else bound) if done else 0)
@@ -299,18 +325,18 @@ def _first(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, st, m):
 
 @jit(inline="always")
 def _again(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, st, m, k):
-    """Evaluation ``k >= 2`` of the samples still active (``F_RP >= 0``),
-    bracketed (``F_LO``, ``F_HI``), with bisection where a Newton step leaves
+    """Evaluation ``k >= 2`` of the samples still active (``S_RP >= 0``),
+    bracketed (``S_LO``, ``S_HI``), with bisection where a Newton step leaves
     the bracket or the last step did not halve ``|g|``; done as in
     :func:`_first`."""
     nact = 0
     nbad = 0
     rbits = 0
     for i in range(m):
-        rp = float(st[F_RP * R + i])
+        rp = float(st[S_RP * R + i])
         active = rp >= 0.0
-        yi = float(st[F_Y * R + i])
-        s = float(st[F_S0 * R + i]) + b * yi
+        yi = float(st[S_Y * R + i])
+        s = float(st[S_S0 * R + i]) + b * yi
         v, d = value_and_slope(code, param, s)
         r = yi - v
         ar = abs(r)
@@ -319,8 +345,8 @@ def _again(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, st, m, k):
         finite = ar < math.inf
         w = ar * ginv
         below = r * sg > 0.0
-        lo0 = float(st[F_LO * R + i])
-        hi0 = float(st[F_HI * R + i])
+        lo0 = float(st[S_LO * R + i])
+        hi0 = float(st[S_HI * R + i])
         lo = max(lo0, yi - w) if below else max(lo0, yi)
         hi = min(hi0, yi) if below else min(hi0, yi + w)
         q = 1.0 / (1.0 - b * d)
@@ -333,12 +359,12 @@ def _again(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, st, m, k):
         ynew = p if newton | cert else 0.5 * (lo + hi)
         done = active & finite & (conv | cert)
         go = active & finite & (not done)
-        st[F_DV * R + i] = d if active else st[F_DV * R + i]
-        st[F_C * R + i] = q if active else st[F_C * R + i]
-        st[F_Y * R + i] = ynew if (go | (done & (not conv))) else yi
-        st[F_LO * R + i] = lo if go else lo0
-        st[F_HI * R + i] = hi if go else hi0
-        st[F_RP * R + i] = ar if go else (-float(k) if done else (math.nan if active else rp))
+        st[S_DV * R + i] = d if active else st[S_DV * R + i]
+        st[S_C * R + i] = q if active else st[S_C * R + i]
+        st[S_Y * R + i] = ynew if (go | (done & (not conv))) else yi
+        st[S_LO * R + i] = lo if go else lo0
+        st[S_HI * R + i] = hi if go else hi0
+        st[S_RP * R + i] = ar if go else (-float(k) if done else (math.nan if active else rp))
         nact += 1 if go else 0
         nbad += 1 if (active & (not finite)) else 0
         rbits = max(rbits, _bits(ar if conv else bound) if done else 0)
@@ -352,8 +378,8 @@ def _newton(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, max_iter, st, m
     k = 1
     if nact > 0:
         for i in range(m):
-            st[F_LO * R + i] = vlo
-            st[F_HI * R + i] = vhi
+            st[S_LO * R + i] = vlo
+            st[S_HI * R + i] = vhi
     while nact > 0 and nbad == 0 and k < max_iter:
         k += 1
         itsum += nact
@@ -366,19 +392,14 @@ def _newton(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, max_iter, st, m
 
 @jit
 def solve_block(link, b, sg, ginv, tol, feps, max_iter, st, m):
-    """Solve ``y = sigma(s0 + b y)`` for the ``m`` samples of a block's fields
-    ``st``, from the start in ``F_Y``; ``sg`` and ``ginv = 1 / gmin`` from
-    :func:`guard` (``sg != 0``). Writes ``F_Y``, ``F_DV`` (``sigma'`` at the
-    root), ``F_C`` (``1 / (1 - b sigma')`` there) and ``F_RP`` (``-k``: converged
+    """Solve ``y = sigma(s0 + b y)`` for the ``m`` samples of a scratch block
+    ``st``, from the start in ``S_Y``; ``sg`` and ``ginv = 1 / gmin`` from
+    :func:`guard` (``sg != 0``). Writes ``S_Y``, ``S_DV`` (``sigma'`` at the
+    root), ``S_C`` (``1 / (1 - b sigma')`` there) and ``S_RP`` (``-k``: converged
     at evaluation ``k``; NaN: non-finite; ``>= 0``: not converged). Returns
-    ``(status, evaluations of the slowest sample, sum of evaluations, max |g|)``.
-    Identity starts from the closed form ``s0 / (1 - b)`` (one evaluation
-    confirms it)."""
+    ``(status, evaluations of the slowest sample, sum of evaluations, max |g|)``."""
     code, param, vlo, vhi, curv = link.code, link.param, link.vlo, link.vhi, link.curv
     if code == IDENTITY:
-        inv = 1.0 / (1.0 - b)
-        for i in range(m):
-            st[F_Y * R + i] = float(st[F_S0 * R + i]) * inv
         return _newton(IDENTITY, param, vlo, vhi, curv, b, sg, ginv, tol, feps, max_iter, st,
                        m)
     if code == TANH:
@@ -392,96 +413,184 @@ def solve_block(link, b, sg, ginv, tol, feps, max_iter, st, m):
     return _newton(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, max_iter, st, m)
 
 
+@jit(inline="always")
+def _one(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, predict, db, st, sc, m):
+    """The first evaluation of :func:`_first`, for a block it settles at once
+    (every sample within ``tol`` or certified, the common case under warm
+    starts), fused with the start (``predict``: the last solution moved by its
+    first-order change ``c (ds0 + db y)``, clipped to the range of sigma; else
+    the start :func:`_start` left in ``sc``) and the backward weights: writes
+    ``s0``, ``y`` and the predictor's ``c = sigma' / (1 - a)`` into ``st``,
+    ``sigma'`` (not ``exact``) and the weights ``(y - Y) sigma' / (1 - a)``
+    (``exact``; else ``y - Y``) into ``sc``, and leaves the start in ``sc``
+    for :func:`solve_block` where a sample is not settled. Returns ``(samples
+    not settled, bits of the largest |g| (or bound), loss, sum g y)``."""
+    nout = 0
+    rbits = 0
+    loss = 0.0
+    gb = 0.0
+    for i in range(m):
+        s0 = float(sc[S_S0 * R + i])
+        y0 = float(st[F_Y * R + i])
+        y0 += float(st[F_C * R + i]) * (s0 - float(st[F_S0 * R + i]) + db * y0)
+        # a select, not a branch: a conditional store in the loop costs more
+        sc[S_Y * R + i] = min(max(y0, vlo), vhi) if predict else sc[S_Y * R + i]
+        st[F_S0 * R + i] = s0
+        yi = float(sc[S_Y * R + i])
+        s = s0 + b * yi
+        v, d = value_and_slope(code, param, s)
+        r = yi - v
+        ar = abs(r)
+        toli = max(tol, feps * (abs(yi) + abs(v) + abs(d * s)))
+        conv = ar <= toli
+        finite = ar < math.inf
+        w = ar * ginv
+        below = r * sg > 0.0
+        lo = max(vlo, yi - w) if below else yi
+        hi = yi if below else min(vhi, yi + w)
+        q = 1.0 / (1.0 - b * d)
+        delta = r * q
+        p = yi - delta
+        inside = (p > lo) & (p < hi)
+        bound = 0.5 * curv * (b * delta) * (b * delta)
+        cert = inside & (curv * abs(b * delta) <= toli)
+        done = finite & (conv | cert)
+        # rounded to the dtype, as solve_block leaves them in sc
+        yf = _round_as(sc, yi if conv else p)
+        d = _round_as(sc, d)
+        q = _round_as(sc, q)
+        e = yf - float(st[F_T * R + i])
+        g = e * d * q
+        st[F_Y * R + i] = yf
+        st[F_C * R + i] = d * q
+        if exact:
+            sc[S_GE * R + i] = g
+        else:
+            sc[S_GE * R + i] = e
+            sc[S_DV * R + i] = d
+        loss += e * e
+        gb += g * yf
+        nout += 0 if done else 1
+        rbits = max(rbits, _bits(ar if conv else bound) if done else 0)
+    return nout, rbits, loss, gb
+
+
+@jit(inline="always")
+def _settle(link, b, sg, ginv, tol, feps, exact, predict, db, st, sc, m):
+    """:func:`_one` for the link's activation (a constant code, as in
+    :func:`solve_block`)."""
+    code, param, vlo, vhi, curv = link.code, link.param, link.vlo, link.vhi, link.curv
+    if code == IDENTITY:
+        return _one(IDENTITY, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, predict, db,
+                    st, sc, m)
+    if code == TANH:
+        return _one(TANH, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, predict, db,
+                    st, sc, m)
+    if code == SIGMOID:
+        return _one(SIGMOID, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, predict, db,
+                    st, sc, m)
+    if code == SKIP_TANH:
+        return _one(SKIP_TANH, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, predict, db,
+                    st, sc, m)
+    return _one(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, predict, db, st,
+                sc, m)
+
+
 # --- one pass over the samples ------------------------------------------------------
 
 
 @jit(inline="always")
-def _start(link, xt, w, db, warm, predict, st, m, d):
-    """``s0 = X w`` for a block and the Newton start: the last solution moved
-    by its first-order change ``c (ds0 + db y)`` (``predict``), the last
-    solution (``warm``), else ``sigma(s0)``; clipped to the range of sigma."""
+def _start(link, xt, w, b, warm, predict, st, sc, m, d):
+    """``s0 = X w`` for a block into the scratch ``sc``, and there the Newton start
+    unless :func:`_one` predicts it (``predict``): the last solution
+    (``warm``), else ``sigma(s0)``, clipped to the range of sigma; identity
+    starts from the closed form ``s0 / (1 - b)`` (one evaluation confirms it)."""
     vlo, vhi = link.vlo, link.vhi
-    for i in range(m):
-        st[F_GE * R + i] = 0.0
+    acc = S_S0 * R
+    for i in range(R):  # every row, padding included: a constant trip count
+        sc[acc + i] = 0.0
     j0 = 0
     while j0 + 8 <= d:  # eight features a sweep: an eighth of the accumulator traffic
-        x0, x1, x2, x3 = (xt[(j0 + 0) * R:(j0 + 1) * R], xt[(j0 + 1) * R:(j0 + 2) * R],
-                          xt[(j0 + 2) * R:(j0 + 3) * R], xt[(j0 + 3) * R:(j0 + 4) * R])
-        x4, x5, x6, x7 = (xt[(j0 + 4) * R:(j0 + 5) * R], xt[(j0 + 5) * R:(j0 + 6) * R],
-                          xt[(j0 + 6) * R:(j0 + 7) * R], xt[(j0 + 7) * R:(j0 + 8) * R])
+        x = xt[j0 * R:(j0 + 8) * R]  # one base: a single alias check against sc
         w0, w1, w2, w3 = float(w[j0]), float(w[j0 + 1]), float(w[j0 + 2]), float(w[j0 + 3])
         w4, w5, w6, w7 = (float(w[j0 + 4]), float(w[j0 + 5]), float(w[j0 + 6]),
                           float(w[j0 + 7]))
-        for i in range(m):  # views: indices from 0, no negative-index wraparound in the loop
-            st[F_GE * R + i] += ((w0 * x0[i] + w1 * x1[i] + w2 * x2[i] + w3 * x3[i])
-                                 + (w4 * x4[i] + w5 * x5[i] + w6 * x6[i] + w7 * x7[i]))
+        for i in range(R):
+            sc[acc + i] += (((w0 * x[i] + w1 * x[R + i]) + (w2 * x[2 * R + i]
+                                                             + w3 * x[3 * R + i]))
+                            + ((w4 * x[4 * R + i] + w5 * x[5 * R + i])
+                               + (w6 * x[6 * R + i] + w7 * x[7 * R + i])))
         j0 += 8
     while j0 + 4 <= d:
-        x0, x1, x2, x3 = (xt[(j0 + 0) * R:(j0 + 1) * R], xt[(j0 + 1) * R:(j0 + 2) * R],
-                          xt[(j0 + 2) * R:(j0 + 3) * R], xt[(j0 + 3) * R:(j0 + 4) * R])
+        x = xt[j0 * R:(j0 + 4) * R]
         w0, w1, w2, w3 = float(w[j0]), float(w[j0 + 1]), float(w[j0 + 2]), float(w[j0 + 3])
-        for i in range(m):
-            st[F_GE * R + i] += w0 * x0[i] + w1 * x1[i] + w2 * x2[i] + w3 * x3[i]
+        for i in range(R):
+            sc[acc + i] += (w0 * x[i] + w1 * x[R + i]) + (w2 * x[2 * R + i] + w3 * x[3 * R + i])
         j0 += 4
     for j in range(j0, d):
         wj = float(w[j])
-        xj = xt[j * R:(j + 1) * R]
+        x = xt[j * R:(j + 1) * R]
+        for i in range(R):
+            sc[acc + i] += wj * x[i]
+    if link.code == IDENTITY:
+        inv = 1.0 / (1.0 - b)
         for i in range(m):
-            st[F_GE * R + i] += wj * xj[i]
-    if warm and predict:
-        for i in range(m):
-            s0 = float(st[F_GE * R + i])
-            yi = float(st[F_Y * R + i])
-            yi += float(st[F_C * R + i]) * (s0 - float(st[F_S0 * R + i]) + db * yi)
-            st[F_Y * R + i] = min(max(yi, vlo), vhi)
-            st[F_S0 * R + i] = s0
+            sc[S_Y * R + i] = float(sc[acc + i]) * inv
+    elif predict:
+        pass
     elif warm:
         for i in range(m):
-            st[F_Y * R + i] = min(max(float(st[F_Y * R + i]), vlo), vhi)
-            st[F_S0 * R + i] = st[F_GE * R + i]
+            sc[S_Y * R + i] = min(max(float(st[F_Y * R + i]), vlo), vhi)
     else:
         for i in range(m):
-            s0 = float(st[F_GE * R + i])
-            st[F_Y * R + i] = min(max(value_and_slope(link.code, link.param, s0)[0], vlo), vhi)
-            st[F_S0 * R + i] = s0
+            sc[S_Y * R + i] = min(max(value_and_slope(link.code, link.param,
+                                                      float(sc[acc + i]))[0], vlo), vhi)
 
 
 @jit(inline="always")
-def _sums(xt, b, grad, opts, st, pr, m, d):
-    """Loss, backward weights ``g = (y - Y) sigma' factor``, ``sum g y``, ``X^T g``
-    (``grad``) and the predictor's ``c = sigma' / (1 - a)`` of a solved block."""
+def _settled(exact, st, sc, m):
+    """What :func:`_one` writes, from a block that :func:`solve_block` solved.
+    Returns ``(loss, sum g y)``."""
     loss = 0.0
     gb = 0.0
-    if opts.kind == EXACT:  # one loop: the factor is the solve's 1 / (1 - b sigma')
+    for i in range(m):
+        yf = float(sc[S_Y * R + i])
+        d = float(sc[S_DV * R + i])
+        q = float(sc[S_C * R + i])
+        e = yf - float(st[F_T * R + i])
+        g = e * d * q
+        st[F_Y * R + i] = yf
+        st[F_C * R + i] = d * q
+        sc[S_GE * R + i] = g if exact else e
+        loss += e * e
+        gb += g * yf
+    return loss, gb
+
+
+@jit(inline="always")
+def _factor_weights(b, opts, st, sc, m):
+    """The weights ``e sigma' factor`` of a backward other than the exact one,
+    from ``e`` in ``S_GE`` and ``sigma'`` in ``S_DV``. Returns ``sum g y``."""
+    lam = opts.damping
+    for i in range(m):
+        sc[S_LO * R + i] = 1.0 if opts.kind == JFB else 0.0
+    for _ in range(opts.terms + 1 if opts.kind == NEUMANN else 0):
         for i in range(m):
-            inv = float(st[F_C * R + i])
-            di = float(st[F_DV * R + i])
-            yi = float(st[F_Y * R + i])
-            e = yi - float(st[F_T * R + i])
-            g = e * di * inv
-            st[F_C * R + i] = di * inv
-            st[F_GE * R + i] = g
-            loss += e * e
-            gb += g * yi
-    else:
-        for i in range(m):
-            st[F_C * R + i] = float(st[F_DV * R + i]) * float(st[F_C * R + i])
-            st[F_GE * R + i] = 1.0 if opts.kind == JFB else 0.0
-        lam = opts.damping
-        for _ in range(opts.terms + 1 if opts.kind == NEUMANN else 0):
-            for i in range(m):
-                q = 1.0 - lam + lam * b * float(st[F_DV * R + i])
-                st[F_GE * R + i] = q * float(st[F_GE * R + i]) + lam
-        for i in range(m):
-            yi = float(st[F_Y * R + i])
-            e = yi - float(st[F_T * R + i])
-            g = e * float(st[F_DV * R + i]) * float(st[F_GE * R + i])
-            st[F_GE * R + i] = g
-            loss += e * e
-            gb += g * yi
-    pr[d + _P_LOSS] = loss
-    pr[d + _P_GB] = gb
+            q = 1.0 - lam + lam * b * float(sc[S_DV * R + i])
+            sc[S_LO * R + i] = q * float(sc[S_LO * R + i]) + lam
+    gb = 0.0
+    for i in range(m):
+        g = float(sc[S_GE * R + i]) * float(sc[S_DV * R + i]) * float(sc[S_LO * R + i])
+        sc[S_GE * R + i] = g
+        gb += g * float(st[F_Y * R + i])
+    return gb
+
+
+@jit(inline="always")
+def _grad(xt, grad, sc, pr, m, d):
+    """``X^T g`` of a block (``grad``) into its partials."""
     if grad:
+        ge = sc[S_GE * R:(S_GE + 1) * R]
         j0 = 0
         while j0 + 8 <= d:
             x0, x1, x2, x3 = (xt[(j0 + 0) * R:(j0 + 1) * R], xt[(j0 + 1) * R:(j0 + 2) * R],
@@ -490,7 +599,7 @@ def _sums(xt, b, grad, opts, st, pr, m, d):
                               xt[(j0 + 6) * R:(j0 + 7) * R], xt[(j0 + 7) * R:(j0 + 8) * R])
             a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
             for i in range(m):
-                g = float(st[F_GE * R + i])
+                g = float(ge[i])
                 a0 += g * float(x0[i])
                 a1 += g * float(x1[i])
                 a2 += g * float(x2[i])
@@ -507,7 +616,7 @@ def _sums(xt, b, grad, opts, st, pr, m, d):
                               xt[(j0 + 2) * R:(j0 + 3) * R], xt[(j0 + 3) * R:(j0 + 4) * R])
             a0 = a1 = a2 = a3 = 0.0
             for i in range(m):
-                g = float(st[F_GE * R + i])
+                g = float(ge[i])
                 a0 += g * float(x0[i])
                 a1 += g * float(x1[i])
                 a2 += g * float(x2[i])
@@ -518,29 +627,67 @@ def _sums(xt, b, grad, opts, st, pr, m, d):
             acc = 0.0
             xj = xt[j * R:(j + 1) * R]
             for i in range(m):
-                acc += float(st[F_GE * R + i]) * float(xj[i])
+                acc += float(ge[i]) * float(xj[i])
             pr[j] = acc
 
 
-def _pass(link, P, w, b, db, warm, predict, grad, sg, ginv, opts):
-    """Solve every block of ``P`` (in parallel) and write its partials."""
+@jit(inline="always")
+def _block(link, P, w, b, db, warm, predict, grad, sg, ginv, opts, keep, sc, blk):
+    """Solve block ``blk`` of ``P`` in the scratch ``sc`` and write its partials."""
     n, d = P.n, P.d
-    for blk in prange((n + R - 1) // R):
-        m = min(R, n - blk * R)
-        st = P.ws[blk * NF * R:(blk + 1) * NF * R]
-        xt = P.XT[blk * d * R:(blk + 1) * d * R]
-        pr = P.part[blk]
-        _start(link, xt, w, db, warm, predict, st, m, d)
+    m = min(R, n - blk * R)
+    st = P.ws[blk * NF * R:(blk + 1) * NF * R]
+    xt = P.XT[blk * d * R:(blk + 1) * d * R]
+    pr = P.part[blk]
+    exact = opts.kind == EXACT
+    predict = warm and predict and link.code != IDENTITY
+    _start(link, xt, w, b, warm, predict, st, sc, m, d)
+    nout, rbits, loss, gb = _settle(link, b, sg, ginv, opts.tol, opts.feps, exact, predict, db,
+                                    st, sc, m)
+    if nout == 0:
+        status, kmax, itsum, rmax = CONVERGED, 1, m, _from_bits(rbits)
+        if keep:
+            for i in range(m):
+                st[F_RP * R + i] = -1.0
+    else:
         status, kmax, itsum, rmax = solve_block(link, b, sg, ginv, opts.tol, opts.feps,
-                                                opts.max_iter, st, m)
-        for j in range(d + P_LEN):
-            pr[j] = 0.0
-        pr[d + _P_STATUS] = status
-        pr[d + _P_ITMAX] = kmax
-        pr[d + _P_ITSUM] = itsum
-        pr[d + _P_RES] = rmax
+                                                opts.max_iter, sc, m)
         if status == CONVERGED:
-            _sums(xt, b, grad, opts, st, pr, m, d)
+            loss, gb = _settled(exact, st, sc, m)
+        else:  # the last iterates, as a failed solve leaves them
+            for i in range(m):
+                st[F_Y * R + i] = sc[S_Y * R + i]
+        if keep:
+            for i in range(m):
+                st[F_RP * R + i] = sc[S_RP * R + i]
+    for j in range(d + P_LEN):
+        pr[j] = 0.0
+    pr[d + _P_STATUS] = status
+    pr[d + _P_ITMAX] = kmax
+    pr[d + _P_ITSUM] = itsum
+    pr[d + _P_RES] = rmax
+    if status == CONVERGED:
+        if not exact:
+            gb = _factor_weights(b, opts, st, sc, m)
+        pr[d + _P_LOSS] = loss
+        pr[d + _P_GB] = gb
+        _grad(xt, grad, sc, pr, m, d)
+
+
+def _pass(link, P, w, b, db, warm, predict, grad, sg, ginv, opts, nt):
+    """Solve every block of ``P`` and write its partials: ``nt`` threads, each on a
+    run of consecutive blocks with its own scratch block, in the direction
+    opposite to the last pass's."""
+    nb = (P.n + R - 1) // R
+    back = (P.ints[1] & 1) == 1
+    keep = P.ints[2] != 0
+    for t in prange(nt):
+        sc = P.sc[t * NS * R:(t + 1) * NS * R]
+        lo = t * nb // nt
+        hi = (t + 1) * nb // nt
+        for k in range(lo, hi):
+            _block(link, P, w, b, db, warm, predict, grad, sg, ginv, opts, keep, sc,
+                   lo + hi - 1 - k if back else k)
 
 
 _pass_s, _pass_p = twins(_pass)
@@ -560,10 +707,13 @@ def evaluate(link, P, w, b, grad, opts, gw):
     warm = P.ints[0] != 0
     db = b - P.prev[0]
     nb = (n + R - 1) // R
-    if opts.threads > 1 and nb > 1 and n * (d + 4) >= PARALLEL_MIN:
-        _pass_p(link, P, w, b, db, warm, opts.predict, grad, sg, 1.0 / gmin, opts)
-    else:
-        _pass_s(link, P, w, b, db, warm, opts.predict, grad, sg, 1.0 / gmin, opts)
+    nt = min(opts.threads, nb, P.sc.shape[0] // (NS * R))
+    if nt > 1 and n * (d + 4) >= PARALLEL_MIN:
+        _pass_p(link, P, w, b, db, warm, opts.predict, grad, sg, 1.0 / gmin, opts, nt)
+    elif nb > 0:
+        _pass_s(link, P, w, b, db, warm, opts.predict, grad, sg, 1.0 / gmin, opts,
+                np.int64(1))
+    P.ints[1] += 1
     part = P.part
     status = CONVERGED
     loss = 0.0
@@ -598,12 +748,15 @@ def evaluate(link, P, w, b, grad, opts, gw):
 
 @jit
 def solve(link, P, w, b, warm, opts):
-    """Equilibria of every sample of ``P`` at ``(w, b)`` into its ``F_Y``
-    (``warm``: from ``F_Y`` as it is, else from ``sigma(s0)``). Returns
+    """Equilibria of every sample of ``P`` at ``(w, b)`` into its ``F_Y``, and
+    the evaluations per sample into ``F_RP`` (``warm``: from ``F_Y`` as it is,
+    else from ``sigma(s0)``). Returns
     ``(status, max evaluations, mean evaluations, max |g|)``."""
     P.ints[0] = 1 if warm else 0
+    P.ints[2] = 1
     P.prev[0] = b
     st, _, itmax, itmean, rmax = evaluate(link, P, w, b, np.int64(0), opts, np.empty(0))
+    P.ints[2] = 0
     return st, itmax, itmean, rmax
 
 
