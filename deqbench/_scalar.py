@@ -127,7 +127,7 @@ def newton(X, w, b: float, activation, *, tol: float, max_iter: int, y0=None, th
     opts = _opts(tol=tol, max_iter=max_iter, dtype=X.dtype, predict=False, threads=threads)
     with single_threaded_blas():
         st, _, _, rmax = _k.solve(link, P, w, float(b), y0 is not None, opts)
-    st = _overflow(P, int(st))
+    st = int(st)
     y = _k.field(P, _k.F_Y)
     rp = _k.field(P, _k.F_RP).astype(np.float64)
     iters = np.where(rp < 0, -rp, max_iter).astype(np.int64)
@@ -198,9 +198,12 @@ def evaluate(X, Y, w, b: float, activation, *, kind: int, terms: int, damping: f
     g = np.full(d + 1, np.nan)
     with single_threaded_blas():
         st, loss, itmax, _, rmax = _k.evaluate(link, P, w, float(b), np.int64(1), opts, g)
-    st = _overflow(P, int(st))
+    st = int(st)
     y = _k.field(P, _k.F_Y)
-    D = _k.field(P, _k.F_DV)
+    # the kernels keep c = sigma' / (1 - b sigma') per sample (the warm start's slope),
+    # not sigma' itself: sigma' = c / (1 + b c)
+    c = _k.field(P, _k.F_C).astype(np.float64)
+    D = (c / (1.0 + float(b) * c)).astype(X.dtype)
     if st != _k.CONVERGED:
         g[:] = np.nan
         y[:] = np.nan
@@ -208,14 +211,6 @@ def evaluate(X, Y, w, b: float, activation, *, kind: int, terms: int, damping: f
         loss = rmax = np.nan
     return (st, float(loss), g[:d].astype(X.dtype), float(g[d]), y, int(itmax), float(rmax),
             D)
-
-
-def _overflow(P, st: int) -> int:
-    """``st``, or ``DIVERGED`` where a solved pass met ``s0 = <w, x>`` beyond the dtype: a
-    saturating ``sigma`` (tanh, sigmoid) would make that look converged."""
-    if st in (_k.CONVERGED, _k.MAX_ITER) and not np.isfinite(_k.field(P, _k.F_S0)).all():
-        return _k.DIVERGED
-    return st
 
 
 def adjoint(D, G, b: float, kind: int = _k.EXACT, terms: int = 0, damping: float = 1.0):

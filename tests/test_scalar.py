@@ -469,3 +469,18 @@ def test_a_run_in_slices_is_the_run_in_one_call():
     np.testing.assert_array_equal(np.r_[w, bb], T[nrec - 1])
     assert not np.array_equal(T[nrec - 1], T[nrec - 2])
     np.testing.assert_array_equal(H[:nrec - 1, HISTORY["loss"]], whole.history["loss"][:4])
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid"])
+def test_s0_beyond_the_dtype_partway_through_a_fused_run_is_diverged(act):
+    """A step that leaves (w, b) finite but X w beyond float64: a saturating sigma would
+    settle every sample at +-1 (or 0, 1) and the run would go on as if converged."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((40, 3)) * 1e200
+    w = rng.standard_normal(3) * 1e-200  # s0 of order 1 at step 0
+    Y = np.full(40, 0.5)
+    r = train_scalar(X, Y, w, 0.2, lr=1.0, steps=5, activation=act, record_every=1)
+    assert r.status == "fixed_point_failed" and r.solve_status == "diverged"
+    # step 1 is the one that could not be solved: the run ends on step 0's parameters
+    assert r.n_steps == 0 and r.b == 0.2
+    np.testing.assert_array_equal(r.w, w)

@@ -424,13 +424,17 @@ def _one(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, predict, db
     ``sigma'`` (not ``exact``) and the weights ``(y - Y) sigma' / (1 - a)``
     (``exact``; else ``y - Y``) into ``sc``, and leaves the start in ``sc``
     for :func:`solve_block` where a sample is not settled. Returns ``(samples
-    not settled, bits of the largest |g| (or bound), loss, sum g y)``."""
+    not settled, bits of the largest |g| (or bound), loss, sum g y, samples whose
+    s0 is not finite)``."""
     nout = 0
+    nbad = 0
     rbits = 0
     loss = 0.0
     gb = 0.0
     for i in range(m):
         s0 = float(sc[S_S0 * R + i])
+        # an s0 beyond the dtype: a saturating sigma would make it look solved
+        nbad += 0 if abs(s0) < math.inf else 1
         y0 = float(st[F_Y * R + i])
         y0 += float(st[F_C * R + i]) * (s0 - float(st[F_S0 * R + i]) + db * y0)
         # a select, not a branch: a conditional store in the loop costs more
@@ -472,7 +476,7 @@ def _one(code, param, vlo, vhi, curv, b, sg, ginv, tol, feps, exact, predict, db
         gb += g * yf
         nout += 0 if done else 1
         rbits = max(rbits, _bits(ar if conv else bound) if done else 0)
-    return nout, rbits, loss, gb
+    return nout, rbits, loss, gb, nbad
 
 
 @jit(inline="always")
@@ -642,9 +646,14 @@ def _block(link, P, w, b, db, warm, predict, grad, sg, ginv, opts, keep, sc, blk
     exact = opts.kind == EXACT
     predict = warm and predict and link.code != IDENTITY
     _start(link, xt, w, b, warm, predict, st, sc, m, d)
-    nout, rbits, loss, gb = _settle(link, b, sg, ginv, opts.tol, opts.feps, exact, predict, db,
-                                    st, sc, m)
-    if nout == 0:
+    nout, rbits, loss, gb, nbad = _settle(link, b, sg, ginv, opts.tol, opts.feps, exact,
+                                          predict, db, st, sc, m)
+    if nbad > 0:
+        status, kmax, itsum, rmax = DIVERGED, 1, m, math.nan
+        if keep:
+            for i in range(m):
+                st[F_RP * R + i] = math.nan
+    elif nout == 0:
         status, kmax, itsum, rmax = CONVERGED, 1, m, _from_bits(rbits)
         if keep:
             for i in range(m):
