@@ -80,3 +80,19 @@ def test_run_reports_a_row():
     (row,) = rows
     assert row["seed"] == 101 and row["steps"] == 20
     assert row["numpy_s"] > 0 and row["deqbench_s"] > 0 and row["max_theta_difference"] < 1e-9
+
+
+def test_profile_reports_the_limit_of_a_step():
+    """The A.3 profile: each part measured, the limit read X once plus the run's sigma
+    evaluations, at least one evaluation per sample a step."""
+    from tools.peers import paper_profile
+
+    lines = []
+    out = paper_profile.profile(steps=30, reps=1, log=lines.append)
+    assert out["evals_per_sample_run"] >= 1.0 and out["evals_per_sample_run_max"] >= 1
+    for key in ("read_X_us", "two_gemv_us", "pass_identity_end_us", "pass_tanh_end_us",
+                "sigma_end_us", "run_us_per_step", "numpy_us_per_step"):
+        assert 0.0 < out[key] < 1e6, key
+    assert out["limit_us"] == pytest.approx(
+        out["read_X_us"] + out["evals_per_sample_run"] * out["sigma_end_us"])
+    assert lines[-1].startswith("limit (read X once")
