@@ -96,3 +96,14 @@ def test_profile_reports_the_limit_of_a_step():
     assert out["limit_us"] == pytest.approx(
         out["read_X_us"] + out["evals_per_sample_run"] * out["sigma_end_us"])
     assert lines[-1].startswith("limit (read X once")
+
+
+def test_newton_and_picard_follow_one_trajectory():
+    """The measurement behind Newton as single_index's default: both solvers train the
+    same parameters (to the solves' tolerance), Newton in fewer evaluations a step."""
+    from tools.peers import newton_vs_picard
+
+    out = newton_vs_picard.run(steps=20, reps=1, log=lambda s: None)
+    assert out["theta_difference"] < 1e-9
+    assert 1.0 <= out["newton"]["fp_iters_mean"] < out["picard"]["fp_iters_mean"]
+    assert out["speedup"] > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -411,3 +412,35 @@ def test_bookkeeping_command_runs_once(capsys):
     out = capsys.readouterr().out
     assert "3 of 3 runs of 5 ms ok (1 workers)" in out
     assert "parallel efficiency" in out and "serial executor: wall" in out
+
+
+def test_paper_a4_run_function_reproduces_an_authors_run(tmp_path):
+    """``run = "paper_a4"``: one of the authors' A.4 runs in full (seed 1729, eps = 1/4,
+    60,000 updates) ends at their saved parameter error (E13 finds 5e-8 relative); a
+    shortened run has no authors' number to stand beside."""
+    from deqbench.experiments import _paper
+
+    g = parse_grid("""
+[sweep]
+run = "paper_a4"
+[fixed]
+paper_seed = 1729
+eps = 0.25
+[grid]
+steps = [60000, 500]
+""")
+    res = run_sweep(g, tmp_path, executor="serial", progress=False, format="csv")
+    assert (res.ok, res.failed) == (2, 0)
+    rows = {r["steps"]: r for r in read_csv(tmp_path / "runs.csv")}
+    full, short = rows[60000], rows[500]
+    authors = _paper.ref("A4/1729/0.25/final_parameter_error")
+    assert full["status"] == "max_steps" and full["authors_parameter_error"] == authors
+    assert full["parameter_error"] == pytest.approx(authors, rel=1e-6)
+    assert math.isnan(short["authors_parameter_error"])
+    assert short["parameter_error"] > 10 * full["parameter_error"]
+    assert full["train_s"] > 0 and full["final_eval_risk"] > 0
+
+
+def test_paper_a4_grid_names_a_missing_parameter():
+    with pytest.raises(GridError, match="eps"):
+        parse_grid('[sweep]\nrun = "paper_a4"\n[grid]\npaper_seed = [1729]\n')

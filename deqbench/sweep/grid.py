@@ -35,6 +35,7 @@ __all__ = [
 RUN_FUNCTIONS = {
     "train": "deqbench.sweep.run_functions:run_train",
     "gd": "deqbench.sweep.run_functions:run_gd",
+    "paper_a4": "deqbench.experiments.paper_sweep:run_a4",  # the paper's Appendix A.4
 }
 
 
