@@ -14,7 +14,6 @@ final parameters.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -22,7 +21,7 @@ import numpy as np
 
 from benchmarks.peers.paper_peers import a3_problem
 
-from .timing import settle
+from .timing import pin_threads, settle
 
 
 def run(seed: int = 100, steps: int = 4000, reps: int = 3, lr: float = 0.4, log=print) -> dict:
@@ -71,12 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args(argv)
-    if os.environ.get("NUMBA_NUM_THREADS") != "1":  # the limits precede the pools' imports
-        env = dict(os.environ, NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-                   OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])
-        os.execve(sys.executable, [sys.executable, "-m", "tools.peers.newton_vs_picard", *argv],
-                  env)
+    pin_threads(1, "tools.peers.newton_vs_picard", argv)
     run(args.seed, args.steps, args.reps)
     return 0
 

@@ -15,7 +15,6 @@ W1-W5 on its ``Problem`` type).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
@@ -32,7 +31,7 @@ from benchmarks.peers.paper_peers import (
     numpy_a4,
 )
 
-from .timing import settle
+from .timing import pin_threads, settle
 
 
 def run(part: str = "a3", seeds=None, steps: int | None = None, reps: int = 1,
@@ -89,28 +88,6 @@ def run(part: str = "a3", seeds=None, steps: int | None = None, reps: int = 1,
     return rows
 
 
-_PIN = "DEQBENCH_PAPER_PEERS_THREADS"
-
-
-def _pin(threads: int, argv) -> None:
-    """Re-run this command with NumPy's BLAS and numba limited to ``threads``
-    threads and bound to as many CPUs (the limits must precede the imports of
-    the libraries' thread pools)."""
-    if os.environ.get(_PIN) == str(threads):
-        return
-    cpus = sorted(os.sched_getaffinity(0))
-    if threads > len(cpus):
-        raise SystemExit(f"paper_peers: --threads {threads} exceeds the {len(cpus)} CPUs "
-                         "this process may run on")
-    os.sched_setaffinity(0, cpus[:threads])
-    env = dict(os.environ)
-    for key in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                "MKL_NUM_THREADS"):
-        env[key] = str(threads)
-    env[_PIN] = str(threads)
-    os.execve(sys.executable, [sys.executable, "-m", "tools.peers.paper_peers", *argv], env)
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -123,7 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=None, help="training samples (default: the paper's)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    _pin(args.threads, argv)
+    pin_threads(args.threads, "tools.peers.paper_peers", argv)
     run(args.part, args.seeds, args.steps, args.reps, args.method, args.eps, args.n,
         args.threads)
     return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import os
+import sys
 import time
 
 import numpy as np
@@ -65,3 +67,25 @@ def interleaved(fns: dict, reps: int, min_batch_s: float = 0.2, known: dict | No
                 f()
             out[k].append((time.perf_counter() - t) / nin)
     return {k: np.array(v) for k, v in out.items()}
+
+
+_PINNED = "DEQBENCH_PEERS_PINNED_THREADS"
+
+
+def pin_threads(threads: int, module: str, argv) -> None:
+    """Re-run ``python -m module argv`` with numba, BLAS and OpenMP limited to
+    ``threads`` threads and bound to as many CPUs (the limits must precede the
+    imports of the libraries' thread pools); returns at once in the re-run."""
+    if os.environ.get(_PINNED) == str(threads):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if threads > len(cpus):
+        raise SystemExit(f"{module.rpartition('.')[2]}: --threads {threads} exceeds the "
+                         f"{len(cpus)} CPUs this process may run on")
+    os.sched_setaffinity(0, cpus[:threads])
+    env = dict(os.environ)
+    for key in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                "MKL_NUM_THREADS"):
+        env[key] = str(threads)
+    env[_PINNED] = str(threads)
+    os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
